@@ -1,0 +1,72 @@
+"""costguard: cost ceilings in front of every paid call — reserve before, record after, fall back when full."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from costguard import fallback
+from costguard.current import Priced, charge, context, current_decision
+from costguard.decision import Decision
+from costguard.defaults import configure, default_guard
+from costguard.errors import (
+    Blocked,
+    BudgetExceeded,
+    ConfigError,
+    CostGuardError,
+    KillSwitchActive,
+    LabelError,
+    StoreError,
+    StoreUnavailable,
+)
+from costguard.events import AuditRecord, Event
+from costguard.guard import FeatureSettings, Guard
+from costguard.model import Ceiling, Limit, Period, Unit
+from costguard.status import CeilingStatus, Status
+
+__all__ = [
+    "AuditRecord",
+    "Blocked",
+    "BudgetExceeded",
+    "Ceiling",
+    "CeilingStatus",
+    "ConfigError",
+    "CostGuardError",
+    "Decision",
+    "Event",
+    "FeatureSettings",
+    "Guard",
+    "KillSwitchActive",
+    "LabelError",
+    "Limit",
+    "Period",
+    "Priced",
+    "Status",
+    "StoreError",
+    "StoreUnavailable",
+    "Unit",
+    "__version__",
+    "charge",
+    "configure",
+    "context",
+    "current_decision",
+    "default_guard",
+    "fallback",
+    "with_kill_switch",
+]
+
+__version__ = "0.1.0"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_kill_switch(feature: str, **options: Any) -> Callable[[F], F]:
+    """Guard a function as `feature` on the default guard (`configure()`, `COSTGUARD_CONFIG` or `./costguard.yaml`).
+
+    Options: `fallback`, `estimate`, `estimate_tokens`, `cost`, `labels`, `degrade`, `guard`; see
+    `costguard.decorator.with_kill_switch`. The guard is looked up at call time, so decorating at
+    import never touches the store.
+    """
+    from costguard.decorator import with_kill_switch as _decorate
+
+    return _decorate(feature, **options)

@@ -1,0 +1,405 @@
+"""`costguard.yaml` → validated models → `Guard`. Every error names the file, the key path and what was expected."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, field_validator, model_validator
+
+from costguard.errors import ConfigError
+from costguard.fallback import Fallback, Raise, Static, cached
+from costguard.model import Ceiling, Limit, Period, Unit, check_count, make_match, to_micros
+from costguard.notify.dispatcher import Notifier
+from costguard.yamlload import load_yaml
+
+if TYPE_CHECKING:
+    from costguard.guard import Guard
+
+__all__ = ["Config", "load_config", "parse_config"]
+
+
+def _number(value: object) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {type(value).__name__} {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    if value < 0:
+        raise ValueError(f"expected a number >= 0, got {value!r}")
+    return value
+
+
+def _usd(value: object) -> int:
+    return to_micros(_number(value), round_up=False, what="USD amount")
+
+
+def _usd_up(value: object) -> int:
+    return to_micros(_number(value), round_up=True, what="USD estimate")
+
+
+def _count(value: object) -> int:
+    return check_count(_number(value), what="count")
+
+
+def _ratio(value: object) -> float:
+    number = float(_number(value))
+    if number <= 0:
+        raise ValueError(f"expected a ratio > 0 such as 0.8, got {value!r}")
+    return number
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _duration(value: object) -> float:
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"expected a duration such as 30m, 12h, 7d or a number of seconds, got {value!r}")
+        seconds = float(match.group(1)) * _SECONDS[match.group(2)]
+    else:
+        seconds = float(_number(value))
+    if seconds <= 0:
+        raise ValueError(f"expected a positive duration, got {value!r}")
+    return seconds
+
+
+Usd = Annotated[int, PlainValidator(_usd)]
+UsdEstimate = Annotated[int, PlainValidator(_usd_up)]
+Count = Annotated[int, PlainValidator(_count)]
+Ratio = Annotated[float, PlainValidator(_ratio)]
+Duration = Annotated[float, PlainValidator(_duration)]
+
+_LIMIT_KEYS: dict[str, tuple[Period, Unit]] = {}
+for _period, _usd_key, _calls_key, _tokens_key in (
+    (Period.HOUR, "hourly_usd", "calls_per_hour", "tokens_per_hour"),
+    (Period.DAY, "daily_usd", "calls_per_day", "tokens_per_day"),
+    (Period.WEEK, "weekly_usd", "calls_per_week", "tokens_per_week"),
+    (Period.MONTH, "monthly_usd", "calls_per_month", "tokens_per_month"),
+    (Period.TOTAL, "total_usd", "calls_total", "tokens_total"),
+):
+    _LIMIT_KEYS[_usd_key] = (_period, Unit.USD)
+    _LIMIT_KEYS[_calls_key] = (_period, Unit.CALLS)
+    _LIMIT_KEYS[_tokens_key] = (_period, Unit.TOKENS)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Limits(_Model):
+    """Limit keys shared by features, customers and ceilings."""
+
+    hourly_usd: Usd | None = None
+    daily_usd: Usd | None = None
+    weekly_usd: Usd | None = None
+    monthly_usd: Usd | None = None
+    total_usd: Usd | None = None
+    calls_per_hour: Count | None = None
+    calls_per_day: Count | None = None
+    calls_per_week: Count | None = None
+    calls_per_month: Count | None = None
+    calls_total: Count | None = None
+    tokens_per_hour: Count | None = None
+    tokens_per_day: Count | None = None
+    tokens_per_week: Count | None = None
+    tokens_per_month: Count | None = None
+    tokens_total: Count | None = None
+    enforcement: Literal["hard", "soft"] = "hard"
+    thresholds: list[Ratio] | None = None
+    expire_after: Duration | None = None
+
+    def limits(self) -> tuple[Limit, ...]:
+        """The limits this block sets."""
+        out = []
+        for key, (period, unit) in _LIMIT_KEYS.items():
+            amount = getattr(self, key)
+            if amount is not None:
+                out.append(Limit(period, unit, amount))
+        return tuple(out)
+
+    def ceiling(self, match: Mapping[str, str], exclude: Mapping[str, Iterable[str]] | None = None) -> Ceiling:
+        """A ceiling with this block's limits on `match`."""
+        return Ceiling(
+            match=make_match(match),
+            limits=self.limits(),
+            enforcement=self.enforcement,
+            expire_after_s=self.expire_after,
+            thresholds=tuple(self.thresholds) if self.thresholds else None,
+            exclude=tuple((k, frozenset(v)) for k, v in sorted((exclude or {}).items()) if v),
+        )
+
+
+class CachedFallbackConfig(_Model):
+    ttl_s: Duration = 3600.0
+
+
+class FallbackConfig(_Model):
+    """Exactly one of `static`, `cached` or `raise`."""
+
+    static: Any = None
+    cached: CachedFallbackConfig | None = None
+    raise_: bool | None = Field(default=None, alias="raise")
+
+    @model_validator(mode="after")
+    def _one(self) -> FallbackConfig:
+        if len(self.model_fields_set) != 1:
+            raise ValueError("a fallback is exactly one of {static: VALUE}, {cached: {ttl_s: …}} or {raise: true}")
+        return self
+
+    def build(self) -> Fallback:
+        if "static" in self.model_fields_set:
+            return Static(self.static)
+        if self.cached is not None:
+            return cached(ttl_s=self.cached.ttl_s)
+        return Raise()
+
+
+class FeatureConfig(Limits):
+    """A feature's limits and behaviour."""
+
+    estimate_usd: UsdEstimate | None = None
+    estimate_tokens: Count | None = None
+    per_customer: Limits | None = None
+    degrade_at: Ratio | None = None
+    fallback: FallbackConfig | None = None
+    on_store_error: Literal["open", "closed"] | None = None
+    on_call_error: Literal["release", "keep"] | None = None
+
+    @field_validator("degrade_at")
+    @classmethod
+    def _degrade(cls, value: float | None) -> float | None:
+        if value is not None and value > 1:
+            raise ValueError(f"expected a ratio in (0, 1] such as 0.9, got {value!r}")
+        return value
+
+
+class CeilingConfig(Limits):
+    """A ceiling on any label combination; `"*"` gives each value its own counter."""
+
+    match: dict[str, str]
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _match(cls, value: object) -> object:
+        if not isinstance(value, dict):
+            raise ValueError("expected a mapping of label to value, e.g. {team: '*', feature: support_agent}")
+        for name, item in value.items():
+            if not isinstance(item, str) or not item:
+                raise ValueError(f"label {name!r}: expected a non-empty string (quote '*'), got {item!r}")
+        return value
+
+
+class NotifierConfig(_Model):
+    """One notifier: `{slack: {...}}`, `{pagerduty: {...}}`, `{webhook: {...}}` or `{log: {...}}`."""
+
+    slack: dict[str, Any] | None = None
+    pagerduty: dict[str, Any] | None = None
+    webhook: dict[str, Any] | None = None
+    log: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> NotifierConfig:
+        if len(self.model_fields_set) != 1:
+            raise ValueError("each notifier is exactly one of slack, pagerduty, webhook or log")
+        return self
+
+
+class KillSwitchConfig(_Model):
+    cache_ms: Annotated[float, PlainValidator(_number)] = 500.0
+    exempt_paths: list[str] = Field(default_factory=list)
+    exempt_features: list[str] = Field(default_factory=list)
+
+
+class AdminToken(_Model):
+    name: str
+    token: str = Field(min_length=16)
+    role: Literal["read", "operator", "admin"]
+    tenant: str | None = None
+
+
+class AdminConfig(_Model):
+    tokens: list[AdminToken] = Field(default_factory=list)
+    max_limit_usd: Usd | None = None
+
+
+class Config(_Model):
+    """The whole `costguard.yaml`."""
+
+    store: str = "sqlite:///costguard.db"
+    store_timeout_ms: Annotated[float, PlainValidator(_number)] | None = None
+    timezone: str = "UTC"
+    thresholds: list[Ratio] = Field(default_factory=lambda: [0.8, 1.0])
+    on_store_error: Literal["open", "closed"] = "open"
+    on_call_error: Literal["release", "keep"] = "release"
+    max_label_length: Annotated[int, PlainValidator(_count)] = 256
+    features: dict[str, FeatureConfig] = Field(default_factory=dict)
+    customers: dict[str, Limits] = Field(default_factory=dict)
+    ceilings: list[CeilingConfig] = Field(default_factory=list)
+    notifiers: list[NotifierConfig] = Field(default_factory=list)
+    killswitch: KillSwitchConfig = Field(default_factory=KillSwitchConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r}; use an IANA name such as UTC or Europe/Berlin") from None
+        return value
+
+    def ceiling_list(self) -> list[tuple[str, Ceiling]]:
+        """Every ceiling with the key path it came from."""
+        out: list[tuple[str, Ceiling]] = []
+        listed = [name for name in self.features if name != "*"]
+        for name, feature in self.features.items():
+            exclude = {"feature": listed} if name == "*" else None
+            if feature.limits():
+                out.append((f"features.{name}", feature.ceiling({"feature": name}, exclude)))
+            if feature.per_customer is not None:
+                out.append(
+                    (
+                        f"features.{name}.per_customer",
+                        feature.per_customer.ceiling({"feature": name, "customer": "*"}, exclude),
+                    )
+                )
+        named = [name for name in self.customers if name != "*"]
+        for name, limits in self.customers.items():
+            exclude = {"customer": named} if name == "*" else None
+            out.append((f"customers.{name}", limits.ceiling({"customer": name}, exclude)))
+        for index, item in enumerate(self.ceilings):
+            out.append((f"ceilings[{index}]", item.ceiling(item.match)))
+        return out
+
+    def build(
+        self,
+        *,
+        notifiers: Iterable[Notifier] = (),
+        clock: Callable[[], float] | None = None,
+        file: str | None = None,
+    ) -> Guard:
+        """A `Guard` for this config; nothing is opened until every check has passed."""
+        from costguard.guard import FeatureSettings, Guard
+
+        seen: dict[str, str] = {}
+        ceilings = []
+        for path, ceiling in self.ceiling_list():
+            if ceiling.id in seen:
+                raise ConfigError(
+                    f"same match as {seen[ceiling.id]} ({ceiling.id}); merge their limits into one",
+                    file=file,
+                    path=path,
+                )
+            seen[ceiling.id] = path
+            ceilings.append(ceiling)
+        features = {
+            name: FeatureSettings(
+                estimate_usd=f.estimate_usd or 0,
+                estimate_tokens=f.estimate_tokens or 0,
+                degrade_at=f.degrade_at,
+                fallback=f.fallback.build() if f.fallback else None,
+                on_store_error=f.on_store_error,
+                on_call_error=f.on_call_error,
+            )
+            for name, f in self.features.items()
+        }
+        built = list(notifiers) + self._notifiers(file)
+        options = {} if self.store_timeout_ms is None else {"timeout_ms": self.store_timeout_ms}
+        return Guard(
+            self.store,
+            ceilings=ceilings,
+            features=features,
+            timezone=self.timezone,
+            thresholds=self.thresholds,
+            on_store_error=self.on_store_error,
+            on_call_error=self.on_call_error,
+            notifiers=built,
+            killswitch_cache_ms=self.killswitch.cache_ms,
+            exempt_features=self.killswitch.exempt_features,
+            exempt_paths=self.killswitch.exempt_paths,
+            max_label_length=self.max_label_length,
+            clock=clock,
+            store_options=options,
+        )
+
+    def _notifiers(self, file: str | None) -> list[Notifier]:
+        from costguard.notify.log import LogNotifier
+
+        out: list[Notifier] = []
+        for index, item in enumerate(self.notifiers):
+            kind = next(iter(item.model_fields_set))
+            options = getattr(item, kind) or {}
+            if kind == "log":
+                try:
+                    out.append(LogNotifier(**options))
+                except TypeError as exc:
+                    raise ConfigError(str(exc), file=file, path=f"notifiers[{index}].log") from None
+            else:
+                raise ConfigError(
+                    f"the {kind} notifier is not available in this version of costguard; use log, "
+                    "or pass a callable with Guard.from_yaml(path, notifiers=[fn])",
+                    file=file,
+                    path=f"notifiers[{index}].{kind}",
+                )
+        return out
+
+
+def _format(error: Any, lines: Mapping[str, int]) -> tuple[str, str]:
+    parts: list[str | int] = [p for p in error["loc"] if p not in ("function-after[_one(), FallbackConfig]",)]
+    path = ""
+    for part in parts:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        message = "unknown key"
+        parent = path.rsplit(".", 1)[0] if "." in path else ""
+        message += f" (not a costguard setting{' under ' + parent if parent else ''}; check the spelling)"
+    elif kind == "missing":
+        message = "required key is missing"
+    else:
+        message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if kind in ("literal_error", "string_type", "dict_type", "list_type", "model_type", "bool_type"):
+            message = f"{message}, got {error.get('input')!r}"
+    line = lines.get(path)
+    return path, f"{message} (line {line})" if line else message
+
+
+def parse_config(data: Any, *, file: str = "<config>", lines: Mapping[str, int] | None = None) -> Config:
+    """Validate already-loaded config data."""
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping at the top level", file=file)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        errors = [_format(e, lines or {}) for e in exc.errors()]
+        path, message = errors[0]
+        more = f" (and {len(errors) - 1} more: {'; '.join(p for p, _ in errors[1:4])})" if len(errors) > 1 else ""
+        raise ConfigError(message + more, file=file, path=path) from None
+
+
+class LoadedConfig:
+    """A validated config and the file it came from."""
+
+    def __init__(self, config: Config, file: str) -> None:
+        self.config = config
+        self.file = file
+
+    def build(self, *, notifiers: Iterable[Notifier] = (), clock: Callable[[], float] | None = None) -> Guard:
+        return self.config.build(notifiers=notifiers, clock=clock, file=self.file)
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedConfig:
+    """Read and validate a YAML file."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file: {exc.strerror or exc}", file=file) from None
+    data, lines = load_yaml(text, file, env)
+    return LoadedConfig(parse_config(data if data != {} else {}, file=file, lines=lines), file)

@@ -1,0 +1,374 @@
+"""Pure planning: labels → matching ceilings → counters → one reservation → threshold crossings.
+
+Nothing here does I/O or reads a clock; the guard passes `now` in and carries out the plan.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import tzinfo
+
+from costguard.decision import Decision
+from costguard.model import (
+    WILDCARD,
+    Ceiling,
+    Limit,
+    Period,
+    Unit,
+    encode_scope,
+    literal_scope,
+    make_match,
+    micros_to_usd,
+)
+from costguard.periods import bucket_for
+
+__all__ = [
+    "CommitOutcome",
+    "CounterOp",
+    "Crossing",
+    "LimitOverride",
+    "ReserveOutcome",
+    "ReservePlan",
+    "apply_overrides",
+    "claim_crossings",
+    "fits",
+    "plan_reservation",
+]
+
+# Counters outlive their period by this much so late commits and status reads still find them.
+EXPIRY_GRACE_S = 2 * 86400.0
+
+
+@dataclass(frozen=True)
+class CounterOp:
+    """One counter a reservation touches, with everything a store needs to check and update it."""
+
+    key: str
+    ceiling_id: str
+    scope: tuple[tuple[str, str], ...]
+    period: Period
+    unit: Unit
+    bucket: str
+    amount: int
+    limit: int
+    hard: bool
+    levels: tuple[tuple[float, int], ...]
+    resets_at: float | None
+    expires_at: float | None
+
+    def display(self, value: int) -> float:
+        """A raw counter value in the unit's user-facing form."""
+        return micros_to_usd(value) if self.unit is Unit.USD else float(value)
+
+
+@dataclass(frozen=True)
+class ReservePlan:
+    """Everything one atomic reserve needs; `force` records without checking (buffered costs)."""
+
+    reservation_id: str
+    at: float
+    labels: tuple[tuple[str, str], ...]
+    counters: tuple[CounterOp, ...]
+    estimate_usd: int
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """A threshold that a counter crossed, claimed once per counter and period across processes."""
+
+    threshold: float
+    counter: CounterOp
+    total: int
+
+
+@dataclass(frozen=True)
+class ReserveOutcome:
+    """What the store did: all counters incremented (`allowed`) or none, and why."""
+
+    allowed: bool
+    totals: tuple[int, ...]
+    blocked: int | None = None
+    crossings: tuple[Crossing, ...] = ()
+
+
+@dataclass(frozen=True)
+class CommitOutcome:
+    """Result of a commit or release; `applied` is False when the id was already settled or unknown."""
+
+    applied: bool
+    counters: tuple[CounterOp, ...] = ()
+    totals: tuple[int, ...] = ()
+    crossings: tuple[Crossing, ...] = ()
+
+
+@dataclass(frozen=True)
+class LimitOverride:
+    """A limit set at run time; it wins over the config."""
+
+    scope: tuple[tuple[str, str], ...]
+    period: Period
+    unit: Unit
+    amount: int
+    reason: str = ""
+    actor: str | None = None
+    at: float = 0.0
+
+    @property
+    def scope_key(self) -> str:
+        return encode_scope(dict(self.scope))
+
+
+def fits(total: int, amount: int, limit: int) -> bool:
+    """A hard counter admits `amount` only while it has room; a full counter admits nothing."""
+    return total + amount <= limit and total < limit
+
+
+def threshold_levels(thresholds: Iterable[float], limit: int) -> tuple[tuple[float, int], ...]:
+    """Absolute counter levels at which each threshold fires."""
+    return tuple((t, math.ceil(t * limit - 1e-9)) for t in sorted(set(thresholds)))
+
+
+def fired_name(threshold: float) -> str:
+    return format(threshold, "g")
+
+
+def claim_crossings(counter: CounterOp, total: int, fired: set[str], *, blocked: bool = False) -> list[Crossing]:
+    """Thresholds newly reached at `total` (a block claims the limit's own), marking them in `fired`."""
+    out: list[Crossing] = []
+    for threshold, level in counter.levels:
+        name = fired_name(threshold)
+        if name in fired:
+            continue
+        reached = total > 0 and total >= level
+        if reached or (blocked and threshold >= 1.0):
+            fired.add(name)
+            out.append(Crossing(threshold, counter, total))
+    return out
+
+
+def evaluate_reserve(plan: ReservePlan, current: Sequence[int], fired: Sequence[set[str]]) -> ReserveOutcome:
+    """The atomic step every store runs under its lock: check all hard counters, then add to all or none.
+
+    `current` holds each counter's committed + reserved total; `fired` sets are updated in place with
+    the thresholds this reservation claims, and the store persists them with the new totals.
+    """
+    if not plan.force:
+        for index, op in enumerate(plan.counters):
+            if op.hard and not fits(current[index], op.amount, op.limit):
+                claimed = claim_crossings(op, current[index], fired[index], blocked=True)
+                return ReserveOutcome(False, tuple(current), index, tuple(claimed))
+    totals = tuple(total + op.amount for total, op in zip(current, plan.counters, strict=True))
+    crossings = [
+        crossing
+        for op, total, claimed in zip(plan.counters, totals, fired, strict=True)
+        for crossing in claim_crossings(op, total, claimed)
+    ]
+    return ReserveOutcome(True, totals, None, tuple(crossings))
+
+
+def settle_deltas(counters: Sequence[CounterOp], actual: Mapping[Unit, int] | None) -> list[tuple[int, int]]:
+    """Per counter, (change to reserved, change to committed) for a commit (`actual`) or a release (None)."""
+    if actual is None:
+        return [(-op.amount, 0) for op in counters]
+    return [(-op.amount, actual.get(op.unit, op.amount)) for op in counters]
+
+
+def op_to_json(op: CounterOp) -> list[object]:
+    """A compact JSON form of a counter op, kept with a reservation for its commit."""
+    return [
+        op.key,
+        op.ceiling_id,
+        [list(item) for item in op.scope],
+        op.period.value,
+        op.unit.value,
+        op.bucket,
+        op.amount,
+        op.limit,
+        op.hard,
+        [list(level) for level in op.levels],
+        op.resets_at,
+        op.expires_at,
+    ]
+
+
+def op_from_json(data: Sequence[object]) -> CounterOp:
+    """Inverse of `op_to_json`."""
+    (key, ceiling_id, scope, period, unit, bucket, amount, limit, hard, levels, resets, expires) = data
+    return CounterOp(
+        key=str(key),
+        ceiling_id=str(ceiling_id),
+        scope=tuple((str(a), str(b)) for a, b in scope),  # type: ignore[attr-defined]
+        period=Period(period),
+        unit=Unit(unit),
+        bucket=str(bucket),
+        amount=int(amount),  # type: ignore[call-overload]
+        limit=int(limit),  # type: ignore[call-overload]
+        hard=bool(hard),
+        levels=tuple((float(t), int(v)) for t, v in levels),  # type: ignore[attr-defined]
+        resets_at=None if resets is None else float(resets),  # type: ignore[arg-type]
+        expires_at=None if expires is None else float(expires),  # type: ignore[arg-type]
+    )
+
+
+def index_overrides(overrides: Iterable[LimitOverride]) -> dict[str, dict[tuple[Period, Unit], int]]:
+    """Overrides grouped by scope key."""
+    index: dict[str, dict[tuple[Period, Unit], int]] = {}
+    for item in overrides:
+        index.setdefault(item.scope_key, {})[(item.period, item.unit)] = item.amount
+    return index
+
+
+def _instance_of(ceiling: Ceiling, scope: Mapping[str, str]) -> bool:
+    return set(scope) == {name for name, _ in ceiling.match} and ceiling.bind(scope) is not None
+
+
+def apply_overrides(ceilings: Sequence[Ceiling], overrides: Iterable[LimitOverride]) -> tuple[Ceiling, ...]:
+    """Config ceilings plus a new ceiling for every override whose scope no ceiling covers."""
+    ids = {c.id for c in ceilings}
+    extra: dict[tuple[tuple[str, str], ...], list[Limit]] = {}
+    for item in overrides:
+        scope = dict(item.scope)
+        if item.scope_key in ids or any(WILDCARD not in scope.values() and _instance_of(c, scope) for c in ceilings):
+            continue
+        extra.setdefault(make_match(scope), []).append(Limit(item.period, item.unit, item.amount))
+    return tuple(ceilings) + tuple(
+        Ceiling(match=match, limits=tuple(limits), name="runtime") for match, limits in extra.items()
+    )
+
+
+def effective_limits(
+    ceiling: Ceiling, bound: Mapping[str, str], overrides: Mapping[str, Mapping[tuple[Period, Unit], int]]
+) -> list[Limit]:
+    """The ceiling's limits for these bound labels: config, then ceiling-wide, then per-instance overrides."""
+    amounts = {(limit.period, limit.unit): limit.amount for limit in ceiling.limits}
+    amounts.update(overrides.get(ceiling.id, {}))
+    instance = encode_scope(bound)
+    if instance != ceiling.id:
+        amounts.update(overrides.get(instance, {}))
+    return [Limit(period, unit, amount) for (period, unit), amount in amounts.items()]
+
+
+def matching(ceilings: Iterable[Ceiling], labels: Mapping[str, str]) -> list[tuple[Ceiling, dict[str, str]]]:
+    """Every ceiling that applies to a call with these labels, with the values it binds."""
+    out = []
+    for ceiling in ceilings:
+        bound = ceiling.bind(labels)
+        if bound is not None:
+            out.append((ceiling, bound))
+    return out
+
+
+def counter_key(ceiling: Ceiling, bound: Mapping[str, str], limit: Limit, bucket: str) -> str:
+    """One counter per (ceiling, bound label values, unit, period bucket); every part is encoded."""
+    return f"{ceiling.id}|{literal_scope(bound)}|{limit.unit.value}|{limit.period.value}|{bucket}"
+
+
+def plan_reservation(
+    *,
+    reservation_id: str,
+    ceilings: Iterable[Ceiling],
+    overrides: Mapping[str, Mapping[tuple[Period, Unit], int]],
+    labels: Mapping[str, str],
+    amounts: Mapping[Unit, int],
+    now: float,
+    tz: tzinfo,
+    thresholds: Sequence[float],
+    force: bool = False,
+) -> ReservePlan:
+    """The counters a call touches and what to add to each, in key order (a stable lock order)."""
+    ops: list[CounterOp] = []
+    for ceiling, bound in matching(ceilings, labels):
+        for limit in effective_limits(ceiling, bound, overrides):
+            bucket = bucket_for(limit.period, now, tz)
+            if limit.period is Period.TOTAL:
+                expires = now + ceiling.expire_after_s if ceiling.expire_after_s else None
+            else:
+                assert bucket.end is not None
+                expires = bucket.end + EXPIRY_GRACE_S
+            ops.append(
+                CounterOp(
+                    key=counter_key(ceiling, bound, limit, bucket.id),
+                    ceiling_id=ceiling.id,
+                    scope=tuple(sorted(bound.items())),
+                    period=limit.period,
+                    unit=limit.unit,
+                    bucket=bucket.id,
+                    amount=amounts.get(limit.unit, 0),
+                    limit=limit.amount,
+                    hard=ceiling.enforcement == "hard",
+                    levels=threshold_levels(ceiling.thresholds or thresholds, limit.amount),
+                    resets_at=bucket.end,
+                    expires_at=expires,
+                )
+            )
+    ops.sort(key=lambda op: op.key)
+    return ReservePlan(
+        reservation_id=reservation_id,
+        at=now,
+        labels=tuple(sorted(labels.items())),
+        counters=tuple(ops),
+        estimate_usd=amounts.get(Unit.USD, 0),
+        force=force,
+    )
+
+
+def _ratio(total: int, limit: int) -> float:
+    if limit <= 0:
+        return math.inf if total > 0 else 1.0
+    return total / limit
+
+
+def decide(plan: ReservePlan, outcome: ReserveOutcome, *, now: float, degrade_at: float | None) -> Decision:
+    """Turn a store's outcome into the decision the caller, the fallback and the audit log see."""
+    labels = dict(plan.labels)
+    if not outcome.allowed:
+        assert outcome.blocked is not None
+        op = plan.counters[outcome.blocked]
+        total = outcome.totals[outcome.blocked]
+        scope = dict(op.scope)
+        retry = max(0.0, op.resets_at - now) if op.resets_at is not None else None
+        unit = "USD" if op.unit is Unit.USD else op.unit.value
+        return Decision(
+            allowed=False,
+            reason="budget_exceeded",
+            labels=labels,
+            scope=scope,
+            period=op.period.value,
+            unit=op.unit.value,
+            spent=op.display(total),
+            limit=op.display(op.limit),
+            retry_after_s=round(retry, 3) if retry is not None else None,
+            ratio=_ratio(total, op.limit),
+            reservation_id=None,
+            message=(
+                f"{op.period.value} {unit} ceiling of {encode_scope(scope) or 'everything'} is "
+                f"exhausted: {op.display(total):g} of {op.display(op.limit):g} spent, this call needs "
+                f"{op.display(op.amount):g}"
+            ),
+        )
+    ratio = 0.0
+    soft_over = False
+    for op, total in zip(plan.counters, outcome.totals, strict=True):
+        value = _ratio(total, op.limit)
+        if op.hard:
+            ratio = max(ratio, value)
+        elif value >= 1.0:
+            soft_over = True
+    degraded = soft_over or (degrade_at is not None and ratio >= degrade_at)
+    return Decision(
+        allowed=True,
+        reason="allowed",
+        labels=labels,
+        ratio=ratio,
+        degraded=degraded,
+        reservation_id=plan.reservation_id,
+        message="allowed (degraded)" if degraded else "allowed",
+    )
+
+
+def force(plan: ReservePlan) -> ReservePlan:
+    """The same plan, recorded without checking limits (a cost incurred while the store was down)."""
+    return replace(plan, force=True)

@@ -1,0 +1,67 @@
+"""The exception tree: every error costguard raises derives from `CostGuardError`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from costguard.decision import Decision
+
+__all__ = [
+    "Blocked",
+    "BudgetExceeded",
+    "ConfigError",
+    "CostGuardError",
+    "KillSwitchActive",
+    "LabelError",
+    "StoreError",
+    "StoreUnavailable",
+]
+
+
+class CostGuardError(Exception):
+    """Base class of every costguard error."""
+
+
+class ConfigError(CostGuardError, ValueError):
+    """A configuration is invalid: the message names the file, the key path and what was expected."""
+
+    def __init__(self, message: str, *, file: str | None = None, path: str | None = None) -> None:
+        self.file = file
+        self.path = path
+        self.reason = message
+        where = ": ".join(part for part in (file, path) if part)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class LabelError(CostGuardError, ValueError):
+    """A label name or value cannot be used (wrong type, empty, too long)."""
+
+
+class StoreError(CostGuardError):
+    """The store failed in a way that is not a plain outage."""
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached or did not answer in time."""
+
+
+class Blocked(CostGuardError):
+    """A guarded call was not allowed; carries the scope, period, spend and limit that blocked it."""
+
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+        self.scope: dict[str, str] = dict(decision.scope)
+        self.period: str | None = decision.period
+        self.spent_usd: float | None = decision.spent_usd
+        self.limit_usd: float | None = decision.limit_usd
+        self.retry_after_s: float | None = decision.retry_after_s
+        super().__init__(decision.message)
+
+
+class BudgetExceeded(Blocked):
+    """A hard ceiling has no room left for this call."""
+
+
+class KillSwitchActive(Blocked):
+    """An operator's kill switch covers this call."""

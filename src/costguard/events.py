@@ -1,0 +1,107 @@
+"""Alert events (`costguard.Event`) and audit records (the append-only decision log)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+__all__ = ["AuditQuery", "AuditRecord", "Event", "EventKind"]
+
+EventKind = Literal["warn", "kill", "killswitch_activated", "killswitch_deactivated", "limit_changed", "store_error"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something an operator should hear about; delivered to notifiers off the request path."""
+
+    kind: EventKind
+    labels: Mapping[str, str]
+    at: datetime
+    threshold: float | None = None
+    period: str | None = None
+    unit: str | None = None
+    spent: float | None = None
+    limit: float | None = None
+    reason: str | None = None
+    actor: str | None = None
+
+    @property
+    def spent_usd(self) -> float | None:
+        """Spend in USD when the ceiling counts USD."""
+        return self.spent if self.unit == "usd" else None
+
+    @property
+    def limit_usd(self) -> float | None:
+        """Limit in USD when the ceiling counts USD."""
+        return self.limit if self.unit == "usd" else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body notifiers send."""
+        return {
+            "kind": self.kind,
+            "threshold": self.threshold,
+            "labels": dict(self.labels),
+            "period": self.period,
+            "unit": self.unit,
+            "spent": self.spent,
+            "limit": self.limit,
+            "spent_usd": self.spent_usd,
+            "limit_usd": self.limit_usd,
+            "reason": self.reason,
+            "actor": self.actor,
+            "at": self.at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One line of the audit log: a decision about a call or a change an operator made."""
+
+    at: float
+    decision: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    reservation_id: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+    @property
+    def when(self) -> datetime:
+        """`at` as an aware UTC datetime."""
+        return datetime.fromtimestamp(self.at, timezone.utc)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view."""
+        return {
+            "id": self.id,
+            "at": self.when.isoformat(),
+            "decision": self.decision,
+            "labels": dict(self.labels),
+            "reservation_id": self.reservation_id,
+            **dict(self.data),
+        }
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """Filters for reading the audit log, newest first."""
+
+    since: float | None = None
+    until: float | None = None
+    feature: str | None = None
+    customer: str | None = None
+    decision: str | None = None
+    limit: int = 100
+    before_id: int | None = None
+
+    def matches(self, record: AuditRecord) -> bool:
+        """Whether a record passes every filter (used by stores that filter in Python)."""
+        return (
+            (self.since is None or record.at >= self.since)
+            and (self.until is None or record.at < self.until)
+            and (self.feature is None or record.labels.get("feature") == self.feature)
+            and (self.customer is None or record.labels.get("customer") == self.customer)
+            and (self.decision is None or record.decision == self.decision)
+            and (self.before_id is None or (record.id is not None and record.id < self.before_id))
+        )

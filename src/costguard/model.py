@@ -1,0 +1,190 @@
+"""Value types: money in integer micro-dollars, units, periods, labels, limits and ceilings."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal, InvalidOperation
+from enum import Enum
+from typing import Literal
+from urllib.parse import quote
+
+from costguard.errors import LabelError
+
+__all__ = [
+    "Ceiling",
+    "Enforcement",
+    "Limit",
+    "Money",
+    "Period",
+    "Unit",
+    "encode_scope",
+    "micros_to_usd",
+    "normalize_labels",
+    "to_micros",
+]
+
+Money = float | int | Decimal | str
+Enforcement = Literal["hard", "soft"]
+
+MICROS_PER_USD = 1_000_000
+WILDCARD = "*"
+DEFAULT_MAX_LABEL_LENGTH = 256
+# Values longer than this are stored as a digest so keys stay short enough for any index.
+_HASH_OVER = 64
+_LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+
+
+class Unit(str, Enum):
+    """What a limit counts."""
+
+    USD = "usd"
+    CALLS = "calls"
+    TOKENS = "tokens"
+
+
+class Period(str, Enum):
+    """Calendar periods in the configured timezone; `total` never resets."""
+
+    HOUR = "hour"
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    TOTAL = "total"
+
+
+def to_micros(amount: Money, *, round_up: bool = True, what: str = "amount") -> int:
+    """USD as `float | int | Decimal | str` → integer micro-dollars; rejects negative, NaN and infinity."""
+    if isinstance(amount, bool) or not isinstance(amount, (float, int, Decimal, str)):
+        raise ValueError(f"{what} must be a number of USD, got {type(amount).__name__} {amount!r}")
+    try:
+        # repr() of a float is its shortest round-tripping decimal: 0.004 stays 0.004, not 0.00400…08.
+        value = Decimal(repr(amount)) if isinstance(amount, float) else Decimal(str(amount).strip())
+    except InvalidOperation:
+        raise ValueError(f"{what} must be a number of USD, got {amount!r}") from None
+    if not value.is_finite():
+        raise ValueError(f"{what} must be a finite number of USD, got {amount!r}")
+    if value < 0:
+        raise ValueError(f"{what} must not be negative, got {amount!r}")
+    rounding = ROUND_CEILING if round_up else ROUND_HALF_UP
+    return int((value * MICROS_PER_USD).to_integral_value(rounding=rounding))
+
+
+def micros_to_usd(micros: int) -> float:
+    """Integer micro-dollars → USD float rounded to 6 places."""
+    return round(micros / MICROS_PER_USD, 6)
+
+
+def check_count(value: object, *, what: str) -> int:
+    """A non-negative whole number of calls or tokens."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} must be a whole number, got {value!r}")
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise ValueError(f"{what} must be a whole number, got {value!r}")
+        value = int(value)
+    if value < 0:
+        raise ValueError(f"{what} must not be negative, got {value!r}")
+    return value
+
+
+def normalize_labels(labels: Mapping[str, object], *, max_length: int = DEFAULT_MAX_LABEL_LENGTH) -> dict[str, str]:
+    """Validate label names and values; `None` values are dropped, ints become strings."""
+    out: dict[str, str] = {}
+    for name, value in labels.items():
+        if value is None:
+            continue
+        if not isinstance(name, str) or not _LABEL_NAME.match(name):
+            raise LabelError(
+                f"label name {name!r} is not valid: use letters, digits, '_', '.' or '-', "
+                "starting with a letter or '_', at most 64 characters"
+            )
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise LabelError(f"label {name!r} must be a string, got {type(value).__name__} {value!r}")
+        text = str(value)
+        if not text:
+            raise LabelError(f"label {name!r} is empty; leave it out instead")
+        if len(text) > max_length:
+            raise LabelError(
+                f"label {name!r} is {len(text)} characters long; the limit is {max_length} "
+                "(raise max_label_length in the config if this is intended)"
+            )
+        out[name] = text
+    return out
+
+
+def _encode_value(value: str) -> str:
+    if len(value) > _HASH_OVER:
+        # '#' never appears in quote()'s output, so a digest can't equal any quoted value.
+        return "#" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return quote(value, safe="")
+
+
+def encode_scope(scope: Mapping[str, str]) -> str:
+    """An injective text form of a ceiling match, safe inside any key (`customer=*,feature=f`)."""
+    return ",".join(
+        f"{name}={WILDCARD if scope[name] == WILDCARD else _encode_value(scope[name])}" for name in sorted(scope)
+    )
+
+
+def literal_scope(labels: Mapping[str, str]) -> str:
+    """An injective text form of bound label values; a value that is literally '*' is data here."""
+    return ",".join(f"{name}={_encode_value(labels[name])}" for name in sorted(labels))
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One limit of a ceiling: `amount` of `unit` per `period` (USD amounts in micro-dollars)."""
+
+    period: Period
+    unit: Unit
+    amount: int
+
+    @property
+    def display(self) -> float:
+        """The amount in the unit's user-facing form (USD as a float)."""
+        return micros_to_usd(self.amount) if self.unit is Unit.USD else float(self.amount)
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """Limits on every call whose labels match `match` (`"*"`: each value gets its own counter)."""
+
+    match: tuple[tuple[str, str], ...]
+    limits: tuple[Limit, ...]
+    enforcement: Enforcement = "hard"
+    expire_after_s: float | None = None
+    thresholds: tuple[float, ...] | None = None
+    # Values of a wildcard label that a more specific ceiling of the same shape covers instead.
+    exclude: tuple[tuple[str, frozenset[str]], ...] = ()
+    name: str = field(default="")
+
+    @property
+    def id(self) -> str:
+        """A stable identity derived from the match (`customer=*,feature=support_agent`)."""
+        return encode_scope(dict(self.match))
+
+    @property
+    def match_dict(self) -> dict[str, str]:
+        return dict(self.match)
+
+    def bind(self, labels: Mapping[str, str]) -> dict[str, str] | None:
+        """The concrete label values this call binds, or None when the ceiling doesn't apply."""
+        bound: dict[str, str] = {}
+        for name, wanted in self.match:
+            value = labels.get(name)
+            if value is None or (wanted not in (WILDCARD, value)):
+                return None
+            bound[name] = value
+        for name, values in self.exclude:
+            if labels.get(name) in values:
+                return None
+        return bound
+
+
+def make_match(match: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """A ceiling match in canonical (sorted) order."""
+    return tuple(sorted(match.items()))

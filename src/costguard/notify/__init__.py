@@ -1,0 +1,5 @@
+"""Delivering events off the request path."""
+
+from costguard.notify.dispatcher import Background, Notifier
+
+__all__ = ["Background", "Notifier"]

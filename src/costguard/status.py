@@ -1,0 +1,106 @@
+"""`guard.status()`: spend against every ceiling in its current period."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from costguard.model import Ceiling, Limit, Unit, micros_to_usd
+from costguard.stores.base import KillSwitchState
+
+__all__ = ["CeilingStatus", "Status"]
+
+
+@dataclass(frozen=True)
+class CeilingStatus:
+    """One counter: a ceiling's bound labels in one period, in its unit (USD as floats)."""
+
+    ceiling: str
+    labels: Mapping[str, str]
+    period: str
+    unit: str
+    spent: float
+    reserved: float
+    limit: float
+    remaining: float
+    ratio: float
+    resets_at: datetime | None
+    enforcement: str
+
+    @classmethod
+    def build(
+        cls,
+        ceiling: Ceiling,
+        labels: Mapping[str, str],
+        limit: Limit,
+        committed: int,
+        reserved: int,
+        resets: float | None,
+    ) -> CeilingStatus:
+        """A row from raw counter values (`spent` counts in-flight reservations, as enforcement does)."""
+
+        def shown(value: int) -> float:
+            return micros_to_usd(value) if limit.unit is Unit.USD else float(value)
+
+        total = committed + reserved
+        return cls(
+            ceiling=ceiling.id,
+            labels=dict(labels),
+            period=limit.period.value,
+            unit=limit.unit.value,
+            spent=shown(total),
+            reserved=shown(reserved),
+            limit=shown(limit.amount),
+            remaining=shown(max(0, limit.amount - total)),
+            ratio=round(total / limit.amount, 6) if limit.amount else (1.0 if total else 0.0),
+            resets_at=None if resets is None else datetime.fromtimestamp(resets, timezone.utc),
+            enforcement=ceiling.enforcement,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view; USD rows say spent_usd / limit_usd / remaining_usd."""
+        names = (
+            ("spent_usd", "reserved_usd", "limit_usd", "remaining_usd")
+            if self.unit == "usd"
+            else ("spent", "reserved", "limit", "remaining")
+        )
+        return {
+            "ceiling": self.ceiling,
+            "labels": dict(self.labels),
+            "period": self.period,
+            "unit": self.unit,
+            names[0]: self.spent,
+            names[1]: self.reserved,
+            names[2]: self.limit,
+            names[3]: self.remaining,
+            "ratio": self.ratio,
+            "resets_at": self.resets_at.isoformat() if self.resets_at else None,
+            "enforcement": self.enforcement,
+        }
+
+
+@dataclass(frozen=True)
+class Status:
+    """Every ceiling's spend now, and the active kill switches."""
+
+    at: datetime
+    ceilings: tuple[CeilingStatus, ...]
+    killswitches: tuple[KillSwitchState, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view."""
+        return {
+            "at": self.at.isoformat(),
+            "ceilings": [c.to_dict() for c in self.ceilings],
+            "killswitches": [
+                {
+                    "scope": dict(s.scope),
+                    "reason": s.reason,
+                    "actor": s.actor,
+                    "since": datetime.fromtimestamp(s.since, timezone.utc).isoformat(),
+                }
+                for s in self.killswitches
+            ],
+        }

@@ -1,0 +1,43 @@
+"""Stores selected by URL scheme; backends import lazily so the core install stays light."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from costguard.errors import ConfigError
+from costguard.stores.base import Control, CounterRow, KillSwitchState, Store
+from costguard.stores.memory import MemoryStore
+
+__all__ = ["Control", "CounterRow", "KillSwitchState", "MemoryStore", "Store", "open_store"]
+
+_SQL_SCHEMES = ("sqlite", "postgresql", "postgres")
+_EXTRAS = {"postgresql": "postgres", "postgres": "postgres", "redis": "redis", "rediss": "redis"}
+
+
+def open_store(url: str, **options: Any) -> Store:
+    """The store for `url`: `memory://`, `sqlite:///path.db`, `postgresql+psycopg://…`."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(
+            f"store URL {url!r} is not a URL; use memory://, sqlite:///costguard.db or postgresql+psycopg://…",
+            path="store",
+        )
+    scheme = url.split("://", 1)[0].lower()
+    base = scheme.split("+", 1)[0]
+    if scheme == "memory":
+        return MemoryStore(url)
+    if base in _SQL_SCHEMES:
+        try:
+            from costguard.stores.sql import SQLStore
+        except ImportError as exc:  # pragma: no cover - SQLAlchemy is a core dependency
+            raise ConfigError(f"the SQL store needs SQLAlchemy: {exc}", path="store") from exc
+        return SQLStore(url, **options)
+    if base in ("redis", "rediss"):
+        raise ConfigError(
+            "the Redis store is not available in this version; use sqlite:///… or postgresql+psycopg://…",
+            path="store",
+        )
+    raise ConfigError(
+        f"unknown store scheme {scheme!r} in {url!r}; expected memory://, sqlite:///…, "
+        "postgresql+psycopg://… or redis://…",
+        path="store",
+    )

@@ -1,0 +1,131 @@
+"""The store protocol: the few atomic operations a backend carries out for the guard."""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from costguard.engine import CommitOutcome, LimitOverride, ReserveOutcome, ReservePlan
+from costguard.events import AuditQuery, AuditRecord
+from costguard.model import Period, Unit
+
+__all__ = ["Control", "CounterRow", "KillSwitchState", "Store"]
+
+
+@dataclass(frozen=True)
+class KillSwitchState:
+    """An active kill switch: its scope (empty = global), why, who and since when."""
+
+    scope: tuple[tuple[str, str], ...]
+    reason: str
+    actor: str | None
+    since: float
+
+
+@dataclass(frozen=True)
+class Control:
+    """Operator state every process follows: active kill switches and limit overrides."""
+
+    killswitches: tuple[KillSwitchState, ...] = ()
+    overrides: tuple[LimitOverride, ...] = ()
+
+
+@dataclass(frozen=True)
+class CounterRow:
+    """A stored counter as status reports it."""
+
+    key: str
+    ceiling_id: str
+    scope: tuple[tuple[str, str], ...]
+    period: Period
+    unit: Unit
+    bucket: str
+    committed: int
+    reserved: int
+
+
+class Store(ABC):
+    """One class per backend; every store passes `tests/stores/test_contract.py`.
+
+    Sync methods are the contract; the async ones run them in a worker thread unless a backend
+    has a native async client, so async callers never block their event loop on store I/O.
+    """
+
+    url: str = ""
+
+    @abstractmethod
+    def reserve(self, plan: ReservePlan, record: AuditRecord | None) -> ReserveOutcome:
+        """Atomically check every hard counter of `plan` and add to all or none; write `record`."""
+
+    @abstractmethod
+    def settle(
+        self, reservation_id: str, actual: Mapping[Unit, int] | None, at: float, record: AuditRecord | None
+    ) -> CommitOutcome:
+        """Commit (`actual` per unit) or release (None) a reservation, once: a repeat is a no-op."""
+
+    @abstractmethod
+    def totals(self, keys: Sequence[str]) -> list[int]:
+        """committed + reserved of each counter key (0 for a counter not yet written)."""
+
+    @abstractmethod
+    def list_counters(self, buckets: Mapping[Period, str]) -> list[CounterRow]:
+        """Every counter in the given current bucket of each period."""
+
+    @abstractmethod
+    def control(self) -> Control:
+        """Active kill switches and limit overrides, in one read."""
+
+    @abstractmethod
+    def set_killswitch(self, state: KillSwitchState, active: bool, record: AuditRecord) -> bool:
+        """Turn a kill switch on or off; returns whether anything changed."""
+
+    @abstractmethod
+    def set_override(self, override: LimitOverride, clear: bool, record: AuditRecord) -> None:
+        """Store (or with `clear`, remove) a limit override."""
+
+    @abstractmethod
+    def append(self, records: Sequence[AuditRecord]) -> None:
+        """Append records to the audit log."""
+
+    @abstractmethod
+    def audit(self, query: AuditQuery) -> list[AuditRecord]:
+        """Audit records matching `query`, newest first."""
+
+    @abstractmethod
+    def cache_get(self, key: str, now: float) -> bytes | None:
+        """A cached value that has not expired."""
+
+    @abstractmethod
+    def cache_set(self, key: str, value: bytes, expires_at: float) -> None:
+        """Cache a value until `expires_at`."""
+
+    @abstractmethod
+    def purge(self, now: float) -> int:
+        """Drop expired counters, settled reservations and cache entries; returns rows removed."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+    async def areserve(self, plan: ReservePlan, record: AuditRecord | None) -> ReserveOutcome:
+        """Async `reserve`."""
+        return await asyncio.to_thread(self.reserve, plan, record)
+
+    async def asettle(
+        self, reservation_id: str, actual: Mapping[Unit, int] | None, at: float, record: AuditRecord | None
+    ) -> CommitOutcome:
+        """Async `settle`."""
+        return await asyncio.to_thread(self.settle, reservation_id, actual, at, record)
+
+    async def acontrol(self) -> Control:
+        """Async `control`."""
+        return await asyncio.to_thread(self.control)
+
+    async def acache_get(self, key: str, now: float) -> bytes | None:
+        """Async `cache_get`."""
+        return await asyncio.to_thread(self.cache_get, key, now)
+
+    async def acache_set(self, key: str, value: bytes, expires_at: float) -> None:
+        """Async `cache_set`."""
+        await asyncio.to_thread(self.cache_set, key, value, expires_at)

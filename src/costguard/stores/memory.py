@@ -1,0 +1,184 @@
+"""`memory://`: everything in this process, under one lock. For tests and single-process apps."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from costguard.engine import (
+    CommitOutcome,
+    CounterOp,
+    LimitOverride,
+    ReserveOutcome,
+    ReservePlan,
+    claim_crossings,
+    evaluate_reserve,
+    settle_deltas,
+)
+from costguard.events import AuditQuery, AuditRecord
+from costguard.model import Period, Unit, encode_scope
+from costguard.stores.base import Control, CounterRow, KillSwitchState, Store
+
+__all__ = ["MemoryStore"]
+
+
+@dataclass
+class _Counter:
+    op: CounterOp
+    committed: int = 0
+    reserved: int = 0
+    fired: set[str] = field(default_factory=set)
+
+    @property
+    def total(self) -> int:
+        return self.committed + self.reserved
+
+
+@dataclass
+class _Reservation:
+    counters: tuple[CounterOp, ...]
+    settled: bool = False
+    at: float = 0.0
+
+
+class MemoryStore(Store):
+    """In-process store; `max_audit` bounds the audit log kept in memory."""
+
+    def __init__(self, url: str = "memory://", *, max_audit: int = 100_000) -> None:
+        self.url = url
+        self._lock = threading.Lock()
+        self._counters: dict[str, _Counter] = {}
+        self._reservations: dict[str, _Reservation] = {}
+        self._killswitches: dict[str, KillSwitchState] = {}
+        self._overrides: dict[tuple[str, Period, Unit], LimitOverride] = {}
+        self._audit: deque[AuditRecord] = deque(maxlen=max_audit)
+        self._cache: dict[str, tuple[bytes, float]] = {}
+        self._ids = itertools.count(1)
+
+    def _append(self, record: AuditRecord | None) -> None:
+        if record is not None:
+            self._audit.append(replace(record, id=next(self._ids)))
+
+    def _counter(self, op: CounterOp) -> _Counter:
+        counter = self._counters.get(op.key)
+        if counter is None:
+            counter = self._counters[op.key] = _Counter(op)
+        return counter
+
+    def reserve(self, plan: ReservePlan, record: AuditRecord | None) -> ReserveOutcome:
+        with self._lock:
+            if plan.force and plan.reservation_id in self._reservations:
+                return ReserveOutcome(True, ())  # a buffered record written twice counts once
+            counters = [self._counter(op) for op in plan.counters]
+            fired = [set(c.fired) for c in counters]
+            outcome = evaluate_reserve(plan, [c.total for c in counters], fired)
+            for counter, op, claimed in zip(counters, plan.counters, fired, strict=True):
+                counter.fired = claimed
+                if outcome.allowed:
+                    counter.reserved += op.amount
+                    counter.op = op
+            if outcome.allowed:
+                self._reservations[plan.reservation_id] = _Reservation(plan.counters, at=plan.at)
+            self._append(record)
+            return outcome
+
+    def settle(
+        self, reservation_id: str, actual: Mapping[Unit, int] | None, at: float, record: AuditRecord | None
+    ) -> CommitOutcome:
+        with self._lock:
+            reservation = self._reservations.get(reservation_id)
+            if reservation is None or reservation.settled:
+                return CommitOutcome(applied=False)
+            reservation.settled = True
+            reservation.at = at
+            totals: list[int] = []
+            crossings = []
+            for op, (d_reserved, d_committed) in zip(
+                reservation.counters, settle_deltas(reservation.counters, actual), strict=True
+            ):
+                counter = self._counter(op)
+                counter.reserved += d_reserved
+                counter.committed += d_committed
+                totals.append(counter.total)
+                crossings.extend(claim_crossings(op, counter.total, counter.fired))
+            self._append(record)
+            return CommitOutcome(True, reservation.counters, tuple(totals), tuple(crossings))
+
+    def totals(self, keys: Sequence[str]) -> list[int]:
+        with self._lock:
+            return [self._counters[k].total if k in self._counters else 0 for k in keys]
+
+    def list_counters(self, buckets: Mapping[Period, str]) -> list[CounterRow]:
+        with self._lock:
+            return [
+                CounterRow(
+                    c.op.key, c.op.ceiling_id, c.op.scope, c.op.period, c.op.unit, c.op.bucket, c.committed, c.reserved
+                )
+                for c in self._counters.values()
+                if buckets.get(c.op.period) == c.op.bucket
+            ]
+
+    def control(self) -> Control:
+        with self._lock:
+            return Control(tuple(self._killswitches.values()), tuple(self._overrides.values()))
+
+    def set_killswitch(self, state: KillSwitchState, active: bool, record: AuditRecord) -> bool:
+        key = encode_scope(dict(state.scope))
+        with self._lock:
+            changed = (key in self._killswitches) != active
+            if active:
+                self._killswitches[key] = state
+            else:
+                self._killswitches.pop(key, None)
+            self._append(record)
+            return changed
+
+    def set_override(self, override: LimitOverride, clear: bool, record: AuditRecord) -> None:
+        key = (override.scope_key, override.period, override.unit)
+        with self._lock:
+            if clear:
+                self._overrides.pop(key, None)
+            else:
+                self._overrides[key] = override
+            self._append(record)
+
+    def append(self, records: Sequence[AuditRecord]) -> None:
+        with self._lock:
+            for record in records:
+                self._append(record)
+
+    def audit(self, query: AuditQuery) -> list[AuditRecord]:
+        with self._lock:
+            out = []
+            for record in reversed(self._audit):
+                if query.matches(record):
+                    out.append(record)
+                    if len(out) >= query.limit:
+                        break
+            return out
+
+    def cache_get(self, key: str, now: float) -> bytes | None:
+        with self._lock:
+            entry = self._cache.get(key)
+            return entry[0] if entry is not None and entry[1] > now else None
+
+    def cache_set(self, key: str, value: bytes, expires_at: float) -> None:
+        with self._lock:
+            self._cache[key] = (value, expires_at)
+
+    def purge(self, now: float) -> int:
+        with self._lock:
+            dead = [k for k, c in self._counters.items() if c.op.expires_at is not None and c.op.expires_at < now]
+            for key in dead:
+                del self._counters[key]
+            # A settled reservation is kept a day so a retried commit still finds it and stays a no-op.
+            old = [k for k, r in self._reservations.items() if r.settled and r.at < now - 86400]
+            for key in old:
+                del self._reservations[key]
+            stale = [k for k, (_, expires) in self._cache.items() if expires <= now]
+            for key in stale:
+                del self._cache[key]
+            return len(dead) + len(old) + len(stale)

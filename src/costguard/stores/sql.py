@@ -1,0 +1,527 @@
+"""`sqlite:///…` and `postgresql+psycopg://…` on SQLAlchemy Core.
+
+Each reserve or settle is one transaction that locks its counter rows in key order (SQLite:
+`BEGIN IMMEDIATE`; PostgreSQL: `SELECT … FOR UPDATE`), checks them with the engine's pure
+`evaluate_reserve`, and writes the new totals, the reservation and the audit record together.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Engine
+
+from costguard.engine import (
+    CommitOutcome,
+    CounterOp,
+    LimitOverride,
+    ReserveOutcome,
+    ReservePlan,
+    claim_crossings,
+    evaluate_reserve,
+    op_from_json,
+    op_to_json,
+    settle_deltas,
+)
+from costguard.errors import ConfigError, StoreError, StoreUnavailable
+from costguard.events import AuditQuery, AuditRecord
+from costguard.model import Period, Unit, encode_scope
+from costguard.stores.base import Control, CounterRow, KillSwitchState, Store
+
+__all__ = ["SQLStore"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_SETTLED_KEEP_S = 86400.0
+
+
+def _tables(prefix: str) -> tuple[sa.MetaData, dict[str, sa.Table]]:
+    meta = sa.MetaData()
+    big = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER only
+    t = {
+        "counters": sa.Table(
+            f"{prefix}counters",
+            meta,
+            sa.Column("key", sa.Text, primary_key=True),
+            sa.Column("ceiling_id", sa.Text, nullable=False),
+            sa.Column("scope", sa.Text, nullable=False),
+            sa.Column("period", sa.String(8), nullable=False),
+            sa.Column("unit", sa.String(8), nullable=False),
+            sa.Column("bucket", sa.String(40), nullable=False),
+            sa.Column("committed", sa.BigInteger, nullable=False),
+            sa.Column("reserved", sa.BigInteger, nullable=False),
+            sa.Column("fired", sa.Text, nullable=False),
+            sa.Column("expires_at", sa.Float, nullable=True),
+            sa.Index(f"{prefix}counters_bucket", "period", "bucket"),
+            sa.Index(f"{prefix}counters_expiry", "expires_at"),
+        ),
+        "reservations": sa.Table(
+            f"{prefix}reservations",
+            meta,
+            sa.Column("id", sa.String(64), primary_key=True),
+            sa.Column("at", sa.Float, nullable=False),
+            sa.Column("settled", sa.Boolean, nullable=False),
+            sa.Column("counters", sa.Text, nullable=False),
+            sa.Index(f"{prefix}reservations_at", "settled", "at"),
+        ),
+        "events": sa.Table(
+            f"{prefix}events",
+            meta,
+            sa.Column("id", big, primary_key=True, autoincrement=True),
+            sa.Column("at", sa.Float, nullable=False),
+            sa.Column("decision", sa.String(32), nullable=False),
+            sa.Column("feature", sa.Text, nullable=True),
+            sa.Column("customer", sa.Text, nullable=True),
+            sa.Column("reservation_id", sa.String(64), nullable=True),
+            sa.Column("labels", sa.Text, nullable=False),
+            sa.Column("data", sa.Text, nullable=False),
+            sa.Index(f"{prefix}events_at", "at"),
+            sa.Index(f"{prefix}events_feature", "feature", "id"),
+        ),
+        "control": sa.Table(
+            f"{prefix}control",
+            meta,
+            sa.Column("key", sa.Text, primary_key=True),
+            sa.Column("kind", sa.String(16), nullable=False),
+            sa.Column("value", sa.Text, nullable=False),
+        ),
+        "cache": sa.Table(
+            f"{prefix}cache",
+            meta,
+            sa.Column("key", sa.Text, primary_key=True),
+            sa.Column("value", sa.LargeBinary, nullable=False),
+            sa.Column("expires_at", sa.Float, nullable=False),
+        ),
+    }
+    return meta, t
+
+
+def _mapped(method: Callable[P, T]) -> Callable[P, T]:
+    """The one boundary where driver errors become costguard's own."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
+            raise StoreUnavailable(f"SQL store unavailable: {exc}") from exc
+        except sa_exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise StoreUnavailable(f"SQL store connection lost: {exc}") from exc
+            raise StoreError(f"SQL store error: {exc}") from exc
+
+    return wrapper
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _split_options(url: str) -> tuple[str, dict[str, str]]:
+    """Take costguard's own query options (`timeout_ms`, `prefix`) out of the URL."""
+    parts = urlsplit(url)
+    ours: dict[str, str] = {}
+    rest = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in ("timeout_ms", "prefix"):
+            ours[name] = value
+        else:
+            rest.append((name, value))
+    return urlunsplit(parts._replace(query=urlencode(rest))), ours
+
+
+class SQLStore(Store):
+    """The SQL store. `timeout_ms`: how long a statement (or SQLite's lock wait) may take."""
+
+    def __init__(self, url: str, *, timeout_ms: float | None = None, prefix: str | None = None) -> None:
+        self.url = url
+        sa_url, opts = _split_options(url)
+        scheme = sa_url.split("://", 1)[0].lower()
+        if scheme in ("postgresql", "postgres"):
+            sa_url = "postgresql+psycopg://" + sa_url.split("://", 1)[1]
+        self.prefix = prefix or opts.get("prefix", "costguard_")
+        self.sqlite = scheme.startswith("sqlite")
+        try:
+            # SQLite serializes writers on a file lock: a wait is contention, not an outage, so its
+            # default wait is long; a network database gets a short statement timeout.
+            default_ms = 5000.0 if self.sqlite else 2000.0
+            self.timeout_ms = float(timeout_ms if timeout_ms is not None else opts.get("timeout_ms", default_ms))
+            self.engine = self._create_engine(sa_url)
+        except (sa_exc.ArgumentError, ValueError, ImportError) as exc:
+            hint = ' (pip install "costguard-ai[postgres]")' if isinstance(exc, ImportError) else ""
+            raise ConfigError(f"cannot open SQL store {url!r}: {exc}{hint}", path="store") from exc
+        self.meta, self.t = _tables(self.prefix)
+        self._create_schema()
+
+    def _create_engine(self, sa_url: str) -> Engine:
+        if self.sqlite:
+            engine = sa.create_engine(
+                sa_url,
+                connect_args={"timeout": self.timeout_ms / 1000, "check_same_thread": False},
+                pool_size=8,
+                max_overflow=64,
+            )
+
+            @sa.event.listens_for(engine, "connect")
+            def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+                dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+                cursor = dbapi_connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.execute(f"PRAGMA busy_timeout={int(self.timeout_ms)}")
+                cursor.close()
+
+            @sa.event.listens_for(engine, "begin")
+            def _on_begin(conn: Connection) -> None:
+                # Writers take the lock up front so check-then-write can't interleave across processes.
+                read_only = conn.get_execution_options().get("costguard_read", False)
+                conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+            return engine
+        return sa.create_engine(
+            sa_url,
+            pool_size=8,
+            max_overflow=64,
+            pool_pre_ping=True,
+            connect_args={
+                "connect_timeout": max(2, int(self.timeout_ms / 1000 + 0.999)),
+                "options": f"-c statement_timeout={int(self.timeout_ms)} -c lock_timeout={int(self.timeout_ms)}",
+            },
+        )
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as raw:
+            conn = raw.execution_options(costguard_read=True)
+            with conn.begin():
+                yield conn
+
+    @_mapped
+    def _create_schema(self) -> None:
+        with self._tx() as conn:
+            if not self.sqlite:
+                # Several processes may start at once; one creates, the others wait here.
+                lock_id = zlib.crc32(self.prefix.encode()) & 0x7FFFFFFF
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
+            self.meta.create_all(conn, checkfirst=True)
+
+    def _insert(self, table: sa.Table) -> Any:
+        if self.sqlite:
+            return sqlite_insert(table)
+        return postgresql_insert(table)
+
+    def _lock_counters(self, conn: Connection, ops: Sequence[CounterOp]) -> dict[str, tuple[int, int, set[str]]]:
+        """Create missing counter rows, then lock and read them all in key order."""
+        c = self.t["counters"]
+        rows = [
+            {
+                "key": op.key,
+                "ceiling_id": op.ceiling_id,
+                "scope": _dumps([list(item) for item in op.scope]),
+                "period": op.period.value,
+                "unit": op.unit.value,
+                "bucket": op.bucket,
+                "committed": 0,
+                "reserved": 0,
+                "fired": "",
+                "expires_at": op.expires_at,
+            }
+            for op in sorted(ops, key=lambda o: o.key)
+        ]
+        conn.execute(self._insert(c).values(rows).on_conflict_do_nothing(index_elements=["key"]))
+        result = conn.execute(
+            sa.select(c.c.key, c.c.committed, c.c.reserved, c.c.fired)
+            .where(c.c.key.in_([op.key for op in ops]))
+            .order_by(c.c.key)
+            .with_for_update()
+        )
+        return {
+            row.key: (int(row.committed), int(row.reserved), set(filter(None, row.fired.split(",")))) for row in result
+        }
+
+    def _write_counters(self, conn: Connection, values: Sequence[dict[str, Any]]) -> None:
+        c = self.t["counters"]
+        conn.execute(
+            sa.update(c)
+            .where(c.c.key == sa.bindparam("b_key"))
+            .values(
+                committed=sa.bindparam("b_committed"),
+                reserved=sa.bindparam("b_reserved"),
+                fired=sa.bindparam("b_fired"),
+                expires_at=sa.bindparam("b_expires"),
+            ),
+            list(values),
+        )
+
+    def _insert_records(self, conn: Connection, records: Sequence[AuditRecord]) -> None:
+        if not records:
+            return
+        conn.execute(
+            sa.insert(self.t["events"]),
+            [
+                {
+                    "at": r.at,
+                    "decision": r.decision,
+                    "feature": r.labels.get("feature"),
+                    "customer": r.labels.get("customer"),
+                    "reservation_id": r.reservation_id,
+                    "labels": _dumps(dict(r.labels)),
+                    "data": _dumps(dict(r.data)),
+                }
+                for r in records
+            ],
+        )
+
+    @_mapped
+    def reserve(self, plan: ReservePlan, record: AuditRecord | None) -> ReserveOutcome:
+        r = self.t["reservations"]
+        with self._tx() as conn:
+            if plan.force and conn.execute(sa.select(r.c.id).where(r.c.id == plan.reservation_id)).first():
+                return ReserveOutcome(True, ())  # a buffered record written twice counts once
+            if not plan.counters:
+                outcome = ReserveOutcome(True, ())
+            else:
+                state = self._lock_counters(conn, plan.counters)
+                current = [state[op.key] for op in plan.counters]
+                fired = [set(s[2]) for s in current]
+                outcome = evaluate_reserve(plan, [s[0] + s[1] for s in current], fired)
+                writes = []
+                for op, (committed, reserved, before), claimed in zip(plan.counters, current, fired, strict=True):
+                    if outcome.allowed or claimed != before:
+                        writes.append(
+                            {
+                                "b_key": op.key,
+                                "b_committed": committed,
+                                "b_reserved": reserved + (op.amount if outcome.allowed else 0),
+                                "b_fired": ",".join(sorted(claimed)),
+                                "b_expires": op.expires_at,
+                            }
+                        )
+                if writes:
+                    self._write_counters(conn, writes)
+            if outcome.allowed:
+                conn.execute(
+                    sa.insert(r).values(
+                        id=plan.reservation_id,
+                        at=plan.at,
+                        settled=False,
+                        counters=_dumps([op_to_json(op) for op in plan.counters]),
+                    )
+                )
+            self._insert_records(conn, [record] if record else [])
+            return outcome
+
+    @_mapped
+    def settle(
+        self, reservation_id: str, actual: Mapping[Unit, int] | None, at: float, record: AuditRecord | None
+    ) -> CommitOutcome:
+        r = self.t["reservations"]
+        with self._tx() as conn:
+            row = conn.execute(
+                sa.select(r.c.counters, r.c.settled).where(r.c.id == reservation_id).with_for_update()
+            ).first()
+            if row is None or row.settled:
+                return CommitOutcome(applied=False)
+            ops = tuple(op_from_json(item) for item in json.loads(row.counters))
+            totals: list[int] = []
+            crossings = []
+            if ops:
+                state = self._lock_counters(conn, ops)
+                writes = []
+                for op, (d_reserved, d_committed) in zip(ops, settle_deltas(ops, actual), strict=True):
+                    committed, reserved, fired = state[op.key]
+                    committed += d_committed
+                    reserved += d_reserved
+                    totals.append(committed + reserved)
+                    crossings.extend(claim_crossings(op, committed + reserved, fired))
+                    writes.append(
+                        {
+                            "b_key": op.key,
+                            "b_committed": committed,
+                            "b_reserved": reserved,
+                            "b_fired": ",".join(sorted(fired)),
+                            "b_expires": op.expires_at,
+                        }
+                    )
+                self._write_counters(conn, writes)
+            conn.execute(sa.update(r).where(r.c.id == reservation_id).values(settled=True, at=at))
+            self._insert_records(conn, [record] if record else [])
+            return CommitOutcome(True, ops, tuple(totals), tuple(crossings))
+
+    @_mapped
+    def totals(self, keys: Sequence[str]) -> list[int]:
+        c = self.t["counters"]
+        with self._read() as conn:
+            found = {
+                row.key: int(row.committed) + int(row.reserved)
+                for row in conn.execute(sa.select(c.c.key, c.c.committed, c.c.reserved).where(c.c.key.in_(list(keys))))
+            }
+        return [found.get(key, 0) for key in keys]
+
+    @_mapped
+    def list_counters(self, buckets: Mapping[Period, str]) -> list[CounterRow]:
+        c = self.t["counters"]
+        if not buckets:
+            return []
+        where = sa.or_(*[sa.and_(c.c.period == p.value, c.c.bucket == b) for p, b in buckets.items()])
+        with self._read() as conn:
+            return [
+                CounterRow(
+                    row.key,
+                    row.ceiling_id,
+                    tuple((str(a), str(b)) for a, b in json.loads(row.scope)),
+                    Period(row.period),
+                    Unit(row.unit),
+                    row.bucket,
+                    int(row.committed),
+                    int(row.reserved),
+                )
+                for row in conn.execute(sa.select(c).where(where))
+            ]
+
+    @_mapped
+    def control(self) -> Control:
+        ctl = self.t["control"]
+        switches: list[KillSwitchState] = []
+        overrides: list[LimitOverride] = []
+        with self._read() as conn:
+            for row in conn.execute(sa.select(ctl.c.kind, ctl.c.value)):
+                data = json.loads(row.value)
+                scope = tuple((str(a), str(b)) for a, b in data["scope"])
+                if row.kind == "killswitch":
+                    switches.append(KillSwitchState(scope, data["reason"], data["actor"], data["since"]))
+                elif row.kind == "override":
+                    overrides.append(
+                        LimitOverride(
+                            scope,
+                            Period(data["period"]),
+                            Unit(data["unit"]),
+                            int(data["amount"]),
+                            data["reason"],
+                            data["actor"],
+                            data["at"],
+                        )
+                    )
+        return Control(tuple(switches), tuple(overrides))
+
+    def _put_control(self, conn: Connection, key: str, kind: str, value: dict[str, Any] | None) -> bool:
+        ctl = self.t["control"]
+        existed = conn.execute(sa.select(ctl.c.key).where(ctl.c.key == key).with_for_update()).first() is not None
+        if value is None:
+            conn.execute(sa.delete(ctl).where(ctl.c.key == key))
+            return existed
+        if existed:
+            conn.execute(sa.update(ctl).where(ctl.c.key == key).values(value=_dumps(value)))
+        else:
+            conn.execute(sa.insert(ctl).values(key=key, kind=kind, value=_dumps(value)))
+        return not existed
+
+    @_mapped
+    def set_killswitch(self, state: KillSwitchState, active: bool, record: AuditRecord) -> bool:
+        key = "killswitch|" + encode_scope(dict(state.scope))
+        value = {
+            "scope": [list(item) for item in state.scope],
+            "reason": state.reason,
+            "actor": state.actor,
+            "since": state.since,
+        }
+        with self._tx() as conn:
+            changed = self._put_control(conn, key, "killswitch", value if active else None)
+            self._insert_records(conn, [record])
+            return changed
+
+    @_mapped
+    def set_override(self, override: LimitOverride, clear: bool, record: AuditRecord) -> None:
+        key = f"override|{override.scope_key}|{override.period.value}|{override.unit.value}"
+        value = {
+            "scope": [list(item) for item in override.scope],
+            "period": override.period.value,
+            "unit": override.unit.value,
+            "amount": override.amount,
+            "reason": override.reason,
+            "actor": override.actor,
+            "at": override.at,
+        }
+        with self._tx() as conn:
+            self._put_control(conn, key, "override", None if clear else value)
+            self._insert_records(conn, [record])
+
+    @_mapped
+    def append(self, records: Sequence[AuditRecord]) -> None:
+        with self._tx() as conn:
+            self._insert_records(conn, records)
+
+    @_mapped
+    def audit(self, query: AuditQuery) -> list[AuditRecord]:
+        e = self.t["events"]
+        stmt = sa.select(e).order_by(e.c.id.desc()).limit(query.limit)
+        for column, value in (
+            (e.c.feature, query.feature),
+            (e.c.customer, query.customer),
+            (e.c.decision, query.decision),
+        ):
+            if value is not None:
+                stmt = stmt.where(column == value)
+        if query.since is not None:
+            stmt = stmt.where(e.c.at >= query.since)
+        if query.until is not None:
+            stmt = stmt.where(e.c.at < query.until)
+        if query.before_id is not None:
+            stmt = stmt.where(e.c.id < query.before_id)
+        with self._read() as conn:
+            return [
+                AuditRecord(
+                    at=row.at,
+                    decision=row.decision,
+                    labels=json.loads(row.labels),
+                    reservation_id=row.reservation_id,
+                    data=json.loads(row.data),
+                    id=int(row.id),
+                )
+                for row in conn.execute(stmt)
+            ]
+
+    @_mapped
+    def cache_get(self, key: str, now: float) -> bytes | None:
+        cache = self.t["cache"]
+        with self._read() as conn:
+            row = conn.execute(sa.select(cache.c.value).where(cache.c.key == key, cache.c.expires_at > now)).first()
+        return None if row is None else bytes(row.value)
+
+    @_mapped
+    def cache_set(self, key: str, value: bytes, expires_at: float) -> None:
+        cache = self.t["cache"]
+        stmt = self._insert(cache).values(key=key, value=value, expires_at=expires_at)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["key"], set_={"value": stmt.excluded.value, "expires_at": stmt.excluded.expires_at}
+        )
+        with self._tx() as conn:
+            conn.execute(stmt)
+
+    @_mapped
+    def purge(self, now: float) -> int:
+        c, r, cache = self.t["counters"], self.t["reservations"], self.t["cache"]
+        with self._tx() as conn:
+            removed = conn.execute(sa.delete(c).where(c.c.expires_at < now)).rowcount
+            removed += conn.execute(sa.delete(r).where(r.c.settled.is_(True), r.c.at < now - _SETTLED_KEEP_S)).rowcount
+            removed += conn.execute(sa.delete(cache).where(cache.c.expires_at <= now)).rowcount
+        return int(removed)
+
+    def close(self) -> None:
+        self.engine.dispose()

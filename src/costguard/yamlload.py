@@ -1,0 +1,82 @@
+"""YAML → plain data with `${VAR}` substitution, duplicate-key errors and a line for every key path."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import yaml
+
+from costguard.errors import ConfigError
+
+__all__ = ["load_yaml"]
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _path(parts: list[str | int]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class _Builder:
+    def __init__(self, file: str, env: dict[str, str]) -> None:
+        self.file = file
+        self.env = env
+        self.lines: dict[str, int] = {}
+        self.loader = yaml.SafeLoader("")
+
+    def error(self, parts: list[str | int], node: yaml.Node, message: str) -> ConfigError:
+        return ConfigError(f"{message} (line {node.start_mark.line + 1})", file=self.file, path=_path(parts) or None)
+
+    def build(self, node: yaml.Node, parts: list[str | int]) -> Any:
+        self.lines[_path(parts)] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            self.loader.flatten_mapping(node)  # merge keys (<<)
+            for key_node, value_node in node.value:
+                key = self.build(key_node, [*parts, "<key>"])
+                if not isinstance(key, str):
+                    raise self.error(parts, key_node, f"keys must be strings, got {key!r}")
+                if key in out:
+                    raise self.error([*parts, key], key_node, f"duplicate key {key!r}")
+                out[key] = self.build(value_node, [*parts, key])
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, [*parts, i]) for i, item in enumerate(node.value)]
+        assert isinstance(node, yaml.ScalarNode)
+        if "${" in node.value:
+            return self.substitute(node, parts)
+        return self.loader.construct_object(node, deep=True)
+
+    def substitute(self, node: yaml.ScalarNode, parts: list[str | int]) -> Any:
+        def value_of(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in self.env:
+                raise self.error(parts, node, f"environment variable {name} is not set (used as ${{{name}}})")
+            return self.env[name]
+
+        text = _VAR.sub(value_of, node.value)
+        if node.style is not None:  # quoted: always a string
+            return text
+        # Unquoted: `monthly_usd: ${BUDGET}` becomes a number when the variable holds one.
+        tag = self.loader.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+        return self.loader.construct_object(yaml.ScalarNode(tag, text), deep=True)
+
+
+def load_yaml(text: str, file: str, env: dict[str, str] | None = None) -> tuple[Any, dict[str, int]]:
+    """Parse YAML text; returns the data and a map from key path to line number."""
+    builder = _Builder(file, dict(os.environ) if env is None else env)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", file=file) from None
+    if node is None:
+        return {}, {}
+    try:
+        return builder.build(node, []), builder.lines
+    except yaml.constructor.ConstructorError as exc:
+        raise ConfigError(f"cannot read value: {exc}", file=file) from None
