@@ -13,7 +13,6 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -128,17 +127,14 @@ def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def _split_options(url: str) -> tuple[str, dict[str, str]]:
-    """Take costguard's own query options (`timeout_ms`, `prefix`) out of the URL."""
-    parts = urlsplit(url)
-    ours: dict[str, str] = {}
-    rest = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in ("timeout_ms", "prefix"):
-            ours[name] = value
-        else:
-            rest.append((name, value))
-    return urlunsplit(parts._replace(query=urlencode(rest))), ours
+def _parse_url(url: str) -> tuple[sa.URL, dict[str, str]]:
+    """Parse the URL and take costguard's own query options (`timeout_ms`, `prefix`) out of it."""
+    parsed = sa.make_url(url)
+    ours = {name: str(parsed.query[name]) for name in ("timeout_ms", "prefix") if name in parsed.query}
+    parsed = parsed.difference_update_query(list(ours))
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed, ours
 
 
 class SQLStore(Store):
@@ -146,13 +142,10 @@ class SQLStore(Store):
 
     def __init__(self, url: str, *, timeout_ms: float | None = None, prefix: str | None = None) -> None:
         self.url = url
-        sa_url, opts = _split_options(url)
-        scheme = sa_url.split("://", 1)[0].lower()
-        if scheme in ("postgresql", "postgres"):
-            sa_url = "postgresql+psycopg://" + sa_url.split("://", 1)[1]
-        self.prefix = prefix or opts.get("prefix", "costguard_")
-        self.sqlite = scheme.startswith("sqlite")
         try:
+            sa_url, opts = _parse_url(url)
+            self.prefix = prefix or opts.get("prefix", "costguard_")
+            self.sqlite = sa_url.get_backend_name() == "sqlite"
             # SQLite serializes writers on a file lock: a wait is contention, not an outage, so its
             # default wait is long; a network database gets a short statement timeout.
             default_ms = 5000.0 if self.sqlite else 2000.0
@@ -164,7 +157,7 @@ class SQLStore(Store):
         self.meta, self.t = _tables(self.prefix)
         self._create_schema()
 
-    def _create_engine(self, sa_url: str) -> Engine:
+    def _create_engine(self, sa_url: sa.URL) -> Engine:
         if self.sqlite:
             engine = sa.create_engine(
                 sa_url,

@@ -1,0 +1,325 @@
+"""The store contract: every backend passes the same suite (memory, SQLite, PostgreSQL)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import uuid
+from collections.abc import Sequence
+from zoneinfo import ZoneInfo
+
+import pytest
+import race_worker
+
+from costguard import engine
+from costguard.engine import LimitOverride, ReservePlan
+from costguard.events import AuditQuery, AuditRecord
+from costguard.model import Ceiling, Limit, Period, Unit, make_match
+from costguard.stores import KillSwitchState, Store, open_store
+
+NOW = 1_780_000_000.0  # 2026-05-28T20:26:40Z
+UTC = ZoneInfo("UTC")
+
+
+def ceiling(match: dict[str, str], *limits: Limit, enforcement: str = "hard", expire: float | None = None) -> Ceiling:
+    return Ceiling(make_match(match), tuple(limits), enforcement=enforcement, expire_after_s=expire)  # type: ignore[arg-type]
+
+
+def usd(period: Period, dollars: float) -> Limit:
+    return Limit(period, Unit.USD, round(dollars * 1_000_000))
+
+
+FEATURE = ceiling({"feature": "f"}, usd(Period.MONTH, 1.0), usd(Period.DAY, 0.5))
+CUSTOMER = ceiling({"customer": "*"}, usd(Period.MONTH, 0.3))
+
+
+def plan(
+    ceilings: Sequence[Ceiling],
+    *,
+    estimate: int = 10_000,
+    now: float = NOW,
+    force: bool = False,
+    thresholds: Sequence[float] = (0.8, 1.0),
+    **labels: str,
+) -> ReservePlan:
+    return engine.plan_reservation(
+        reservation_id=uuid.uuid4().hex,
+        ceilings=ceilings,
+        overrides={},
+        labels={"feature": "f", **labels},
+        amounts={Unit.USD: estimate, Unit.CALLS: 1, Unit.TOKENS: 0},
+        now=now,
+        tz=UTC,
+        thresholds=thresholds,
+        force=force,
+    )
+
+
+def test_reserve_increments_every_counter(store: Store) -> None:
+    p = plan([FEATURE, CUSTOMER], customer="acme")
+    outcome = store.reserve(p, None)
+    assert outcome.allowed
+    assert len(p.counters) == 3
+    assert store.totals([op.key for op in p.counters]) == [10_000, 10_000, 10_000]
+
+
+def test_all_or_nothing_when_one_ceiling_is_full(store: Store) -> None:
+    # The customer ceiling ($0.30) fills first; the feature ceilings must not move on the denial.
+    allowed = 0
+    while store.reserve(plan([FEATURE, CUSTOMER], estimate=100_000, customer="acme"), None).allowed:
+        allowed += 1
+    assert allowed == 3
+    denied = plan([FEATURE, CUSTOMER], estimate=100_000, customer="acme")
+    outcome = store.reserve(denied, None)
+    assert not outcome.allowed
+    blocking = denied.counters[outcome.blocked or 0]
+    assert dict(blocking.scope) == {"customer": "acme"}
+    assert sorted(store.totals([op.key for op in denied.counters])) == [300_000, 300_000, 300_000]
+    # Another customer still fits: counters are per customer.
+    assert store.reserve(plan([FEATURE, CUSTOMER], estimate=100_000, customer="bob"), None).allowed
+
+
+def test_commit_adjusts_by_actual_and_is_idempotent(store: Store) -> None:
+    p = plan([FEATURE], estimate=20_000)
+    store.reserve(p, None)
+    first = store.settle(p.reservation_id, {Unit.USD: 13_000, Unit.CALLS: 1}, NOW, None)
+    again = store.settle(p.reservation_id, {Unit.USD: 13_000, Unit.CALLS: 1}, NOW, None)
+    assert first.applied
+    assert not again.applied
+    assert store.totals([op.key for op in p.counters]) == [13_000, 13_000]
+
+
+def test_release_gives_the_estimate_back_once(store: Store) -> None:
+    p = plan([FEATURE], estimate=20_000)
+    store.reserve(p, None)
+    assert store.settle(p.reservation_id, None, NOW, None).applied
+    assert not store.settle(p.reservation_id, None, NOW, None).applied
+    assert not store.settle(p.reservation_id, {Unit.USD: 5}, NOW, None).applied
+    assert store.totals([op.key for op in p.counters]) == [0, 0]
+
+
+def test_unknown_reservation_is_a_no_op(store: Store) -> None:
+    assert not store.settle("no-such-id", {Unit.USD: 1}, NOW, None).applied
+
+
+def test_denied_reservation_cannot_be_committed(store: Store) -> None:
+    tiny = ceiling({"feature": "f"}, usd(Period.DAY, 0.01))
+    p = plan([tiny], estimate=20_000)
+    assert not store.reserve(p, None).allowed
+    assert not store.settle(p.reservation_id, {Unit.USD: 20_000}, NOW, None).applied
+    assert store.totals([p.counters[0].key]) == [0]
+
+
+def test_soft_ceilings_never_block(store: Store) -> None:
+    soft = ceiling({"feature": "f"}, usd(Period.DAY, 0.01), enforcement="soft")
+    for _ in range(5):
+        assert store.reserve(plan([soft], estimate=10_000), None).allowed
+    assert store.totals([plan([soft]).counters[0].key]) == [50_000]
+
+
+def test_full_counter_blocks_even_a_zero_estimate(store: Store) -> None:
+    cap = ceiling({"feature": "f"}, usd(Period.DAY, 0.02))
+    assert store.reserve(plan([cap], estimate=20_000), None).allowed
+    assert not store.reserve(plan([cap], estimate=0), None).allowed
+
+
+def test_thresholds_fire_once_per_counter_and_period(store: Store) -> None:
+    cap = ceiling({"feature": "f"}, usd(Period.DAY, 0.10))
+    fired: list[float] = []
+    for _ in range(12):
+        outcome = store.reserve(plan([cap], estimate=10_000), None)
+        fired.extend(c.threshold for c in outcome.crossings)
+    assert fired == [0.8, 1.0]
+    # The next day is a new period: thresholds re-arm.
+    next_day = [store.reserve(plan([cap], estimate=90_000, now=NOW + 86_400), None)]
+    assert [c.threshold for c in next_day[0].crossings] == [0.8]
+
+
+def test_one_call_can_cross_warn_and_kill_together(store: Store) -> None:
+    cap = ceiling({"feature": "f"}, usd(Period.DAY, 1.0))
+    store.reserve(plan([cap], estimate=700_000), None)
+    p = plan([cap], estimate=50_000)  # 75 %: nothing crossed yet
+    assert store.reserve(p, None).crossings == ()
+    settled = store.settle(p.reservation_id, {Unit.USD: 350_000}, NOW, None)
+    assert sorted(c.threshold for c in settled.crossings) == [0.8, 1.0]
+    assert settled.totals == (1_050_000,)
+
+
+def test_first_block_claims_the_kill_threshold(store: Store) -> None:
+    cap = ceiling({"feature": "f"}, usd(Period.DAY, 0.05))
+    outcome = store.reserve(plan([cap], estimate=60_000), None)
+    assert not outcome.allowed
+    assert [c.threshold for c in outcome.crossings] == [1.0]
+    assert store.reserve(plan([cap], estimate=60_000), None).crossings == ()
+
+
+def test_forced_record_is_counted_once(store: Store) -> None:
+    cap = ceiling({"feature": "f"}, usd(Period.DAY, 0.01))
+    p = plan([cap], estimate=50_000, force=True)
+    assert store.reserve(p, None).allowed  # recorded past the limit: it already happened
+    assert store.reserve(p, None).allowed  # a retried buffered write is not counted twice
+    store.settle(p.reservation_id, {Unit.USD: 40_000}, NOW, None)
+    assert store.totals([p.counters[0].key]) == [40_000]
+
+
+def test_total_period_counter_never_resets(store: Store) -> None:
+    run = ceiling({"run": "*"}, usd(Period.TOTAL, 0.02), expire=7 * 86_400)
+    assert store.reserve(plan([run], estimate=20_000, run="r1"), None).allowed
+    assert not store.reserve(plan([run], estimate=1, run="r1", now=NOW + 40 * 86_400), None).allowed
+    assert store.reserve(plan([run], estimate=20_000, run="r2"), None).allowed
+
+
+def test_purge_drops_expired_counters(store: Store) -> None:
+    run = ceiling({"run": "*"}, usd(Period.TOTAL, 0.02), expire=3600)
+    p = plan([run], estimate=20_000, run="r1")
+    store.reserve(p, None)
+    store.settle(p.reservation_id, {Unit.USD: 20_000}, NOW, None)
+    assert store.purge(NOW + 60) == 0 or store.totals([p.counters[0].key]) == [20_000]
+    store.purge(NOW + 7200)
+    assert store.totals([p.counters[0].key]) == [0]
+
+
+def test_special_label_values_never_share_a_counter(store: Store) -> None:
+    pair = ceiling({"a": "*", "b": "*"}, usd(Period.DAY, 0.02))
+    first = plan([pair], estimate=20_000, a="x:y", b="z")
+    second = plan([pair], estimate=20_000, a="x", b="y:z")
+    weird = plan([pair], estimate=20_000, a="{\n}|*", b="é" * 10_000)
+    for p in (first, second, weird):
+        assert store.reserve(p, None).allowed
+    keys = {p.counters[0].key for p in (first, second, weird)}
+    assert len(keys) == 3
+    assert store.totals(sorted(keys)) == [20_000, 20_000, 20_000]
+
+
+def test_list_counters_reports_current_buckets(store: Store) -> None:
+    p = plan([FEATURE, CUSTOMER], estimate=10_000, customer="acme")
+    store.reserve(p, None)
+    buckets = {op.period: op.bucket for op in p.counters}
+    rows = store.list_counters(buckets)
+    assert {(r.ceiling_id, r.scope, r.period) for r in rows} == {
+        (op.ceiling_id, op.scope, op.period) for op in p.counters
+    }
+    assert all(r.reserved == 10_000 and r.committed == 0 for r in rows)
+    assert store.list_counters({Period.DAY: "1999-01-01"}) == []
+
+
+def test_killswitch_and_overrides_round_trip(store: Store) -> None:
+    switch = KillSwitchState((("feature", "f"),), "incident #1", "ops", NOW)
+    record = AuditRecord(NOW, "killswitch_activated", {"feature": "f"})
+    assert store.set_killswitch(switch, True, record)
+    assert not store.set_killswitch(switch, True, record)
+    override = LimitOverride((("feature", "f"),), Period.MONTH, Unit.USD, 750_000_000, "launch", "ops", NOW)
+    store.set_override(override, False, AuditRecord(NOW, "limit_changed", {"feature": "f"}))
+    control = store.control()
+    assert control.killswitches == (switch,)
+    assert control.overrides == (override,)
+    assert store.set_killswitch(switch, False, AuditRecord(NOW, "killswitch_deactivated", {}))
+    store.set_override(override, True, AuditRecord(NOW, "limit_changed", {"feature": "f"}))
+    assert store.control().killswitches == ()
+    assert store.control().overrides == ()
+
+
+def test_audit_is_append_only_and_filterable(store: Store) -> None:
+    p = plan([FEATURE], estimate=10_000, customer="acme")
+    store.reserve(p, AuditRecord(NOW, "reserve", dict(p.labels), p.reservation_id, {"estimate_usd": 0.01}))
+    store.settle(
+        p.reservation_id, {Unit.USD: 9_000}, NOW + 1, AuditRecord(NOW + 1, "commit", dict(p.labels), p.reservation_id)
+    )
+    store.append([AuditRecord(NOW + 2, "blocked", {"feature": "g"}, None, {"reason": "kill_switch"})])
+    records = store.audit(AuditQuery())
+    assert [r.decision for r in records] == ["blocked", "commit", "reserve"]
+    assert records[2].data == {"estimate_usd": 0.01}
+    assert [r.decision for r in store.audit(AuditQuery(feature="f"))] == ["commit", "reserve"]
+    assert [r.decision for r in store.audit(AuditQuery(customer="acme", decision="reserve"))] == ["reserve"]
+    assert [r.decision for r in store.audit(AuditQuery(since=NOW + 1, until=NOW + 2))] == ["commit"]
+    first_page = store.audit(AuditQuery(limit=2))
+    rest = store.audit(AuditQuery(before_id=first_page[-1].id))
+    assert [r.decision for r in first_page + rest] == ["blocked", "commit", "reserve"]
+
+
+def test_cache_round_trip_with_expiry(store: Store) -> None:
+    store.cache_set("k", b"\x00value", NOW + 10)
+    assert store.cache_get("k", NOW) == b"\x00value"
+    store.cache_set("k", b"newer", NOW + 10)
+    assert store.cache_get("k", NOW) == b"newer"
+    assert store.cache_get("k", NOW + 11) is None
+    assert store.cache_get("missing", NOW) is None
+
+
+def test_threads_never_overshoot(store_url: str) -> None:
+    """64 threads racing a $1.00 cap at $0.004 a call: exactly 250 allowed."""
+    guard = race_worker.race_guard(store_url, 1_000_000)
+    allowed = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(64)
+
+    def loop() -> None:
+        barrier.wait()
+        mine = 0
+        while True:
+            try:
+                with guard.reserve("race", estimate_usd=0.004):
+                    pass
+            except Exception:
+                break
+            mine += 1
+        with lock:
+            allowed.append(mine)
+
+    threads = [threading.Thread(target=loop) for _ in range(64)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(allowed) == 250
+    spent = guard.status(feature="race").ceilings[0]
+    assert spent.spent == 1.0
+    assert spent.reserved == 0.0
+    guard.close()
+
+
+@pytest.mark.slow
+def test_processes_never_overshoot(shared_store_url: str) -> None:
+    """4 processes x 16 threads racing a $10.00 cap at $0.01: exactly 1000 calls and exactly $10.00."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        counts = pool.starmap(race_worker.run, [(shared_store_url, 10_000_000, 16, 0.01, None)] * 4)
+    assert sum(counts) == 1000
+    guard = race_worker.race_guard(shared_store_url, 10_000_000)
+    row = guard.status(feature="race").ceilings[0]
+    assert (row.spent, row.reserved, row.limit) == (10.0, 0.0, 10.0)
+    guard.close()
+
+
+@pytest.mark.slow
+def test_processes_overshoot_is_bounded_when_actual_exceeds_estimate(shared_store_url: str) -> None:
+    """Estimate $0.01, actual $0.015: overshoot is at most the in-flight calls' excess."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        counts = pool.starmap(race_worker.run, [(shared_store_url, 1_000_000, 8, 0.01, 0.015)] * 4)
+    guard = race_worker.race_guard(shared_store_url, 1_000_000)
+    row = guard.status(feature="race").ceilings[0]
+    in_flight = 4 * 8
+    assert row.spent == round(sum(counts) * 0.015, 6)
+    assert 1.0 <= row.spent <= 1.0 + in_flight * 0.005 + 0.015
+    guard.close()
+
+
+def test_schema_is_created_once_by_concurrent_openers(shared_store_url: str) -> None:
+    stores: list[Store] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            stores.append(open_store(shared_store_url))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for opened in stores:
+        opened.close()
