@@ -21,7 +21,7 @@ Scope = Mapping[str, str] | str | None
 
 def parse_scope(scope: Scope) -> tuple[tuple[str, str], ...]:
     """`None` (global), `"feature:x"` / `"customer:acme"`, or a label mapping → canonical scope."""
-    if scope is None or scope in {"", "global"}:
+    if scope is None or (isinstance(scope, str) and scope in {"", "global"}):
         return ()
     if isinstance(scope, str):
         name, sep, value = scope.partition(":")

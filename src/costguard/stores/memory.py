@@ -129,11 +129,12 @@ class MemoryStore(Store):
         key = encode_scope(dict(state.scope))
         with self._lock:
             changed = (key in self._killswitches) != active
-            if active:
+            if active and changed:
                 self._killswitches[key] = state
-            else:
+            elif not active:
                 self._killswitches.pop(key, None)
-            self._append(record)
+            if changed:
+                self._append(record)
             return changed
 
     def set_override(self, override: LimitOverride, clear: bool, record: AuditRecord) -> None:

@@ -414,16 +414,16 @@ class SQLStore(Store):
         return Control(tuple(switches), tuple(overrides))
 
     def _put_control(self, conn: Connection, key: str, kind: str, value: dict[str, Any] | None) -> bool:
+        """Upsert (or with None, delete) a control row; returns whether it existed before."""
         ctl = self.t["control"]
         existed = conn.execute(sa.select(ctl.c.key).where(ctl.c.key == key).with_for_update()).first() is not None
         if value is None:
             conn.execute(sa.delete(ctl).where(ctl.c.key == key))
-            return existed
-        if existed:
+        elif existed:
             conn.execute(sa.update(ctl).where(ctl.c.key == key).values(value=_dumps(value)))
         else:
             conn.execute(sa.insert(ctl).values(key=key, kind=kind, value=_dumps(value)))
-        return not existed
+        return existed
 
     @_mapped
     def set_killswitch(self, state: KillSwitchState, active: bool, record: AuditRecord) -> bool:
@@ -434,10 +434,14 @@ class SQLStore(Store):
             "actor": state.actor,
             "since": state.since,
         }
+        ctl = self.t["control"]
         with self._tx() as conn:
-            changed = self._put_control(conn, key, "killswitch", value if active else None)
+            existed = conn.execute(sa.select(ctl.c.key).where(ctl.c.key == key).with_for_update()).first() is not None
+            if existed == active:
+                return False  # already in that state: the first activation's reason and time stand
+            self._put_control(conn, key, "killswitch", value if active else None)
             self._insert_records(conn, [record])
-            return changed
+            return True
 
     @_mapped
     def set_override(self, override: LimitOverride, clear: bool, record: AuditRecord) -> None:

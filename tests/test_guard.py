@@ -1,0 +1,382 @@
+"""Guard: reservations, commits, checks, status, limits, units, periods and store failures."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+import costguard
+from costguard import Blocked, BudgetExceeded, Ceiling, FeatureSettings, Guard, Limit, Period, Unit
+from costguard.model import make_match
+from costguard.testing import FakeClock, RecordingNotifier
+from helpers import FlakyStore, make_guard, usd_ceiling
+
+
+def test_one_dollar_cap_admits_exactly_250_calls_at_0_004() -> None:
+    guard = make_guard(usd_ceiling({"feature": "f"}, month=1.0))
+    allowed = 0
+    with pytest.raises(BudgetExceeded):
+        while True:
+            with guard.reserve("f", estimate_usd=0.004):
+                allowed += 1
+    assert allowed == 250
+    assert guard.status().ceilings[0].spent == 1.0
+
+
+def test_blocked_carries_scope_period_spend_limit_and_retry_after() -> None:
+    clock = FakeClock("2026-05-31T23:00:00Z")
+    guard = make_guard(usd_ceiling({"feature": "f", "customer": "*"}, day=0.02), clock=clock)
+    with guard.reserve("f", customer="acme", estimate_usd=0.02):
+        pass
+    with pytest.raises(BudgetExceeded) as caught:
+        guard.reserve("f", customer="acme", estimate_usd=0.01)
+    err = caught.value
+    assert isinstance(err, Blocked)
+    assert err.scope == {"feature": "f", "customer": "acme"}
+    assert (err.period, err.spent_usd, err.limit_usd) == ("day", 0.02, 0.02)
+    assert err.retry_after_s == 3600.0
+    assert "acme" in str(err)
+    assert err.decision.reason == "budget_exceeded"
+
+
+def test_commit_records_actual_and_charges() -> None:
+    guard = make_guard(usd_ceiling({"feature": "f"}, month=10.0))
+    with guard.reserve("f", estimate_usd=0.05) as r:
+        costguard.charge(0.002, "search API")
+        r.commit(0.013)
+    assert guard.status().ceilings[0].spent == 0.015
+    with guard.reserve("f", estimate_usd=0.05):
+        pass  # no actual given: the estimate stands
+    assert guard.status().ceilings[0].spent == 0.065
+
+
+def test_exception_releases_but_keeps_charges() -> None:
+    guard = make_guard(usd_ceiling({"feature": "f"}, month=10.0))
+    with pytest.raises(RuntimeError), guard.reserve("f", estimate_usd=0.05):
+        raise RuntimeError("model timed out")
+    assert guard.status().ceilings[0].spent == 0.0
+    with pytest.raises(RuntimeError), guard.reserve("f", estimate_usd=0.05):
+        costguard.charge(0.01)
+        raise RuntimeError("failed after a paid tool call")
+    assert guard.status().ceilings[0].spent == 0.01
+
+
+def test_on_call_error_keep_counts_the_estimate() -> None:
+    guard = make_guard(usd_ceiling({"feature": "f"}, month=10.0), on_call_error="keep")
+    with pytest.raises(RuntimeError), guard.reserve("f", estimate_usd=0.05):
+        raise RuntimeError
+    assert guard.status().ceilings[0].spent == 0.05
+
+
+def test_charge_outside_a_guarded_call_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="outside a guarded call"):
+        costguard.charge(0.01)
+
+
+def test_bad_amounts_are_rejected() -> None:
+    guard = make_guard(usd_ceiling({"feature": "f"}, month=1.0))
+    for bad in (-0.01, float("nan"), float("inf"), "abc", True):
+        with pytest.raises(ValueError):
+            guard.reserve("f", estimate_usd=bad)
+    assert guard.status().ceilings[0].spent == 0.0
+
+
+def test_commit_and_release_by_id_are_idempotent() -> None:
+    guard = make_guard(usd_ceiling({"feature": "f"}, month=1.0))
+    r = guard.reserve("f", estimate_usd=0.1)
+    assert guard.commit(r.id, 0.05)
+    assert not guard.commit(r.id, 0.05)
+    assert not guard.release(r.id)
+    assert guard.status().ceilings[0].spent == 0.05
+    r2 = guard.reserve("f", estimate_usd=0.1)
+    assert guard.release(r2.id)
+    assert guard.status().ceilings[0].spent == 0.05
+
+
+def test_reservation_is_charged_to_the_day_it_was_made() -> None:
+    clock = FakeClock("2026-05-12T23:59:59.900Z")
+    guard = make_guard(usd_ceiling({"feature": "f"}, day=1.0), clock=clock)
+    r = guard.reserve("f", estimate_usd=0.2)
+    clock.set("2026-05-13T00:00:00.500Z")
+    r.commit(0.3)
+    assert guard.status().ceilings[0].spent == 0.0  # today is untouched
+    clock.set("2026-05-12T23:59:59.950Z")
+    assert guard.status().ceilings[0].spent == 0.3
+
+
+def test_month_boundary_in_a_non_utc_timezone() -> None:
+    # 2026-02-01 00:30 in Tokyo is still January 31 in UTC.
+    clock = FakeClock("2026-01-31T15:20:00Z")  # 00:20 on Feb 1 in Tokyo
+    guard = make_guard(usd_ceiling({"feature": "f"}, month=1.0), clock=clock, timezone="Asia/Tokyo")
+    with guard.reserve("f", estimate_usd=0.4):
+        pass
+    clock.set("2026-01-31T14:50:00Z")  # 23:50 on Jan 31 in Tokyo
+    assert guard.status().ceilings[0].spent == 0.0
+    clock.set("2026-02-27T14:59:59Z")  # 23:59:59 on Feb 27 in Tokyo
+    assert guard.status().ceilings[0].spent == 0.4
+    assert guard.status().ceilings[0].resets_at is not None
+    assert guard.status().ceilings[0].resets_at.isoformat() == "2026-02-28T15:00:00+00:00"
+
+
+def test_every_matching_ceiling_must_fit_hierarchy() -> None:
+    guard = make_guard(
+        usd_ceiling({"feature": "search"}, month=5.0),
+        usd_ceiling({"team": "*", "feature": "search"}, month=0.05),
+        usd_ceiling({"vendor": "twilio"}, month=0.03),
+    )
+    with costguard.context(team="growth"):
+        for _ in range(5):
+            with guard.reserve("search", estimate_usd=0.01):
+                pass
+        with pytest.raises(BudgetExceeded) as caught:
+            guard.reserve("search", estimate_usd=0.01)
+    assert caught.value.scope == {"team": "growth", "feature": "search"}
+    with costguard.context(team="infra"):
+        with guard.reserve("search", estimate_usd=0.01):
+            pass
+    # The vendor ceiling aggregates across features.
+    for feature in ("sms", "voice", "alerts"):
+        with guard.reserve(feature, vendor="twilio", estimate_usd=0.01):
+            pass
+    with pytest.raises(BudgetExceeded):
+        guard.reserve("other", vendor="twilio", estimate_usd=0.01)
+
+
+def test_context_labels_nest_and_reset() -> None:
+    guard = make_guard(usd_ceiling({"customer": "*"}, month=0.01))
+    with costguard.context(customer="acme"), costguard.context(team="x"):
+        with guard.reserve("f", estimate_usd=0.01) as r:
+            assert dict(r.plan.labels) == {"customer": "acme", "feature": "f", "team": "x"}
+    assert costguard.current.current_labels() == {}
+    with guard.reserve("f", estimate_usd=0.01):  # no customer: the per-customer ceiling doesn't apply
+        pass
+
+
+def test_soft_ceiling_never_blocks_and_marks_degraded() -> None:
+    notifier = RecordingNotifier()
+    guard = make_guard(usd_ceiling({"feature": "f"}, enforcement="soft", day=0.02), notifier=notifier)
+    decisions = []
+    for _ in range(4):
+        with guard.reserve("f", estimate_usd=0.01) as r:
+            decisions.append(r.decision.degraded)
+    assert decisions == [False, True, True, True]
+    guard.flush()
+    assert [(e.kind, e.threshold) for e in notifier.events] == [("warn", 0.8), ("warn", 1.0)]
+
+
+def test_calls_and_tokens_are_units_of_their_own() -> None:
+    guard = make_guard(
+        Ceiling(make_match({"feature": "f"}), (Limit(Period.DAY, Unit.CALLS, 3), Limit(Period.DAY, Unit.TOKENS, 1000))),
+        features={"f": FeatureSettings(estimate_tokens=300)},
+    )
+    with guard.reserve("f") as r:
+        r.commit(tokens=100)
+    with guard.reserve("f"):
+        pass  # the estimate of 300 tokens stands
+    rows = {row.unit: row for row in guard.status().ceilings}
+    assert (rows["calls"].spent, rows["tokens"].spent) == (2.0, 400.0)
+    with guard.reserve("f", estimate_tokens=600):
+        pass
+    with pytest.raises(BudgetExceeded) as caught:
+        guard.reserve("f", estimate_tokens=0)  # three calls used: the call ceiling is full
+    assert caught.value.decision.unit == "calls"
+    assert caught.value.spent_usd is None
+
+
+def test_check_is_read_only() -> None:
+    guard = make_guard(usd_ceiling({"feature": "f"}, day=0.02))
+    assert guard.check("f", estimate_usd=0.02).allowed
+    assert guard.check("f", estimate_usd=0.03).reason == "budget_exceeded"
+    assert guard.status().ceilings[0].spent == 0.0
+
+
+def test_status_lists_every_ceiling_and_filters() -> None:
+    guard = make_guard(
+        usd_ceiling({"feature": "f"}, month=1.0, day=0.5),
+        usd_ceiling({"feature": "f", "customer": "*"}, month=0.2),
+    )
+    for customer in ("acme", "bob"):
+        with guard.reserve("f", customer=customer, estimate_usd=0.05):
+            pass
+    status = guard.status()
+    assert len(status.ceilings) == 4
+    acme = guard.status(customer="acme").ceilings
+    assert [(c.labels["customer"], c.spent, c.limit) for c in acme] == [("acme", 0.05, 0.2)]
+    row = guard.status(feature="f").to_dict()["ceilings"][0]
+    assert {"spent_usd", "limit_usd", "remaining_usd", "resets_at", "ratio"} <= set(row)
+
+
+def test_set_limit_persists_with_reason_and_reaches_other_processes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cg.db'}"
+    clock = FakeClock()
+    ceiling = usd_ceiling({"feature": "f"}, month=0.02)
+    first = make_guard(ceiling, store=url, clock=clock)
+    second = make_guard(ceiling, store=url, clock=clock)  # another process on the same store
+    with first.reserve("f", estimate_usd=0.02):
+        pass
+    assert not second.check("f", estimate_usd=0.01).allowed
+    with pytest.raises(ValueError, match="reason"):
+        first.set_limit({"feature": "f"}, period="month", usd=1.0, reason=" ")
+    first.set_limit({"feature": "f"}, period="month", usd=1.0, reason="launch week", actor="ops")
+    assert first.check("f", estimate_usd=0.01).allowed  # at once in this process
+    assert not second.check("f", estimate_usd=0.01).allowed  # the other process' cache is fresh...
+    clock.advance(0.5)
+    assert second.check("f", estimate_usd=0.01).allowed  # ...for at most cache_ms
+    record = first.audit(decision="limit_changed")[0]
+    assert record.data["reason"] == "launch week"
+    assert (record.data["old"], record.data["new"], record.data["actor"]) == (0.02, 1.0, "ops")
+    third = make_guard(ceiling, store=url, clock=clock)  # a restart keeps the override
+    assert third.status().ceilings[0].limit == 1.0
+    first.clear_limit({"feature": "f"}, period="month", reason="launch over")
+    assert first.status().ceilings[0].limit == 0.02
+
+
+def test_set_limit_on_one_customer_of_a_wildcard_ceiling() -> None:
+    guard = make_guard(usd_ceiling({"customer": "*"}, month=0.01))
+    guard.set_limit({"customer": "acme"}, usd=0.05, reason="enterprise plan")
+    for _ in range(5):
+        with guard.reserve("f", customer="acme", estimate_usd=0.01):
+            pass
+    with pytest.raises(BudgetExceeded):
+        guard.reserve("f", customer="acme", estimate_usd=0.01)
+    with guard.reserve("f", customer="bob", estimate_usd=0.01):
+        pass
+    with pytest.raises(BudgetExceeded):
+        guard.reserve("f", customer="bob", estimate_usd=0.01)
+
+
+def test_set_limit_on_an_unconfigured_scope_adds_a_ceiling() -> None:
+    guard = make_guard()
+    guard.set_limit({"team": "growth"}, period="day", usd=0.01, reason="runaway agent")
+    with costguard.context(team="growth"):
+        with guard.reserve("f", estimate_usd=0.01):
+            pass
+        with pytest.raises(BudgetExceeded):
+            guard.reserve("g", estimate_usd=0.01)
+    with guard.reserve("f", estimate_usd=0.5):
+        pass
+
+
+def test_set_limit_validates_input() -> None:
+    guard = make_guard()
+    with pytest.raises(ValueError, match="exactly one"):
+        guard.set_limit({"feature": "f"}, usd=1, calls=2, reason="x")
+    with pytest.raises(ValueError, match="period"):
+        guard.set_limit({"feature": "f"}, period="fortnight", usd=1, reason="x")
+    with pytest.raises(ValueError):
+        guard.set_limit({"feature": "f"}, usd=-1, reason="x")
+    assert guard.store.control().overrides == ()
+
+
+def test_thresholds_alert_once_and_one_jump_sends_both() -> None:
+    notifier = RecordingNotifier()
+    guard = make_guard(usd_ceiling({"feature": "f"}, day=1.0), notifier=notifier)
+    with guard.reserve("f", estimate_usd=0.7):
+        pass
+    with guard.reserve("f", estimate_usd=0.01) as r:
+        r.commit(0.35)  # 70 % → 105 %
+    with pytest.raises(BudgetExceeded):
+        guard.reserve("f", estimate_usd=0.01)
+    guard.flush()
+    assert [(e.kind, e.threshold) for e in notifier.events] == [("warn", 0.8), ("kill", 1.0)]
+    kill = notifier.events[1]
+    assert (kill.period, kill.spent_usd, kill.limit_usd, kill.labels) == ("day", 1.05, 1.0, {"feature": "f"})
+
+
+def test_store_down_open_allows_and_buffers_costs() -> None:
+    store = FlakyStore()
+    guard = make_guard(usd_ceiling({"feature": "f"}, month=1.0), store=store)
+    with guard.reserve("f", estimate_usd=0.01):
+        pass
+    store.down = True
+    for _ in range(3):
+        with guard.reserve("f", estimate_usd=0.01) as r:
+            assert r.decision.reason == "store_error"
+            r.commit(0.02)
+    assert guard.pending == 3
+    store.down = False
+    assert guard.flush()
+    assert guard.pending == 0
+    assert guard.status().ceilings[0].spent == 0.07  # nothing lost, nothing double counted
+    assert guard.flush()
+    assert guard.status().ceilings[0].spent == 0.07
+
+
+def test_store_down_closed_serves_blocked() -> None:
+    store = FlakyStore()
+    guard = make_guard(usd_ceiling({"feature": "f"}, month=1.0), store=store, on_store_error="closed")
+    store.down = True
+    with pytest.raises(Blocked) as caught:
+        guard.reserve("f", estimate_usd=0.01)
+    assert caught.value.decision.reason == "store_error"
+    assert not isinstance(caught.value, BudgetExceeded)
+
+
+def test_per_feature_store_policy_overrides_the_guard() -> None:
+    store = FlakyStore()
+    guard = make_guard(
+        usd_ceiling({"feature": "f"}, month=1.0),
+        store=store,
+        features={"payments": FeatureSettings(on_store_error="closed")},
+    )
+    store.down = True
+    with guard.reserve("f", estimate_usd=0.01):
+        pass
+    with pytest.raises(Blocked):
+        guard.reserve("payments", estimate_usd=0.01)
+
+
+def test_buffer_is_bounded_and_counts_drops() -> None:
+    store = FlakyStore()
+    guard = make_guard(usd_ceiling({"feature": "f"}, month=1.0), store=store, buffer_size=2)
+    store.down = True
+    for _ in range(3):
+        with guard.reserve("f", estimate_usd=0.01):
+            pass
+    assert (guard.pending, guard.dropped_records) == (2, 1)
+
+
+def test_label_values_are_validated() -> None:
+    guard = make_guard(usd_ceiling({"customer": "*"}, month=1.0))
+    with pytest.raises(costguard.LabelError, match="customer"):
+        guard.reserve("f", customer="x" * 300)
+    with pytest.raises(costguard.LabelError):
+        guard.reserve("f", customer=3.5)
+    long_ok = make_guard(usd_ceiling({"customer": "*"}, month=1.0), max_label_length=20_000)
+    with long_ok.reserve("f", customer="é\n{:}" * 2000, estimate_usd=0.01):
+        pass
+
+
+def test_async_reserve_commits_without_blocking_the_loop() -> None:
+    guard = make_guard(usd_ceiling({"feature": "f"}, month=1.0))
+
+    async def main() -> None:
+        async with guard.areserve("f", estimate_usd=0.05) as r:
+            costguard.charge(0.001)
+            await r.acommit(0.02)
+        with pytest.raises(BudgetExceeded):
+            async with guard.areserve("f", estimate_usd=5):
+                pass
+        with pytest.raises(RuntimeError):
+            async with guard.areserve("f", estimate_usd=0.5):
+                raise RuntimeError
+        reservation = await guard.areserve("f", estimate_usd=0.1)
+        await reservation.arelease()
+
+    asyncio.run(main())
+    assert guard.status().ceilings[0].spent == 0.021
+
+
+def test_guard_closes_cleanly_and_flushes_alerts() -> None:
+    notifier = RecordingNotifier()
+    with make_guard(usd_ceiling({"feature": "f"}, day=0.01), notifier=notifier) as guard:
+        with guard.reserve("f", estimate_usd=0.01):
+            pass
+    assert notifier.kinds() == ["warn", "kill"]
+
+
+def test_duplicate_ceilings_are_rejected() -> None:
+    with pytest.raises(ValueError, match="same match"):
+        Guard("memory://", ceilings=[usd_ceiling({"feature": "f"}, day=1), usd_ceiling({"feature": "f"}, month=1)])

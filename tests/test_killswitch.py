@@ -1,0 +1,141 @@
+"""Kill switch: scopes, exemptions, the per-process cache, fail-closed from known-active, history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import costguard
+from costguard import Blocked, KillSwitchActive
+from costguard.testing import FakeClock, RecordingNotifier
+from helpers import FlakyStore, make_guard, usd_ceiling
+
+CAP = usd_ceiling({"feature": "f"}, month=100.0)
+
+
+def allowed(guard: costguard.Guard, feature: str = "f", **labels: str) -> bool:
+    try:
+        with guard.reserve(feature, estimate_usd=0.01, **labels):
+            return True
+    except KillSwitchActive:
+        return False
+
+
+def test_global_feature_and_customer_scopes() -> None:
+    guard = make_guard(CAP)
+    guard.killswitch.activate(reason="incident", scope="feature:f")
+    assert not allowed(guard, "f")
+    assert allowed(guard, "g")
+    guard.killswitch.deactivate(scope={"feature": "f"})
+    guard.killswitch.activate(reason="abuse", scope={"customer": "mallory"})
+    assert not allowed(guard, "f", customer="mallory")
+    assert allowed(guard, "f", customer="alice")
+    guard.killswitch.deactivate(scope="customer:mallory")
+    guard.killswitch.activate(reason="everything off")
+    assert not allowed(guard, "g", customer="alice")
+    guard.killswitch.deactivate()
+    assert allowed(guard, "g")
+
+
+def test_blocked_call_says_why() -> None:
+    guard = make_guard(CAP)
+    guard.killswitch.activate(reason="incident #123", actor="ops", scope="feature:f")
+    with pytest.raises(KillSwitchActive) as caught:
+        guard.reserve("f")
+    assert isinstance(caught.value, Blocked)
+    assert caught.value.scope == {"feature": "f"}
+    assert caught.value.decision.reason == "kill_switch"
+    assert "incident #123" in str(caught.value)
+    guard.flush()
+    assert guard.audit(decision="blocked")[0].data["reason"] == "kill_switch"
+
+
+def test_exempt_features_escape_broad_switches_but_not_their_own() -> None:
+    guard = make_guard(CAP, exempt_features=["budget_assistant"])
+    guard.killswitch.activate(reason="incident")
+    assert allowed(guard, "budget_assistant")
+    assert not allowed(guard, "f")
+    guard.killswitch.activate(reason="this one too", scope="feature:budget_assistant")
+    assert not allowed(guard, "budget_assistant")
+
+
+def test_exempt_features_still_obey_their_ceilings() -> None:
+    guard = make_guard(usd_ceiling({"feature": "budget_assistant"}, day=0.01), exempt_features=["budget_assistant"])
+    guard.killswitch.activate(reason="incident")
+    assert allowed(guard, "budget_assistant")
+    with pytest.raises(costguard.BudgetExceeded):
+        guard.reserve("budget_assistant", estimate_usd=0.01)
+
+
+def test_other_processes_follow_within_the_cache_ttl(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ks.db'}"
+    clock = FakeClock()
+    operator = make_guard(CAP, store=url, clock=clock)
+    worker = make_guard(CAP, store=url, clock=clock)
+    assert allowed(worker)  # loads and caches "no switch"
+    operator.killswitch.activate(reason="incident")
+    clock.advance(0.499)
+    assert allowed(worker)  # still within the 500 ms cache
+    clock.advance(0.002)
+    assert not allowed(worker)
+    operator.killswitch.deactivate()
+    clock.advance(0.501)
+    assert allowed(worker)
+
+
+def test_cache_means_no_store_read_per_call() -> None:
+    store = FlakyStore()
+    guard = make_guard(CAP, store=store)
+    allowed(guard)
+    reads = store.calls
+    allowed(guard)
+    assert store.calls == reads + 2  # reserve + settle; no control read
+
+
+def test_known_active_stays_blocking_through_an_outage() -> None:
+    store = FlakyStore()
+    clock = FakeClock()
+    guard = make_guard(CAP, store=store, clock=clock)
+    guard.killswitch.activate(reason="incident")
+    assert not allowed(guard)
+    store.down = True
+    for _ in range(3):
+        clock.advance(1)
+        assert not allowed(guard)  # fail-closed from known-active, whatever on_store_error says
+
+
+def test_fresh_process_follows_on_store_error() -> None:
+    store = FlakyStore()
+    store.down = True
+    assert allowed(make_guard(CAP, store=store))
+    with pytest.raises(Blocked) as caught:
+        make_guard(CAP, store=store, on_store_error="closed").reserve("f")
+    assert caught.value.decision.reason == "store_error"
+
+
+def test_activation_needs_a_reason_and_status_has_history() -> None:
+    notifier = RecordingNotifier()
+    clock = FakeClock()
+    guard = make_guard(CAP, clock=clock, notifier=notifier)
+    with pytest.raises(ValueError, match="reason"):
+        guard.killswitch.activate(reason="")
+    with pytest.raises(ValueError, match="scope"):
+        guard.killswitch.activate(reason="x", scope="nonsense")
+    assert guard.killswitch.activate(reason="incident #1", actor="alice")
+    assert not guard.killswitch.activate(reason="again", actor="alice")
+    clock.advance(60)
+    assert guard.killswitch.deactivate(actor="bob")
+    assert not guard.killswitch.deactivate(actor="bob")
+    status = guard.killswitch.status()
+    assert not status.any_active
+    assert [(r.decision, r.data["actor"]) for r in status.history][:2] == [
+        ("killswitch_deactivated", "bob"),
+        ("killswitch_activated", "alice"),
+    ]
+    guard.killswitch.activate(reason="incident #2", scope="feature:f")
+    data = guard.killswitch.status().to_dict()
+    assert data["active"][0]["scope"] == {"feature": "f"}
+    assert data["active"][0]["reason"] == "incident #2"
+    guard.flush()
+    assert notifier.kinds() == ["killswitch_activated", "killswitch_deactivated", "killswitch_activated"]
