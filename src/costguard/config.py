@@ -245,6 +245,17 @@ class Config(_Model):
     killswitch: KillSwitchConfig = Field(default_factory=KillSwitchConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
 
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        from costguard.stores import check_store_url
+
+        try:
+            check_store_url(value)
+        except ConfigError as exc:
+            raise ValueError(exc.reason) from None
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _tz(cls, value: str) -> str:
@@ -283,6 +294,7 @@ class Config(_Model):
         notifiers: Iterable[Notifier] = (),
         clock: Callable[[], float] | None = None,
         file: str | None = None,
+        lines: Mapping[str, int] | None = None,
     ) -> Guard:
         """A `Guard` for this config; nothing is opened until every check has passed."""
         from costguard.guard import FeatureSettings, Guard
@@ -291,8 +303,10 @@ class Config(_Model):
         ceilings = []
         for path, ceiling in self.ceiling_list():
             if ceiling.id in seen:
+                line = (lines or {}).get(path.removesuffix(".per_customer"))
                 raise ConfigError(
-                    f"same match as {seen[ceiling.id]} ({ceiling.id}); merge their limits into one",
+                    f"same match as {seen[ceiling.id]} ({ceiling.id}); merge their limits into one"
+                    + (f" (line {line})" if line else ""),
                     file=file,
                     path=path,
                 )
@@ -367,6 +381,10 @@ def _format(error: Any, lines: Mapping[str, int]) -> tuple[str, str]:
         if kind in ("literal_error", "string_type", "dict_type", "list_type", "model_type", "bool_type"):
             message = f"{message}, got {error.get('input')!r}"
     line = lines.get(path)
+    parent = path
+    while line is None and parent:
+        parent = parent.rsplit(".", 1)[0] if "." in parent else ""
+        line = lines.get(parent)
     return path, f"{message} (line {line})" if line else message
 
 
@@ -386,12 +404,13 @@ def parse_config(data: Any, *, file: str = "<config>", lines: Mapping[str, int] 
 class LoadedConfig:
     """A validated config and the file it came from."""
 
-    def __init__(self, config: Config, file: str) -> None:
+    def __init__(self, config: Config, file: str, lines: Mapping[str, int] | None = None) -> None:
         self.config = config
         self.file = file
+        self.lines = dict(lines or {})
 
     def build(self, *, notifiers: Iterable[Notifier] = (), clock: Callable[[], float] | None = None) -> Guard:
-        return self.config.build(notifiers=notifiers, clock=clock, file=self.file)
+        return self.config.build(notifiers=notifiers, clock=clock, file=self.file, lines=self.lines)
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedConfig:
@@ -402,4 +421,4 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> LoadedCo
     except OSError as exc:
         raise ConfigError(f"cannot read the config file: {exc.strerror or exc}", file=file) from None
     data, lines = load_yaml(text, file, env)
-    return LoadedConfig(parse_config(data if data != {} else {}, file=file, lines=lines), file)
+    return LoadedConfig(parse_config(data, file=file, lines=lines), file, lines)

@@ -35,7 +35,7 @@ WILDCARD = "*"
 DEFAULT_MAX_LABEL_LENGTH = 256
 # Values longer than this are stored as a digest so keys stay short enough for any index.
 _HASH_OVER = 64
-_LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
 
 class Unit(str, Enum):
@@ -97,7 +97,7 @@ def normalize_labels(labels: Mapping[str, object], *, max_length: int = DEFAULT_
     for name, value in labels.items():
         if value is None:
             continue
-        if not isinstance(name, str) or not _LABEL_NAME.match(name):
+        if not isinstance(name, str) or not _LABEL_NAME.fullmatch(name):
             raise LabelError(
                 f"label name {name!r} is not valid: use letters, digits, '_', '.' or '-', "
                 "starting with a letter or '_', at most 64 characters"
@@ -117,10 +117,12 @@ def normalize_labels(labels: Mapping[str, object], *, max_length: int = DEFAULT_
 
 
 def _encode_value(value: str) -> str:
-    if len(value) > _HASH_OVER:
+    raw = value.encode("utf-8", "surrogatepass")
+    encoded = quote(raw, safe="")
+    if len(encoded) > _HASH_OVER:
         # '#' never appears in quote()'s output, so a digest can't equal any quoted value.
-        return "#" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
-    return quote(value, safe="")
+        return "#" + hashlib.sha256(raw).hexdigest()
+    return encoded
 
 
 def encode_scope(scope: Mapping[str, str]) -> str:

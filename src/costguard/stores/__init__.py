@@ -11,11 +11,10 @@ from costguard.stores.memory import MemoryStore
 __all__ = ["Control", "CounterRow", "KillSwitchState", "MemoryStore", "Store", "open_store"]
 
 _SQL_SCHEMES = ("sqlite", "postgresql", "postgres")
-_EXTRAS = {"postgresql": "postgres", "postgres": "postgres", "redis": "redis", "rediss": "redis"}
 
 
-def open_store(url: str, **options: Any) -> Store:
-    """The store for `url`: `memory://`, `sqlite:///path.db`, `postgresql+psycopg://…`."""
+def check_store_url(url: str) -> None:
+    """Raise `ConfigError` unless `url` names a store this version can open (nothing is opened)."""
     if not isinstance(url, str) or "://" not in url:
         raise ConfigError(
             f"store URL {url!r} is not a URL; use memory://, sqlite:///costguard.db or postgresql+psycopg://…",
@@ -23,14 +22,8 @@ def open_store(url: str, **options: Any) -> Store:
         )
     scheme = url.split("://", 1)[0].lower()
     base = scheme.split("+", 1)[0]
-    if scheme == "memory":
-        return MemoryStore(url)
-    if base in _SQL_SCHEMES:
-        try:
-            from costguard.stores.sql import SQLStore
-        except ImportError as exc:  # pragma: no cover - SQLAlchemy is a core dependency
-            raise ConfigError(f"the SQL store needs SQLAlchemy: {exc}", path="store") from exc
-        return SQLStore(url, **options)
+    if scheme == "memory" or base in _SQL_SCHEMES:
+        return
     if base in ("redis", "rediss"):
         raise ConfigError(
             "the Redis store is not available in this version; use sqlite:///… or postgresql+psycopg://…",
@@ -41,3 +34,19 @@ def open_store(url: str, **options: Any) -> Store:
         "postgresql+psycopg://… or redis://…",
         path="store",
     )
+
+
+def open_store(url: str, **options: Any) -> Store:
+    """The store for `url`: `memory://`, `sqlite:///path.db`, `postgresql+psycopg://…`."""
+    check_store_url(url)
+    scheme = url.split("://", 1)[0].lower()
+    base = scheme.split("+", 1)[0]
+    if scheme == "memory":
+        return MemoryStore(url)
+    if base in _SQL_SCHEMES:
+        try:
+            from costguard.stores.sql import SQLStore
+        except ImportError as exc:  # pragma: no cover - SQLAlchemy is a core dependency
+            raise ConfigError(f"the SQL store needs SQLAlchemy: {exc}", path="store") from exc
+        return SQLStore(url, **options)
+    raise AssertionError(url)  # pragma: no cover - check_store_url accepted it
