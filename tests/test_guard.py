@@ -380,3 +380,14 @@ def test_guard_closes_cleanly_and_flushes_alerts() -> None:
 def test_duplicate_ceilings_are_rejected() -> None:
     with pytest.raises(ValueError, match="same match"):
         Guard("memory://", ceilings=[usd_ceiling({"feature": "f"}, day=1), usd_ceiling({"feature": "f"}, month=1)])
+
+
+def test_budget_refusals_are_audited_as_blocked() -> None:
+    guard = make_guard(usd_ceiling({"feature": "f"}, day=0.01))
+    with guard.reserve("f", estimate_usd=0.01):
+        pass
+    with pytest.raises(BudgetExceeded):
+        guard.reserve("f", estimate_usd=0.01)
+    record = guard.audit(decision="blocked")[0]
+    assert record.data["reason"] == "budget_exceeded"
+    assert (record.data["scope"], record.data["spent"], record.data["limit"]) == ({"feature": "f"}, 0.01, 0.01)

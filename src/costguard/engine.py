@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import tzinfo
 
 from costguard.decision import Decision
+from costguard.events import AuditRecord
 from costguard.model import (
     WILDCARD,
     Ceiling,
@@ -372,3 +373,20 @@ def decide(plan: ReservePlan, outcome: ReserveOutcome, *, now: float, degrade_at
 def force(plan: ReservePlan) -> ReservePlan:
     """The same plan, recorded without checking limits (a cost incurred while the store was down)."""
     return replace(plan, force=True)
+
+
+def reserve_record(plan: ReservePlan, outcome: ReserveOutcome, record: AuditRecord) -> AuditRecord:
+    """The audit line of a reserve: a refusal is written as `blocked` with the ceiling that refused it."""
+    if outcome.allowed or outcome.blocked is None:
+        return record
+    op = plan.counters[outcome.blocked]
+    data = {
+        **dict(record.data),
+        "reason": "budget_exceeded",
+        "scope": dict(op.scope),
+        "period": op.period.value,
+        "unit": op.unit.value,
+        "spent": op.display(outcome.totals[outcome.blocked]),
+        "limit": op.display(op.limit),
+    }
+    return replace(record, decision="blocked", data=data)

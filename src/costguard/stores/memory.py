@@ -16,6 +16,7 @@ from costguard.engine import (
     ReservePlan,
     claim_crossings,
     evaluate_reserve,
+    reserve_record,
     settle_deltas,
 )
 from costguard.events import AuditQuery, AuditRecord
@@ -82,7 +83,7 @@ class MemoryStore(Store):
                     counter.op = op
             if outcome.allowed:
                 self._reservations[plan.reservation_id] = _Reservation(plan.counters, at=plan.at)
-            self._append(record)
+            self._append(None if record is None else reserve_record(plan, outcome, record))
             return outcome
 
     def settle(

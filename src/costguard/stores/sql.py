@@ -30,6 +30,7 @@ from costguard.engine import (
     evaluate_reserve,
     op_from_json,
     op_to_json,
+    reserve_record,
     settle_deltas,
 )
 from costguard.errors import ConfigError, StoreError, StoreUnavailable
@@ -317,7 +318,7 @@ class SQLStore(Store):
                         counters=_dumps([op_to_json(op) for op in plan.counters]),
                     )
                 )
-            self._insert_records(conn, [record] if record else [])
+            self._insert_records(conn, [reserve_record(plan, outcome, record)] if record else [])
             return outcome
 
     @_mapped
