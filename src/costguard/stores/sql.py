@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import json
+import sqlite3
+import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -171,9 +173,18 @@ class SQLStore(Store):
             def _on_connect(dbapi_connection: Any, _record: Any) -> None:
                 dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
                 cursor = dbapi_connection.cursor()
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA synchronous=NORMAL")
                 cursor.execute(f"PRAGMA busy_timeout={int(self.timeout_ms)}")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                # WAL is a property of the file: switch once. The switch doesn't wait on the busy
+                # handler when another connection opens the new file at the same moment, so retry.
+                deadline = time.monotonic() + self.timeout_ms / 1000
+                while cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    try:
+                        cursor.execute("PRAGMA journal_mode=WAL")
+                    except sqlite3.OperationalError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.01)
                 cursor.close()
 
             @sa.event.listens_for(engine, "begin")
