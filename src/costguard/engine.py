@@ -34,6 +34,7 @@ __all__ = [
     "ReservePlan",
     "apply_overrides",
     "claim_crossings",
+    "clear_previous",
     "fits",
     "plan_reservation",
 ]
@@ -58,6 +59,7 @@ class CounterOp:
     levels: tuple[tuple[float, int], ...]
     resets_at: float | None
     expires_at: float | None
+    previous_key: str | None = None
 
     def display(self, value: int) -> float:
         """A raw counter value in the unit's user-facing form."""
@@ -78,11 +80,17 @@ class ReservePlan:
 
 @dataclass(frozen=True)
 class Crossing:
-    """A threshold that a counter crossed, claimed once per counter and period across processes."""
+    """A threshold that a counter crossed, claimed once per counter and period across processes.
+
+    `cleared` marks the opposite: a claimed limit threshold (the kill) that no longer holds because
+    the limit was raised above the spend or a new period began; it is claimed once as well.
+    """
 
     threshold: float
     counter: CounterOp
     total: int
+    cleared: bool = False
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -136,18 +144,58 @@ def fired_name(threshold: float) -> str:
     return format(threshold, "g")
 
 
+# A counter's `fired` set holds `<threshold>@<limit when it fired>` entries, plus CLEARED once the
+# kill claimed in its period has been cleared by the next period's first call.
+CLEARED = "cleared"
+
+
+def _fired_entries(fired: set[str]) -> dict[str, tuple[str, int]]:
+    out: dict[str, tuple[str, int]] = {}
+    for entry in fired:
+        if entry == CLEARED:
+            continue
+        name, _, limit = entry.partition("@")
+        out[name] = (entry, int(limit) if limit else 2**62)
+    return out
+
+
 def claim_crossings(counter: CounterOp, total: int, fired: set[str], *, blocked: bool = False) -> list[Crossing]:
-    """Thresholds newly reached at `total` (a block claims the limit's own), marking them in `fired`."""
+    """Thresholds newly reached at `total` (a block claims the limit's own), marking them in `fired`.
+
+    A threshold claimed under a lower limit is re-armed when the limit has since been raised above the
+    spend; re-arming the limit threshold is reported as a `cleared` crossing (the kill is over).
+    """
     out: list[Crossing] = []
+    entries = _fired_entries(fired)
     for threshold, level in counter.levels:
         name = fired_name(threshold)
-        if name in fired:
+        claimed = entries.get(name)
+        at_limit = threshold >= 1.0
+        if claimed is not None:
+            entry, fired_limit = claimed
+            if counter.limit > fired_limit and total < level and not (blocked and at_limit):
+                fired.discard(entry)
+                if at_limit:
+                    out.append(Crossing(threshold, counter, total, cleared=True, reason="limit raised"))
             continue
         reached = total > 0 and total >= level
-        if reached or (blocked and threshold >= 1.0):
-            fired.add(name)
+        if reached or (blocked and at_limit):
+            fired.add(f"{name}@{counter.limit}")
             out.append(Crossing(threshold, counter, total))
     return out
+
+
+def clear_previous(counter: CounterOp, previous_total: int, previous_fired: set[str]) -> list[Crossing]:
+    """The first call of a new period clears a kill claimed in the previous one, once (marked in the set)."""
+    if CLEARED in previous_fired:
+        return []
+    limit_levels = [t for t, _ in counter.levels if t >= 1.0]
+    entries = _fired_entries(previous_fired)
+    hit = [t for t in limit_levels if fired_name(t) in entries]
+    if not hit:
+        return []
+    previous_fired.add(CLEARED)
+    return [Crossing(hit[0], counter, previous_total, cleared=True, reason="new period")]
 
 
 def evaluate_reserve(plan: ReservePlan, current: Sequence[int], fired: Sequence[set[str]]) -> ReserveOutcome:
@@ -192,12 +240,14 @@ def op_to_json(op: CounterOp) -> list[object]:
         [list(level) for level in op.levels],
         op.resets_at,
         op.expires_at,
+        op.previous_key,
     ]
 
 
 def op_from_json(data: Sequence[object]) -> CounterOp:
     """Inverse of `op_to_json`."""
-    (key, ceiling_id, scope, period, unit, bucket, amount, limit, hard, levels, resets, expires) = data
+    (key, ceiling_id, scope, period, unit, bucket, amount, limit, hard, levels, resets, expires) = data[:12]
+    previous = data[12] if len(data) > 12 else None
     return CounterOp(
         key=str(key),
         ceiling_id=str(ceiling_id),
@@ -211,6 +261,7 @@ def op_from_json(data: Sequence[object]) -> CounterOp:
         levels=tuple((float(t), int(v)) for t, v in levels),  # type: ignore[attr-defined]
         resets_at=None if resets is None else float(resets),  # type: ignore[arg-type]
         expires_at=None if expires is None else float(expires),  # type: ignore[arg-type]
+        previous_key=None if previous is None else str(previous),
     )
 
 
@@ -284,11 +335,14 @@ def plan_reservation(
     for ceiling, bound in matching(ceilings, labels):
         for limit in effective_limits(ceiling, bound, overrides):
             bucket = bucket_for(limit.period, now, tz)
+            previous: str | None = None
             if limit.period is Period.TOTAL:
                 expires = now + ceiling.expire_after_s if ceiling.expire_after_s else None
             else:
                 assert bucket.end is not None
+                assert bucket.start is not None
                 expires = bucket.end + EXPIRY_GRACE_S
+                previous = counter_key(ceiling, bound, limit, bucket_for(limit.period, bucket.start - 1, tz).id)
             ops.append(
                 CounterOp(
                     key=counter_key(ceiling, bound, limit, bucket.id),
@@ -303,6 +357,7 @@ def plan_reservation(
                     levels=threshold_levels(ceiling.thresholds or thresholds, limit.amount),
                     resets_at=bucket.end,
                     expires_at=expires,
+                    previous_key=previous,
                 )
             )
     ops.sort(key=lambda op: op.key)

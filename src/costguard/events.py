@@ -5,11 +5,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-__all__ = ["AuditQuery", "AuditRecord", "Event", "EventKind"]
+__all__ = ["EVENT_KINDS", "AuditQuery", "AuditRecord", "Event", "EventKind"]
 
-EventKind = Literal["warn", "kill", "killswitch_activated", "killswitch_deactivated", "limit_changed", "store_error"]
+EventKind = Literal[
+    "warn",
+    "kill",
+    "kill_cleared",
+    "killswitch_activated",
+    "killswitch_deactivated",
+    "limit_changed",
+    "store_error",
+]
+EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 
 
 @dataclass(frozen=True)
@@ -26,6 +35,19 @@ class Event:
     limit: float | None = None
     reason: str | None = None
     actor: str | None = None
+    ceiling: str | None = None
+
+    @property
+    def dedup_key(self) -> str:
+        """Stable across processes and periods for one ceiling instance (or kill switch scope).
+
+        A `kill` and the `kill_cleared` that ends it share it, as do a kill switch's activation and
+        deactivation; PagerDuty uses it to pair trigger and resolve.
+        """
+        scope = ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))
+        if self.kind.startswith("killswitch"):
+            return f"costguard/killswitch/{scope or 'global'}"
+        return f"costguard/{self.ceiling or scope}/{scope}/{self.period}/{self.unit}"
 
     @property
     def spent_usd(self) -> float | None:
@@ -51,6 +73,8 @@ class Event:
             "limit_usd": self.limit_usd,
             "reason": self.reason,
             "actor": self.actor,
+            "ceiling": self.ceiling,
+            "dedup_key": self.dedup_key,
             "at": self.at.isoformat(),
         }
 

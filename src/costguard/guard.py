@@ -720,7 +720,13 @@ class Guard:
         at = datetime.fromtimestamp(now, timezone.utc)
         for crossing in crossings:
             op = crossing.counter
-            kind: EventKind = "kill" if crossing.threshold >= 1.0 and op.hard else "warn"
+            kind: EventKind
+            if crossing.cleared:
+                if not op.hard:
+                    continue  # a soft ceiling never killed anything
+                kind = "kill_cleared"
+            else:
+                kind = "kill" if crossing.threshold >= 1.0 and op.hard else "warn"
             self._notify(
                 Event(
                     kind=kind,
@@ -731,6 +737,8 @@ class Guard:
                     unit=op.unit.value,
                     spent=op.display(crossing.total),
                     limit=op.display(op.limit),
+                    reason=crossing.reason or None,
+                    ceiling=op.ceiling_id,
                 )
             )
 

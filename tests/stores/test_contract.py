@@ -130,9 +130,49 @@ def test_thresholds_fire_once_per_counter_and_period(store: Store) -> None:
         outcome = store.reserve(plan([cap], estimate=10_000), None)
         fired.extend(c.threshold for c in outcome.crossings)
     assert fired == [0.8, 1.0]
-    # The next day is a new period: thresholds re-arm.
-    next_day = [store.reserve(plan([cap], estimate=90_000, now=NOW + 86_400), None)]
-    assert [c.threshold for c in next_day[0].crossings] == [0.8]
+    # The next day is a new period: its first call clears the kill once, and thresholds re-arm.
+    next_day = store.reserve(plan([cap], estimate=90_000, now=NOW + 86_400), None)
+    assert [(c.threshold, c.cleared) for c in next_day.crossings] == [(1.0, True), (0.8, False)]
+    assert next_day.crossings[0].total == 100_000  # the spend the old period ended on
+    later = store.reserve(plan([cap], estimate=1, now=NOW + 86_400), None)
+    assert later.crossings == ()
+
+
+def test_a_new_period_without_a_kill_clears_nothing(store: Store) -> None:
+    cap = ceiling({"feature": "f"}, usd(Period.DAY, 1.0))
+    store.reserve(plan([cap], estimate=850_000), None)  # warn only
+    assert store.reserve(plan([cap], estimate=1, now=NOW + 86_400), None).crossings == ()
+
+
+def test_raising_the_limit_rearms_thresholds_now_below_it(store: Store) -> None:
+    small = ceiling({"feature": "f"}, usd(Period.DAY, 0.10))
+    for _ in range(11):
+        store.reserve(plan([small], estimate=10_000), None)  # 0.8 and 1.0 claimed, then blocked
+    raised = ceiling({"feature": "f"}, usd(Period.DAY, 0.20))  # same ceiling, higher limit
+    outcome = store.reserve(plan([raised], estimate=10_000), None)
+    assert outcome.allowed
+    # The kill is over (cleared once); 0.8 is re-armed silently and fires again at $0.16.
+    assert [(c.threshold, c.cleared) for c in outcome.crossings] == [(1.0, True)]
+    fired = []
+    for _ in range(12):
+        fired.extend((c.threshold, c.cleared) for c in store.reserve(plan([raised], estimate=10_000), None).crossings)
+    assert fired == [(0.8, False), (1.0, False)]
+
+
+def test_raising_the_limit_still_below_spend_rearms_nothing(store: Store) -> None:
+    small = ceiling({"feature": "f"}, usd(Period.DAY, 0.10))
+    for _ in range(11):
+        store.reserve(plan([small], estimate=10_000), None)
+    # 0.8 of $0.12 = $0.096 ≤ $0.10 spent: 0.8 stays claimed; 1.0 (level $0.12) is re-armed and clears.
+    slightly = ceiling({"feature": "f"}, usd(Period.DAY, 0.12))
+    outcome = store.reserve(plan([slightly], estimate=10_000), None)
+    assert [(c.threshold, c.cleared) for c in outcome.crossings] == [(1.0, True)]
+    # Lowered below the spend again: the next call is blocked and claims the kill anew, once.
+    lower = ceiling({"feature": "f"}, usd(Period.DAY, 0.05))
+    blocked = store.reserve(plan([lower], estimate=10_000), None)
+    assert not blocked.allowed
+    assert [(c.threshold, c.cleared) for c in blocked.crossings] == [(1.0, False)]
+    assert store.reserve(plan([lower], estimate=10_000), None).crossings == ()
 
 
 def test_one_call_can_cross_warn_and_kill_together(store: Store) -> None:

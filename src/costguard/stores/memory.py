@@ -11,10 +11,12 @@ from dataclasses import dataclass, field, replace
 from costguard.engine import (
     CommitOutcome,
     CounterOp,
+    Crossing,
     LimitOverride,
     ReserveOutcome,
     ReservePlan,
     claim_crossings,
+    clear_previous,
     evaluate_reserve,
     reserve_record,
     settle_deltas,
@@ -69,13 +71,25 @@ class MemoryStore(Store):
             counter = self._counters[op.key] = _Counter(op)
         return counter
 
+    def _clear_previous(self, ops: Sequence[CounterOp]) -> list[Crossing]:
+        out: list[Crossing] = []
+        for op in ops:
+            if op.key not in self._counters and op.previous_key is not None:
+                previous = self._counters.get(op.previous_key)
+                if previous is not None:
+                    out.extend(clear_previous(op, previous.total, previous.fired))
+        return out
+
     def reserve(self, plan: ReservePlan, record: AuditRecord | None) -> ReserveOutcome:
         with self._lock:
             if plan.force and plan.reservation_id in self._reservations:
                 return ReserveOutcome(True, ())  # a buffered record written twice counts once
+            cleared = self._clear_previous(plan.counters)
             counters = [self._counter(op) for op in plan.counters]
             fired = [set(c.fired) for c in counters]
             outcome = evaluate_reserve(plan, [c.total for c in counters], fired)
+            if cleared:
+                outcome = replace(outcome, crossings=(*cleared, *outcome.crossings))
             for counter, op, claimed in zip(counters, plan.counters, fired, strict=True):
                 counter.fired = claimed
                 if outcome.allowed:

@@ -14,6 +14,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
@@ -25,10 +26,12 @@ from sqlalchemy.engine import Connection, Engine
 from costguard.engine import (
     CommitOutcome,
     CounterOp,
+    Crossing,
     LimitOverride,
     ReserveOutcome,
     ReservePlan,
     claim_crossings,
+    clear_previous,
     evaluate_reserve,
     op_from_json,
     op_to_json,
@@ -41,6 +44,9 @@ from costguard.model import Period, Unit, encode_scope
 from costguard.stores.base import Control, CounterRow, KillSwitchState, Store
 
 __all__ = ["SQLStore"]
+
+# INSERT … ON CONFLICT DO NOTHING RETURNING arrived in SQLite 3.35.
+_SQLITE_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -149,6 +155,7 @@ class SQLStore(Store):
             sa_url, opts = _parse_url(url)
             self.prefix = prefix or opts.get("prefix", "costguard_")
             self.sqlite = sa_url.get_backend_name() == "sqlite"
+            self._returning = not self.sqlite or _SQLITE_RETURNING
             # SQLite serializes writers on a file lock: a wait is contention, not an outage, so its
             # default wait is long; a network database gets a short statement timeout.
             default_ms = 5000.0 if self.sqlite else 2000.0
@@ -231,8 +238,10 @@ class SQLStore(Store):
             return sqlite_insert(table)
         return postgresql_insert(table)
 
-    def _lock_counters(self, conn: Connection, ops: Sequence[CounterOp]) -> dict[str, tuple[int, int, set[str]]]:
-        """Create missing counter rows, then lock and read them all in key order."""
+    def _lock_counters(
+        self, conn: Connection, ops: Sequence[CounterOp], created: set[str] | None = None
+    ) -> dict[str, tuple[int, int, set[str]]]:
+        """Create missing counter rows (their keys added to `created`), then lock and read them in key order."""
         c = self.t["counters"]
         rows = [
             {
@@ -249,16 +258,24 @@ class SQLStore(Store):
             }
             for op in sorted(ops, key=lambda o: o.key)
         ]
-        conn.execute(self._insert(c).values(rows).on_conflict_do_nothing(index_elements=["key"]))
+        insert = self._insert(c).values(rows).on_conflict_do_nothing(index_elements=["key"])
+        if created is None or not self._returning:
+            conn.execute(insert)
+        else:
+            created.update(row.key for row in conn.execute(insert.returning(c.c.key)))
         result = conn.execute(
             sa.select(c.c.key, c.c.committed, c.c.reserved, c.c.fired)
             .where(c.c.key.in_([op.key for op in ops]))
             .order_by(c.c.key)
             .with_for_update()
         )
-        return {
+        state = {
             row.key: (int(row.committed), int(row.reserved), set(filter(None, row.fired.split(",")))) for row in result
         }
+        if created is not None and not self._returning:
+            # Without INSERT … RETURNING a counter untouched so far stands in for a new one.
+            created.update(key for key, (done, held, fired) in state.items() if not (done or held or fired))
+        return state
 
     def _write_counters(self, conn: Connection, values: Sequence[dict[str, Any]]) -> None:
         c = self.t["counters"]
@@ -293,6 +310,27 @@ class SQLStore(Store):
             ],
         )
 
+    def _clear_previous(self, conn: Connection, ops: Sequence[CounterOp]) -> list[Crossing]:
+        """Counters this transaction created: clear a kill their previous period claimed (once)."""
+        by_previous = {op.previous_key: op for op in ops if op.previous_key is not None}
+        if not by_previous:
+            return []
+        c = self.t["counters"]
+        rows = conn.execute(
+            sa.select(c.c.key, c.c.committed, c.c.reserved, c.c.fired)
+            .where(c.c.key.in_(sorted(by_previous)))
+            .order_by(c.c.key)
+            .with_for_update()
+        )
+        out: list[Crossing] = []
+        for row in rows:
+            fired = set(filter(None, row.fired.split(",")))
+            claimed = clear_previous(by_previous[row.key], int(row.committed) + int(row.reserved), fired)
+            if claimed:
+                conn.execute(sa.update(c).where(c.c.key == row.key).values(fired=",".join(sorted(fired))))
+                out.extend(claimed)
+        return out
+
     @_mapped
     def reserve(self, plan: ReservePlan, record: AuditRecord | None) -> ReserveOutcome:
         r = self.t["reservations"]
@@ -302,10 +340,14 @@ class SQLStore(Store):
             if not plan.counters:
                 outcome = ReserveOutcome(True, ())
             else:
-                state = self._lock_counters(conn, plan.counters)
+                created: set[str] = set()
+                state = self._lock_counters(conn, plan.counters, created)
+                cleared = self._clear_previous(conn, [op for op in plan.counters if op.key in created])
                 current = [state[op.key] for op in plan.counters]
                 fired = [set(s[2]) for s in current]
                 outcome = evaluate_reserve(plan, [s[0] + s[1] for s in current], fired)
+                if cleared:
+                    outcome = replace(outcome, crossings=(*cleared, *outcome.crossings))
                 writes = []
                 for op, (committed, reserved, before), claimed in zip(plan.counters, current, fired, strict=True):
                     if outcome.allowed or claimed != before:
