@@ -751,11 +751,48 @@ def test_duplicate_match_error_points_at_a_line(tmp_path: Path) -> None:
     assert_names(config_error(path), path, "ceilings[1]", "same match", 5)
 
 
-def test_unavailable_notifier_is_a_config_error(tmp_path: Path) -> None:
-    path = write(tmp_path, "store: memory://\nnotifiers:\n  - slack: {webhook_url: 'https://hooks.example/x'}\n")
+def test_design_notifiers_block_builds(tmp_path: Path, guards: list[Guard]) -> None:
+    path = write(
+        tmp_path,
+        """\
+        store: memory://
+        notifiers:
+          - slack: {webhook_url: "${SLACK_WEBHOOK_URL}"}
+          - pagerduty: {routing_key: "${PAGERDUTY_ROUTING_KEY}", on: [kill]}
+          - webhook: {url: "https://ops.example.com/hooks/costguard", secret: "${HOOK_SECRET}"}
+          - log: {level: INFO}
+        """,
+    )
+    env = {"SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T/B/x", "PAGERDUTY_ROUTING_KEY": "r" * 32}
+    guard = load_config(path, env={**env, "HOOK_SECRET": "s3cret"}).build(clock=FakeClock())
+    guards.append(guard)
+    names = [type(n).__name__ for n in guard.notifiers]
+    assert names == ["SlackNotifier", "PagerDutyNotifier", "WebhookNotifier", "LogNotifier"]
+    assert guard.notifiers[1].on == frozenset({"kill"})  # type: ignore[attr-defined]
+    assert guard.notifiers[2].secret == "s3cret"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("entry", "key", "expected"),
+    [
+        pytest.param("slack: {}", "notifiers[0].slack", "either webhook_url, or token and channel", id="slack-empty"),
+        pytest.param("slack: {token: xoxb-1}", "notifiers[0].slack", "channel is required", id="slack-no-channel"),
+        pytest.param("slack: {webhook_url: ftp://x}", "notifiers[0].slack.webhook_url", "http", id="slack-url"),
+        pytest.param("pagerduty: {}", "notifiers[0].pagerduty.routing_key", "required", id="pd-no-key"),
+        pytest.param("webhook: {url: 'not a url'}", "notifiers[0].webhook.url", "http", id="webhook-url"),
+        pytest.param("webhook: {url: 'http://x', on: [wran]}", "notifiers[0].webhook.on[0]", "warn", id="bad-kind"),
+        pytest.param("webhook: {url: 'http://x', attempts: 0}", "notifiers[0].webhook.attempts", "1", id="attempts"),
+        pytest.param("webhook: {url: 'http://x', colour: red}", "notifiers[0].webhook.colour", "", id="unknown-key"),
+        pytest.param("log: {level: LOUD}", "notifiers[0].log.level", "WARNING", id="log-level"),
+        pytest.param("teams: {url: 'http://x'}", "notifiers[0]", "unknown notifier 'teams'", id="unknown-notifier"),
+    ],
+)
+def test_bad_notifier_is_a_config_error(tmp_path: Path, entry: str, key: str, expected: str) -> None:
+    path = write(tmp_path, f"store: memory://\nnotifiers:\n  - {entry}\n")
     error = config_error(path)
     assert str(path) in str(error)
-    assert error.path == "notifiers[0].slack"
+    assert error.path == key, str(error)
+    assert expected in str(error)
 
 
 # --------------------------------------------------------------------------- no half-built guard
@@ -771,7 +808,7 @@ def test_unavailable_notifier_is_a_config_error(tmp_path: Path) -> None:
             "features:\n  f: {monthly_usd: 1}\nceilings:\n  - match: {feature: f}\n    daily_usd: 1\n",
             id="duplicate-match",
         ),
-        pytest.param("notifiers:\n  - pagerduty: {routing_key: abc}\n", id="notifier"),
+        pytest.param("notifiers:\n  - pagerduty: {routing_key: ''}\n", id="notifier"),
         pytest.param("features:\n  f: {monthly_usd: 1}\n  f: {monthly_usd: 2}\n", id="duplicate-key"),
         pytest.param("features:\n  f: {monthly_usd: [1\n", id="bad-yaml"),
     ],

@@ -195,19 +195,103 @@ class CeilingConfig(Limits):
         return value
 
 
-class NotifierConfig(_Model):
-    """One notifier: `{slack: {...}}`, `{pagerduty: {...}}`, `{webhook: {...}}` or `{log: {...}}`."""
+EventKindName = Literal[
+    "warn", "kill", "kill_cleared", "killswitch_activated", "killswitch_deactivated", "limit_changed", "store_error"
+]
+_Positive = Annotated[float, Field(gt=0)]
 
-    slack: dict[str, Any] | None = None
-    pagerduty: dict[str, Any] | None = None
-    webhook: dict[str, Any] | None = None
-    log: dict[str, Any] | None = None
+
+class _NotifierOptions(_Model):
+    on: list[EventKindName] | None = None
+    attempts: Annotated[int, Field(ge=1, le=50)] = 5
+    max_delay_s: _Positive = 60.0
+    timeout_s: _Positive = 5.0
+
+
+def _http_url(value: str | None) -> str | None:
+    if value is not None and not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value
+
+
+HttpUrl = Annotated[str, PlainValidator(_http_url)]
+
+
+class SlackOptions(_NotifierOptions):
+    webhook_url: HttpUrl | None = None
+    token: str | None = None
+    channel: str | None = None
+    base_url: HttpUrl | None = None
+    min_interval_s: Annotated[float, Field(ge=0)] = 1.0
+
+    @model_validator(mode="after")
+    def _target(self) -> SlackOptions:
+        if bool(self.webhook_url) == bool(self.token):
+            raise ValueError("give either webhook_url, or token and channel")
+        if self.token and not self.channel:
+            raise ValueError("channel is required with token (e.g. '#ops' or a channel id)")
+        return self
+
+
+class PagerDutyOptions(_NotifierOptions):
+    routing_key: Annotated[str, Field(min_length=1)]
+    events_url: HttpUrl = "https://events.pagerduty.com/v2/enqueue"
+    source: str = "costguard"
+
+
+class WebhookOptions(_NotifierOptions):
+    url: HttpUrl
+    secret: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class LogOptions(_Model):
+    logger: str = "costguard.alerts"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
+    on: list[EventKindName] | None = None
+
+
+class NotifierConfig(BaseModel):
+    """One notifier: `{slack: {...}}`, `{pagerduty: {...}}`, `{webhook: {...}}`, `{log: {...}}`, or the
+    name of a notifier registered in the `costguard.notifiers` entry-point group."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    slack: SlackOptions | None = None
+    pagerduty: PagerDutyOptions | None = None
+    webhook: WebhookOptions | None = None
+    log: LogOptions | None = None
 
     @model_validator(mode="after")
     def _one(self) -> NotifierConfig:
-        if len(self.model_fields_set) != 1:
-            raise ValueError("each notifier is exactly one of slack, pagerduty, webhook or log")
+        names = sorted(self.model_fields_set)  # extras included
+        if len(names) != 1:
+            raise ValueError(
+                "each notifier is exactly one of slack, pagerduty, webhook, log or an installed notifier's name, "
+                f"got {', '.join(names) or 'nothing'}"
+            )
+        for name, value in (self.model_extra or {}).items():
+            from costguard.notify.registry import BUILTIN, ENTRY_POINT_GROUP, installed
+
+            plugins = installed()
+            if name not in plugins:
+                known = ", ".join([*BUILTIN, *sorted(plugins)])
+                raise ValueError(
+                    f"unknown notifier {name!r}; expected one of {known} "
+                    f"(third-party notifiers register in the {ENTRY_POINT_GROUP!r} entry-point group)"
+                )
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"the {name} notifier's options must be a mapping, got {value!r}")
         return self
+
+    def entry(self) -> tuple[str, dict[str, Any]]:
+        """(notifier name, its options as keyword arguments)."""
+        for name in ("slack", "pagerduty", "webhook", "log"):
+            options = getattr(self, name)
+            if options is not None:
+                return name, options.model_dump(exclude_none=True)
+        name, value = next(iter((self.model_extra or {}).items()))
+        return name, dict(value or {})
 
 
 class KillSwitchConfig(_Model):
@@ -343,24 +427,15 @@ class Config(_Model):
         )
 
     def _notifiers(self, file: str | None) -> list[Notifier]:
-        from costguard.notify.log import LogNotifier
+        from costguard.notify.registry import build_notifier
 
         out: list[Notifier] = []
         for index, item in enumerate(self.notifiers):
-            kind = next(iter(item.model_fields_set))
-            options = getattr(item, kind) or {}
-            if kind == "log":
-                try:
-                    out.append(LogNotifier(**options))
-                except TypeError as exc:
-                    raise ConfigError(str(exc), file=file, path=f"notifiers[{index}].log") from None
-            else:
-                raise ConfigError(
-                    f"the {kind} notifier is not available in this version of costguard; use log, "
-                    "or pass a callable with Guard.from_yaml(path, notifiers=[fn])",
-                    file=file,
-                    path=f"notifiers[{index}].{kind}",
-                )
+            kind, options = item.entry()
+            try:
+                out.append(build_notifier(kind, options))
+            except (ValueError, TypeError, ImportError) as exc:
+                raise ConfigError(str(exc), file=file, path=f"notifiers[{index}].{kind}") from None
         return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,6 +37,9 @@ class Event:
     reason: str | None = None
     actor: str | None = None
     ceiling: str | None = None
+    resets_at: datetime | None = None
+    enforcement: str | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
     def dedup_key(self) -> str:
@@ -74,7 +78,10 @@ class Event:
             "reason": self.reason,
             "actor": self.actor,
             "ceiling": self.ceiling,
+            "enforcement": self.enforcement,
+            "resets_at": self.resets_at.isoformat() if self.resets_at else None,
             "dedup_key": self.dedup_key,
+            "id": self.id,
             "at": self.at.isoformat(),
         }
 

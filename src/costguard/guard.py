@@ -35,7 +35,7 @@ from costguard.model import (
     normalize_labels,
     to_micros,
 )
-from costguard.notify.dispatcher import Background, Notifier
+from costguard.notify.dispatcher import Background, Dispatcher, LaneStats, Notifier
 from costguard.periods import bucket_for
 from costguard.reservation import AsyncReserveContext, Reservation
 from costguard.status import CeilingStatus, Status
@@ -102,6 +102,7 @@ class Guard:
         on_store_error: StoreErrorPolicy = "open",
         on_call_error: CallErrorPolicy = "release",
         notifiers: Iterable[Notifier] = (),
+        alert_queue_size: int = 1000,
         killswitch_cache_ms: float = 500.0,
         exempt_features: Iterable[str] = (),
         exempt_paths: Iterable[str] = (),
@@ -126,6 +127,7 @@ class Guard:
         self.on_store_error: StoreErrorPolicy = on_store_error
         self.on_call_error: CallErrorPolicy = on_call_error
         self.notifiers: list[Notifier] = list(notifiers)
+        self._alerts = Dispatcher(self.notifiers, queue_size=alert_queue_size)
         self.killswitch_cache_s = killswitch_cache_ms / 1000.0
         self.exempt_features = frozenset(exempt_features)
         self.exempt_paths = tuple(exempt_paths)
@@ -494,9 +496,15 @@ class Guard:
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Write buffered costs and wait for background work (alerts, audit); False if some remain."""
+        deadline = time.monotonic() + timeout
         self._flush_pending()
         done = self._background.flush(timeout)
-        return done and not self._pending
+        delivered = self._alerts.flush(max(0.0, deadline - time.monotonic()))
+        return done and delivered and not self._pending
+
+    def alert_stats(self) -> list[LaneStats]:
+        """Per notifier in this process: events delivered, given up on after retries, dropped, queued."""
+        return self._alerts.stats()
 
     def commit(self, reservation_id: str, usd: Money | None = None, *, tokens: int | None = None) -> bool:
         """Commit a reservation made elsewhere (by id); idempotent — a repeat returns False."""
@@ -713,8 +721,7 @@ class Guard:
 
     # ----------------------------------------------------------------- background: alerts, audit, cache
     def _notify(self, event: Event) -> None:
-        for notifier in self.notifiers:
-            self._background.submit(lambda n=notifier: n(event))  # type: ignore[misc]
+        self._alerts.dispatch(event)
 
     def _emit_crossings(self, crossings: Iterable[engine.Crossing], now: float) -> None:
         at = datetime.fromtimestamp(now, timezone.utc)
@@ -739,6 +746,8 @@ class Guard:
                     limit=op.display(op.limit),
                     reason=crossing.reason or None,
                     ceiling=op.ceiling_id,
+                    resets_at=None if op.resets_at is None else datetime.fromtimestamp(op.resets_at, timezone.utc),
+                    enforcement="hard" if op.hard else "soft",
                 )
             )
 
@@ -794,6 +803,7 @@ class Guard:
         self._closed = True
         self._flush_pending()
         self._background.close()
+        self._alerts.close()
         self.store.close()
         _live_guards.discard(self)
 

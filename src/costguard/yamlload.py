@@ -15,6 +15,19 @@ __all__ = ["load_yaml"]
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false, so `on: [kill]` and `country: no` stay strings."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def _path(parts: list[str | int]) -> str:
     out = ""
     for part in parts:
@@ -27,7 +40,7 @@ class _Builder:
         self.file = file
         self.env = env
         self.lines: dict[str, int] = {}
-        self.loader = yaml.SafeLoader("")
+        self.loader = _Loader("")
 
     def error(self, parts: list[str | int], node: yaml.Node, message: str) -> ConfigError:
         return ConfigError(f"{message} (line {node.start_mark.line + 1})", file=self.file, path=_path(parts) or None)
@@ -71,7 +84,7 @@ def load_yaml(text: str, file: str, env: dict[str, str] | None = None) -> tuple[
     """Parse YAML text; returns the data and a map from key path to line number."""
     builder = _Builder(file, dict(os.environ) if env is None else env)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}", file=file) from None
     if node is None:

@@ -1,38 +1,38 @@
-"""`log`: events to stdlib logging."""
+"""`log`: events to stdlib logging, one line each."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from costguard.events import Event
+from costguard.notify.format import details, headline
 
 __all__ = ["LogNotifier"]
 
 
 class LogNotifier:
-    """Log each event (`warn` at WARNING, everything else at the level given)."""
+    """Log each event on `logger` (default `costguard.alerts`) at `level` (default WARNING).
 
-    def __init__(self, logger: str = "costguard.alerts", level: str = "WARNING", on: list[str] | None = None) -> None:
+    The record carries the event as `extra={"costguard_event": event.to_dict()}` for structured
+    log handlers.
+    """
+
+    name = "log"
+    attempts = 1
+
+    def __init__(
+        self, logger: str = "costguard.alerts", level: str | int = "WARNING", on: Iterable[str] | None = None
+    ) -> None:
         self.logger = logging.getLogger(logger)
-        self.level = logging.getLevelName(level.upper()) if isinstance(level, str) else int(level)
-        if not isinstance(self.level, int):
-            raise TypeError(f"unknown log level {level!r}")
-        self.on = set(on) if on else None
+        resolved = logging.getLevelName(level.upper()) if isinstance(level, str) else int(level)
+        if not isinstance(resolved, int):
+            raise ValueError(f"unknown log level {level!r}; use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        self.level = resolved
+        self.on = frozenset(on) if on else None
 
     def __call__(self, event: Event) -> None:
         if self.on is not None and event.kind not in self.on:
             return
-        scope = ",".join(f"{k}={v}" for k, v in sorted(event.labels.items())) or "global"
-        if event.spent is not None and event.limit is not None:
-            self.logger.log(
-                self.level,
-                "costguard %s %s %s: %g of %g (%s)",
-                event.kind,
-                scope,
-                event.period,
-                event.spent,
-                event.limit,
-                event.unit,
-            )
-        else:
-            self.logger.log(self.level, "costguard %s %s: %s", event.kind, scope, event.reason or "")
+        line = " — ".join([headline(event), *details(event)])
+        self.logger.log(self.level, "costguard %s: %s", event.kind, line, extra={"costguard_event": event.to_dict()})
