@@ -32,14 +32,8 @@ def make_guard(
     notifier: RecordingNotifier | None = None,
     **options: Any,
 ) -> Guard:
-    return Guard(
-        store,
-        ceilings=ceilings,
-        features=features,
-        clock=clock or FakeClock(START),
-        notifiers=[notifier] if notifier else [],
-        **options,
-    )
+    options.setdefault("notifiers", [notifier] if notifier else [])
+    return Guard(store, ceilings=ceilings, features=features, clock=clock or FakeClock(START), **options)
 
 
 class FlakyStore(MemoryStore):

@@ -205,6 +205,7 @@ class _NotifierOptions(_Model):
     on: list[EventKindName] | None = None
     attempts: Annotated[int, Field(ge=1, le=50)] = 5
     max_delay_s: _Positive = 60.0
+    backoff_s: _Positive = 0.5
     timeout_s: _Positive = 5.0
 
 

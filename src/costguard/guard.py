@@ -796,14 +796,16 @@ class Guard:
             return None
 
     # ----------------------------------------------------------------- lifecycle
-    def close(self) -> None:
-        """Write buffered costs and queued alerts, then release the store's connections."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Write buffered costs and deliver queued alerts (waiting up to `timeout` for each), then release
+        the store's connections. Alerts a receiver has not taken by then are dropped and logged."""
         if self._closed:
             return
         self._closed = True
         self._flush_pending()
-        self._background.close()
-        self._alerts.close()
+        self._background.close(timeout)
+        if not self._alerts.close(timeout):
+            log.warning("costguard: closed with alerts undelivered: %s", self._alerts.stats())
         self.store.close()
         _live_guards.discard(self)
 

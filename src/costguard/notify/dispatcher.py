@@ -37,6 +37,7 @@ Notifier = Callable[[Event], object]
 
 DEFAULT_ATTEMPTS = 5
 DEFAULT_MAX_DELAY_S = 60.0
+DEFAULT_BACKOFF_S = 0.5
 DEFAULT_QUEUE_SIZE = 1000
 
 
@@ -202,6 +203,7 @@ class _Lane(_Worker):
         self.kinds: frozenset[str] | None = frozenset(on) if on else None
         self.attempts = int(getattr(notifier, "attempts", DEFAULT_ATTEMPTS))
         self.max_delay_s = float(getattr(notifier, "max_delay_s", DEFAULT_MAX_DELAY_S))
+        self.backoff_s = float(getattr(notifier, "backoff_s", DEFAULT_BACKOFF_S))
         self.delivered = 0
         self.failed = 0
         self.tries = 0
@@ -211,7 +213,7 @@ class _Lane(_Worker):
         return self.kinds is None or event.kind in self.kinds
 
     def _wait(self, state: RetryCallState) -> float:
-        delay = wait_random_exponential(multiplier=0.5, max=30.0)(state)
+        delay = wait_random_exponential(multiplier=self.backoff_s, max=30.0)(state)
         exc = state.outcome.exception() if state.outcome is not None else None
         after = getattr(exc, "retry_after", None)
         return max(delay, float(after)) if after else delay

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from costguard.events import Event
-from costguard.notify.dispatcher import DEFAULT_ATTEMPTS, DEFAULT_MAX_DELAY_S
+from costguard.notify.dispatcher import DEFAULT_ATTEMPTS, DEFAULT_BACKOFF_S, DEFAULT_MAX_DELAY_S
 from costguard.notify.format import headline, money, next_step, scope_text
 from costguard.notify.http import check_url, post
 
@@ -52,6 +52,7 @@ class PagerDutyNotifier:
         timeout_s: float = 5.0,
         attempts: int = DEFAULT_ATTEMPTS,
         max_delay_s: float = DEFAULT_MAX_DELAY_S,
+        backoff_s: float = DEFAULT_BACKOFF_S,
     ) -> None:
         if not routing_key:
             raise ValueError("routing_key is required (the integration key of a PagerDuty Events API v2 service)")
@@ -62,6 +63,7 @@ class PagerDutyNotifier:
         self.timeout_s = timeout_s
         self.attempts = attempts
         self.max_delay_s = max_delay_s
+        self.backoff_s = backoff_s
 
     def message(self, event: Event) -> dict[str, Any]:
         """The Events API v2 body for `event`."""

@@ -7,7 +7,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from costguard.events import Event
-from costguard.notify.dispatcher import DEFAULT_ATTEMPTS, DEFAULT_MAX_DELAY_S, Notifier
+from costguard.notify.dispatcher import DEFAULT_ATTEMPTS, DEFAULT_BACKOFF_S, DEFAULT_MAX_DELAY_S, Notifier
 
 __all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "build_notifier", "installed"]
 
@@ -31,6 +31,7 @@ class _Plugin:
         self.on = frozenset(on) if on else getattr(notifier, "on", None)
         self.attempts = attempts
         self.max_delay_s = max_delay_s
+        self.backoff_s = float(getattr(notifier, "backoff_s", DEFAULT_BACKOFF_S))
 
     def __call__(self, event: Event) -> object:
         return self.notifier(event)
@@ -66,7 +67,11 @@ def build_notifier(kind: str, options: Mapping[str, Any]) -> Notifier:
     on = options.pop("on", None)
     attempts = int(options.pop("attempts", DEFAULT_ATTEMPTS))
     max_delay_s = float(options.pop("max_delay_s", DEFAULT_MAX_DELAY_S))
+    backoff_s = options.pop("backoff_s", None)
     notifier = factory(**options)
     if not callable(notifier):
         raise TypeError(f"the {kind!r} entry point built {notifier!r}, which is not callable with an Event")
-    return _Plugin(kind, notifier, on, attempts, max_delay_s)
+    plugin = _Plugin(kind, notifier, on, attempts, max_delay_s)
+    if backoff_s is not None:
+        plugin.backoff_s = float(backoff_s)
+    return plugin

@@ -9,7 +9,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from costguard.events import Event
-from costguard.notify.dispatcher import DEFAULT_ATTEMPTS, DEFAULT_MAX_DELAY_S, DeliveryError, retry_after_seconds
+from costguard.notify.dispatcher import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_BACKOFF_S,
+    DEFAULT_MAX_DELAY_S,
+    DeliveryError,
+    retry_after_seconds,
+)
 from costguard.notify.format import details, emoji, headline, next_step, plain_text
 from costguard.notify.http import check_url
 
@@ -22,12 +28,19 @@ _pace_lock = threading.Lock()
 
 
 def _pace(channel: str, interval_s: float) -> None:
+    """Wait for this channel's next slot (and take it)."""
     with _pace_lock:
         now = time.monotonic()
         due = max(now, _last_post.get(channel, float("-inf")) + interval_s)
         _last_post[channel] = due
     if due > now:
         time.sleep(due - now)
+
+
+def _posted(channel: str) -> None:
+    """Mark the end of a post: the next one waits a full interval from here (retries included)."""
+    with _pace_lock:
+        _last_post[channel] = max(_last_post.get(channel, float("-inf")), time.monotonic())
 
 
 class SlackNotifier:
@@ -52,6 +65,7 @@ class SlackNotifier:
         timeout_s: float = 5.0,
         attempts: int = DEFAULT_ATTEMPTS,
         max_delay_s: float = DEFAULT_MAX_DELAY_S,
+        backoff_s: float = DEFAULT_BACKOFF_S,
         min_interval_s: float = 1.0,
     ) -> None:
         try:
@@ -84,6 +98,7 @@ class SlackNotifier:
         self.on = frozenset(on) if on else None
         self.attempts = attempts
         self.max_delay_s = max_delay_s
+        self.backoff_s = backoff_s
         self.min_interval_s = min_interval_s
 
     @staticmethod
@@ -113,16 +128,22 @@ class SlackNotifier:
                 return
         except SlackApiError as exc:
             status = exc.response.status_code
-            headers, body = exc.response.headers, exc.response.data
+            error = exc.response.get("error") if isinstance(exc.response.data, dict) else exc.response.data
+            raise DeliveryError(
+                f"Slack answered {status}: {error}",
+                retryable=status >= 500 or status in (408, 429),
+                retry_after=retry_after_seconds(_header(exc.response.headers, "Retry-After")),
+            ) from None
         except (OSError, TimeoutError) as exc:
             raise DeliveryError(f"Slack unreachable: {exc}") from None
+        finally:
+            _posted(self.channel_key)
         if 200 <= status < 300:
             return
-        retry_after = retry_after_seconds(_header(headers, "Retry-After"))
         raise DeliveryError(
             f"Slack answered {status}: {str(body)[:200]}",
             retryable=status >= 500 or status in (408, 429),
-            retry_after=retry_after,
+            retry_after=retry_after_seconds(_header(headers, "Retry-After")),
         )
 
     def __repr__(self) -> str:

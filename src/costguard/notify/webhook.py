@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable, Mapping
 
 from costguard.events import Event
-from costguard.notify.dispatcher import DEFAULT_ATTEMPTS, DEFAULT_MAX_DELAY_S
+from costguard.notify.dispatcher import DEFAULT_ATTEMPTS, DEFAULT_BACKOFF_S, DEFAULT_MAX_DELAY_S
 from costguard.notify.http import check_url, post
 
 __all__ = ["WebhookNotifier", "sign", "verify"]
@@ -44,6 +44,7 @@ class WebhookNotifier:
         timeout_s: float = 5.0,
         attempts: int = DEFAULT_ATTEMPTS,
         max_delay_s: float = DEFAULT_MAX_DELAY_S,
+        backoff_s: float = DEFAULT_BACKOFF_S,
     ) -> None:
         self.url = check_url(url, "webhook url")
         self.secret = secret or None
@@ -52,6 +53,7 @@ class WebhookNotifier:
         self.timeout_s = timeout_s
         self.attempts = attempts
         self.max_delay_s = max_delay_s
+        self.backoff_s = backoff_s
 
     def body(self, event: Event) -> bytes:
         """The exact bytes sent (and signed)."""

@@ -137,9 +137,10 @@ def _dumps(value: object) -> str:
 
 
 def _parse_url(url: str) -> tuple[sa.URL, dict[str, str]]:
-    """Parse the URL and take costguard's own query options (`timeout_ms`, `prefix`) out of it."""
+    """Parse the URL and take costguard's own query options (`timeout_ms`, `prefix`, pool sizes) out of it."""
     parsed = sa.make_url(url)
-    ours = {name: str(parsed.query[name]) for name in ("timeout_ms", "prefix") if name in parsed.query}
+    names = ("timeout_ms", "prefix", "pool_size", "max_overflow")
+    ours = {name: str(parsed.query[name]) for name in names if name in parsed.query}
     parsed = parsed.difference_update_query(list(ours))
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -160,6 +161,9 @@ class SQLStore(Store):
             # default wait is long; a network database gets a short statement timeout.
             default_ms = 5000.0 if self.sqlite else 2000.0
             self.timeout_ms = float(timeout_ms if timeout_ms is not None else opts.get("timeout_ms", default_ms))
+            # Connections per process: `pool_size` kept open, up to `max_overflow` more under load.
+            self.pool_size = int(opts.get("pool_size", 8))
+            self.max_overflow = int(opts.get("max_overflow", 64))
             self.engine = self._create_engine(sa_url)
         except (sa_exc.ArgumentError, ValueError, ImportError) as exc:
             hint = ' (pip install "costguard-ai[postgres]")' if isinstance(exc, ImportError) else ""
@@ -172,8 +176,8 @@ class SQLStore(Store):
             engine = sa.create_engine(
                 sa_url,
                 connect_args={"timeout": self.timeout_ms / 1000, "check_same_thread": False},
-                pool_size=8,
-                max_overflow=64,
+                pool_size=self.pool_size,
+                max_overflow=self.max_overflow,
             )
 
             @sa.event.listens_for(engine, "connect")
@@ -203,8 +207,8 @@ class SQLStore(Store):
             return engine
         return sa.create_engine(
             sa_url,
-            pool_size=8,
-            max_overflow=64,
+            pool_size=self.pool_size,
+            max_overflow=self.max_overflow,
             pool_pre_ping=True,
             connect_args={
                 "connect_timeout": max(2, int(self.timeout_ms / 1000 + 0.999)),
