@@ -15,6 +15,7 @@ import pytest
 
 import alerts_worker
 from costguard import BudgetExceeded, Event, Guard
+from costguard.notify import DeliveryError
 from costguard.notify.pagerduty import PagerDutyNotifier
 from costguard.notify.slack import SlackNotifier
 from costguard.notify.webhook import WebhookNotifier, verify
@@ -407,6 +408,22 @@ def test_any_callable_is_a_notifier_and_its_failures_stay_inside() -> None:
         pass
     assert guard.flush(10)
     assert seen == ["warn", "warn", "warn"]
+    guard.close()
+
+
+def test_a_callable_can_refuse_retries_with_delivery_error() -> None:
+    calls: list[str] = []
+
+    def strict(event: Event) -> None:
+        calls.append(event.kind)
+        raise DeliveryError("bad credentials", retryable=False)
+
+    guard = make_guard(usd_ceiling({"feature": "f"}, day=1.0), notifiers=[strict])
+    with guard.reserve("f", estimate_usd=0.85):
+        pass
+    assert guard.flush(10)
+    assert calls == ["warn"]
+    assert guard.alert_stats()[0].failed == 1
     guard.close()
 
 

@@ -1,5 +1,5 @@
-"""Delivering events off the request path."""
+"""Delivering events off the request path: the dispatcher and the built-in notifiers (imported lazily)."""
 
-from costguard.notify.dispatcher import Background, Notifier
+from costguard.notify.dispatcher import Background, DeliveryError, Dispatcher, LaneStats, Notifier
 
-__all__ = ["Background", "Notifier"]
+__all__ = ["Background", "DeliveryError", "Dispatcher", "LaneStats", "Notifier"]
