@@ -237,12 +237,17 @@ class _Lane(_Worker):
                     self.notifier(event)
         except Exception as exc:  # noqa: BLE001 - a failing notifier never raises into anything
             self.failed += 1
-            log.warning(
-                "costguard: the %s notifier gave up on a %s event after %d attempt(s): %s",
+            # A receiver that is down for an hour must not flood the log: the first give-up and
+            # every 100th are warnings, the rest debug lines.
+            level = logging.WARNING if self.failed == 1 or self.failed % 100 == 0 else logging.DEBUG
+            log.log(
+                level,
+                "costguard: the %s notifier gave up on a %s event after %d attempt(s): %s (%d given up so far)",
                 self.label,
                 event.kind,
                 retrying.statistics.get("attempt_number", 1),
                 exc,
+                self.failed,
             )
         else:
             self.delivered += 1
@@ -250,7 +255,21 @@ class _Lane(_Worker):
     def close(self, timeout: float = 5.0) -> bool:
         done = self.flush(timeout)
         if not done:
-            self._closing.set()  # stop retrying: what is left is dropped after one more attempt
+            self._closing.set()  # stop retrying, and drop what is still queued
+            left = 0
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                self._queue.task_done()
+                if isinstance(item, threading.Event):
+                    item.set()
+                else:
+                    left += 1
+            if left:
+                self.dropped += left
+                log.warning("costguard: the %s notifier closed with %d event(s) undelivered", self.label, left)
         return super().close(0.5) and done
 
 
