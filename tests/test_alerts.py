@@ -479,6 +479,30 @@ def test_entry_point_notifier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert sys.modules["costguard_teams"].SEEN == [("finops", "kill")]
 
 
+def test_alerts_queued_at_exit_are_delivered(tmp_path: Path, receivers: list[Receiver]) -> None:
+    hook = receiver(receivers)
+    script = tmp_path / "app.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""\
+            from costguard import Ceiling, Guard, Limit, Period, Unit
+            from costguard.model import make_match
+            from costguard.notify.webhook import WebhookNotifier
+
+            cap = Ceiling(make_match({{"feature": "f"}}), (Limit(Period.DAY, Unit.USD, 1_000_000),))
+            guard = Guard("memory://", ceilings=[cap], notifiers=[WebhookNotifier("{hook.url}")])
+            with guard.reserve("f", estimate_usd=0.9):
+                pass
+            # no close(): the interpreter's exit hook delivers the queued warn
+            """
+        )
+    )
+    import subprocess
+
+    subprocess.run([sys.executable, str(script)], check=True, timeout=60)
+    assert [r.json()["kind"] for r in hook.wait_for(1)] == ["warn"]
+
+
 # --------------------------------------------------------------------------- exactly once across processes
 
 
