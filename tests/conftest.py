@@ -6,9 +6,11 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import costguard.guard
 from costguard.stores import Store, open_store
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -24,10 +26,68 @@ def service_url(env: str, what: str) -> str:
     return url
 
 
+# fakeredis stands in for Redis behind URLs on a loopback port nothing listens on (so a client that
+# wasn't injected fails at once instead of reaching anything); one FakeServer per URL.
+_FAKE_SERVERS: dict[str, Any] = {}
+
+
+def fake_redis_url() -> str:
+    """A URL backed by a fresh in-process fakeredis server (open it with `open_test_store`)."""
+    import fakeredis
+
+    url = f"redis://127.0.0.1:1/0?namespace=t{uuid.uuid4().hex[:10]}"
+    _FAKE_SERVERS[url] = fakeredis.FakeServer()
+    return url
+
+
+def open_test_store(url: str, **options: Any) -> Store:
+    """`open_store`, with fakeredis clients injected for `fake_redis_url()` URLs."""
+    server = _FAKE_SERVERS.get(url)
+    if server is None:
+        return open_store(url, **options)
+    import fakeredis
+
+    from costguard.stores.redis import RedisStore
+
+    return RedisStore(
+        url,
+        client=fakeredis.FakeRedis(server=server),
+        async_client_factory=lambda: fakeredis.FakeAsyncRedis(server=server),
+        **options,
+    )
+
+
+def redis_test_url() -> str:
+    """The real Redis from COSTGUARD_TEST_REDIS_URL with a fresh namespace (drop it with `drop_namespace`)."""
+    base = service_url("COSTGUARD_TEST_REDIS_URL", "Redis")
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}namespace=t{uuid.uuid4().hex[:10]}"
+
+
+def drop_namespace(url: str) -> None:
+    """Delete every key of a test's Redis namespace."""
+    import redis
+
+    from costguard.stores._redis_conn import parse_options
+
+    options = parse_options(url)
+    client = redis.Redis.from_url(options.client_url)
+    try:
+        keys = list(client.scan_iter(match="{" + options.namespace + "}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    finally:
+        client.close()
+
+
 def store_url_for(kind: str, tmp_path: Path) -> str:
     """A fresh, isolated store URL of the given kind."""
     if kind == "memory":
         return "memory://"
+    if kind == "fakeredis":
+        return fake_redis_url()
+    if kind == "redis":
+        return redis_test_url()
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'costguard.db'}"
     if kind == "postgres":
@@ -51,31 +111,42 @@ STORE_KINDS = [
     pytest.param("memory", id="memory"),
     pytest.param("sqlite", id="sqlite"),
     pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    pytest.param("fakeredis", id="fakeredis"),
+    pytest.param("redis", id="redis", marks=pytest.mark.redis),
 ]
-SHARED_STORE_KINDS = STORE_KINDS[1:]  # stores several processes can share
+# Stores several processes can share (a fakeredis server lives in one process).
+SHARED_STORE_KINDS = [STORE_KINDS[1], STORE_KINDS[2], STORE_KINDS[4]]
+
+
+def _cleanup(kind: str, url: str) -> None:
+    if kind == "postgres":
+        drop_tables(url)
+    elif kind == "redis":
+        drop_namespace(url)
+    _FAKE_SERVERS.pop(url, None)
 
 
 @pytest.fixture(params=STORE_KINDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """Each store kind in turn, isolated per test."""
+def store_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Each store kind in turn, isolated per test (guards built from a fakeredis URL get its clients)."""
     url = store_url_for(request.param, tmp_path)
+    if request.param == "fakeredis":
+        monkeypatch.setattr(costguard.guard, "open_store", open_test_store)
     yield url
-    if request.param == "postgres":
-        drop_tables(url)
+    _cleanup(request.param, url)
 
 
 @pytest.fixture
 def store(store_url: str) -> Iterator[Store]:
     """An open store of each kind."""
-    opened = open_store(store_url)
+    opened = open_test_store(store_url)
     yield opened
     opened.close()
 
 
 @pytest.fixture(params=SHARED_STORE_KINDS)
 def shared_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """Stores that several processes share (SQLite file, PostgreSQL)."""
+    """Stores that several processes share (SQLite file, PostgreSQL, Redis)."""
     url = store_url_for(request.param, tmp_path)
     yield url
-    if request.param == "postgres":
-        drop_tables(url)
+    _cleanup(request.param, url)

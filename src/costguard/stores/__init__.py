@@ -11,33 +11,30 @@ from costguard.stores.memory import MemoryStore
 __all__ = ["Control", "CounterRow", "KillSwitchState", "MemoryStore", "Store", "open_store"]
 
 _SQL_SCHEMES = ("sqlite", "postgresql", "postgres")
+_REDIS_SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
 
 
 def check_store_url(url: str) -> None:
     """Raise `ConfigError` unless `url` names a store this version can open (nothing is opened)."""
     if not isinstance(url, str) or "://" not in url:
         raise ConfigError(
-            f"store URL {url!r} is not a URL; use memory://, sqlite:///costguard.db or postgresql+psycopg://…",
+            f"store URL {url!r} is not a URL; use memory://, sqlite:///costguard.db, postgresql+psycopg://… "
+            "or redis://…",
             path="store",
         )
     scheme = url.split("://", 1)[0].lower()
     base = scheme.split("+", 1)[0]
-    if scheme == "memory" or base in _SQL_SCHEMES:
+    if scheme == "memory" or base in _SQL_SCHEMES or scheme in _REDIS_SCHEMES:
         return
-    if base in ("redis", "rediss"):
-        raise ConfigError(
-            "the Redis store is not available in this version; use sqlite:///… or postgresql+psycopg://…",
-            path="store",
-        )
     raise ConfigError(
         f"unknown store scheme {scheme!r} in {url!r}; expected memory://, sqlite:///…, "
-        "postgresql+psycopg://… or redis://…",
+        "postgresql+psycopg://…, redis://…, rediss://… or redis+cluster://…",
         path="store",
     )
 
 
 def open_store(url: str, **options: Any) -> Store:
-    """The store for `url`: `memory://`, `sqlite:///path.db`, `postgresql+psycopg://…`."""
+    """The store for `url`: `memory://`, `sqlite:///path.db`, `postgresql+psycopg://…`, `redis://…`."""
     check_store_url(url)
     scheme = url.split("://", 1)[0].lower()
     base = scheme.split("+", 1)[0]
@@ -49,4 +46,12 @@ def open_store(url: str, **options: Any) -> Store:
         except ImportError as exc:  # pragma: no cover - SQLAlchemy is a core dependency
             raise ConfigError(f"the SQL store needs SQLAlchemy: {exc}", path="store") from exc
         return SQLStore(url, **options)
+    if scheme in _REDIS_SCHEMES:
+        try:
+            from costguard.stores.redis import RedisStore
+        except ImportError as exc:
+            raise ConfigError(
+                f'the Redis store needs redis-py: pip install "costguard-ai[redis]" ({exc})', path="store"
+            ) from exc
+        return RedisStore(url, **options)
     raise AssertionError(url)  # pragma: no cover - check_store_url accepted it

@@ -1,0 +1,267 @@
+"""The Redis store's plumbing: URL options, clients that never retry, Lua scripts, a circuit breaker, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import threading
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Protocol, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from costguard.errors import ConfigError, StoreError, StoreUnavailable
+
+__all__ = [
+    "SCRIPTS",
+    "AsyncClient",
+    "Breaker",
+    "RedisOptions",
+    "Script",
+    "SyncClient",
+    "async_client",
+    "map_error",
+    "parse_options",
+    "redis_errors",
+    "sync_client",
+]
+
+_SCHEMES = {"redis": "redis", "rediss": "rediss", "redis+cluster": "redis", "rediss+cluster": "rediss"}
+_OURS = ("namespace", "timeout_ms", "connect_timeout_ms", "breaker_s", "maxlen")
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+class SyncPipeline(Protocol):
+    """The part of a redis-py pipeline the store uses."""
+
+    def execute_command(self, *args: Any) -> Any: ...
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]: ...
+
+
+class SyncClient(Protocol):
+    """The part of `redis.Redis` / `redis.cluster.RedisCluster` the store uses."""
+
+    def execute_command(self, *args: Any, **options: Any) -> Any: ...
+
+    def pipeline(self, transaction: bool = ...) -> SyncPipeline: ...
+
+    def close(self) -> None: ...
+
+
+class AsyncClient(Protocol):
+    """The part of `redis.asyncio.Redis` / `redis.asyncio.cluster.RedisCluster` the store uses."""
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RedisOptions:
+    """A parsed store URL: what redis-py gets, plus costguard's own query options."""
+
+    client_url: str
+    cluster: bool
+    where: str
+    namespace: str
+    timeout_s: float
+    connect_timeout_s: float
+    breaker_s: float
+    maxlen: int
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def _number(raw: object, name: str, url: str, *, minimum: float, integer: bool = False) -> float:
+    try:
+        value = float(str(raw))
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < minimum or (integer and not value.is_integer()):
+        kind = "a whole number" if integer else "a number"
+        raise ConfigError(f"{name} in {_redacted(url)} must be {kind} ≥ {minimum:g}, got {raw!r}", path="store")
+    return value
+
+
+def parse_options(url: str, **given: object) -> RedisOptions:
+    """Split `url` into the redis-py URL and our options; keyword arguments win over the query string."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        raise ConfigError(
+            f"{_redacted(url)} is not a Redis URL: use redis://, rediss:// or redis+cluster://", path="store"
+        )
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {name: value for name, value in query if name in _OURS}
+    for name, value in given.items():
+        if value is not None:
+            ours[name] = str(value)
+    rest = [(name, value) for name, value in query if name not in _OURS]
+    client_url = urlunsplit(parts._replace(scheme=_SCHEMES[scheme], query=urlencode(rest)))
+    namespace = ours.get("namespace", "costguard")
+    if not _NAMESPACE.fullmatch(namespace):
+        raise ConfigError(
+            f"namespace {namespace!r} in {_redacted(url)} must be 1-64 letters, digits, '_', '.' or '-' "
+            "(it becomes the hash tag of every key)",
+            path="store",
+        )
+    timeout_ms = _number(ours.get("timeout_ms", 100), "timeout_ms", url, minimum=1)
+    connect_ms = _number(ours.get("connect_timeout_ms", timeout_ms), "connect_timeout_ms", url, minimum=1)
+    try:
+        port = parts.port or 6379
+    except ValueError as exc:
+        raise ConfigError(f"bad port in {_redacted(url)}: {exc}", path="store") from None
+    return RedisOptions(
+        client_url=client_url,
+        cluster=scheme.endswith("+cluster"),
+        where=f"{parts.hostname or 'localhost'}:{port}",
+        namespace=namespace,
+        timeout_s=timeout_ms / 1000,
+        connect_timeout_s=connect_ms / 1000,
+        breaker_s=_number(ours.get("breaker_s", 1.0), "breaker_s", url, minimum=0),
+        maxlen=int(_number(ours.get("maxlen", 1_000_000), "maxlen", url, minimum=1, integer=True)),
+    )
+
+
+def sync_client(options: RedisOptions) -> SyncClient:
+    """A client with one connection pool, socket timeouts and no retries (a re-sent EVALSHA could count twice)."""
+    from redis import Redis
+    from redis.backoff import NoBackoff
+    from redis.cluster import RedisCluster
+    from redis.retry import Retry
+
+    kwargs: dict[str, Any] = {
+        "socket_timeout": options.timeout_s,
+        "socket_connect_timeout": options.connect_timeout_s,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if options.cluster:
+        return cast("SyncClient", RedisCluster.from_url(options.client_url, **kwargs))
+    return cast("SyncClient", Redis.from_url(options.client_url, **kwargs))
+
+
+def async_client(options: RedisOptions) -> AsyncClient:
+    """The asyncio twin of `sync_client`; one per event loop (asyncio connections belong to their loop)."""
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    kwargs: dict[str, Any] = {
+        "socket_timeout": options.timeout_s,
+        "socket_connect_timeout": options.connect_timeout_s,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if options.cluster:
+        return cast("AsyncClient", RedisCluster.from_url(options.client_url, **kwargs))
+    return cast("AsyncClient", Redis.from_url(options.client_url, **kwargs))
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script (the shared `lib.lua` prepended) and its SHA-1 for EVALSHA."""
+
+    name: str
+    source: bytes
+    sha: str
+
+
+def _load_scripts() -> dict[str, Script]:
+    folder = resources.files("costguard.stores").joinpath("lua")
+    lib = folder.joinpath("lib.lua").read_text("utf-8")
+    out = {}
+    for name in ("reserve", "settle", "control", "append", "purge"):
+        source = (lib + "\n" + folder.joinpath(f"{name}.lua").read_text("utf-8")).encode()
+        out[name] = Script(name, source, hashlib.sha1(source).hexdigest())  # noqa: S324 - Redis names scripts by SHA-1
+    return out
+
+
+SCRIPTS = _load_scripts()
+
+
+class Breaker:
+    """Fail fast for `cool_down_s` after a connection failure, then let one probe through.
+
+    Without it every call would wait out the socket timeout while Redis is down; with it a call
+    fails in microseconds and the guard applies `on_store_error` at once.
+    """
+
+    def __init__(self, cool_down_s: float, where: str) -> None:
+        self.cool_down_s = cool_down_s
+        self.where = where
+        self._lock = threading.Lock()
+        self._open_until: float | None = None
+        self._probe_until = 0.0  # a probe in flight until then (bounded: a lost probe can't wedge it)
+
+    def check(self) -> None:
+        """Raise `StoreUnavailable` while the circuit is open; after the cool-down one caller probes."""
+        if self._open_until is None:
+            return
+        with self._lock:
+            if self._open_until is None:
+                return
+            now = time.monotonic()
+            if now < self._open_until or now < self._probe_until:
+                wait = max(self._open_until, self._probe_until) - now
+                raise StoreUnavailable(
+                    f"Redis store at {self.where} unavailable: circuit open after a connection failure, "
+                    f"retrying in {wait:.2f} s"
+                )
+            self._probe_until = now + max(self.cool_down_s, 5.0)
+
+    def succeeded(self) -> None:
+        """Redis answered: close the circuit."""
+        if self._open_until is not None:
+            with self._lock:
+                self._open_until = None
+                self._probe_until = 0.0
+
+    def failed(self) -> None:
+        """A connection failed or timed out: open the circuit for the cool-down."""
+        if self.cool_down_s <= 0:
+            return
+        with self._lock:
+            self._open_until = time.monotonic() + self.cool_down_s
+            self._probe_until = 0.0
+
+    @property
+    def is_open(self) -> bool:
+        """Whether calls fail fast right now."""
+        return self._open_until is not None
+
+
+def redis_errors() -> tuple[type[BaseException], ...]:
+    """The driver exceptions the store maps (redis-py's cluster bootstrap errors are not RedisErrors)."""
+    from redis.exceptions import RedisClusterException, RedisError
+
+    return (RedisError, RedisClusterException, OSError)
+
+
+_UNAVAILABLE_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "OOM")
+
+
+def map_error(exc: BaseException, breaker: Breaker, what: str, where: str) -> StoreError:
+    """The one place driver errors become costguard's: outages are `StoreUnavailable`, the rest `StoreError`."""
+    from redis import exceptions as rx
+
+    if isinstance(exc, (rx.ConnectionError, rx.TimeoutError, rx.RedisClusterException, OSError)):
+        # Waiting on a dead socket costs every caller the timeout: fail fast for a while instead.
+        breaker.failed()
+        kind = "timed out" if isinstance(exc, rx.TimeoutError) else "unavailable"
+        return StoreUnavailable(f"Redis store at {where} {kind} during {what}: {exc}")
+    breaker.succeeded()  # the server answered
+    if isinstance(exc, (rx.ReadOnlyError, rx.OutOfMemoryError, rx.ClusterError)) or str(exc).startswith(
+        _UNAVAILABLE_REPLIES
+    ):
+        return StoreUnavailable(f"Redis store at {where} refused {what}: {exc}")
+    return StoreError(f"Redis store error during {what} at {where}: {exc}")
