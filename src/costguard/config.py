@@ -170,6 +170,7 @@ class FeatureConfig(Limits):
     fallback: FallbackConfig | None = None
     on_store_error: Literal["open", "closed"] | None = None
     on_call_error: Literal["release", "keep"] | None = None
+    commit: Literal["sync", "background"] | None = None
 
     @field_validator("degrade_at")
     @classmethod
@@ -322,6 +323,7 @@ class Config(_Model):
     thresholds: list[Ratio] = Field(default_factory=lambda: [0.8, 1.0])
     on_store_error: Literal["open", "closed"] = "open"
     on_call_error: Literal["release", "keep"] = "release"
+    commit: Literal["sync", "background"] = "sync"
     max_label_length: Annotated[int, PlainValidator(_count)] = 256
     features: dict[str, FeatureConfig] = Field(default_factory=dict)
     customers: dict[str, Limits] = Field(default_factory=dict)
@@ -405,6 +407,7 @@ class Config(_Model):
                 fallback=f.fallback.build() if f.fallback else None,
                 on_store_error=f.on_store_error,
                 on_call_error=f.on_call_error,
+                commit=f.commit,
             )
             for name, f in self.features.items()
         }
@@ -418,6 +421,7 @@ class Config(_Model):
             thresholds=self.thresholds,
             on_store_error=self.on_store_error,
             on_call_error=self.on_call_error,
+            commit=self.commit,
             notifiers=built,
             killswitch_cache_ms=self.killswitch.cache_ms,
             exempt_features=self.killswitch.exempt_features,

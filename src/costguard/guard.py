@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import threading
 import time
@@ -51,6 +52,7 @@ log = logging.getLogger("costguard")
 
 StoreErrorPolicy = Literal["open", "closed"]
 CallErrorPolicy = Literal["release", "keep"]
+CommitMode = Literal["sync", "background"]
 
 _PURGE_EVERY_S = 600.0
 _STORE_ERROR_EVENT_EVERY_S = 60.0
@@ -66,6 +68,7 @@ class FeatureSettings:
     fallback: Fallback | None = None
     on_store_error: StoreErrorPolicy | None = None
     on_call_error: CallErrorPolicy | None = None
+    commit: CommitMode | None = None
 
 
 @dataclass
@@ -101,6 +104,8 @@ class Guard:
         thresholds: Sequence[float] = (0.8, 1.0),
         on_store_error: StoreErrorPolicy = "open",
         on_call_error: CallErrorPolicy = "release",
+        commit: CommitMode = "sync",
+        commit_batch: int = 256,
         notifiers: Iterable[Notifier] = (),
         alert_queue_size: int = 1000,
         killswitch_cache_ms: float = 500.0,
@@ -115,6 +120,10 @@ class Guard:
             raise ValueError(f"on_store_error must be 'open' or 'closed', got {on_store_error!r}")
         if on_call_error not in ("release", "keep"):
             raise ValueError(f"on_call_error must be 'release' or 'keep', got {on_call_error!r}")
+        if commit not in ("sync", "background"):
+            raise ValueError(f"commit must be 'sync' or 'background', got {commit!r}")
+        if commit_batch < 1:
+            raise ValueError(f"commit_batch must be at least 1, got {commit_batch!r}")
         self.clock: Callable[[], float] = clock or time.time
         self.tz: tzinfo = ZoneInfo(timezone) if isinstance(timezone, str) else timezone
         self.ceilings: tuple[Ceiling, ...] = tuple(ceilings)
@@ -126,6 +135,8 @@ class Guard:
         self.thresholds = tuple(sorted(set(thresholds)))
         self.on_store_error: StoreErrorPolicy = on_store_error
         self.on_call_error: CallErrorPolicy = on_call_error
+        self.commit_mode: CommitMode = commit
+        self.commit_batch = commit_batch
         self.notifiers: list[Notifier] = list(notifiers)
         self._alerts = Dispatcher(self.notifiers, queue_size=alert_queue_size)
         self.killswitch_cache_s = killswitch_cache_ms / 1000.0
@@ -140,6 +151,9 @@ class Guard:
         self._pending: deque[_Pending] = deque()
         self._buffer_size = buffer_size
         self._pending_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._commit_wakeup = threading.Event()
+        self._committer: threading.Thread | None = None
         self.dropped_records = 0
         self._last_purge = self.clock()
         self._last_store_error_event = float("-inf")
@@ -428,18 +442,29 @@ class Guard:
                     op.display(op.limit),
                 )
 
+    def _in_background(self, reservation: Reservation) -> bool:
+        feature = dict(reservation.plan.labels).get("feature", "")
+        return (self.feature(feature).commit or self.commit_mode) == "background"
+
     def _settle(self, reservation: Reservation, actual: Mapping[Unit, int] | None, record: AuditRecord) -> None:
         pending = _Pending(reservation.id, actual, record.at, record, None if reservation.stored else reservation.plan)
+        if self._in_background(reservation):
+            self._enqueue_commit(pending)
+            return
         try:
             self._write_pending(pending)
         except StoreError as exc:
             self._store_error(exc, "commit")
             self._buffer(pending)
             return
-        self._flush_pending()
+        if self._pending:
+            self._flush_pending(wait=False)
 
     async def _asettle(self, reservation: Reservation, actual: Mapping[Unit, int] | None, record: AuditRecord) -> None:
         pending = _Pending(reservation.id, actual, record.at, record, None if reservation.stored else reservation.plan)
+        if self._in_background(reservation):
+            self._enqueue_commit(pending)
+            return
         try:
             if pending.plan is not None:
                 await self.store.areserve(engine.force(pending.plan), None)
@@ -452,6 +477,33 @@ class Guard:
             return
         if self._pending:
             self._background.submit(self._flush_pending)
+
+    # ----------------------------------------------------------------- background commits
+    def _enqueue_commit(self, pending: _Pending) -> None:
+        """`commit: background`: the commit joins the write buffer and a worker sends it in a batch."""
+        self._buffer(pending)
+        if self._committer is None or not self._committer.is_alive():
+            with self._pending_lock:
+                if self._committer is None or not self._committer.is_alive():
+                    self._committer = threading.Thread(target=self._run_committer, name="costguard-commit", daemon=True)
+                    self._committer.start()
+        self._commit_wakeup.set()
+
+    def _run_committer(self) -> None:
+        backoff = 0.05
+        while not self._closed:
+            self._commit_wakeup.wait(1.0)
+            self._commit_wakeup.clear()
+            try:
+                self._flush_pending()
+            except Exception:  # the worker must survive anything
+                log.exception("costguard: background commit failed")
+            if self._pending and not self._closed:
+                time.sleep(backoff)  # the store is down: try again soon, not in a tight loop
+                backoff = min(backoff * 2, 2.0)
+                self._commit_wakeup.set()
+            else:
+                backoff = 0.05
 
     def _write_pending(self, pending: _Pending) -> None:
         if pending.plan is not None:
@@ -472,22 +524,43 @@ class Guard:
                 )
             self._pending.append(pending)
 
-    def _flush_pending(self) -> int:
-        """Write buffered costs now that the store answers; returns how many were written."""
-        written = 0
-        while True:
-            with self._pending_lock:
-                if not self._pending:
+    def _flush_pending(self, *, wait: bool = True) -> int:
+        """Write buffered costs in batches (one `settle_many` each); returns how many were written.
+
+        One flusher at a time: with `wait=False` a caller that finds another flush running leaves it to it.
+        """
+        if not self._flush_lock.acquire(blocking=wait):
+            return 0
+        try:
+            written = 0
+            while True:
+                with self._pending_lock:
+                    batch = list(itertools.islice(self._pending, self.commit_batch))
+                if not batch:
                     return written
-                pending = self._pending[0]
-            try:
-                self._write_pending(pending)
-            except StoreError:
-                return written
-            with self._pending_lock:
-                if self._pending and self._pending[0] is pending:
-                    self._pending.popleft()
-            written += 1
+                try:
+                    for pending in batch:
+                        if pending.plan is not None:
+                            # Allowed while the store was down: count it now (idempotent by id), then settle.
+                            self.store.reserve(engine.force(pending.plan), None)
+                    results = self.store.settle_many([(p.reservation_id, p.actual, p.at, p.record) for p in batch])
+                except StoreError:
+                    return written
+                done = 0
+                for pending, result in zip(batch, results, strict=True):
+                    if isinstance(result, StoreError):
+                        break
+                    self._settled(result, pending.at)
+                    done += 1
+                with self._pending_lock:
+                    for pending in batch[:done]:
+                        if self._pending and self._pending[0] is pending:
+                            self._pending.popleft()
+                written += done
+                if done < len(batch):
+                    return written
+        finally:
+            self._flush_lock.release()
 
     @property
     def pending(self) -> int:

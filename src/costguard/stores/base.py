@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from costguard.engine import CommitOutcome, LimitOverride, ReserveOutcome, ReservePlan
+from costguard.errors import StoreError
 from costguard.events import AuditQuery, AuditRecord
 from costguard.model import Period, Unit
 
@@ -64,6 +65,21 @@ class Store(ABC):
         self, reservation_id: str, actual: Mapping[Unit, int] | None, at: float, record: AuditRecord | None
     ) -> CommitOutcome:
         """Commit (`actual` per unit) or release (None) a reservation, once: a repeat is a no-op."""
+
+    def settle_many(
+        self, items: Sequence[tuple[str, Mapping[Unit, int] | None, float, AuditRecord | None]]
+    ) -> list[CommitOutcome | StoreError]:
+        """Settle several reservations (`commit: background` batches); per item an outcome, or the
+        `StoreError` that stopped it. Each item is as idempotent as `settle`, so a batch can be
+        retried whole. Backends with pipelining (Redis) send the batch in one round trip."""
+        out: list[CommitOutcome | StoreError] = []
+        for index, (reservation_id, actual, at, record) in enumerate(items):
+            try:
+                out.append(self.settle(reservation_id, actual, at, record))
+            except StoreError as exc:  # the store is down: the rest would fail the same way
+                out.extend([exc] * (len(items) - index))
+                break
+        return out
 
     @abstractmethod
     def totals(self, keys: Sequence[str]) -> list[int]:
