@@ -15,9 +15,9 @@ from costguard.testing import FakeClock
 from helpers import FlakyStore, make_guard, usd_ceiling
 
 
-def openai_response(prompt: int = 100, completion: int = 50) -> SimpleNamespace:
+def openai_response(prompt: int = 100, completion: int = 50, model: str = "gpt-4o-mini") -> SimpleNamespace:
     usage = SimpleNamespace(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
-    return SimpleNamespace(model="gpt-4o-mini", usage=usage, text="hello")
+    return SimpleNamespace(model=model, usage=usage, text="hello")
 
 
 def test_static_fallback_after_the_cap() -> None:
@@ -180,11 +180,23 @@ def test_unknown_cost_keeps_the_estimate_and_usage_counts_tokens() -> None:
 
     @guard.with_kill_switch("f", estimate=0.02)
     def f() -> SimpleNamespace:
-        return openai_response(120, 80)
+        return openai_response(120, 80, model="acme-private-llm")
 
     f()
     rows = {row.unit: row.spent for row in guard.status().ceilings}
     assert rows == {"usd": 0.02, "tokens": 200.0}
+
+
+def test_usage_of_a_known_model_is_priced() -> None:
+    guard = make_guard(usd_ceiling({"feature": "f"}, month=10.0))
+
+    @guard.with_kill_switch("f", estimate=0.02)
+    def f() -> SimpleNamespace:
+        return openai_response(120_000, 80_000)
+
+    f()
+    (row,) = guard.status().ceilings
+    assert row.spent == pytest.approx(0.066)  # gpt-4o-mini: $0.15 and $0.60 per million tokens
 
 
 def test_labels_from_arguments_and_context() -> None:

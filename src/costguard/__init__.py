@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from costguard import fallback
-from costguard.current import Priced, charge, context, current_decision
+from costguard.current import Priced, charge, charge_unit, context, current_decision
 from costguard.decision import Decision
 from costguard.defaults import configure, default_guard
 from costguard.errors import (
@@ -22,6 +22,7 @@ from costguard.errors import (
 from costguard.events import AuditRecord, Event
 from costguard.guard import FeatureSettings, Guard
 from costguard.model import Ceiling, Limit, Period, Unit
+from costguard.pricing import ModelPrice, Pricing
 from costguard.status import CeilingStatus, Status
 
 __all__ = [
@@ -39,14 +40,17 @@ __all__ = [
     "KillSwitchActive",
     "LabelError",
     "Limit",
+    "ModelPrice",
     "Period",
     "Priced",
+    "Pricing",
     "Status",
     "StoreError",
     "StoreUnavailable",
     "Unit",
     "__version__",
     "charge",
+    "charge_unit",
     "configure",
     "context",
     "current_decision",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -19,6 +20,7 @@ from costguard.yamlload import load_yaml
 
 if TYPE_CHECKING:
     from costguard.guard import Guard
+    from costguard.pricing import Pricing
 
 __all__ = ["Config", "load_config", "parse_config"]
 
@@ -160,6 +162,56 @@ class FallbackConfig(_Model):
         return Raise()
 
 
+class LearnConfig(_Model):
+    """The learned estimator: `percentile` of the last `window` actual costs, after `min_samples`."""
+
+    percentile: Annotated[float, Field(gt=0, le=1)] = 0.95
+    window: Annotated[int, Field(ge=1, le=100_000)] = 200
+    min_samples: Annotated[int, Field(ge=1)] = 20
+
+    @model_validator(mode="after")
+    def _fits(self) -> LearnConfig:
+        if self.min_samples > self.window:
+            raise ValueError(f"min_samples ({self.min_samples}) cannot exceed window ({self.window})")
+        return self
+
+
+def _price(value: object) -> Decimal:
+    number = _number(value)
+    return Decimal(str(number))
+
+
+Price = Annotated[Decimal, PlainValidator(_price)]
+
+
+class ModelPriceConfig(_Model):
+    """USD per million tokens, and/or per call."""
+
+    input_per_mtok: Price = Decimal(0)
+    output_per_mtok: Price = Decimal(0)
+    cache_read_per_mtok: Price | None = None
+    cache_write_per_mtok: Price | None = None
+    per_call: Price = Decimal(0)
+
+
+class PricingConfig(_Model):
+    """`pricing:` — your prices for models genai-prices doesn't know (or that you pay differently for),
+    and unit prices of metered non-LLM work."""
+
+    genai_prices: bool = True
+    models: dict[str, ModelPriceConfig] = Field(default_factory=dict)
+    units: dict[str, Price] = Field(default_factory=dict)
+
+    def build(self) -> Pricing:
+        from costguard.pricing import ModelPrice, Pricing
+
+        return Pricing(
+            models={name: ModelPrice(**m.model_dump()) for name, m in self.models.items()},
+            units=dict(self.units),
+            use_genai_prices=self.genai_prices,
+        )
+
+
 class FeatureConfig(Limits):
     """A feature's limits and behaviour."""
 
@@ -171,6 +223,9 @@ class FeatureConfig(Limits):
     on_store_error: Literal["open", "closed"] | None = None
     on_call_error: Literal["release", "keep"] | None = None
     commit: Literal["sync", "background"] | None = None
+    max_call_usd: UsdEstimate | None = None
+    estimator: Literal["fixed", "learned"] = "fixed"
+    learn: LearnConfig | None = None
 
     @field_validator("degrade_at")
     @classmethod
@@ -324,6 +379,7 @@ class Config(_Model):
     on_store_error: Literal["open", "closed"] = "open"
     on_call_error: Literal["release", "keep"] = "release"
     commit: Literal["sync", "background"] = "sync"
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
     max_label_length: Annotated[int, PlainValidator(_count)] = 256
     features: dict[str, FeatureConfig] = Field(default_factory=dict)
     customers: dict[str, Limits] = Field(default_factory=dict)
@@ -384,6 +440,7 @@ class Config(_Model):
         lines: Mapping[str, int] | None = None,
     ) -> Guard:
         """A `Guard` for this config; nothing is opened until every check has passed."""
+        from costguard.estimators import LearnSettings
         from costguard.guard import FeatureSettings, Guard
 
         seen: dict[str, str] = {}
@@ -408,6 +465,9 @@ class Config(_Model):
                 on_store_error=f.on_store_error,
                 on_call_error=f.on_call_error,
                 commit=f.commit,
+                max_call_usd=f.max_call_usd,
+                estimator=f.estimator,
+                learn=LearnSettings(**f.learn.model_dump()) if f.learn else LearnSettings(),
             )
             for name, f in self.features.items()
         }
@@ -422,6 +482,7 @@ class Config(_Model):
             on_store_error=self.on_store_error,
             on_call_error=self.on_call_error,
             commit=self.commit,
+            pricing=self.pricing.build(),
             notifiers=built,
             killswitch_cache_ms=self.killswitch.cache_ms,
             exempt_features=self.killswitch.exempt_features,

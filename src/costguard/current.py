@@ -7,12 +7,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from costguard.decision import Decision
 from costguard.model import Money, to_micros
 
-__all__ = ["Priced", "charge", "context", "current_decision", "current_labels"]
+__all__ = ["Priced", "charge", "charge_unit", "context", "current_decision", "current_labels"]
 
 T = TypeVar("T")
 
@@ -23,10 +23,11 @@ _call: ContextVar[CallCost | None] = ContextVar("costguard_call", default=None)
 
 @dataclass
 class CallCost:
-    """Costs added with `charge()` while a guarded call runs."""
+    """Costs added with `charge()` while a guarded call runs; `pricing` prices `charge_unit()`."""
 
     charged_micros: int = 0
     items: list[tuple[int, str | None]] = field(default_factory=list)
+    pricing: Any = None
 
 
 @contextmanager
@@ -61,6 +62,21 @@ def charge(usd: Money, note: str | None = None) -> None:
         )
     call.charged_micros += micros
     call.items.append((micros, note))
+
+
+def charge_unit(unit: str, quantity: float = 1, note: str | None = None) -> float:
+    """Add `quantity` of a metered unit priced under `pricing.units` (an SMS, a search…) to the guarded
+    call that is running; returns the USD charged."""
+    call = _call.get()
+    if call is None or call.pricing is None:
+        raise RuntimeError(
+            "costguard.charge_unit() was called outside a guarded call; call it inside a function "
+            "decorated with @with_kill_switch or inside `with guard.reserve(...)`"
+        )
+    micros: int = call.pricing.unit_micros(unit, quantity)
+    call.charged_micros += micros
+    call.items.append((micros, note or f"{quantity:g} x {unit}"))
+    return micros / 1_000_000
 
 
 @dataclass(frozen=True)

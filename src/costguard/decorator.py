@@ -78,7 +78,7 @@ def with_kill_switch(
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> tuple[Any, Any, Any]:
-            priced = resolve_cost(result, cost)
+            priced = resolve_cost(result, cost, g.pricing)
             if isinstance(chosen, Cached):
                 chosen.remember(g, feature, args, kwargs, priced.value)
             return priced.value, priced.usd_micros, priced.tokens

@@ -21,6 +21,7 @@ from costguard import engine
 from costguard.current import current_labels
 from costguard.decision import Decision
 from costguard.errors import Blocked, BudgetExceeded, KillSwitchActive, StoreError
+from costguard.estimators import LearnedEstimator, LearnSettings
 from costguard.events import AuditQuery, AuditRecord, Event, EventKind
 from costguard.fallback import Fallback
 from costguard.killswitch import KillSwitch, blocking_switch
@@ -38,6 +39,7 @@ from costguard.model import (
 )
 from costguard.notify.dispatcher import Background, Dispatcher, LaneStats, Notifier
 from costguard.periods import bucket_for
+from costguard.pricing import Pricing
 from costguard.reservation import AsyncReserveContext, Reservation
 from costguard.status import CeilingStatus, Status
 from costguard.stores import Store, open_store
@@ -69,6 +71,9 @@ class FeatureSettings:
     on_store_error: StoreErrorPolicy | None = None
     on_call_error: CallErrorPolicy | None = None
     commit: CommitMode | None = None
+    max_call_usd: int | None = None
+    estimator: Literal["fixed", "learned"] = "fixed"
+    learn: LearnSettings = field(default_factory=LearnSettings)
 
 
 @dataclass
@@ -106,6 +111,7 @@ class Guard:
         on_call_error: CallErrorPolicy = "release",
         commit: CommitMode = "sync",
         commit_batch: int = 256,
+        pricing: Pricing | None = None,
         notifiers: Iterable[Notifier] = (),
         alert_queue_size: int = 1000,
         killswitch_cache_ms: float = 500.0,
@@ -136,6 +142,9 @@ class Guard:
         self.on_store_error: StoreErrorPolicy = on_store_error
         self.on_call_error: CallErrorPolicy = on_call_error
         self.commit_mode: CommitMode = commit
+        self.pricing: Pricing = pricing or Pricing()
+        self._learners: dict[str, LearnedEstimator] = {}
+        self._learners_lock = threading.Lock()
         self.commit_batch = commit_batch
         self.notifiers: list[Notifier] = list(notifiers)
         self._alerts = Dispatcher(self.notifiers, queue_size=alert_queue_size)
@@ -180,15 +189,89 @@ class Guard:
         return normalize_labels(merged, max_length=self.max_label_length)
 
     def _amounts(
-        self, settings: FeatureSettings, estimate_usd: Money | None, estimate_tokens: int | None
+        self, feature: str, settings: FeatureSettings, estimate_usd: Money | None, estimate_tokens: int | None
     ) -> dict[Unit, int]:
-        usd = settings.estimate_usd if estimate_usd is None else to_micros(estimate_usd, what="estimate_usd")
+        if estimate_usd is not None:
+            usd = to_micros(estimate_usd, what="estimate_usd")
+        else:
+            learned = self._learner(feature, settings).estimate() if settings.estimator == "learned" else None
+            usd = settings.estimate_usd if learned is None else learned
         tokens = (
             settings.estimate_tokens
             if estimate_tokens is None
             else check_count(estimate_tokens, what="estimate_tokens")
         )
+        if settings.max_call_usd is not None and usd > settings.max_call_usd:
+            self._too_expensive(feature, usd, settings.max_call_usd)
         return {Unit.USD: usd, Unit.CALLS: 1, Unit.TOKENS: tokens}
+
+    def _too_expensive(self, feature: str, usd: int, cap: int) -> None:
+        labels = self._labels(feature, {})
+        decision = Decision(
+            allowed=False,
+            reason="max_call_usd",
+            labels=labels,
+            scope={"feature": feature},
+            period="call",
+            unit="usd",
+            spent=micros_to_usd(usd),
+            limit=micros_to_usd(cap),
+            message=(
+                f"this call's estimate ${micros_to_usd(usd):g} is more than {feature}'s max_call_usd "
+                f"${micros_to_usd(cap):g}; a single call may not cost that much"
+            ),
+        )
+        self._audit_later(
+            AuditRecord(
+                self.clock(),
+                "blocked",
+                labels,
+                None,
+                {"reason": "max_call_usd", "estimate_usd": micros_to_usd(usd), "limit": micros_to_usd(cap)},
+            )
+        )
+        raise BudgetExceeded(decision)
+
+    # ----------------------------------------------------------------- learned estimates
+    def _learner(self, feature: str, settings: FeatureSettings) -> LearnedEstimator:
+        learner = self._learners.get(feature)
+        if learner is None:
+            with self._learners_lock:
+                learner = self._learners.get(feature)
+                if learner is None:
+                    learner = self._learners[feature] = LearnedEstimator(settings.learn)
+                    new = learner
+                    self._background.submit(lambda: self._load_learned(feature, new))
+        return learner
+
+    def _load_learned(self, feature: str, learner: LearnedEstimator) -> None:
+        try:
+            learner.load(self.store.cache_get(f"learned:{feature}", self.clock()))
+        except StoreError:
+            learner.loaded = True  # start from this process's own history
+
+    def _learn(self, feature: str, usd: int) -> None:
+        settings = self.feature(feature)
+        if settings.estimator != "learned":
+            return
+        learner = self._learner(feature, settings)
+        if learner.record(usd):
+            data = learner.dump()
+            expires = self.clock() + 30 * 86400
+
+            def save() -> None:
+                try:
+                    self.store.cache_set(f"learned:{feature}", data, expires)
+                except StoreError:
+                    log.debug("costguard: learned estimate for %s not saved, the store is unavailable", feature)
+
+            self._background.submit(save)
+
+    def learned_estimate(self, feature: str) -> float | None:
+        """The learned estimate of a feature in USD (None while it has too little history)."""
+        learner = self._learners.get(feature)
+        value = learner.estimate() if learner is not None else None
+        return None if value is None else micros_to_usd(value)
 
     # ----------------------------------------------------------------- control state (kill switch, overrides)
     def _invalidate_control(self) -> None:
@@ -334,7 +417,7 @@ class Guard:
         now = self.clock()
         call_labels = self._labels(feature, labels)
         settings = self.feature(feature)
-        amounts = self._amounts(settings, estimate_usd, estimate_tokens)
+        amounts = self._amounts(feature, settings, estimate_usd, estimate_tokens)
         view = self._refresh(now)
         self._pre_check(view, call_labels, settings, now)
         plan = self._plan(view, call_labels, amounts, now)
@@ -358,7 +441,7 @@ class Guard:
         now = self.clock()
         call_labels = self._labels(feature, labels)
         settings = self.feature(feature)
-        amounts = self._amounts(settings, estimate_usd, estimate_tokens)
+        amounts = self._amounts(feature, settings, estimate_usd, estimate_tokens)
         view = await self._arefresh(now)
         self._pre_check(view, call_labels, settings, now)
         plan = self._plan(view, call_labels, amounts, now)
@@ -405,6 +488,8 @@ class Guard:
         actual_usd = base + charged
         actual_tokens = check_count(tokens, what="tokens") if tokens is not None else reservation.amount(Unit.TOKENS)
         actual = {Unit.USD: actual_usd, Unit.CALLS: 1, Unit.TOKENS: actual_tokens}
+        if usd is not None:
+            self._learn(dict(plan.labels).get("feature", ""), actual_usd)
         record = AuditRecord(
             self.clock(),
             "commit",
@@ -608,7 +693,7 @@ class Guard:
         now = self.clock()
         call_labels = self._labels(feature, labels)
         settings = self.feature(feature)
-        amounts = self._amounts(settings, estimate_usd, estimate_tokens)
+        amounts = self._amounts(feature, settings, estimate_usd, estimate_tokens)
         view = self._refresh(now)
         try:
             self._pre_check(view, call_labels, settings, now)

@@ -29,7 +29,7 @@ class Reservation:
         self.decision = decision
         self.settings = settings
         self.stored = stored
-        self.cost = _ctx.CallCost()
+        self.cost = _ctx.CallCost(pricing=guard.pricing)
         self.settled = False
         self._tokens: list[tuple[Token[Decision | None], Token[_ctx.CallCost | None]]] = []
 
