@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import tzinfo
+from datetime import timezone, tzinfo
 
 from costguard.decision import Decision
 from costguard.events import AuditRecord
@@ -24,6 +24,8 @@ from costguard.model import (
     micros_to_usd,
 )
 from costguard.periods import bucket_for
+
+UTC = timezone.utc
 
 __all__ = [
     "CommitOutcome",
@@ -41,6 +43,17 @@ __all__ = [
 
 # Counters outlive their period by this much so late commits and status reads still find them.
 EXPIRY_GRACE_S = 2 * 86400.0
+
+# Spend history for forecasts: per ceiling instance, one USD counter per UTC hour, kept 8 days.
+# History counters ride along in every reservation (no extra round trip) and never block.
+HISTORY_PREFIX = "history|"
+HISTORY_KEEP_S = 8 * 86400.0
+HISTORY_LIMIT = 2**62
+
+
+def history_key(ceiling_id: str, bound: Mapping[str, str], hour_id: str) -> str:
+    """The history counter of one ceiling instance in one UTC hour."""
+    return f"{HISTORY_PREFIX}{ceiling_id}|{literal_scope(bound)}|usd|{hour_id}"
 
 
 @dataclass(frozen=True)
@@ -329,11 +342,35 @@ def plan_reservation(
     tz: tzinfo,
     thresholds: Sequence[float],
     force: bool = False,
+    history: bool = True,
 ) -> ReservePlan:
-    """The counters a call touches and what to add to each, in key order (a stable lock order)."""
+    """The counters a call touches and what to add to each, in key order (a stable lock order).
+
+    With `history`, each ceiling instance with a USD limit also gets its hourly history counter.
+    """
     ops: list[CounterOp] = []
+    hour = bucket_for(Period.HOUR, now, UTC)
+    assert hour.end is not None
     for ceiling, bound in matching(ceilings, labels):
-        for limit in effective_limits(ceiling, bound, overrides):
+        limits = effective_limits(ceiling, bound, overrides)
+        if history and any(limit.unit is Unit.USD for limit in limits):
+            ops.append(
+                CounterOp(
+                    key=history_key(ceiling.id, bound, hour.id),
+                    ceiling_id=HISTORY_PREFIX + ceiling.id,
+                    scope=tuple(sorted(bound.items())),
+                    period=Period.HOUR,
+                    unit=Unit.USD,
+                    bucket=hour.id,
+                    amount=amounts.get(Unit.USD, 0),
+                    limit=HISTORY_LIMIT,
+                    hard=False,
+                    levels=(),
+                    resets_at=None,
+                    expires_at=hour.end + HISTORY_KEEP_S,
+                )
+            )
+        for limit in limits:
             bucket = bucket_for(limit.period, now, tz)
             previous: str | None = None
             if limit.period is Period.TOTAL:

@@ -24,6 +24,7 @@ from costguard.errors import Blocked, BudgetExceeded, KillSwitchActive, StoreErr
 from costguard.estimators import LearnedEstimator, LearnSettings
 from costguard.events import AuditQuery, AuditRecord, Event, EventKind
 from costguard.fallback import Fallback
+from costguard.forecast import Forecast
 from costguard.killswitch import KillSwitch, blocking_switch
 from costguard.model import (
     DEFAULT_MAX_LABEL_LENGTH,
@@ -747,6 +748,23 @@ class Guard:
             ceilings=tuple(out),
             killswitches=view.control.killswitches if view.control is not None else (),
         )
+
+    def forecast(self, feature: str | None = None, customer: str | None = None, **labels: str) -> Forecast:
+        """Projected spend at each USD ceiling's period end, `on_track`, `depletion_at`, `confidence`."""
+        from costguard import forecast as fc
+
+        status = self.status(feature, customer, **labels)
+        now = self.clock()
+        rows = [row for row in status.ceilings if row.unit == "usd"]
+        hours = [bucket_for(Period.HOUR, now - i * 3600, timezone.utc).id for i in range(fc.LOOKBACK_H)]
+        keys = [engine.history_key(row.ceiling, row.labels, hour) for row in rows for hour in hours]
+        totals = self.store.totals(keys) if keys else []
+        out = []
+        for index, row in enumerate(rows):
+            hourly = [micros_to_usd(v) for v in totals[index * len(hours) : (index + 1) * len(hours)]]
+            resets = row.resets_at.timestamp() if row.resets_at else None
+            out.append(fc.build(row.ceiling, row.labels, row.period, row.spent, row.limit, hourly, now, resets))
+        return fc.Forecast(status.at, tuple(out))
 
     def audit(
         self,

@@ -40,6 +40,7 @@ def plan(
     now: float = NOW,
     force: bool = False,
     thresholds: Sequence[float] = (0.8, 1.0),
+    history: bool = False,
     **labels: str,
 ) -> ReservePlan:
     return engine.plan_reservation(
@@ -52,6 +53,7 @@ def plan(
         tz=UTC,
         thresholds=thresholds,
         force=force,
+        history=history,
     )
 
 
@@ -61,6 +63,21 @@ def test_reserve_increments_every_counter(store: Store) -> None:
     assert outcome.allowed
     assert len(p.counters) == 3
     assert store.totals([op.key for op in p.counters]) == [10_000, 10_000, 10_000]
+
+
+def test_history_counters_ride_along_and_never_block(store: Store) -> None:
+    cap = ceiling({"feature": "f"}, usd(Period.DAY, 0.05))
+    first = plan([cap], estimate=30_000, history=True)
+    (history,) = [op for op in first.counters if op.key.startswith(engine.HISTORY_PREFIX)]
+    assert store.reserve(first, None).allowed
+    assert not store.reserve(plan([cap], estimate=30_000, history=True), None).allowed  # the cap blocks
+    store.settle(first.reservation_id, {Unit.USD: 20_000}, NOW, None)
+    assert store.totals([history.key]) == [20_000]  # only what was committed, none of the denial
+    later = plan([cap], estimate=10_000, now=NOW + 3600, history=True)
+    assert store.reserve(later, None).allowed
+    (next_hour,) = [op for op in later.counters if op.key.startswith(engine.HISTORY_PREFIX)]
+    assert next_hour.key != history.key
+    assert store.totals([history.key, next_hour.key]) == [20_000, 10_000]
 
 
 def test_all_or_nothing_when_one_ceiling_is_full(store: Store) -> None:
