@@ -218,3 +218,161 @@ def test_status_on_a_bad_config_exits_2(runner: CliRunner, tmp_path: Path) -> No
     result = runner.invoke(main, ["status", "--config", str(path), "--json"])
     assert result.exit_code == 2
     assert "features.support_agent.monthly_usd" in result.stderr
+
+
+# ---------------------------------------------------------------- forecast, limits, kill switch, audit
+
+
+def spend_some(config: Path, customer: str = "acme", usd: float = 0.5, times: int = 3) -> None:
+    guard = costguard.Guard.from_yaml(config)
+    for _ in range(times):
+        with guard.reserve("support_agent", estimate_usd=usd, customer=customer) as r:
+            r.commit(usd)
+    guard.close()
+
+
+def test_forecast_json_and_chart(runner: CliRunner, tmp_path: Path) -> None:
+    config = sqlite_config(tmp_path)
+    spend_some(config)
+    result = runner.invoke(main, ["forecast", "--config", str(config), "--json", "--feature", "support_agent"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["ceilings"]
+    monthly = next(r for r in rows if r["period"] == "month" and r["labels"] == {"feature": "support_agent"})
+    assert monthly["spent_usd"] == 1.5
+    assert {"projected_usd", "on_track", "depletion_at", "confidence", "velocity_usd_per_hour"} <= set(monthly)
+    chart = runner.invoke(main, ["forecast", "--config", str(config)])
+    assert chart.exit_code == 0, chart.output
+    assert "█" in chart.stdout
+    assert "│" in chart.stdout
+    assert "support_agent" in chart.stdout
+
+
+def test_limits_set_and_clear(runner: CliRunner, tmp_path: Path) -> None:
+    config = sqlite_config(tmp_path)
+    args = ["limits", "set", "feature=support_agent", "--config", str(config), "--usd", "750"]
+    result = runner.invoke(main, [*args, "--reason", "launch week", "--actor", "ops"])
+    assert result.exit_code == 0, result.output
+    assert "month limit set to $750.00 (launch week)" in result.stdout
+    status = json.loads(runner.invoke(main, ["status", "--config", str(config), "--json"]).stdout)
+    monthly = [c for c in status["ceilings"] if c["labels"] == {"feature": "support_agent"} and c["period"] == "month"]
+    assert monthly[0]["limit_usd"] == 750.0
+    changed = json.loads(
+        runner.invoke(main, ["audit", "--config", str(config), "--json", "--decision", "limit_changed"]).stdout
+    )
+    assert (changed["reason"], changed["actor"], changed["old"], changed["new"]) == ("launch week", "ops", 500.0, 750.0)
+    cleared = runner.invoke(
+        main, ["limits", "clear", "feature=support_agent", "--config", str(config), "--reason", "over"]
+    )
+    assert cleared.exit_code == 0, cleared.output
+    status = json.loads(runner.invoke(main, ["status", "--config", str(config), "--json"]).stdout)
+    monthly = [c for c in status["ceilings"] if c["labels"] == {"feature": "support_agent"} and c["period"] == "month"]
+    assert monthly[0]["limit_usd"] == 500.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["limits", "set", "feature=support_agent", "--usd", "1"], "Missing option '--reason'"),
+        (["limits", "set", "support_agent", "--usd", "1", "--reason", "x"], "is not NAME=VALUE"),
+        (["limits", "set", "feature=support_agent", "--reason", "x"], "exactly one of"),
+        (["limits", "set", "feature=support_agent", "--usd", "1", "--calls", "2", "--reason", "x"], "exactly one of"),
+        (["limits", "set", "feature=support_agent", "--usd", "-1", "--reason", "x"], "negative"),
+    ],
+)
+def test_limits_set_rejects_bad_input(runner: CliRunner, tmp_path: Path, args: list[str], message: str) -> None:
+    config = sqlite_config(tmp_path)
+    result = runner.invoke(main, [*args, "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_killswitch_activate_status_deactivate(runner: CliRunner, tmp_path: Path) -> None:
+    config = sqlite_config(tmp_path)
+    on = runner.invoke(
+        main,
+        [
+            "killswitch",
+            "activate",
+            "--config",
+            str(config),
+            "--scope",
+            "feature=support_agent",
+            "--reason",
+            "incident #7",
+        ],
+    )
+    assert on.exit_code == 0, on.output
+    assert "kill switch ON for feature=support_agent" in on.stdout
+    guard = costguard.Guard.from_yaml(config)
+    with pytest.raises(costguard.KillSwitchActive):
+        guard.reserve("support_agent", estimate_usd=0.01)
+    guard.close()
+    status = runner.invoke(main, ["killswitch", "status", "--config", str(config), "--json"])
+    data = json.loads(status.stdout)
+    assert data["active"][0]["scope"] == {"feature": "support_agent"}
+    assert data["active"][0]["reason"] == "incident #7"
+    assert data["active"][0]["actor"].startswith("cli")
+    table = runner.invoke(main, ["killswitch", "status", "--config", str(config)])
+    assert "ACTIVE for feature=support_agent" in table.stdout
+    off = runner.invoke(main, ["killswitch", "deactivate", "--config", str(config), "--scope", "feature=support_agent"])
+    assert "kill switch OFF" in off.stdout
+    again = runner.invoke(
+        main, ["killswitch", "deactivate", "--config", str(config), "--scope", "feature=support_agent"]
+    )
+    assert "was not on" in again.stdout
+
+
+def test_audit_filters_and_pages(runner: CliRunner, tmp_path: Path) -> None:
+    config = sqlite_config(tmp_path)
+    spend_some(config, customer="acme", times=3)
+    spend_some(config, customer="bob", times=2)
+    result = runner.invoke(
+        main, ["audit", "--config", str(config), "--json", "--customer", "bob", "--decision", "commit"]
+    )
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 2
+    assert all(line["labels"]["customer"] == "bob" for line in lines)
+    first = runner.invoke(main, ["audit", "--config", str(config), "--json", "--limit", "4"])
+    page = [json.loads(line) for line in first.stdout.splitlines()]
+    assert len(page) == 4
+    rest = runner.invoke(main, ["audit", "--config", str(config), "--json", "--before-id", str(page[-1]["id"])])
+    older = [json.loads(line) for line in rest.stdout.splitlines()]
+    assert older
+    assert all(r["id"] < page[-1]["id"] for r in older)
+    assert len(page) + len(older) == 10  # 5 reserves + 5 commits
+    table = runner.invoke(main, ["audit", "--config", str(config), "--since", "1h", "--limit", "4"])
+    assert table.exit_code == 0, table.output
+    assert "more: --before-id" in table.stdout
+    future = runner.invoke(main, ["audit", "--config", str(config), "--json", "--since", "2999-01-01T00:00Z"])
+    assert future.stdout == ""
+    bad = runner.invoke(main, ["audit", "--config", str(config), "--since", "yesterday"])
+    assert bad.exit_code == 2
+    assert "neither an ISO time" in bad.output
+
+
+def test_operator_commands_as_real_processes(tmp_path: Path) -> None:
+    config = sqlite_config(tmp_path)
+    exe = [sys.executable, "-m", "costguard.cli"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [*exe, *args, "--config", str(config)]
+        return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
+
+    assert run("killswitch", "activate", "--reason", "drill").returncode == 0
+    status = json.loads(run("killswitch", "status", "--json").stdout)
+    assert status["active"][0]["scope"] == {}
+    assert run("killswitch", "deactivate").returncode == 0
+    assert run("limits", "set", "customer=acme", "--usd", "5", "--reason", "trial").returncode == 0
+    (row,) = json.loads(run("forecast", "--json", "--customer", "acme").stdout)["ceilings"]
+    assert (row["labels"], row["limit_usd"], row["spent_usd"], row["on_track"]) == (
+        {"customer": "acme"},
+        5.0,
+        0.0,
+        True,
+    )
+    lines = run("audit", "--json").stdout.splitlines()
+    assert [json.loads(line)["decision"] for line in lines][:3] == [
+        "limit_changed",
+        "killswitch_deactivated",
+        "killswitch_activated",
+    ]

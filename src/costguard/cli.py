@@ -190,6 +190,302 @@ def status(config: Path | None, as_json: bool, feature: str | None, customer: st
         console.print(Text(f"kill switch ACTIVE for {scope}: {switch.reason} (by {switch.actor})", "bold red"))
 
 
+def _scope(text: str | None) -> dict[str, str]:
+    """`feature=support_agent,customer=acme` (also `feature:support_agent`); empty or `global` = everything."""
+    if text is None or text.strip() in ("", "global"):
+        return {}
+    scope: dict[str, str] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=") if "=" in part else part.partition(":")
+        if not sep or not name.strip() or not value.strip():
+            raise click.BadParameter(
+                f"{part!r} is not NAME=VALUE; write the scope as feature=support_agent or "
+                "feature=support_agent,customer=acme",
+                param_hint="SCOPE",
+            )
+        scope[name.strip()] = value.strip()
+    return scope
+
+
+def _actor(actor: str | None) -> str:
+    if actor:
+        return actor
+    import getpass
+
+    try:
+        return "cli:" + getpass.getuser()
+    except (KeyError, OSError):  # no user name in some containers
+        return "cli"
+
+
+def _scope_text(labels: Any) -> str:
+    items = labels.items() if hasattr(labels, "items") else labels
+    return ", ".join(f"{k}={v}" for k, v in sorted(items)) or "everything"
+
+
+def _bar(spent: float, projected: float | None, limit: float, width: int = 30) -> Text:
+    """`████▒▒▒▒·····│`: spent, then projected, against the limit (the bar spans 1.5 times the limit)."""
+    scale = width / (limit * 1.5) if limit > 0 else 0.0
+    cells_spent = min(width, round(spent * scale))
+    cells_projected = min(width, max(cells_spent, round((projected or 0) * scale)))
+    at_limit = min(width - 1, round(limit * scale))
+    text = Text()
+    for i in range(width):
+        char, style = ("█", "red" if spent >= limit else "green") if i < cells_spent else ("·", "dim")
+        if cells_spent <= i < cells_projected:
+            char, style = "▒", "yellow" if (projected or 0) > limit else "cyan"
+        if i == at_limit:
+            char, style = "│", "bold"
+        text.append(char, style)
+    return text
+
+
+@main.command()
+@config_option()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (Forecast.to_dict()) instead of a chart.")
+@click.option("--feature", default=None, help="Only ceilings that bind this feature.")
+@click.option("--customer", default=None, help="Only ceilings that bind this customer.")
+def forecast(config: Path | None, as_json: bool, feature: str | None, customer: str | None) -> None:
+    """Projected spend at each USD ceiling's period end, from recent hourly velocity."""
+    with _errors(), _guard(config) as guard:
+        result = guard.forecast(feature=feature, customer=customer)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    console = _console()
+    if not result.ceilings:
+        console.print("no USD ceilings match")
+        return
+    table = Table(title=f"costguard forecast at {result.at:%Y-%m-%d %H:%M} UTC  (█ spent  ▒ projected  │ limit)")
+    table.add_column("ceiling / labels", overflow="fold")
+    table.add_column("period")
+    table.add_column("chart", no_wrap=True)
+    for name in ("spent", "projected", "limit", "$/h"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("runs out (UTC)", no_wrap=True)
+    table.add_column("conf.", justify="right")
+    for row in result.ceilings:
+        runs_out = f"{row.depletion_at:%Y-%m-%d %H:%M}" if row.depletion_at else "-"
+        table.add_row(
+            f"{row.ceiling}\n{_scope_text(row.labels)}",
+            row.period,
+            _bar(row.spent_usd, row.projected_usd, row.limit_usd),
+            _amount(row.spent_usd, "usd"),
+            Text(
+                _amount(row.projected_usd, "usd") if row.projected_usd is not None else "-",
+                "green" if row.on_track else "red",
+            ),
+            _amount(row.limit_usd, "usd"),
+            _amount(row.velocity_usd_per_hour, "usd"),
+            Text(runs_out, "red" if row.depletion_at else ""),
+            f"{row.confidence:.0%}",
+        )
+    console.print(table)
+
+
+@main.group()
+def limits() -> None:
+    """Change a ceiling's limit at run time (persisted, audited, every process follows)."""
+
+
+@limits.command("set")
+@config_option()
+@click.argument("scope")
+@click.option(
+    "--period", type=click.Choice(["hour", "day", "week", "month", "total"]), default="month", show_default=True
+)
+@click.option("--usd", type=float, default=None, help="The new limit in USD.")
+@click.option("--calls", type=click.IntRange(min=0), default=None, help="The new limit in calls.")
+@click.option("--tokens", type=click.IntRange(min=0), default=None, help="The new limit in tokens.")
+@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@click.option("--actor", default=None, help="Who (default: cli:$USER).")
+def limits_set(
+    config: Path | None,
+    scope: str,
+    period: str,
+    usd: float | None,
+    calls: int | None,
+    tokens: int | None,
+    reason: str,
+    actor: str | None,
+) -> None:
+    """Set SCOPE's limit, e.g. `costguard limits set feature=support_agent --usd 750 --reason "launch"`."""
+    labels = _scope(scope)
+    with _errors(), _guard(config) as guard:
+        try:
+            guard.set_limit(
+                labels, period=period, usd=usd, calls=calls, tokens=tokens, reason=reason, actor=_actor(actor)
+            )
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    amount = (
+        _amount(usd, "usd")
+        if usd is not None
+        else _amount(float(calls if calls is not None else tokens or 0), "calls" if calls is not None else "tokens")
+    )
+    click.echo(f"{_scope_text(labels)}: {period} limit set to {amount} ({reason})")
+
+
+@limits.command("clear")
+@config_option()
+@click.argument("scope")
+@click.option(
+    "--period", type=click.Choice(["hour", "day", "week", "month", "total"]), default="month", show_default=True
+)
+@click.option("--unit", type=click.Choice(["usd", "calls", "tokens"]), default="usd", show_default=True)
+@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@click.option("--actor", default=None, help="Who (default: cli:$USER).")
+def limits_clear(config: Path | None, scope: str, period: str, unit: str, reason: str, actor: str | None) -> None:
+    """Remove a run-time limit so the config's value applies again."""
+    labels = _scope(scope)
+    with _errors(), _guard(config) as guard:
+        try:
+            guard.clear_limit(labels, period=period, unit=unit, reason=reason, actor=_actor(actor))
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    click.echo(f"{_scope_text(labels)}: run-time {period} {unit} limit cleared ({reason})")
+
+
+@main.group()
+def killswitch() -> None:
+    """Stop guarded calls now: everything, a feature, a customer, any labels."""
+
+
+@killswitch.command("activate")
+@config_option()
+@click.option("--scope", default=None, help="feature=NAME, customer=ID, any labels; default: everything.")
+@click.option("--reason", required=True, help="Why (shown to operators and kept in the audit log).")
+@click.option("--actor", default=None, help="Who (default: cli:$USER).")
+def killswitch_activate(config: Path | None, scope: str | None, reason: str, actor: str | None) -> None:
+    """Turn a kill switch on; every process follows within its cache (500 ms by default)."""
+    labels = _scope(scope)
+    with _errors(), _guard(config) as guard:
+        changed = guard.killswitch.activate(reason=reason, actor=_actor(actor), scope=labels or None)
+    click.echo(f"kill switch {'ON' if changed else 'was already on'} for {_scope_text(labels)}")
+
+
+@killswitch.command("deactivate")
+@config_option()
+@click.option("--scope", default=None, help="The scope it was activated with; default: everything.")
+@click.option("--reason", default="", help="Why (kept in the audit log).")
+@click.option("--actor", default=None, help="Who (default: cli:$USER).")
+def killswitch_deactivate(config: Path | None, scope: str | None, reason: str, actor: str | None) -> None:
+    """Turn a kill switch off."""
+    labels = _scope(scope)
+    with _errors(), _guard(config) as guard:
+        changed = guard.killswitch.deactivate(actor=_actor(actor), scope=labels or None, reason=reason)
+    click.echo(f"kill switch {'OFF' if changed else 'was not on'} for {_scope_text(labels)}")
+
+
+@killswitch.command("status")
+@config_option()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--history", type=click.IntRange(min=0), default=10, show_default=True, help="Past changes to show.")
+def killswitch_status(config: Path | None, as_json: bool, history: int) -> None:
+    """Active kill switches and recent changes."""
+    with _errors(), _guard(config) as guard:
+        current = guard.killswitch.status(history=history)
+    if as_json:
+        click.echo(json.dumps(current.to_dict(), indent=2))
+        return
+    console = _console()
+    data = current.to_dict()
+    if not data["active"]:
+        console.print(Text("no kill switch is active", "green"))
+    for switch in data["active"]:
+        console.print(
+            Text(
+                f"ACTIVE for {_scope_text(switch['scope'])} since {switch['since']}: {switch['reason']} "
+                f"(by {switch['actor']})",
+                "bold red",
+            )
+        )
+    for entry in data.get("history", []):
+        console.print(
+            f"  {entry['at']}  {entry['decision']:<24} {_scope_text(entry.get('scope') or {})}  "
+            f"{entry.get('reason') or ''}  by {entry.get('actor')}"
+        )
+
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+
+
+def _when(text: str | None) -> float | None:
+    """An ISO 8601 time, or a span back from now: 30m, 24h, 7d."""
+    if text is None:
+        return None
+    match = _RELATIVE.match(text.strip())
+    if match:
+        import time
+
+        seconds = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
+        return time.time() - seconds
+    from datetime import datetime, timezone
+
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is neither an ISO time (2026-11-01T00:00Z) nor a span (24h, 7d)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+@main.command()
+@config_option()
+@click.option("--since", default=None, help="ISO time or a span back from now (24h, 7d).")
+@click.option("--until", default=None, help="ISO time or a span back from now.")
+@click.option("--feature", default=None)
+@click.option("--customer", default=None)
+@click.option("--decision", default=None, help="reserve, commit, release, blocked, limit_changed, killswitch_…")
+@click.option("--limit", type=click.IntRange(min=1, max=10_000), default=50, show_default=True)
+@click.option("--before-id", type=int, default=None, help="Page: records older than this id.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+def audit(
+    config: Path | None,
+    since: str | None,
+    until: str | None,
+    feature: str | None,
+    customer: str | None,
+    decision: str | None,
+    limit: int,
+    before_id: int | None,
+    as_json: bool,
+) -> None:
+    """The audit log, newest first: every decision and every operator change."""
+    with _errors(), _guard(config) as guard:
+        records = guard.audit(
+            _when(since),
+            _when(until),
+            feature=feature,
+            customer=customer,
+            decision=decision,
+            limit=limit,
+            before_id=before_id,
+        )
+    if as_json:
+        for record in records:
+            click.echo(json.dumps(record.to_dict()))
+        return
+    console = _console()
+    table = Table(title=f"costguard audit ({len(records)} records, newest first)")
+    for name in ("id", "at (UTC)", "decision", "labels", "details"):
+        table.add_column(name, overflow="fold")
+    for record in records:
+        details = ", ".join(f"{k}={v}" for k, v in record.data.items() if v is not None and k != "scope")
+        style = "red" if record.decision == "blocked" else ""
+        table.add_row(
+            str(record.id),
+            f"{record.when:%Y-%m-%d %H:%M:%S}",
+            Text(record.decision, style),
+            _scope_text(record.labels),
+            details,
+        )
+    console.print(table)
+    if len(records) == limit and records[-1].id is not None:
+        console.print(f"more: --before-id {records[-1].id}")
+
+
 @main.command()
 @config_option(hidden=True)
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True)

@@ -775,14 +775,19 @@ class Guard:
         customer: str | None = None,
         decision: str | None = None,
         limit: int = 100,
+        before_id: int | None = None,
     ) -> list[AuditRecord]:
-        """Audit records, newest first."""
+        """Audit records, newest first. Page with `before_id=` the last record's `id`."""
 
         def epoch(value: datetime | float | None) -> float | None:
             return value.timestamp() if isinstance(value, datetime) else value
 
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit!r}")
         self._background.flush()
-        return self.store.audit(AuditQuery(epoch(since), epoch(until), feature, customer, decision, limit))
+        return self.store.audit(
+            AuditQuery(epoch(since), epoch(until), feature, customer, decision, limit, before_id=before_id)
+        )
 
     # ----------------------------------------------------------------- limits
     def set_limit(
