@@ -1,0 +1,99 @@
+"""`CostGuardMiddleware` for any ASGI app (Starlette, FastAPI, Quart, Django's ASGI handler, bare ASGI)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from costguard import _web
+from costguard.current import context
+
+if TYPE_CHECKING:
+    from costguard.guard import Guard
+
+__all__ = ["ASGIApp", "CostGuardMiddleware", "Message", "Receive", "Scope", "Send"]
+
+# The same shapes as starlette.types, so `app.add_middleware(CostGuardMiddleware, ...)` type-checks.
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class CostGuardMiddleware:
+    """Per HTTP request: labels in the context, the kill switch before the app, `Blocked` → 429/503 JSON.
+
+    `labels` is called with the ASGI scope and returns extra labels (tenant, user, plan…). `guard=None`
+    uses the configured default, loaded at the first request. Lifespan and websocket scopes pass through.
+    In FastAPI/Starlette add it with `app.add_middleware(CostGuardMiddleware, ...)`.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        guard: Guard | None = None,
+        customer_header: str = _web.CUSTOMER_HEADER,
+        labels: _web.LabelsFn | None = None,
+    ) -> None:
+        self.app = app
+        self.customer_header = customer_header
+        self.labels = labels
+        self._guard = _web.GuardRef(guard)
+        self._header = customer_header.lower().encode("latin-1")
+
+    @property
+    def guard(self) -> Guard:
+        """The guard this middleware enforces (the default is loaded on first access)."""
+        return self._guard.get()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        guard = self._guard.get()
+        request = _web.Request(
+            scope.get("path", ""),
+            self._customer(scope),
+            self.labels(scope) if self.labels is not None else None,
+        )
+        labels, reply = await request.agate(guard)
+        if reply is not None:
+            await _send_reply(send, reply)
+            return
+        scope[_web.SCOPE_KEY] = guard
+        state = {"started": False, "ended": False}
+
+        async def tracking_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                state["ended"] = True
+            await send(message)
+
+        try:
+            with context(**labels):
+                await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            blocked = _web.find_blocked(exc)
+            if blocked is None:
+                raise
+            if not state["started"]:
+                await _send_reply(send, _web.blocked_reply(guard, blocked))
+                return
+            # Too late for a 429: end the stream so the client isn't left waiting for more.
+            _web.stream_cut(blocked)
+            if not state["ended"]:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _customer(self, scope: Scope) -> str | None:
+        for name, value in scope.get("headers", ()):
+            if name.lower() == self._header:
+                return bytes(value).decode("latin-1")
+        return None
+
+
+async def _send_reply(send: Send, reply: _web.Reply) -> None:
+    headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in reply.all_headers()]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.content, "more_body": False})

@@ -1,0 +1,167 @@
+"""`CostGuardMiddleware` for Django (sync and async): request labels, the kill switch, `Blocked` → 429/503 JSON.
+
+Settings (all optional)::
+
+    COSTGUARD = {
+        "config": BASE_DIR / "costguard.yaml",       # else the default guard (COSTGUARD_CONFIG, ./costguard.yaml)
+        "customer_header": "X-Customer-Id",
+        "labels": "myapp.costs.request_labels",     # dotted path to a callable(request) -> extra labels
+    }
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings  # type: ignore[import-untyped]
+from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
+from django.http import HttpResponse  # type: ignore[import-untyped]
+from django.utils.module_loading import import_string  # type: ignore[import-untyped]
+
+from costguard import _web
+
+if TYPE_CHECKING:
+    from costguard.guard import Guard
+
+__all__ = ["CostGuardMiddleware"]
+
+_KEYS = ("config", "customer_header", "labels")
+_guards: dict[Path, Guard] = {}
+_guards_lock = threading.Lock()
+
+
+class CostGuardMiddleware:
+    """Add `"costguard.django.CostGuardMiddleware"` to `MIDDLEWARE` (after security/session middleware)."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+        self._async = iscoroutinefunction(get_response)
+        if self._async:
+            markcoroutinefunction(self)
+        options = _options()
+        self.customer_header: str = options.get("customer_header", _web.CUSTOMER_HEADER)
+        self.labels = _labels_fn(options.get("labels"))
+        config = options.get("config")
+        self._guard = _web.GuardRef(None, load=None if config is None else lambda: _guard_for(config))
+
+    @property
+    def guard(self) -> Guard:
+        """The guard this middleware enforces (loaded on first access)."""
+        return self._guard.get()
+
+    def __call__(self, request: Any) -> Any:
+        if self._async:
+            return self.__acall__(request)
+        guard = self._guard.get()
+        labels, reply = self._request(request).gate(guard)
+        if reply is not None:
+            return _response(reply)
+        leave = _web.labels_scope(labels)
+        try:
+            response = self.get_response(request)
+        finally:
+            leave()
+        return _streamed(response, labels)
+
+    async def __acall__(self, request: Any) -> Any:
+        """The async path, used when Django serves the request through its ASGI handler."""
+        guard = self._guard.get()
+        labels, reply = await self._request(request).agate(guard)
+        if reply is not None:
+            return _response(reply)
+        leave = _web.labels_scope(labels)
+        try:
+            response = await self.get_response(request)
+        finally:
+            leave()
+        return _streamed(response, labels)
+
+    def process_exception(self, request: Any, exception: Exception) -> Any:
+        """A `Blocked` raised by a view becomes the 429 (full ceiling) or 503 (kill switch) JSON response."""
+        blocked = _web.find_blocked(exception)
+        if blocked is None:
+            return None
+        return _response(_web.blocked_reply(self._guard.get(), blocked))
+
+    def _request(self, request: Any) -> _web.Request:
+        return _web.Request(
+            request.path,
+            request.headers.get(self.customer_header),
+            self.labels(request) if self.labels is not None else None,
+        )
+
+
+def _options() -> Mapping[str, Any]:
+    options = getattr(settings, "COSTGUARD", None) or {}
+    if not isinstance(options, Mapping):
+        raise ImproperlyConfigured(f"settings.COSTGUARD must be a dict with keys {', '.join(_KEYS)}; got {options!r}")
+    unknown = sorted(set(options) - set(_KEYS))
+    if unknown:
+        raise ImproperlyConfigured(
+            f"settings.COSTGUARD has unknown key(s) {', '.join(map(repr, unknown))}; expected {', '.join(_KEYS)}"
+        )
+    header = options.get("customer_header", _web.CUSTOMER_HEADER)
+    if not isinstance(header, str) or not header:
+        raise ImproperlyConfigured(f"settings.COSTGUARD['customer_header'] must be a header name; got {header!r}")
+    config = options.get("config")
+    if config is not None and not isinstance(config, (str, os.PathLike)):
+        raise ImproperlyConfigured(f"settings.COSTGUARD['config'] must be a path to costguard.yaml; got {config!r}")
+    return options
+
+
+def _labels_fn(value: object) -> _web.LabelsFn | None:
+    if value is None or callable(value):
+        return value
+    if not isinstance(value, str):
+        raise ImproperlyConfigured(
+            f"settings.COSTGUARD['labels'] must be a dotted path to a callable(request); got {value!r}"
+        )
+    try:
+        found = import_string(value)
+    except ImportError as exc:
+        raise ImproperlyConfigured(f"settings.COSTGUARD['labels'] = {value!r} can't be imported: {exc}") from exc
+    if not callable(found):
+        raise ImproperlyConfigured(f"settings.COSTGUARD['labels'] = {value!r} is not callable")
+    labels: _web.LabelsFn = found
+    return labels
+
+
+def _guard_for(config: str | os.PathLike[str]) -> Guard:
+    """One guard per config file per process; the first also becomes the default for `@with_kill_switch`."""
+    from costguard import defaults
+    from costguard.guard import Guard
+
+    path = Path(config).resolve()
+    with _guards_lock:
+        guard = _guards.get(path)
+        if guard is None:
+            guard = _guards[path] = Guard.from_yaml(path)
+            if defaults._default is None:
+                defaults.configure(guard)
+        return guard
+
+
+def _response(reply: _web.Reply) -> Any:
+    response = HttpResponse(reply.content, status=reply.status, content_type="application/json")
+    for name, value in reply.headers:
+        response[name] = value
+    return response
+
+
+def _streamed(response: Any, labels: Mapping[str, str]) -> Any:
+    # A streamed body is produced after this middleware returns: give each chunk the request's labels back.
+    if getattr(response, "streaming", False):
+        content = response.streaming_content
+        if response.is_async:
+            response.streaming_content = _web.aguarded_chunks(content, labels)
+        else:
+            response.streaming_content = _web.GuardedBody(content, labels)
+    return response

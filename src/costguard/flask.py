@@ -1,0 +1,91 @@
+"""`CostGuard`, the Flask extension: request labels, the kill switch and `Blocked` → 429/503 JSON."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from flask import Flask, Response, g, request
+
+from costguard import _web
+from costguard.errors import Blocked
+
+if TYPE_CHECKING:
+    from costguard.guard import Guard
+
+__all__ = ["CostGuard"]
+
+_LEAVE = "_costguard_leave"
+_LABELS = "_costguard_labels"
+
+
+class CostGuard:
+    """`CostGuard(app)` or `CostGuard()` then `init_app(app)`.
+
+    Before each request: labels (customer from `customer_header`, extras from `labels(flask.request)`) go in
+    the context and the kill switch is checked (503 unless the path is exempt); after it (teardown) the
+    labels are left. A `Blocked` raised by a view becomes a 429 (a full ceiling) or 503 (a kill switch)
+    through an error handler. Streamed responses pass through; a `Blocked` mid-stream ends the stream.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        guard: Guard | None = None,
+        customer_header: str = _web.CUSTOMER_HEADER,
+        labels: _web.LabelsFn | None = None,
+    ) -> None:
+        self.customer_header = customer_header
+        self.labels = labels
+        self._guard = _web.GuardRef(guard)
+        if app is not None:
+            self.init_app(app)
+
+    @property
+    def guard(self) -> Guard:
+        """The guard this extension enforces (the default is loaded on first access)."""
+        return self._guard.get()
+
+    def init_app(self, app: Flask) -> None:
+        """Register the request hooks and the `Blocked` error handler on `app`."""
+        app.extensions["costguard"] = self
+        app.before_request(self._before_request)
+        app.after_request(self._after_request)
+        app.teardown_request(self._teardown_request)
+        app.register_error_handler(Blocked, self._handle_blocked)
+
+    def _before_request(self) -> Response | None:
+        guard = self._guard.get()
+        wanted = _web.Request(
+            request.path,
+            request.headers.get(self.customer_header),
+            self.labels(request) if self.labels is not None else None,
+        )
+        labels, reply = wanted.gate(guard)
+        if reply is not None:
+            return _response(reply)
+        setattr(g, _LABELS, labels)
+        setattr(g, _LEAVE, _web.labels_scope(labels))
+        return None
+
+    def _after_request(self, response: Response) -> Response:
+        labels = g.get(_LABELS)
+        if labels is not None and response.is_streamed:
+            # Without stream_with_context the body runs after teardown: give each chunk the labels back.
+            original = response.response
+            response.response = _web.GuardedBody(response.iter_encoded(), labels)
+            close = getattr(original, "close", None)
+            if close is not None:
+                response.call_on_close(close)
+        return response
+
+    def _teardown_request(self, exc: BaseException | None) -> None:
+        leave = g.pop(_LEAVE, None)
+        if leave is not None:
+            leave()
+
+    def _handle_blocked(self, exc: Blocked) -> Response:
+        return _response(_web.blocked_reply(self._guard.get(), exc))
+
+
+def _response(reply: _web.Reply) -> Response:
+    return Response(reply.content, status=reply.status, headers=reply.headers, mimetype="application/json")
