@@ -1,0 +1,243 @@
+"""The shared machinery of the client wrappers: a proxy over a vendor client and the guarded call.
+
+Duck-typed: no vendor SDK is imported. A proxy forwards every attribute to the client except the
+routes it guards (`chat.completions.create`, `responses.create`, `messages.create`), whose calls go
+through a reservation the way `with_kill_switch` runs a function.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from costguard import current as _ctx
+from costguard.errors import Blocked
+from costguard.fallback import Cached, Fallback, as_fallback
+from costguard.integrations._request import Endpoint, EstimateSpec, RequestEstimate, estimate_request, given
+from costguard.integrations._streams import AsyncGuardedStream, GuardedStream, Meter
+from costguard.pricing import resolve_cost
+
+if TYPE_CHECKING:
+    from costguard.guard import Guard
+    from costguard.reservation import Reservation
+
+__all__ = ["LabelsSpec", "Routes", "Settings", "wrap"]
+
+ClientT = TypeVar("ClientT")
+LabelsSpec = Mapping[str, object] | Callable[..., Mapping[str, object]] | None
+# An attribute name → a nested route, an endpoint to guard, or REWRAP (a method returning a new client).
+Routes = Mapping[str, "Routes | Endpoint | str"]
+REWRAP = "rewrap"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What `costguard.integrations.<vendor>.guard(...)` was given."""
+
+    feature: str
+    guard: Guard | None
+    labels: LabelsSpec
+    fallback: Fallback | None
+    estimate: EstimateSpec
+    routes: Routes
+
+    def resolve(self) -> Guard:
+        """The guard to use now (the default one is looked up at call time, like the decorator does)."""
+        if self.guard is not None:
+            return self.guard
+        from costguard.defaults import default_guard
+
+        return default_guard()
+
+
+def wrap(
+    client: ClientT,
+    feature: str,
+    guard: Guard | None,
+    labels: LabelsSpec,
+    fallback: Any,
+    estimate: EstimateSpec,
+    routes: Routes,
+) -> ClientT:
+    """A proxy over `client` (typed as the client, so editors keep completing its methods)."""
+    if not isinstance(feature, str) or not feature:
+        raise ValueError("guard(client, feature) needs a feature name, e.g. guard(client, 'support_agent')")
+    if labels is not None and not callable(labels) and not isinstance(labels, Mapping):
+        raise TypeError(f"labels must be a mapping or a callable over the request, got {type(labels).__name__}")
+    settings = Settings(feature, guard, labels, as_fallback(fallback), estimate, routes)
+    return cast("ClientT", _Proxy(client, routes, settings))
+
+
+class _Proxy:
+    """Behaves like the wrapped object; the routed attributes are guarded."""
+
+    __slots__ = ("_cg_routes", "_cg_settings", "_cg_target")
+
+    def __init__(self, target: Any, routes: Routes, settings: Settings) -> None:
+        object.__setattr__(self, "_cg_target", target)
+        object.__setattr__(self, "_cg_routes", routes)
+        object.__setattr__(self, "_cg_settings", settings)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._cg_target, name)
+        route = self._cg_routes.get(name)
+        if route is None:
+            return value
+        if isinstance(route, Endpoint):
+            return _guarded(value, route, self._cg_settings)
+        if route == REWRAP:
+            return _rewrapping(value, self._cg_settings)
+        assert isinstance(route, Mapping)
+        return _Proxy(value, route, self._cg_settings)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._cg_target, name, value)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(dir(self._cg_target)))
+
+    def __repr__(self) -> str:
+        return f"<costguard guarded {self._cg_target!r} feature={self._cg_settings.feature!r}>"
+
+    # Special methods are looked up on the type, not through __getattr__.
+    def __enter__(self) -> _Proxy:
+        self._cg_target.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._cg_target.__exit__(*exc)
+
+    async def __aenter__(self) -> _Proxy:
+        await self._cg_target.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._cg_target.__aexit__(*exc)
+
+
+def _rewrapping(method: Callable[..., Any], settings: Settings) -> Callable[..., Any]:
+    """`client.with_options(...)` / `client.copy(...)` return a client: guard it the same way."""
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return _Proxy(method(*args, **kwargs), settings.routes, settings)
+
+    return call
+
+
+def _is_async(method: Callable[..., Any]) -> bool:
+    # The SDKs wrap `create` in a sync decorator; the function underneath says what it is.
+    return inspect.iscoroutinefunction(method) or inspect.iscoroutinefunction(inspect.unwrap(method))
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One request, prepared: labels, the estimate, the fallback, the keyword arguments to send."""
+
+    guard: Guard
+    labels: dict[str, object]
+    estimate: RequestEstimate
+    fallback: Fallback | None
+    send: dict[str, Any]
+    stream: bool
+    # costguard asked for the usage-only last chunk of an OpenAI chat stream; the caller didn't.
+    hide_usage_chunk: bool
+
+
+def _prepare(settings: Settings, endpoint: Endpoint, kwargs: dict[str, Any]) -> _Call:
+    g = settings.resolve()
+    spec = settings.labels
+    labels = dict(spec(**kwargs) if callable(spec) else (spec or {}))
+    estimate = estimate_request(g.pricing, endpoint, kwargs, settings.estimate)
+    chosen = settings.fallback if settings.fallback is not None else g.feature(settings.feature).fallback
+    stream = given(kwargs.get("stream")) is True
+    ask = stream and endpoint.asks_for_usage and given(kwargs.get("stream_options")) is None
+    send = {**kwargs, "stream_options": {"include_usage": True}} if ask else kwargs
+    return _Call(g, labels, estimate, chosen, send, stream, ask)
+
+
+def _commit_args(
+    call: _Call, result: Any, settings: Settings, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Decimal | None, int | None]:
+    priced = resolve_cost(result, None, call.guard.pricing)
+    if isinstance(call.fallback, Cached):
+        call.fallback.remember(call.guard, settings.feature, args, kwargs, result)
+    usd = None if priced.usd_micros is None else Decimal(priced.usd_micros).scaleb(-6)
+    return usd, priced.tokens
+
+
+def _meter(call: _Call, reservation: Reservation, endpoint: Endpoint) -> Meter:
+    return Meter(
+        reservation,
+        call.guard.pricing,
+        endpoint.provider,
+        call.estimate.max_output_tokens,
+        hide_usage_chunk=call.hide_usage_chunk,
+    )
+
+
+def _guarded(create: Callable[..., Any], endpoint: Endpoint, settings: Settings) -> Callable[..., Any]:
+    """`create`, guarded: reserve, call, commit the usage's price (or settle the stream when it ends)."""
+    feature = settings.feature
+
+    if _is_async(create):
+
+        @functools.wraps(create)
+        async def acall(*args: Any, **kwargs: Any) -> Any:
+            call = _prepare(settings, endpoint, kwargs)
+            g, est = call.guard, call.estimate
+            kind = call.fallback.kind if call.fallback else None
+            try:
+                reservation = await g._areserve(feature, call.labels, est.usd, est.tokens, kind)
+            except Blocked as blocked:
+                if call.fallback is None:
+                    raise
+                with _ctx._scoped(blocked.decision, None):
+                    return await call.fallback.aserve(g, feature, blocked, args, kwargs)
+            try:
+                result = await create(*args, **call.send)
+            except BaseException:
+                if reservation._failed_policy() == "keep":
+                    await reservation.acommit()
+                else:
+                    await reservation.arelease("call raised")
+                raise
+            if call.stream:
+                return AsyncGuardedStream(result, _meter(call, reservation, endpoint))
+            usd, tokens = _commit_args(call, result, settings, args, kwargs)
+            await reservation.acommit(usd, tokens=tokens)
+            return result
+
+        return acall
+
+    @functools.wraps(create)
+    def sync_call(*args: Any, **kwargs: Any) -> Any:
+        call = _prepare(settings, endpoint, kwargs)
+        g, est = call.guard, call.estimate
+        kind = call.fallback.kind if call.fallback else None
+        try:
+            reservation = g._reserve(feature, call.labels, est.usd, est.tokens, kind)
+        except Blocked as blocked:
+            if call.fallback is None:
+                raise
+            with _ctx._scoped(blocked.decision, None):
+                return call.fallback.serve(g, feature, blocked, args, kwargs)
+        try:
+            result = create(*args, **call.send)
+        except BaseException:
+            if reservation._failed_policy() == "keep":
+                reservation.commit()
+            else:
+                reservation.release("call raised")
+            raise
+        if call.stream:
+            return GuardedStream(result, _meter(call, reservation, endpoint))
+        usd, tokens = _commit_args(call, result, settings, args, kwargs)
+        reservation.commit(usd, tokens=tokens)
+        return result
+
+    return sync_call
