@@ -415,8 +415,19 @@ def test_other_attributes_pass_through(llm: FakeLLM, client: openai.OpenAI, guar
     assert "costguard guarded" in repr(guarded)
     faster = guarded.with_options(timeout=5)  # a new client, guarded the same way
     chat(faster)
-    assert spent_micros(guard) == price_micros(llm.reported[0])
-    assert guard.audit(decision="commit")  # the call went through costguard
+    chat(guarded.copy(max_retries=0))
+    assert spent_micros(guard) == sum(price_micros(r) for r in llm.reported)
+    assert len(guard.audit(decision="commit")) == 2  # both calls went through costguard
+
+
+def test_max_call_usd_refuses_a_runaway_request(llm: FakeLLM, client: openai.OpenAI) -> None:
+    g = make_guard(usd_cap({"feature": "chat"}, 10_000_000), features={"chat": FeatureSettings(max_call_usd=10_000)})
+    guarded = cg_openai.guard(client, "chat", guard=g, fallback=lambda **request: "too big")
+    assert chat(guarded, max_tokens=200) != "too big"
+    assert chat(guarded, max_tokens=100_000) == "too big"  # 100k output tokens: $0.06 > $0.01
+    assert len(llm.reported) == 1
+    assert g.audit(decision="blocked")[0].data["reason"] == "max_call_usd"
+    g.close()
 
 
 def test_unknown_model_warns_once_and_keeps_the_estimate(
