@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -157,6 +158,7 @@ class SQLStore(Store):
             self.prefix = prefix or opts.get("prefix", "costguard_")
             self.sqlite = sa_url.get_backend_name() == "sqlite"
             self._returning = not self.sqlite or _SQLITE_RETURNING
+            self._write_lock: threading.RLock | None = threading.RLock() if self.sqlite else None
             # SQLite serializes writers on a file lock: a wait is contention, not an outage, so its
             # default wait is long; a network database gets a short statement timeout.
             default_ms = 5000.0 if self.sqlite else 2000.0
@@ -218,8 +220,20 @@ class SQLStore(Store):
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
+        if self._write_lock is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        # SQLite's busy handler polls with growing sleeps and is not fair: with many threads of one
+        # process waiting on the file lock some starve past the timeout. Threads of a process queue
+        # on this lock instead, so only one connection per process contends for the file.
+        if not self._write_lock.acquire(timeout=self.timeout_ms / 1000):
+            raise StoreUnavailable(f"SQL store busy: no write slot within {self.timeout_ms:g} ms")
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        finally:
+            self._write_lock.release()
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:

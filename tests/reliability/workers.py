@@ -1,0 +1,108 @@
+"""Worker processes for the reliability suite (imported by spawned interpreters)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+from costguard import Blocked, Ceiling, Guard, Limit, Period, Unit
+from costguard.model import make_match
+
+
+def guard_for(url: str, cap_micros: int, **options: object) -> Guard:
+    """A guard with a monthly USD ceiling on feature `f` and a daily one per customer."""
+    ceilings = [
+        Ceiling(make_match({"feature": "f"}), (Limit(Period.MONTH, Unit.USD, cap_micros),)),
+        Ceiling(make_match({"feature": "f", "customer": "*"}), (Limit(Period.DAY, Unit.USD, cap_micros),)),
+    ]
+    return Guard(url, ceilings=ceilings, store_options={"timeout_ms": 30_000}, **options)  # type: ignore[arg-type]
+
+
+def reserve_and_die(url: str, cap_micros: int, ready_path: str) -> None:
+    """Reserve $0.05, tell the parent, and wait to be killed before committing."""
+    guard = guard_for(url, cap_micros)
+    guard.reserve("f", estimate_usd=0.05, customer="victim")
+    with open(ready_path, "w") as ready:
+        ready.write(str(os.getpid()))
+    time.sleep(600)  # SIGKILL arrives here: no commit, no release, no exit hooks
+
+
+def steady(url: str, cap_micros: int, calls: int, customer: str) -> int:
+    """Reserve-and-commit $0.01 `calls` times; returns how many were allowed."""
+    guard = guard_for(url, cap_micros)
+    allowed = 0
+    for _ in range(calls):
+        try:
+            with guard.reserve("f", estimate_usd=0.01, customer=customer) as r:
+                r.commit(0.01)
+        except Blocked:
+            continue
+        allowed += 1
+    guard.close()
+    return allowed
+
+
+def soak(url: str, calls: int, customers: int, worker: int) -> dict[str, int]:
+    """`calls` guarded calls spread over `customers`; returns micro-dollars spent per customer."""
+    guard = guard_for(url, 10**12)
+    spent: dict[str, int] = {}
+    for index in range(calls):
+        customer = f"c{(index * 7 + worker) % customers:04d}"
+        cost = 1000 + (index % 7) * 10  # $0.00100 … $0.00106
+        with guard.reserve("f", estimate_usd=0.002, customer=customer) as r:
+            r.commit(cost / 1_000_000)
+        spent[customer] = spent.get(customer, 0) + cost
+    guard.close()
+    return spent
+
+
+def watch_killswitch(url: str, cache_ms: float, ready: Any, results: Any, deadline_s: float) -> None:
+    """Poll until the kill switch blocks a call; put when (epoch) on `results` (None on timeout).
+
+    Waits on the `ready` barrier after its first check, so the parent activates only once every
+    watcher is up and polling.
+    """
+    guard = guard_for(url, 10**12, killswitch_cache_ms=cache_ms)
+    guard.check("f", estimate_usd=0.0)
+    ready.wait()
+    end = time.time() + deadline_s
+    seen: float | None = None
+    while time.time() < end:
+        # `check` runs the same kill switch step as a guarded call, without writing a reservation.
+        if guard.check("f", estimate_usd=0.0).reason == "kill_switch":
+            seen = time.time()
+            break
+        time.sleep(0.01)
+    guard.close()
+    results.put(seen)
+
+
+def hold_forever() -> None:  # pragma: no cover - a target for SIGKILL tests
+    signal.pause()
+
+
+def threads_racing(url: str, cap_micros: int, threads: int, estimate: float, customer: str) -> int:
+    """`threads` threads each try one call at the same moment; returns how many were allowed."""
+    guard = guard_for(url, cap_micros)
+    barrier = threading.Barrier(threads)
+    allowed = [0] * threads
+
+    def one(index: int) -> None:
+        barrier.wait()
+        try:
+            with guard.reserve("f", estimate_usd=estimate, customer=customer) as r:
+                r.commit(estimate)
+        except Blocked:
+            return
+        allowed[index] = 1
+
+    workers = [threading.Thread(target=one, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    guard.close()
+    return sum(allowed)
