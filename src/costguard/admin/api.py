@@ -1,0 +1,200 @@
+"""The admin API's routes: budget status, forecast and limits, the kill switch, the audit log, health."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse
+
+from costguard.admin.http import ERROR_RESPONSES, ApiError, current_principal, route_class
+from costguard.admin.policy import Principal, TokenBook, admin_settings, plan_limit_change, visible
+from costguard.admin.schemas import (
+    AuditPage,
+    Health,
+    KillSwitchActivate,
+    KillSwitchChanged,
+    KillSwitchDeactivate,
+    LimitChanged,
+    LimitRequest,
+)
+from costguard.config import AdminConfig
+from costguard.errors import StoreError
+from costguard.events import AuditRecord
+from costguard.guard import Guard
+from costguard.model import Period, Unit, to_micros
+
+__all__ = ["build_router"]
+
+_MAX_AUDIT_PAGE = 1000
+_TENANT_SCAN_BATCH = 500
+_TENANT_SCAN_MAX = 20_000  # records looked at per request for a tenant's token before handing back a cursor
+
+Caller = Annotated[Principal, Depends(current_principal)]
+LabelQuery = Annotated[str | None, Query(min_length=1, max_length=256, description="Only rows that bind it.")]
+
+
+def build_router(guard: Guard, admin: AdminConfig | Mapping[str, Any] | None = None) -> APIRouter:
+    """An APIRouter serving the admin API for `guard`, with tokens from `admin` (see `costguard.admin.router`)."""
+    settings = admin_settings(guard, admin)
+    tokens = TokenBook(settings.tokens)
+    max_limit_usd = settings.max_limit_usd
+    router = APIRouter(route_class=route_class(tokens), responses=ERROR_RESPONSES)
+
+    @router.get(
+        "/health",
+        name="costguard_health",
+        tags=["health"],
+        response_model=Health,
+        responses={503: {"model": Health, "description": "The store did not answer."}},
+    )
+    def health() -> JSONResponse:
+        """Whether the store answers (no token needed; says nothing else)."""
+        try:
+            guard.store.control()
+        except StoreError:
+            return JSONResponse(
+                {
+                    "status": "unavailable",
+                    "store": "unavailable",
+                    "error": "store_unavailable",
+                    "message": "the costguard store did not answer",
+                },
+                status_code=503,
+                headers={"Cache-Control": "no-store"},
+            )
+        return JSONResponse({"status": "ok", "store": "ok"}, headers={"Cache-Control": "no-store"})
+
+    @router.get("/v1/budget/status", tags=["budget"])
+    def budget_status(caller: Caller, feature: LabelQuery = None, customer: LabelQuery = None) -> dict[str, Any]:
+        """Spend against every ceiling in its current period, and the active kill switches."""
+        data = guard.status(feature=feature, customer=customer).to_dict()
+        data["ceilings"] = [row for row in data["ceilings"] if caller.sees(row["labels"])]
+        data["killswitches"] = [s for s in data["killswitches"] if caller.sees(s["scope"])]
+        return data
+
+    @router.get("/v1/budget/forecast", tags=["budget"])
+    def budget_forecast(caller: Caller, feature: LabelQuery = None, customer: LabelQuery = None) -> dict[str, Any]:
+        """Each USD ceiling's projected spend at its period's end, `on_track`, `depletion_at`, `confidence`."""
+        data = guard.forecast(feature=feature, customer=customer).to_dict()
+        data["ceilings"] = [row for row in data["ceilings"] if caller.sees(row["labels"])]
+        return data
+
+    @router.put("/v1/budget/limits", tags=["budget"], response_model=LimitChanged)
+    def put_limit(body: LimitRequest, caller: Caller) -> LimitChanged:
+        """Set (or, with null, clear) a limit at run time. Operators may lower; raising needs an admin."""
+        caller.require("operator", "change limits")
+        period, unit = Period(body.period), Unit(body.unit)
+        value = body.amount
+        amount = None if value is None else to_micros(value, round_up=False) if unit is Unit.USD else int(value)
+        change = plan_limit_change(guard, caller, body.scope, period, unit, amount, max_limit_usd)
+        if value is None:
+            guard.clear_limit(body.scope, period=period, unit=unit, reason=body.reason, actor=caller.actor)
+        else:
+            usd = value if unit is Unit.USD else None
+            calls = int(value) if unit is Unit.CALLS else None
+            tokens_ = int(value) if unit is Unit.TOKENS else None
+            guard.set_limit(
+                body.scope, period=period, usd=usd, calls=calls, tokens=tokens_, reason=body.reason, actor=caller.actor
+            )
+        return LimitChanged(
+            scope=dict(body.scope),
+            period=period.value,
+            unit=unit.value,
+            old=change.shown(change.old),
+            new=change.shown(change.new),
+            cleared=value is None,
+            actor=caller.actor,
+        )
+
+    @router.post("/v1/killswitch/activate", tags=["killswitch"], response_model=KillSwitchChanged)
+    def killswitch_activate(body: KillSwitchActivate, caller: Caller) -> KillSwitchChanged:
+        """Stop every guarded call in `scope` (omitted: everything). Operators and admins."""
+        caller.require("operator", "activate the kill switch")
+        scope = dict(body.scope or {})
+        caller.require_scope(scope, "activate a kill switch")
+        changed = guard.killswitch.activate(reason=body.reason, actor=caller.actor, scope=scope or None)
+        return KillSwitchChanged(scope=scope, active=True, changed=changed, actor=caller.actor)
+
+    @router.post("/v1/killswitch/deactivate", tags=["killswitch"], response_model=KillSwitchChanged)
+    def killswitch_deactivate(body: KillSwitchDeactivate, caller: Caller) -> KillSwitchChanged:
+        """Let calls in `scope` run again. Admins only: resuming spend needs more than stopping it."""
+        caller.require("admin", "deactivate the kill switch")
+        scope = dict(body.scope or {})
+        caller.require_scope(scope, "deactivate a kill switch")
+        changed = guard.killswitch.deactivate(actor=caller.actor, scope=scope or None, reason=body.reason)
+        return KillSwitchChanged(scope=scope, active=False, changed=changed, actor=caller.actor)
+
+    @router.get("/v1/killswitch/status", tags=["killswitch"])
+    def killswitch_status(
+        caller: Caller,
+        history: Annotated[int, Query(ge=0, le=200, description="How many past changes to list.")] = 20,
+    ) -> dict[str, Any]:
+        """Active kill switches and the latest activations and deactivations, newest first."""
+        fetch = max(1, history if caller.tenant is None else 200)
+        data = guard.killswitch.status(history=fetch).to_dict()
+        data["active"] = [s for s in data["active"] if caller.sees(s["scope"])]
+        data["history"] = [r for r in data["history"] if caller.sees(r["labels"])][:history]
+        return data
+
+    @router.get("/v1/audit", tags=["audit"], response_model=AuditPage)
+    def audit(
+        caller: Caller,
+        since: Annotated[datetime | None, Query(description="ISO 8601; without an offset, UTC.")] = None,
+        until: Annotated[datetime | None, Query(description="ISO 8601, exclusive.")] = None,
+        feature: LabelQuery = None,
+        customer: LabelQuery = None,
+        decision: Annotated[str | None, Query(min_length=1, max_length=64, examples=["blocked"])] = None,
+        limit: Annotated[int, Query(ge=1, le=_MAX_AUDIT_PAGE)] = 100,
+        before_id: Annotated[int | None, Query(ge=1, le=2**62, description="Page: older than this id.")] = None,
+    ) -> AuditPage:
+        """The audit log, newest first; pass `next_before_id` as `before_id` for the next page."""
+        query = {
+            "since": _epoch(since, "since"),
+            "until": _epoch(until, "until"),
+            "feature": feature,
+            "customer": customer,
+            "decision": decision,
+        }
+        records, next_id = _audit_page(guard, caller, query, limit, before_id)
+        return AuditPage(records=[r.to_dict() for r in records], next_before_id=next_id)
+
+    return router
+
+
+def _epoch(value: datetime | None, name: str) -> float | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    try:
+        return value.timestamp()
+    except (OverflowError, ValueError, OSError):
+        raise ApiError(422, "validation_error", f"{name}: the time is out of range") from None
+
+
+def _audit_page(
+    guard: Guard, caller: Principal, query: dict[str, Any], limit: int, before_id: int | None
+) -> tuple[list[AuditRecord], int | None]:
+    """One page of records the caller may see, and the cursor for the next page (None: no more)."""
+    if caller.tenant is None or query["customer"] == caller.tenant:
+        records = guard.audit(limit=limit, before_id=before_id, **query)
+        return records, (records[-1].id if len(records) == limit else None)
+    # A tenant's token: filter page by page, so a page is full even when most records are others'.
+    found: list[AuditRecord] = []
+    cursor = before_id
+    scanned = 0
+    while scanned < _TENANT_SCAN_MAX:
+        batch = guard.audit(limit=_TENANT_SCAN_BATCH, before_id=cursor, **query)
+        scanned += len(batch)
+        for record in batch:
+            cursor = record.id
+            if visible(record.labels, caller.tenant):
+                found.append(record)
+                if len(found) == limit:
+                    return found, cursor
+        if len(batch) < _TENANT_SCAN_BATCH or cursor is None:
+            return found, None
+    return found, cursor
