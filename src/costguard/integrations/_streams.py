@@ -5,7 +5,8 @@ collector, or broken by an exception. It commits what is known for sure: the usa
 in its final event (OpenAI chat's usage chunk, `response.completed`, Anthropic's `message_delta`); or,
 when only the input side was reported (an Anthropic stream cut after `message_start`), that input plus
 the request's whole output cap; with nothing reported, the estimate stands. A stream is never recorded
-below what it may have cost.
+below what it may have cost. Streams dropped without being closed are settled from a worker thread
+(`flush_abandoned()` waits for it).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import queue
 import threading
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -23,7 +25,7 @@ from costguard.integrations._request import Provider
 from costguard.pricing import Pricing, UsageAccumulator, _get
 from costguard.reservation import Reservation
 
-__all__ = ["AsyncGuardedStream", "GuardedStream", "Meter"]
+__all__ = ["AsyncGuardedStream", "GuardedStream", "Meter", "flush_abandoned"]
 
 log = logging.getLogger("costguard")
 
@@ -104,14 +106,49 @@ class Meter:
             await self.reservation.acommit(usd, tokens=tokens)
 
     def settle_later(self) -> None:
-        """Commit from the guard's background worker (from `__del__` or a cancelled task,
-        where store I/O must not run)."""
-        if not self.claim():
-            return
-        usd, tokens = self.outcome()
-        reservation = self.reservation
-        if not reservation.guard._background.submit(lambda: reservation.commit(usd, tokens=tokens)):
-            log.warning("costguard: an abandoned stream's cost was not recorded: the guard is closed")
+        """Commit from a worker thread: called from `__del__` or a cancelled task, where neither store
+        I/O nor taking a lock is safe. `SimpleQueue.put` is reentrant, so a finalizer may call it."""
+        if self.claim():
+            _abandoned.put(self)
+
+
+# Streams settled off the caller's thread, in order; an Event marks a point `flush_abandoned` waits for.
+_abandoned: queue.SimpleQueue[Meter | threading.Event] = queue.SimpleQueue()
+_worker: threading.Thread | None = None
+_worker_lock = threading.Lock()
+
+
+def _ensure_worker() -> None:
+    """Start the settling thread (from a stream's constructor: never from a finalizer)."""
+    global _worker
+    if _worker is not None and _worker.is_alive():
+        return
+    with _worker_lock:
+        if _worker is None or not _worker.is_alive():
+            _worker = threading.Thread(target=_settle_abandoned, name="costguard-streams", daemon=True)
+            _worker.start()
+
+
+def _settle_abandoned() -> None:
+    while True:
+        item = _abandoned.get()
+        if isinstance(item, threading.Event):
+            item.set()
+            continue
+        try:
+            usd, tokens = item.outcome()
+            item.reservation.commit(usd, tokens=tokens)
+        except Exception:  # the worker must outlive any one commit
+            log.exception("costguard: committing an abandoned stream failed")
+
+
+def flush_abandoned(timeout: float = 5.0) -> bool:
+    """Wait until every stream abandoned so far (garbage collected, or broken in a cancelled task) is
+    committed; False if that took longer than `timeout` seconds."""
+    _ensure_worker()
+    done = threading.Event()
+    _abandoned.put(done)
+    return done.wait(timeout)
 
 
 class _Base:
@@ -138,6 +175,7 @@ class GuardedStream(_Base):
     """A guarded SDK `Stream`: iterate it, use it as a context manager, or `close()` it."""
 
     def __init__(self, stream: Any, meter: Meter) -> None:
+        _ensure_worker()
         self._stream = stream
         self._meter = meter
         self._iterator: Iterator[Any] = iter(stream)
@@ -178,6 +216,7 @@ class AsyncGuardedStream(_Base):
     """A guarded SDK `AsyncStream`: `async for`, `async with`, or `await close()`."""
 
     def __init__(self, stream: Any, meter: Meter) -> None:
+        _ensure_worker()
         self._stream = stream
         self._meter = meter
         self._iterator: AsyncIterator[Any] = stream.__aiter__()
@@ -193,7 +232,7 @@ class AsyncGuardedStream(_Base):
                 await self._meter.asettle()
                 raise
             except BaseException:
-                # Possibly a cancelled task: no awaiting here, the worker thread commits.
+                # Possibly a cancelled task: no awaiting here, the settling thread commits.
                 self._meter.settle_later()
                 raise
             if self._meter.see(chunk):
