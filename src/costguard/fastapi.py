@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
-from fastapi import HTTPException, Request
+try:
+    from fastapi import HTTPException, Request
+except ImportError as exc:
+    raise ImportError(f'costguard.fastapi needs FastAPI: pip install "costguard-ai[fastapi]" ({exc})') from exc
 
 from costguard import _web
 from costguard.errors import Blocked, LabelError

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from flask import Flask, Response, g, request
+try:
+    from flask import Flask, Response, g, request
+except ImportError as exc:
+    raise ImportError(f'costguard.flask needs Flask: pip install "costguard-ai[flask]" ({exc})') from exc
 
 from costguard import _web
 from costguard.errors import Blocked

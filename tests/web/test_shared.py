@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -258,3 +259,20 @@ def test_async_guarded_chunks() -> None:
 
 def test_feature_settings_exist_for_the_scenario() -> None:
     assert web_guard().feature("chat") == FeatureSettings(estimate_usd=10_000)
+
+
+@pytest.mark.parametrize(
+    ("module", "package", "extra"),
+    [
+        ("costguard.flask", "flask", "flask"),
+        ("costguard.fastapi", "fastapi", "fastapi"),
+        ("costguard.django", "django.conf", "django"),
+    ],
+)
+def test_a_missing_framework_says_which_extra_to_install(
+    module: str, package: str, extra: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    monkeypatch.setitem(sys.modules, package, None)  # as if it were not installed
+    with pytest.raises(ImportError, match=rf'pip install "costguard-ai\[{extra}\]"'):
+        importlib.import_module(module)
