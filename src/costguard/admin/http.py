@@ -118,6 +118,10 @@ def validation_message(errors: Sequence[Any]) -> str:
     """`usd: Decimal input should have no more than 6 decimal places; …` from pydantic/FastAPI errors."""
     parts = []
     for error in errors[:5]:
+        if error.get("type") == "json_invalid":
+            detail = (error.get("ctx") or {}).get("error", "")
+            parts.append(f"body: not valid JSON ({detail or 'decode error'})")
+            continue
         loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "header")]
         where = ".".join(loc) or "body"
         message = str(error.get("msg", "is not valid")).removeprefix("Value error, ")
