@@ -29,10 +29,14 @@ __all__ = [
     "Reply",
     "Request",
     "aguarded_chunks",
+    "blocked_reply",
     "find_blocked",
+    "is_exempt",
+    "label_error_reply",
     "labels_scope",
     "retry_after",
     "stream_cut",
+    "switch_reply",
 ]
 
 log = logging.getLogger("costguard")

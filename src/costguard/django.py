@@ -21,7 +21,7 @@ try:
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction
     from django.conf import settings  # type: ignore[import-untyped]
     from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
-    from django.http import HttpResponse  # type: ignore[import-untyped]
+    from django.http import FileResponse, HttpResponse  # type: ignore[import-untyped]
     from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 except ImportError as exc:
     raise ImportError(f'costguard.django needs Django: pip install "costguard-ai[django]" ({exc})') from exc
@@ -161,7 +161,8 @@ def _response(reply: _web.Reply) -> Any:
 
 def _streamed(response: Any, labels: Mapping[str, str]) -> Any:
     # A streamed body is produced after this middleware returns: give each chunk the request's labels back.
-    if getattr(response, "streaming", False):
+    # Files are left alone (no guarded calls there, and wrapping would lose the server's sendfile).
+    if getattr(response, "streaming", False) and not isinstance(response, FileResponse):
         content = response.streaming_content
         if response.is_async:
             response.streaming_content = _web.aguarded_chunks(content, labels)

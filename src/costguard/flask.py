@@ -72,8 +72,9 @@ class CostGuard:
 
     def _after_request(self, response: Response) -> Response:
         labels = g.get(_LABELS)
-        if labels is not None and response.is_streamed:
+        if labels is not None and response.is_streamed and not response.direct_passthrough:
             # Without stream_with_context the body runs after teardown: give each chunk the labels back.
+            # (direct_passthrough bodies, e.g. send_file's, go to the server's file wrapper untouched.)
             original = response.response
             response.response = _web.GuardedBody(response.iter_encoded(), labels)
             close = getattr(original, "close", None)

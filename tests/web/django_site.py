@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import django
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import path
 from scenario import CHUNKS, labels_now, plan_label
 
@@ -71,6 +72,10 @@ async def astream(request: HttpRequest) -> HttpResponse:
     return StreamingHttpResponse(chunks(), content_type="text/plain")
 
 
+def download(request: HttpRequest) -> HttpResponse:
+    return FileResponse(io.BytesIO(b"file body"), content_type="application/octet-stream")
+
+
 def labels(request: HttpRequest) -> HttpResponse:
     return JsonResponse(labels_now())
 
@@ -83,4 +88,5 @@ urlpatterns: list[Any] = [
     path("stream", stream),
     path("astream", astream),
     path("labels", labels),
+    path("download", download),
 ]

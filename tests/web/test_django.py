@@ -13,12 +13,13 @@ import pytest
 from django.core.asgi import get_asgi_application
 from django.core.exceptions import ImproperlyConfigured
 from django.core.wsgi import get_wsgi_application
-from django.test import AsyncClient, Client, override_settings
+from django.test import AsyncClient, Client, RequestFactory, override_settings
 from scenario import Fetch, Resp, check_all, web_guard
 from servers import live_fetch, request_headers, run_hammer, uvicorn_server, wsgi_server
 
 import costguard
 from costguard import Guard
+from costguard._web import GuardedBody
 from costguard.current import current_labels
 
 assert django_site.urlpatterns
@@ -104,6 +105,18 @@ def test_32_clients_never_overshoot_a_customer_cap(serve: Any, build: Any, path:
         assert run_hammer(serve, build(), path) == {200: 20, 429: 44}
     finally:
         costguard.configure(None)
+
+
+def test_file_responses_keep_their_file_for_the_servers_sendfile(guard: Guard) -> None:
+    from costguard.django import CostGuardMiddleware
+
+    # Called directly: Django's test client wraps every streamed body itself.
+    request = RequestFactory().get("/download", headers={"X-Customer-Id": "acme"})
+    response = CostGuardMiddleware(django_site.download)(request)
+    assert response.file_to_stream is not None
+    assert b"".join(response.streaming_content) == b"file body"
+    streamed = CostGuardMiddleware(django_site.stream)(request)
+    assert isinstance(streamed._iterator, GuardedBody)
 
 
 def test_the_middleware_is_sync_and_async_capable() -> None:

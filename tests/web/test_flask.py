@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask, Response, request, stream_with_context
+from flask import Flask, Response, request, send_file, stream_with_context
 from scenario import CHUNKS, check_all, check_stream, guarded_calls, labels_now, plan_label, web_guard
 from servers import live_fetch, run_hammer, werkzeug_fetch, wsgi_server
 
 import costguard
 from costguard import Guard
+from costguard._web import GuardedBody
 from costguard.flask import CostGuard
 
 
@@ -93,6 +95,18 @@ def test_stream_with_context(serve: Any) -> None:
 def test_32_clients_never_overshoot_a_customer_cap(path: str, tmp_path: Path) -> None:
     guard = web_guard(f"sqlite:///{tmp_path / 'web.db'}", cap_usd=0.20)
     assert run_hammer(wsgi_server, flask_app(guard), path) == {200: 20, 429: 44}
+
+
+def test_send_file_bodies_pass_straight_to_the_server() -> None:
+    app = flask_app(web_guard())
+    extension = app.extensions["costguard"]
+    with app.test_request_context("/file", headers={"X-Customer-Id": "acme"}):
+        app.preprocess_request()
+        response = send_file(io.BytesIO(b"file body"), mimetype="application/octet-stream")
+        body = response.response
+        assert extension._after_request(response).response is body
+        streamed = Response(iter([b"a"]))
+        assert isinstance(extension._after_request(streamed).response, GuardedBody)
 
 
 def test_default_guard_and_extension_registry() -> None:
