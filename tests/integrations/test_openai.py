@@ -40,6 +40,14 @@ def respond(client: Any, **extra: Any) -> Any:
 
 
 @pytest.fixture
+def llm() -> Iterator[FakeLLM]:
+    """A fresh fake vendor API per test (its `reported` usage is that test's alone)."""
+    server = FakeLLM().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def guard() -> Iterator[Guard]:
     g = make_guard(usd_cap({"feature": "chat"}, 10_000_000), features={"chat": FeatureSettings(estimate_usd=5000)})
     yield g
