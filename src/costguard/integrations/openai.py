@@ -43,7 +43,7 @@ def guard(
     stream that commits when it ends (chat streams get `stream_options={"include_usage": True}` unless
     you set `stream_options`). `guard`: default is the configured one. `labels`: a mapping or a callable
     over the request's keyword arguments. `fallback`: a value, a callable over the request's keyword
-    arguments, or a `costguard.fallback` object; unset, `Blocked` is raised. `estimate`: USD, a number or
-    a callable over the request's keyword arguments.
+    arguments, or a `costguard.fallback` object; unset, the feature's configured fallback, else `Blocked` is
+    raised. `estimate`: USD, a number or a callable over the request's keyword arguments.
     """
     return wrap(client, feature, guard, labels, fallback, estimate, ROUTES)
