@@ -181,3 +181,10 @@ def test_a_tenant_token_changes_only_its_tenant(client: TestClient, guard: Guard
         == 200
     )
     assert [dict(s.scope) for s in guard.killswitch.status().active] == [{"customer": "globex"}]
+
+
+def test_a_misspelt_filter_is_refused_not_ignored(client: TestClient) -> None:
+    response = client.get("/v1/budget/status", params={"custmer": "acme"}, headers=bearer("read"))
+    assert response.status_code == 422
+    assert "custmer" in response.json()["message"]
+    assert "customer" in response.json()["message"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
+from pydantic import BeforeValidator
 
 from costguard.admin.http import ERROR_RESPONSES, ApiError, current_principal, route_class
 from costguard.admin.policy import Principal, TokenBook, admin_settings, plan_limit_change, visible
@@ -33,6 +35,16 @@ _TENANT_SCAN_BATCH = 500
 _TENANT_SCAN_MAX = 20_000  # records looked at per request for a tenant's token before handing back a cursor
 
 Caller = Annotated[Principal, Depends(current_principal)]
+
+
+def _iso_only(value: object) -> object:
+    # pydantic would also take epoch seconds; the documented format is ISO 8601 (OpenAPI date-time).
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", value):
+        raise ValueError("expected an ISO 8601 time such as 2026-05-01T00:00:00Z")
+    return value
+
+
+When = Annotated[datetime | None, BeforeValidator(_iso_only)]
 LabelQuery = Annotated[str | None, Query(min_length=1, max_length=256, description="Only rows that bind it.")]
 
 
@@ -142,8 +154,8 @@ def build_router(guard: Guard, admin: AdminConfig | Mapping[str, Any] | None = N
     @router.get("/v1/audit", tags=["audit"], response_model=AuditPage)
     def audit(
         caller: Caller,
-        since: Annotated[datetime | None, Query(description="ISO 8601; without an offset, UTC.")] = None,
-        until: Annotated[datetime | None, Query(description="ISO 8601, exclusive.")] = None,
+        since: Annotated[When, Query(description="ISO 8601; without an offset, UTC.")] = None,
+        until: Annotated[When, Query(description="ISO 8601, exclusive.")] = None,
         feature: LabelQuery = None,
         customer: LabelQuery = None,
         decision: Annotated[str | None, Query(min_length=1, max_length=64, examples=["blocked"])] = None,

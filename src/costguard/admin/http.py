@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from fastapi import Request, Response, Security
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -161,6 +162,13 @@ def _replay(body: bytes) -> Callable[[], Awaitable[Message]]:
     return receive
 
 
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {field.alias for field in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
 def route_class(tokens: TokenBook) -> type[APIRoute]:
     """An APIRoute that authenticates first, caps the body at 64 KB and answers every error as JSON."""
 
@@ -168,11 +176,21 @@ def route_class(tokens: TokenBook) -> type[APIRoute]:
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
             public = self.name in PUBLIC_ROUTES
+            known = _query_names(self.dependant)
 
             async def run(request: Request) -> Response:
                 try:
                     if not public:
                         authenticate(request, tokens)  # before the body is parsed: no token, no 422 either
+                    unknown = sorted(set(request.query_params) - known)
+                    if unknown:
+                        # A misspelt filter (custmer=acme) must not silently widen what a caller reads.
+                        expected = ", ".join(sorted(known)) or "none"
+                        raise ApiError(
+                            422,
+                            "validation_error",
+                            f"unknown query parameter {unknown[0]!r}; this endpoint takes: {expected}",
+                        )
                     if request.method in _WITH_BODY:
                         body = await _read_capped(request)
                         if body is None:
