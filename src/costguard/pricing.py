@@ -398,8 +398,8 @@ class CallResult:
 
 
 def resolve_cost(result: Any, cost: CostSpec, pricing: Pricing | None = None) -> CallResult:
-    """The cost of a call, first match wins: `Priced(value, usd)`, then `cost=` (a number or a callable
-    over the result), then the result's token usage priced by `pricing`; else unknown (None)."""
+    """The cost of a call: `cost=` (a number, or a callable over the unwrapped result) when given, else
+    `Priced(value, usd)`'s amount, else the result's token usage priced by `pricing`; else unknown (None)."""
     value = result
     usd: int | None = None
     if isinstance(result, Priced):
