@@ -18,6 +18,7 @@ from rich.text import Text
 from costguard.errors import ConfigError, CostGuardError
 
 if TYPE_CHECKING:
+    from costguard.config import AdminConfig
     from costguard.guard import Guard
     from costguard.status import CeilingStatus, Status
 
@@ -484,6 +485,60 @@ def audit(
     console.print(table)
     if len(records) == limit and records[-1].id is not None:
         console.print(f"more: --before-id {records[-1].id}")
+
+
+def _load(config: Path | None) -> tuple[Guard, AdminConfig]:
+    """A guard and the config's `admin:` block (tokens live in the config, not on the guard)."""
+    from costguard.config import load_config
+
+    loaded = load_config(_config_file(config))
+    return loaded.build(), loaded.config.admin
+
+
+@main.command()
+@config_option()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8787, show_default=True, help="Port to listen on.")
+def serve(config: Path | None, host: str, port: int) -> None:
+    """Serve the admin API and the dashboard (uvicorn); tokens come from the config's admin.tokens."""
+    try:
+        import uvicorn
+
+        from costguard.admin import app
+    except ImportError:
+        click.echo('costguard: serve needs the admin extra: pip install "costguard-ai[admin]"', err=True)
+        raise click.exceptions.Exit(EXIT_ERROR) from None
+    with _errors():
+        guard, admin = _load(config)
+    try:
+        with _errors():
+            application = app(guard, admin=admin)
+        if not admin.tokens:
+            click.echo("costguard: no admin.tokens in the config: every /v1 endpoint will answer 401", err=True)
+        click.echo(f"costguard admin API and dashboard on http://{host}:{port}/", err=True)
+        uvicorn.run(application, host=host, port=port, log_level="info", server_header=False)
+    finally:
+        guard.close()
+
+
+@main.command("mcp")
+@config_option()
+def mcp_command(config: Path | None) -> None:
+    """Run the MCP server on stdio; kill switch tools need COSTGUARD_MCP_TOKEN set to an admin token."""
+    try:
+        import mcp.server.mcpserver  # noqa: F401
+
+        from costguard.mcp_server import serve_stdio
+    except ImportError:
+        click.echo('costguard: mcp needs the mcp extra: pip install "costguard-ai[mcp]"', err=True)
+        raise click.exceptions.Exit(EXIT_ERROR) from None
+    with _errors():
+        guard, admin = _load(config)
+    try:
+        with _errors():
+            serve_stdio(guard, admin=admin)
+    finally:
+        guard.close()
 
 
 @main.command()
