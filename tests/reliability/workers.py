@@ -45,18 +45,35 @@ def steady(url: str, cap_micros: int, calls: int, customer: str) -> int:
     return allowed
 
 
-def soak(url: str, calls: int, customers: int, worker: int) -> dict[str, int]:
-    """`calls` guarded calls spread over `customers`; returns micro-dollars spent per customer."""
+def _rss_kb() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def soak(url: str, calls: int, customers: int, worker: int) -> dict[str, Any]:
+    """`calls` guarded calls spread over `customers`; returns micro-dollars spent per customer and
+    the process's RSS and open file descriptors after a warm-up tenth and at the end."""
     guard = guard_for(url, 10**12)
     spent: dict[str, int] = {}
+    warm: tuple[int, int] = (0, 0)
     for index in range(calls):
+        if index == calls // 10:
+            warm = (_rss_kb(), _open_fds())
         customer = f"c{(index * 7 + worker) % customers:04d}"
         cost = 1000 + (index % 7) * 10  # $0.00100 … $0.00106
         with guard.reserve("f", estimate_usd=0.002, customer=customer) as r:
             r.commit(cost / 1_000_000)
         spent[customer] = spent.get(customer, 0) + cost
+    end = (_rss_kb(), _open_fds())
     guard.close()
-    return spent
+    return {"spent": spent, "rss_kb": (warm[0], end[0]), "fds": (warm[1], end[1])}
 
 
 def watch_killswitch(url: str, cache_ms: float, ready: Any, results: Any, deadline_s: float) -> None:
