@@ -111,8 +111,9 @@ function renderForecast(forecast) {
     "aria-label": "projected spend against each limit" });
   forecast.ceilings.forEach((row, i) => {
     const y = i * rowH + 6;
-    const scale = Math.max(row.limit_usd, row.projected_usd || 0, row.spent_usd) * 1.1 || 1;
-    const x = (v) => labelW + (Math.max(0, v) / scale) * chartW;
+    // Like the CLI's chart, the track spans 1.5 times the limit; a projection beyond it is clipped.
+    const scale = Math.max(row.limit_usd * 1.5, row.spent_usd * 1.05) || 1;
+    const x = (v) => labelW + Math.min(1, Math.max(0, v) / scale) * chartW;
     const g = svg("g", { "data-ceiling": row.ceiling, "data-period": row.period, "data-on-track": String(row.on_track) });
     const name = svg("text", { x: 0, y: y + 15 });
     name.textContent = `${labelText(row.labels)} · ${row.period}`;
