@@ -6,7 +6,7 @@ import os
 import shutil
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,25 @@ def bars(page: Any) -> dict[tuple[str, str], dict[str, Any]]:
     return out
 
 
+def answer(page: Any, replies: list[str], action: Callable[[], None]) -> None:
+    """Run `action`, accepting the prompts it opens with `replies` in order."""
+    pending = list(replies)
+
+    def reply(dialog: Any) -> None:
+        dialog.accept(pending.pop(0))
+
+    page.on("dialog", reply)
+    try:
+        action()
+    finally:
+        page.remove_listener("dialog", reply)
+
+
+def month_or_day_limit(guard: Guard, period: str) -> float:
+    rows = guard.status(feature="support_agent").ceilings
+    return next(r.limit for r in rows if dict(r.labels) == {"feature": "support_agent"} and r.period == period)
+
+
 def test_dashboard_in_chromium(server: str, dashboard_guard: Guard, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -123,6 +142,16 @@ def test_dashboard_in_chromium(server: str, dashboard_guard: Guard, tmp_path: Pa
             blocked = page.inner_text("#blocked tbody")
             assert "customer=globex" in blocked
             assert "feature=doc_search" in blocked
+
+            # Change a limit from its row: an operator may lower it, not raise it.
+            day_row = "#ceilings .ceiling[data-labels='feature=support_agent'][data-period='day'] button.change"
+            answer(page, ["9.75", "cost review"], lambda: page.click(day_row))
+            page.wait_for_selector("#message:has-text('$10.00 → $9.75')")
+            assert month_or_day_limit(dashboard_guard, "day") == 9.75
+            answer(page, ["50", "launch"], lambda: page.click(day_row))
+            page.wait_for_selector("#message.error")
+            assert "may lower limits but not raise them" in page.inner_text("#message")
+            assert month_or_day_limit(dashboard_guard, "day") == 9.75
 
             assert page.get_attribute("#killswitch-state", "data-active") == "false"
             page.once("dialog", lambda dialog: dialog.accept("incident 99: runaway agent"))

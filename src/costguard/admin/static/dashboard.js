@@ -95,6 +95,9 @@ function renderCeilings(status) {
       el("div", { class: "bar", role: "img", "aria-label": `${(row.ratio * 100).toFixed(1)} % of the limit` }, fill),
       el("div", { class: "amount" }, `${money(spent, row.unit)} of ${money(limit, row.unit)} (${(row.ratio * 100).toFixed(1)} %)`),
     );
+    const change = el("button", { type: "button", class: "change" }, "Change…");
+    change.addEventListener("click", () => changeLimit(row, limit));
+    item.append(change);
     box.append(item);
   }
 }
@@ -176,7 +179,6 @@ async function refresh() {
     renderBlocked(blocked);
     $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
     document.body.dataset.loaded = "true";
-    if (!$("message").classList.contains("error")) show("");
   } catch (error) {
     if (error.status === 401) {
       signOut(`Signed out: ${error.message}`);
@@ -217,6 +219,28 @@ async function activate() {
     await refresh();
   } catch (error) {
     show(`Kill switch not activated: ${error.message}`, true);
+  }
+}
+
+async function changeLimit(row, current) {
+  const what = row.unit === "usd" ? "USD" : row.unit;
+  const answer = window.prompt(
+    `New ${row.period} limit in ${what} for ${labelText(row.labels)} (now ${money(current, row.unit)}). ` +
+    "Operators may lower it; raising needs an admin token.", String(current));
+  if (answer === null) return;
+  const amount = Number(answer.trim());
+  if (!answer.trim() || !Number.isFinite(amount) || amount < 0) { show(`Not a valid amount: ${answer}`, true); return; }
+  const reason = window.prompt("Reason for the change (kept in the audit log):", "");
+  if (reason === null) return;
+  if (!reason.trim()) { show("A reason is required to change a limit.", true); return; }
+  const body = { scope: row.labels, period: row.period, reason: reason.trim() };
+  body[row.unit] = row.unit === "usd" ? answer.trim() : amount;
+  try {
+    const result = await api("v1/budget/limits", { method: "PUT", body });
+    show(`${labelText(row.labels)}: ${row.period} limit ${money(result.old, row.unit)} → ${money(result.new, row.unit)}.`);
+    await refresh();
+  } catch (error) {
+    show(`Limit not changed: ${error.message}`, true);
   }
 }
 
