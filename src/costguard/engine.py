@@ -5,6 +5,7 @@ Nothing here does I/O or reads a clock; the guard passes `now` in and carries ou
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -23,7 +24,7 @@ from costguard.model import (
     make_match,
     micros_to_usd,
 )
-from costguard.periods import bucket_for
+from costguard.periods import Bucket, bucket_for
 
 UTC = timezone.utc
 
@@ -150,7 +151,30 @@ def fits(total: int, amount: int, limit: int) -> bool:
 
 def threshold_levels(thresholds: Iterable[float], limit: int) -> tuple[tuple[float, int], ...]:
     """Absolute counter levels at which each threshold fires."""
+    return _levels(tuple(thresholds), limit)
+
+
+@functools.lru_cache(maxsize=4096)
+def _levels(thresholds: tuple[float, ...], limit: int) -> tuple[tuple[float, int], ...]:
     return tuple((t, math.ceil(t * limit - 1e-9)) for t in sorted(set(thresholds)))
+
+
+# The current bucket of each (period, timezone), and the id of the bucket before it: a period
+# changes at most hourly, so planning a call recomputes calendars only when one has rolled over.
+_buckets: dict[tuple[Period, tzinfo], tuple[Bucket, str | None]] = {}
+
+
+def current_bucket(period: Period, now: float, tz: tzinfo) -> tuple[Bucket, str | None]:
+    """(the bucket containing `now`, the previous bucket's id or None for `total`)."""
+    cached = _buckets.get((period, tz))
+    if cached is not None:
+        bucket = cached[0]
+        if bucket.start is None or (bucket.start <= now < bucket.end):  # type: ignore[operator]
+            return cached
+    bucket = bucket_for(period, now, tz)
+    previous = None if bucket.start is None else bucket_for(period, bucket.start - 1, tz).id
+    _buckets[(period, tz)] = (bucket, previous)
+    return bucket, previous
 
 
 def fired_name(threshold: float) -> str:
@@ -349,7 +373,7 @@ def plan_reservation(
     With `history`, each ceiling instance with a USD limit also gets its hourly history counter.
     """
     ops: list[CounterOp] = []
-    hour = bucket_for(Period.HOUR, now, UTC)
+    hour, _ = current_bucket(Period.HOUR, now, UTC)
     assert hour.end is not None
     for ceiling, bound in matching(ceilings, labels):
         limits = effective_limits(ceiling, bound, overrides)
@@ -371,15 +395,15 @@ def plan_reservation(
                 )
             )
         for limit in limits:
-            bucket = bucket_for(limit.period, now, tz)
+            bucket, previous_id = current_bucket(limit.period, now, tz)
             previous: str | None = None
             if limit.period is Period.TOTAL:
                 expires = now + ceiling.expire_after_s if ceiling.expire_after_s else None
             else:
                 assert bucket.end is not None
-                assert bucket.start is not None
+                assert previous_id is not None
                 expires = bucket.end + EXPIRY_GRACE_S
-                previous = counter_key(ceiling, bound, limit, bucket_for(limit.period, bucket.start - 1, tz).id)
+                previous = counter_key(ceiling, bound, limit, previous_id)
             ops.append(
                 CounterOp(
                     key=counter_key(ceiling, bound, limit, bucket.id),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -116,6 +117,7 @@ def normalize_labels(labels: Mapping[str, object], *, max_length: int = DEFAULT_
     return out
 
 
+@functools.lru_cache(maxsize=65_536)  # label values repeat (features, customers): encode each once
 def _encode_value(value: str) -> str:
     raw = value.encode("utf-8", "surrogatepass")
     encoded = quote(raw, safe="")
@@ -164,7 +166,7 @@ class Ceiling:
     exclude: tuple[tuple[str, frozenset[str]], ...] = ()
     name: str = field(default="")
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
         """A stable identity derived from the match (`customer=*,feature=support_agent`)."""
         return encode_scope(dict(self.match))
