@@ -1,10 +1,20 @@
-"""Admin API test helpers: tokens of every role, a guard with spend on a few ceilings."""
+"""Admin API test helpers: tokens of every role, a guard with spend on a few ceilings, and fixtures.
+
+The fixtures live here, not in a conftest.py: another conftest.py would be imported under the module
+name `conftest` too, and shadow the one tests import helpers from. Test modules import them by their
+function names (`guard_fixture`, `client_fixture`); pytest knows them as `guard` and `client`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
+from fastapi.testclient import TestClient
+
 from costguard import Guard
+from costguard.admin import app
 from costguard.testing import FakeClock
 from helpers import START, make_guard, usd_ceiling
 
@@ -53,3 +63,17 @@ def build_guard(clock: FakeClock | None = None, store: Any = "memory://") -> Gua
     spend(guard, "doc_search", 2.0, tenant="acme")
     guard.flush()
     return guard
+
+
+@pytest.fixture(name="guard")
+def guard_fixture() -> Iterator[Guard]:
+    """A fresh `build_guard()`, closed afterwards."""
+    built = build_guard()
+    yield built
+    built.close()
+
+
+@pytest.fixture(name="client")
+def client_fixture(guard: Guard) -> TestClient:
+    """A test client of the admin app for `guard`, with every token of `ADMIN_CONFIG`."""
+    return TestClient(app(guard, admin=ADMIN_CONFIG))

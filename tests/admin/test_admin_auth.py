@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from admin_helpers import ADMIN_CONFIG, TOKENS, bearer
+from admin_helpers import ADMIN_CONFIG, TOKENS, bearer, client_fixture, guard_fixture  # noqa: F401 (pytest fixtures `client`, `guard`)
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 

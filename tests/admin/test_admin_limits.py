@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from admin_helpers import ADMIN_CONFIG, TOKENS, bearer
+from admin_helpers import ADMIN_CONFIG, TOKENS, bearer, client_fixture, guard_fixture  # noqa: F401 (pytest fixtures `client`, `guard`)
 from fastapi.testclient import TestClient
 
 from costguard import Guard

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from admin_helpers import bearer, spend
+from admin_helpers import bearer, client_fixture, guard_fixture, spend  # noqa: F401 (pytest fixtures `client`, `guard`)
 from fastapi.testclient import TestClient
 
 from costguard import Guard

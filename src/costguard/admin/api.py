@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -30,6 +31,8 @@ from costguard.model import Period, Unit, to_micros
 
 __all__ = ["build_router"]
 
+log = logging.getLogger("costguard.admin")
+
 _MAX_AUDIT_PAGE = 1000
 _TENANT_SCAN_BATCH = 500
 _TENANT_SCAN_MAX = 20_000  # records looked at per request for a tenant's token before handing back a cursor
@@ -52,6 +55,8 @@ def build_router(guard: Guard, admin: AdminConfig | Mapping[str, Any] | None = N
     """An APIRouter serving the admin API for `guard`, with tokens from `admin` (see `costguard.admin.router`)."""
     settings = admin_settings(guard, admin)
     tokens = TokenBook(settings.tokens)
+    if not tokens:
+        log.warning("costguard admin: no admin.tokens configured; every /v1 endpoint will answer 401")
     max_limit_usd = settings.max_limit_usd
     router = APIRouter(route_class=route_class(tokens), responses=ERROR_RESPONSES)
 

@@ -173,6 +173,8 @@ def route_class(tokens: TokenBook) -> type[APIRoute]:
     """An APIRoute that authenticates first, caps the body at 64 KB and answers every error as JSON."""
 
     class CostGuardRoute(APIRoute):
+        """Authenticate, cap the body, refuse unknown query parameters, answer errors as JSON."""
+
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
             public = self.name in PUBLIC_ROUTES
