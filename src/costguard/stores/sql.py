@@ -211,7 +211,10 @@ class SQLStore(Store):
             sa_url,
             pool_size=self.pool_size,
             max_overflow=self.max_overflow,
-            pool_pre_ping=True,
+            # No pre-ping: it costs a round trip per transaction. A connection that died with the
+            # server fails one call (StoreUnavailable, handled by on_store_error) and the pool is
+            # invalidated, so the next call reconnects; `pool_recycle` retires idle ones first.
+            pool_recycle=1800,
             connect_args={
                 "connect_timeout": max(2, int(self.timeout_ms / 1000 + 0.999)),
                 "options": f"-c statement_timeout={int(self.timeout_ms)} -c lock_timeout={int(self.timeout_ms)}",
@@ -276,11 +279,14 @@ class SQLStore(Store):
             }
             for op in sorted(ops, key=lambda o: o.key)
         ]
-        insert = self._insert(c).values(rows).on_conflict_do_nothing(index_elements=["key"])
+        # One constant statement run with many parameter sets: compiled once and cached by SQLAlchemy
+        # (a multi-row VALUES literal would be compiled again on every call).
+        insert = self._insert(c).on_conflict_do_nothing(index_elements=["key"])
         if created is None or not self._returning:
-            conn.execute(insert)
+            conn.execute(insert, rows)
         else:
-            created.update(row.key for row in conn.execute(insert.returning(c.c.key)))
+            returned = conn.execute(insert.returning(c.c.key, sort_by_parameter_order=True), rows)
+            created.update(row.key for row in returned)
         result = conn.execute(
             sa.select(c.c.key, c.c.committed, c.c.reserved, c.c.fired)
             .where(c.c.key.in_([op.key for op in ops]))
