@@ -31,12 +31,12 @@ def service_url(env: str, what: str) -> str:
 _FAKE_SERVERS: dict[str, Any] = {}
 
 
-def fake_redis_url() -> str:
-    """A URL backed by a fresh in-process fakeredis server (open it with `open_test_store`)."""
+def fake_redis_url(same_server_as: str | None = None) -> str:
+    """A URL backed by a fresh in-process fakeredis server (or another URL's, in a new namespace)."""
     import fakeredis
 
     url = f"redis://127.0.0.1:1/0?namespace=t{uuid.uuid4().hex[:10]}"
-    _FAKE_SERVERS[url] = fakeredis.FakeServer()
+    _FAKE_SERVERS[url] = _FAKE_SERVERS[same_server_as] if same_server_as else fakeredis.FakeServer()
     return url
 
 
@@ -61,7 +61,8 @@ def redis_test_url() -> str:
     """The real Redis from COSTGUARD_TEST_REDIS_URL with a fresh namespace (drop it with `drop_namespace`)."""
     base = service_url("COSTGUARD_TEST_REDIS_URL", "Redis")
     sep = "&" if "?" in base else "?"
-    return f"{base}{sep}namespace=t{uuid.uuid4().hex[:10]}"
+    # A loaded CI machine is not an outage: a generous timeout (the default 100 ms is tested on a private server).
+    return f"{base}{sep}namespace=t{uuid.uuid4().hex[:10]}&timeout_ms=2000"
 
 
 def drop_namespace(url: str) -> None:
@@ -124,6 +125,36 @@ def _cleanup(kind: str, url: str) -> None:
     elif kind == "redis":
         drop_namespace(url)
     _FAKE_SERVERS.pop(url, None)
+
+
+class RedisURLs:
+    """Fresh Redis namespaces for a test (`new("fakeredis")`, `new("redis")`), all dropped at teardown."""
+
+    def __init__(self) -> None:
+        self.made: list[tuple[str, str]] = []
+
+    def new(self, kind: str, same_server_as: str | None = None) -> str:
+        url = fake_redis_url(same_server_as) if kind == "fakeredis" else redis_test_url()
+        self.made.append((kind, url))
+        return url
+
+    @staticmethod
+    def open(url: str, **options: Any) -> Store:
+        """Open a store; fakeredis URLs get fakeredis clients."""
+        return open_test_store(url, **options)
+
+    def cleanup(self) -> None:
+        for kind, url in self.made:
+            _cleanup(kind, url)
+
+
+@pytest.fixture
+def redis_urls(monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisURLs]:
+    """Make fresh Redis namespaces; guards built from their URLs get fakeredis clients where needed."""
+    monkeypatch.setattr(costguard.guard, "open_store", open_test_store)
+    urls = RedisURLs()
+    yield urls
+    urls.cleanup()
 
 
 @pytest.fixture(params=STORE_KINDS)

@@ -32,22 +32,27 @@ for i = 1, n do
   current[i] = (tonumber(row[1]) or 0) + (tonumber(row[2]) or 0)
   sets[i] = fired_set(row[3])
 end
+-- Every read before the first write: Redis keeps a failed script's earlier writes.
+local previous = {}
+for i, op in ipairs(ops) do
+  if not expires_now[i] and op.has_previous then
+    previous[i] = redis.call('HMGET', op.previous, 'c', 'r', 'f', 'e')
+  end
+end
 
 -- engine.clear_previous: a new counter clears a kill its previous period claimed, once.
 for i, op in ipairs(ops) do
-  if not expires_now[i] and op.has_previous then
-    local prev = redis.call('HMGET', op.previous, 'c', 'r', 'f', 'e')
-    if prev[4] then
-      local set = fired_set(prev[3])
-      if not set[CLEARED] then
-        local entries = fired_entries(set)
-        for j, level in ipairs(op.levels) do
-          if level[3] and entries[level[1]] then
-            set[CLEARED] = true
-            redis.call('HSET', op.previous, 'f', fired_text(set))
-            push(out, i, j, (tonumber(prev[1]) or 0) + (tonumber(prev[2]) or 0), 2)
-            break
-          end
+  local prev = previous[i]
+  if prev and prev[4] then
+    local set = fired_set(prev[3])
+    if not set[CLEARED] then
+      local entries = fired_entries(set)
+      for j, level in ipairs(op.levels) do
+        if level[3] and entries[level[1]] then
+          set[CLEARED] = true
+          redis.call('HSET', op.previous, 'f', fired_text(set))
+          push(out, i, j, (tonumber(prev[1]) or 0) + (tonumber(prev[2]) or 0), 2)
+          break
         end
       end
     end

@@ -9,20 +9,25 @@
 if redis.call('HGET', KEYS[1], 's') ~= '0' then
   return {0}
 end
+local n = tonumber(ARGV[1])
+local exp_index = KEYS[4]
+-- Every read before the first write: Redis keeps a failed script's earlier writes.
+local rows = {}
+for i = 1, n do
+  rows[i] = redis.call('HMGET', KEYS[4 + (i - 1) * 2 + 1], 'f', 'e')
+end
 -- Kept settled (without its counters) for a while so a retried commit stays a no-op.
 redis.call('HSET', KEYS[1], 's', '1')
 redis.call('HDEL', KEYS[1], 'o')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 
-local n = tonumber(ARGV[1])
-local exp_index = KEYS[4]
 local reply = {1, n}
 local out = {}
 for i = 1, n do
   local a = 9 + (i - 1) * 9
   local key, index = KEYS[4 + (i - 1) * 2 + 1], KEYS[4 + (i - 1) * 2 + 2]
   local limit_text = ARGV[a + 3]
-  local row = redis.call('HMGET', key, 'f', 'e')
+  local row = rows[i]
   if not row[2] then
     -- Expired or never written since the reservation: it starts again from zero, as in memory.
     create_counter(exp_index, key, index, ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8])
