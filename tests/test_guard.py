@@ -10,6 +10,7 @@ import pytest
 import costguard
 from costguard import Blocked, BudgetExceeded, Ceiling, FeatureSettings, Guard, Limit, Period, Unit
 from costguard.model import make_match
+from costguard.stores import MemoryStore
 from costguard.testing import FakeClock, RecordingNotifier
 from helpers import FlakyStore, make_guard, usd_ceiling
 
@@ -391,3 +392,22 @@ def test_budget_refusals_are_audited_as_blocked() -> None:
     record = guard.audit(decision="blocked")[0]
     assert record.data["reason"] == "budget_exceeded"
     assert (record.data["scope"], record.data["spent"], record.data["limit"]) == ({"feature": "f"}, 0.01, 0.01)
+
+
+def test_current_limit_reads_overrides_fresh_from_the_store() -> None:
+    store = MemoryStore()
+    first = make_guard(usd_ceiling({"feature": "f"}, month=5.0), store=store)
+    second = make_guard(usd_ceiling({"feature": "f"}, month=5.0), store=store)
+    assert second.current_limit({"feature": "f"}, "month") == 5.0
+    first.set_limit({"feature": "f"}, period="month", usd=7.5, reason="raise")
+    assert second.current_limit({"feature": "f"}, "month") == 7.5  # not the other guard's cached view
+    assert second.current_limit({"feature": "f"}, "day") is None
+    assert second.current_limit({"feature": "g"}, "month") is None
+
+
+def test_a_guard_from_yaml_keeps_its_admin_block(tmp_path: Path) -> None:
+    path = tmp_path / "costguard.yaml"
+    path.write_text("store: memory://\nadmin:\n  tokens:\n    - {name: ops, token: s3cr3t-token-value, role: admin}\n")
+    guard = Guard.from_yaml(path)
+    assert [t.name for t in guard.admin.tokens] == ["ops"]
+    guard.close()

@@ -473,7 +473,7 @@ class Config(_Model):
         }
         built = list(notifiers) + self._notifiers(file)
         options = {} if self.store_timeout_ms is None else {"timeout_ms": self.store_timeout_ms}
-        return Guard(
+        guard = Guard(
             self.store,
             ceilings=ceilings,
             features=features,
@@ -491,6 +491,8 @@ class Config(_Model):
             clock=clock,
             store_options=options,
         )
+        guard.admin = self.admin  # the admin API and `costguard serve` read their tokens here
+        return guard
 
     def _notifiers(self, file: str | None) -> list[Notifier]:
         from costguard.notify.registry import build_notifier

@@ -144,6 +144,7 @@ class Guard:
         self.on_call_error: CallErrorPolicy = on_call_error
         self.commit_mode: CommitMode = commit
         self.pricing: Pricing = pricing or Pricing()
+        self.admin: Any = None  # the config's `admin:` block (AdminConfig) when built from YAML
         self._learners: dict[str, LearnedEstimator] = {}
         self._learners_lock = threading.Lock()
         self.commit_batch = commit_batch
@@ -881,6 +882,16 @@ class Guard:
                 actor=actor,
             )
         )
+
+    def current_limit(self, scope: Mapping[str, str], period: str | Period, unit: str | Unit = "usd") -> float | None:
+        """The limit in force for a ceiling scope (run-time override, else config), fresh from the store;
+        USD as a float, calls and tokens as counts; None when no ceiling has that scope and period."""
+        self._invalidate_control()
+        view = self._refresh(self.clock())
+        amount = self._current_limit(view, dict(scope), Period(period), Unit(unit))
+        if amount is None:
+            return None
+        return micros_to_usd(amount) if Unit(unit) is Unit.USD else float(amount)
 
     @staticmethod
     def _current_limit(view: _ControlView, scope: dict[str, str], period: Period, unit: Unit) -> int | None:
