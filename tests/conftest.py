@@ -117,6 +117,7 @@ STORE_KINDS = [
 ]
 # Stores several processes can share (a fakeredis server lives in one process).
 SHARED_STORE_KINDS = [STORE_KINDS[1], STORE_KINDS[2], STORE_KINDS[4]]
+FLEET_STORE_KINDS = [STORE_KINDS[2], STORE_KINDS[4]]  # what a fleet shares: PostgreSQL and Redis
 
 
 def _cleanup(kind: str, url: str) -> None:
@@ -173,6 +174,14 @@ def store(store_url: str) -> Iterator[Store]:
     opened = open_test_store(store_url)
     yield opened
     opened.close()
+
+
+@pytest.fixture(params=FLEET_STORE_KINDS)
+def fleet_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The stores a fleet of processes shares across machines (PostgreSQL, Redis)."""
+    url = store_url_for(request.param, tmp_path)
+    yield url
+    _cleanup(request.param, url)
 
 
 @pytest.fixture(params=SHARED_STORE_KINDS)

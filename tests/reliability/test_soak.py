@@ -19,12 +19,10 @@ CUSTOMERS = 1000
 
 @pytest.mark.slow
 @pytest.mark.parametrize("processes", [4])
-def test_soak_exact_totals_and_no_leaks(shared_store_url: str, processes: int) -> None:
-    if shared_store_url.startswith("sqlite"):
-        pytest.skip("the soak runs on the fleet stores (PostgreSQL, Redis); SQLite has the crash and race tests")
+def test_soak_exact_totals_and_no_leaks(fleet_store_url: str, processes: int) -> None:
     context = multiprocessing.get_context("spawn")
     with context.Pool(processes) as pool:
-        results = pool.starmap(workers.soak, [(shared_store_url, CALLS, CUSTOMERS, w) for w in range(processes)])
+        results = pool.starmap(workers.soak, [(fleet_store_url, CALLS, CUSTOMERS, w) for w in range(processes)])
     expected: Counter[str] = Counter()
     for result in results:
         expected.update(result["spent"])
@@ -32,7 +30,7 @@ def test_soak_exact_totals_and_no_leaks(shared_store_url: str, processes: int) -
         fds_warm, fds_end = result["fds"]
         assert rss_end - rss_warm < 20_000, result["rss_kb"]  # < 20 MB growth over 90 % of the calls
         assert fds_end <= fds_warm + 2, result["fds"]  # no connection leak
-    guard = workers.guard_for(shared_store_url, 10**12)
+    guard = workers.guard_for(fleet_store_url, 10**12)
     rows = {c.labels.get("customer"): c for c in guard.status(feature="f").ceilings if "customer" in c.labels}
     feature_total = next(c for c in guard.status(feature="f").ceilings if c.labels == {"feature": "f"})
     guard.close()
