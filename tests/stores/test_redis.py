@@ -108,7 +108,7 @@ def test_a_settle_from_another_process_reads_the_reservation_first(redis_url: st
     assert mine.reserve(p, None).allowed
     recording = record_commands(other)
     outcome = other.settle(p.reservation_id, {Unit.USD: 15_000, Unit.CALLS: 1}, NOW, None)
-    assert recording.commands == ["HGET", "EVALSHA"]
+    assert recording.commands == ["GET", "EVALSHA"]
     assert outcome.applied
     assert outcome.counters == p.counters  # rebuilt from engine.op_to_json, field for field
     assert outcome.totals == (15_000,) * 6
@@ -154,7 +154,7 @@ def test_expiries_are_relative_and_settled_reservations_kept_a_day(rstore: Redis
     assert client.execute_command("PTTL", reservation) >= 2 * 86_400_000 - 60_000
     rstore.settle(p.reservation_id, None, NOW, None)
     assert 86_400_000 - 60_000 <= client.execute_command("PTTL", reservation) <= 86_400_000
-    assert client.execute_command("HGETALL", reservation) == {b"s": b"1"}
+    assert client.execute_command("GET", reservation) == b"1"  # its counters are no longer needed
 
 
 FEATURE_DAY = ceiling({"feature": "f"}, usd(Period.DAY, 1))
@@ -265,7 +265,7 @@ def test_a_script_failure_is_a_store_error_not_an_outage(rstore: RedisStore) -> 
 def test_settle_of_unknown_ids_costs_one_read(rstore: RedisStore) -> None:
     recording = record_commands(rstore)
     assert not rstore.settle("nope", {Unit.USD: 1}, NOW, None).applied
-    assert recording.commands == ["HGET"]
+    assert recording.commands == ["GET"]
 
 
 # ----------------------------------------------------------------------------- async
@@ -291,7 +291,7 @@ def test_async_methods_use_the_async_client_not_threads(rstore: RedisStore, monk
         await rstore.acache_set("k", b"\x00v", NOW + 5)
         assert await rstore.acache_get("k", NOW) == b"\x00v"
         assert (await rstore.acontrol()).killswitches == ()
-        assert recording.commands == ["EVALSHA", "EVALSHA", "EVALSHA", "HGET", "SET", "GET", "HGETALL"]
+        assert recording.commands == ["EVALSHA", "EVALSHA", "EVALSHA", "GET", "SET", "GET", "HGETALL"]
         await rstore.aclose()
 
     asyncio.run(main())
@@ -510,7 +510,7 @@ def test_settle_many_pipelines_a_batch(redis_url: str, redis_urls: Any) -> None:
     items = [(p.reservation_id, commit, NOW, None) for p in (here, there, twice, broken)]
     out = mine.settle_many([*items, ("unknown", commit, NOW, None)])
     assert [getattr(o, "applied", type(o).__name__) for o in out] == [True, True, False, "StoreError", False]
-    assert recording.log[0][1:] == ("HGET",) * 3  # only what this process didn't reserve (or settled)
+    assert recording.log[0][1:] == ("GET",) * 3  # only what this process didn't reserve (or settled)
     assert recording.log[1][1:] == ("EVALSHA",) * 3  # unknown and settled ones need no script
     if "127.0.0.1:1/" in redis_url:
         assert recording.commands == ["<PIPELINE>", "<PIPELINE>", "SCRIPT", "<PIPELINE>"]
@@ -531,3 +531,21 @@ def test_settle_many_reports_an_outage_for_every_item() -> None:
     assert len(out) == 2
     assert all(isinstance(o, StoreUnavailable) for o in out)
     store.close()
+
+
+def test_async_connections_pack_commands_like_redis_py() -> None:
+    """The asyncio client packs with hiredis (much faster for a reserve's ~130 arguments), byte for byte."""
+    from redis.asyncio.connection import Connection
+
+    from costguard.stores._redis_conn import async_client
+
+    client = async_client(parse_options("redis://127.0.0.1:1/0"))
+    fast_class = client.connection_pool.connection_class  # type: ignore[attr-defined]
+    assert fast_class.__name__ == "HiredisPackingConnection"
+    fast, plain = fast_class(), Connection()
+    for args in [
+        ("EVALSHA", "ab" * 20, 2, "{ns}:c:k|é", b"\x00\xff", "10", -5, "", "😀" * 3),
+        ("CONFIG GET", "maxmemory-policy"),
+        (b"SCRIPT LOAD", "return 1"),
+    ]:
+        assert b"".join(fast.pack_command(*args)) == b"".join(plain.pack_command(*args))

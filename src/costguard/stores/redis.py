@@ -12,10 +12,14 @@ Keys (all under `{namespace}:`):
 | `c:<counter key>` | hash | `c` committed, `r` reserved, `f` thresholds fired, `e` expires_at, `m` meta JSON |
 | `i:<period>:<bucket>` | set | counters of one period bucket (for status without SCAN) |
 | `exp` | sorted set | counters by expires_at (for `purge`, which follows the caller's clock) |
-| `r:<reservation id>` | hash | `o` counter ops JSON (`engine.op_to_json`), `s` settled flag |
-| `audit`, `audit:seq` | stream, string | the audit log; entry ids are `<n>-0` with n from the sequence |
+| `r:<reservation id>` | string | its counters (`engine.op_to_json` list) while open, `1` once settled |
+| `audit`, `audit:seq` | stream, string | the audit log; entry `<n>-0` is record n (`j`: the record as JSON) |
 | `ctl` | hash | kill switches (`k|<scope>`) and limit overrides (`o|<scope>|<period>|<unit>`) |
 | `k:<key>` | string | cached fallback values: 8-byte expires_at, then the value |
+
+Money is integer micro-dollars. Counters change only through HINCRBY (exact 64-bit integers);
+the scripts compare totals as Lua doubles, exact below 2^53 micro-dollars (about $9 billion) per
+counter. Integers travel to the scripts as strings.
 """
 
 from __future__ import annotations
@@ -69,11 +73,8 @@ log = logging.getLogger("costguard")
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_DAY_MS = 86_400_000
-_RESERVATION_MIN_MS = 2 * _DAY_MS  # an open reservation outlives its counters, at least two days
-_SETTLED_KEEP_MS = _DAY_MS  # a settled one is kept a day so a retried commit stays a no-op
 _OPEN_CACHE = 100_000  # reservations this process made, kept to settle them in one round trip
-_CONST_CACHE = 50_000
+_ENCODED_CACHE = 50_000  # counters whose encoded constants are kept
 _MAX_SEQ = "18446744073709551615"
 _CACHE_HEAD = struct.Struct(">d")
 _CROSSING_REASONS = {0: (False, ""), 1: (True, "limit raised"), 2: (True, "new period")}
@@ -88,24 +89,42 @@ def _num(value: float | None) -> str:
     return "null" if value is None else repr(value)
 
 
-def _ttl_ms(expires_at: float, at: float) -> str:
-    """Expiry relative to the call's own clock: a skewed (or, in tests, fake) clock never drops a counter
-    early. A counter written after its expiry (a late commit) lingers a minute; `purge` follows `at`."""
-    return str(max(60_000, math.ceil((expires_at - at) * 1000)))
+def _record_json(record: AuditRecord | None) -> str:
+    """One audit record as the scripts store it: `[at, decision, labels, reservation id, data]`."""
+    if record is None:
+        return ""
+    return _dumps([record.at, record.decision, dict(record.labels), record.reservation_id, dict(record.data)])
 
 
 @dataclass(frozen=True)
-class _OpKeys:
-    """What stays the same for one counter from call to call: its keys and encoded metadata."""
+class _Encoded:
+    """A counter's script arguments that stay the same from call to call, and what they were built from.
 
-    key: str
-    previous: str
-    index: str
-    has_previous: str
-    member: str
-    meta: str
-    json_head: str
-    json_previous: str
+    The key fixes the ceiling, scope, period, unit and bucket; the rest is checked on every use.
+    """
+
+    limit: int
+    hard: bool
+    levels: tuple[tuple[float, int], ...]
+    resets_at: float | None
+    expires_at: float | None
+    previous_key: str | None
+    reserve_keys: tuple[str, str, str]  # counter, previous period's counter (or itself), bucket index
+    settle_keys: tuple[str, str]
+    reserve_tail: tuple[str, ...]  # what follows the amount in reserve.lua's per-counter arguments
+    settle_tail: tuple[str, ...]  # what follows the two changes in settle.lua's
+    json_head: str  # engine.op_to_json(op) as text up to the amount…
+    json_tail: str  # …and after it
+
+    def fits(self, op: CounterOp) -> bool:
+        return (
+            self.limit == op.limit
+            and self.expires_at == op.expires_at
+            and self.levels == op.levels
+            and self.hard == op.hard
+            and self.previous_key == op.previous_key
+            and self.resets_at == op.resets_at
+        )
 
 
 def _mapped(method: Callable[Concatenate[RedisStore, P], T]) -> Callable[Concatenate[RedisStore, P], T]:
@@ -184,8 +203,7 @@ class RedisStore(Store):
         self._async_factory: Callable[[], Any] = async_client_factory or (lambda: async_client(self.options))
         self._async: dict[asyncio.AbstractEventLoop, AsyncClient] = {}
         self._open: OrderedDict[str, tuple[CounterOp, ...]] = OrderedDict()
-        self._op_keys: dict[tuple[str, str | None], _OpKeys] = {}
-        self._levels: dict[tuple[tuple[float, int], ...], tuple[str, str]] = {}
+        self._encoded: dict[str, _Encoded] = {}
         self._startup()
 
     # ----------------------------------------------------------------- connections and scripts
@@ -251,90 +269,68 @@ class RedisStore(Store):
             return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
     # ----------------------------------------------------------------- encoding the engine's plans
-    def _keys_of(self, op: CounterOp) -> _OpKeys:
-        cached = self._op_keys.get((op.key, op.previous_key))
-        if cached is not None:
+    def _encode(self, op: CounterOp) -> _Encoded:
+        """The cached constant arguments of a counter (built again when its limit or expiry changed)."""
+        cached = self._encoded.get(op.key)
+        if cached is not None and cached.fits(op):
             return cached
         p = self.prefix
         key = p + "c:" + op.key
+        index = f"{p}i:{op.period.value}:{op.bucket}"
         scope = [list(item) for item in op.scope]
-        made = _OpKeys(
-            key=key,
-            previous=key if op.previous_key is None else p + "c:" + op.previous_key,
-            index=f"{p}i:{op.period.value}:{op.bucket}",
-            has_previous="0" if op.previous_key is None else "1",
-            member=f"{op.period.value}|{op.bucket}|{op.key}",
-            meta=_dumps([op.ceiling_id, scope, op.period.value, op.unit.value, op.bucket]),
-            json_head=_dumps([op.key, op.ceiling_id, scope, op.period.value, op.unit.value, op.bucket])[:-1],
-            json_previous=_dumps(op.previous_key),
+        member = f"{op.period.value}|{op.bucket}|{op.key}"
+        meta = _dumps([op.ceiling_id, scope, op.period.value, op.unit.value, op.bucket])
+        expires = "" if op.expires_at is None else repr(op.expires_at)
+        bucket_expires = "0" if op.period is Period.TOTAL else "1"
+        lowest = str(op.levels[0][1]) if op.levels else ""
+        levels = " ".join(f"{_fired_name(t)} {level} {1 if t >= 1.0 else 0}" for t, level in op.levels)
+        head = _dumps([op.key, op.ceiling_id, scope, op.period.value, op.unit.value, op.bucket])[:-1]
+        made = _Encoded(
+            limit=op.limit,
+            hard=op.hard,
+            levels=op.levels,
+            resets_at=op.resets_at,
+            expires_at=op.expires_at,
+            previous_key=op.previous_key,
+            reserve_keys=(key, key if op.previous_key is None else p + "c:" + op.previous_key, index),
+            settle_keys=(key, index),
+            reserve_tail=(
+                str(op.limit),
+                "1" if op.hard else "0",
+                "0" if op.previous_key is None else "1",
+                expires,
+                bucket_expires,
+                member,
+                meta,
+                lowest,
+                levels,
+            ),
+            settle_tail=(str(op.limit), expires, bucket_expires, member, meta, lowest, levels),
+            json_head=head + ",",
+            json_tail=(
+                f",{op.limit},{'true' if op.hard else 'false'},{_dumps([list(v) for v in op.levels])},"
+                f"{_num(op.resets_at)},{_num(op.expires_at)},{_dumps(op.previous_key)}]"
+            ),
         )
-        if len(self._op_keys) >= _CONST_CACHE:
-            self._op_keys.clear()
-        self._op_keys[(op.key, op.previous_key)] = made
+        if len(self._encoded) >= _ENCODED_CACHE:
+            self._encoded.clear()
+        self._encoded[op.key] = made
         return made
-
-    def _levels_of(self, op: CounterOp) -> tuple[str, str]:
-        """The levels as the scripts read them (`name level top` triples) and as JSON."""
-        cached = self._levels.get(op.levels)
-        if cached is None:
-            text = " ".join(f"{_fired_name(t)} {level} {1 if t >= 1.0 else 0}" for t, level in op.levels)
-            cached = (text, _dumps([list(level) for level in op.levels]))
-            if len(self._levels) >= _CONST_CACHE:
-                self._levels.clear()
-            self._levels[op.levels] = cached
-        return cached
-
-    def _op_json(self, op: CounterOp, keys: _OpKeys, levels_json: str) -> str:
-        """`engine.op_to_json(op)` as text, from the cached constant head."""
-        hard = "true" if op.hard else "false"
-        return (
-            f"{keys.json_head},{op.amount},{op.limit},{hard},{levels_json},"
-            f"{_num(op.resets_at)},{_num(op.expires_at)},{keys.json_previous}]"
-        )
-
-    def _record_args(self, record: AuditRecord | None) -> list[str]:
-        if record is None:
-            return ["0", "", "", "", "", ""]
-        return [
-            "1",
-            record.decision,
-            repr(record.at),
-            _dumps(dict(record.labels)),
-            record.reservation_id or "",
-            _dumps(dict(record.data)),
-        ]
 
     def _reserve_call(self, plan: ReservePlan, record: AuditRecord | None) -> tuple[list[str], list[str]]:
         keys = [self.prefix + "r:" + plan.reservation_id, self._stream, self._seq, self._exp]
-        per_op: list[str] = []
-        ops_json: list[str] = []
-        keep_ms = _RESERVATION_MIN_MS
+        args = ["1" if plan.force else "0", str(len(plan.counters)), repr(plan.at), "", _record_json(record)]
+        args.append(self._maxlen)
+        ops_json = []
         for op in plan.counters:
-            k = self._keys_of(op)
-            levels, levels_json = self._levels_of(op)
-            keys += (k.key, k.previous, k.index)
-            if op.expires_at is None:
-                expires = ttl = index_ttl = ""
-            else:
-                expires = repr(op.expires_at)
-                ttl = _ttl_ms(op.expires_at, plan.at)
-                index_ttl = "" if op.period is Period.TOTAL else ttl
-                keep_ms = max(keep_ms, int(ttl))
-            per_op += (
-                str(op.amount),
-                str(op.limit),
-                "1" if op.hard else "0",
-                k.has_previous,
-                expires,
-                ttl,
-                index_ttl,
-                k.member,
-                k.meta,
-                levels,
-            )
-            ops_json.append(self._op_json(op, k, levels_json))
-        head = ["1" if plan.force else "0", str(len(plan.counters)), str(keep_ms), "[" + ",".join(ops_json) + "]"]
-        return keys, [*head, *self._record_args(record), self._maxlen, *per_op]
+            encoded = self._encode(op)
+            amount = str(op.amount)
+            keys += encoded.reserve_keys
+            args.append(amount)
+            args += encoded.reserve_tail
+            ops_json.append(encoded.json_head + amount + encoded.json_tail)
+        args[3] = "[" + ",".join(ops_json) + "]"
+        return keys, args
 
     def _settle_call(
         self,
@@ -345,29 +341,14 @@ class RedisStore(Store):
         record: AuditRecord | None,
     ) -> tuple[list[str], list[str]]:
         keys = [self.prefix + "r:" + reservation_id, self._stream, self._seq, self._exp]
-        per_op: list[str] = []
+        args = [str(len(ops)), repr(at), _record_json(record), self._maxlen]
         for op, (d_reserved, d_committed) in zip(ops, settle_deltas(ops, actual), strict=True):
-            k = self._keys_of(op)
-            keys += (k.key, k.index)
-            if op.expires_at is None:
-                expires = ttl = index_ttl = ""
-            else:
-                expires = repr(op.expires_at)
-                ttl = _ttl_ms(op.expires_at, at)
-                index_ttl = "" if op.period is Period.TOTAL else ttl
-            per_op += (
-                str(d_reserved),
-                str(d_committed),
-                str(op.limit),
-                expires,
-                ttl,
-                index_ttl,
-                k.member,
-                k.meta,
-                self._levels_of(op)[0],
-            )
-        head = [str(len(ops)), str(_SETTLED_KEEP_MS)]
-        return keys, [*head, *self._record_args(record), self._maxlen, *per_op]
+            encoded = self._encode(op)
+            keys += encoded.settle_keys
+            args.append(str(d_reserved))
+            args.append(str(d_committed))
+            args += encoded.settle_tail
+        return keys, args
 
     @staticmethod
     def _crossings(ops: Sequence[CounterOp], flat: Sequence[int]) -> tuple[Crossing, ...]:
@@ -411,7 +392,10 @@ class RedisStore(Store):
 
     @staticmethod
     def _ops_from(raw: bytes | str | None) -> tuple[CounterOp, ...] | None:
-        return None if raw is None else tuple(op_from_json(item) for item in json.loads(raw))
+        """A reservation's counters from its key: None when unknown or already settled (`1`)."""
+        if raw is None or raw in (b"1", "1"):
+            return None
+        return tuple(op_from_json(item) for item in json.loads(raw))
 
     # ----------------------------------------------------------------- reserve / settle
     @_mapped
@@ -431,7 +415,7 @@ class RedisStore(Store):
         ops = self._known_ops(reservation_id)
         if ops is None:
             # Reserved by another process (or long ago): read its counters first, a second round trip.
-            ops = self._ops_from(self._client().execute_command("HGET", self.prefix + "r:" + reservation_id, "o"))
+            ops = self._ops_from(self._client().execute_command("GET", self.prefix + "r:" + reservation_id))
             if ops is None:
                 return CommitOutcome(applied=False)
         keys, args = self._settle_call(reservation_id, ops, actual, at, record)
@@ -443,7 +427,7 @@ class RedisStore(Store):
     ) -> CommitOutcome:
         ops = self._known_ops(reservation_id)
         if ops is None:
-            raw = await self._aclient().execute_command("HGET", self.prefix + "r:" + reservation_id, "o")
+            raw = await self._aclient().execute_command("GET", self.prefix + "r:" + reservation_id)
             ops = self._ops_from(raw)
             if ops is None:
                 return CommitOutcome(applied=False)
@@ -475,7 +459,7 @@ class RedisStore(Store):
         if missing:
             pipe = client.pipeline(transaction=False)
             for index in missing:
-                pipe.execute_command("HGET", self.prefix + "r:" + items[index][0], "o")
+                pipe.execute_command("GET", self.prefix + "r:" + items[index][0])
             for index, raw in zip(missing, pipe.execute(), strict=True):
                 known[index] = self._ops_from(raw)
         out: list[CommitOutcome | StoreError] = [CommitOutcome(applied=False)] * len(items)
@@ -598,7 +582,7 @@ class RedisStore(Store):
 
     def _control_call(self, mode: str, field: str, value: object, record: AuditRecord) -> tuple[list[str], list[str]]:
         keys = [self._ctl, self._stream, self._seq]
-        return keys, [mode, field, _dumps(value), *self._record_args(record)[1:], self._maxlen]
+        return keys, [mode, field, _dumps(value), _record_json(record), self._maxlen]
 
     @_mapped
     def set_killswitch(self, state: KillSwitchState, active: bool, record: AuditRecord) -> bool:
@@ -631,9 +615,7 @@ class RedisStore(Store):
     @_mapped
     def append(self, records: Sequence[AuditRecord]) -> None:
         for start in range(0, len(records), 500):
-            args = [self._maxlen]
-            for record in records[start : start + 500]:
-                args += self._record_args(record)[1:]
+            args = [self._maxlen, *map(_record_json, records[start : start + 500])]
             self._eval(SCRIPTS["append"], [self._stream, self._seq], args)
 
     @_mapped
@@ -748,12 +730,13 @@ def _previous_id(entry_id: str) -> str:
 
 
 def _record_from(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> AuditRecord:
-    data: dict[str, Any] = json.loads(fields[b"x"])
+    at, decision, labels, rid, data = json.loads(fields[b"j"])
     meta = fields.get(b"bo")
     if meta is not None:
         # A refused reserve: rebuilt exactly as engine.reserve_record writes it.
         _, scope, period, unit, _ = json.loads(meta)
         display: Callable[[int], float] = micros_to_usd if unit == Unit.USD.value else float
+        decision = _text(fields[b"d"])
         data = {
             **data,
             "reason": "budget_exceeded",
@@ -763,12 +746,11 @@ def _record_from(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> AuditR
             "spent": display(int(fields[b"bs"])),
             "limit": display(int(fields[b"bl"])),
         }
-    rid = fields.get(b"r")
     return AuditRecord(
-        at=float(fields[b"a"]),
-        decision=_text(fields[b"d"]),
-        labels=json.loads(fields[b"l"]),
-        reservation_id=None if rid is None else _text(rid),
+        at=float(at),
+        decision=decision,
+        labels=labels,
+        reservation_id=rid,
         data=data,
         id=int(_text(entry_id).partition("-")[0]),
     )

@@ -1,8 +1,7 @@
 -- costguard control: a kill switch or limit override change and its audit record, together.
 --
 -- KEYS: control hash, audit stream, audit sequence
--- ARGV: mode (on | off | set | del), field, value, decision, at, labels JSON, reservation id,
---       data JSON, stream maxlen
+-- ARGV: mode (on | off | set | del), field, value, audit record JSON, stream maxlen
 -- Returns 1 when something changed (and was audited), 0 for a kill switch already in that state.
 local mode, field = ARGV[1], ARGV[2]
 local exists = redis.call('HEXISTS', KEYS[1], field) == 1
@@ -21,5 +20,5 @@ elseif mode == 'set' then
 else
   redis.call('HDEL', KEYS[1], field)
 end
-audit(KEYS[2], KEYS[3], ARGV[9], record_fields(ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]))
+audit(KEYS[2], KEYS[3], ARGV[5], {'j', ARGV[4]})
 return 1

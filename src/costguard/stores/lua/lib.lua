@@ -107,22 +107,19 @@ local function audit(stream, seq, maxlen, fields)
   return id
 end
 
--- Record arguments: decision, at, labels JSON, reservation id ('' for none), data JSON.
-local function record_fields(decision, at, labels, rid, data)
-  local fields = {'a', at, 'd', decision, 'l', labels, 'x', data}
-  if rid ~= '' then
-    fields[#fields + 1] = 'r'
-    fields[#fields + 1] = rid
-  end
-  return fields
+-- A counter's hash: c committed, r reserved, f fired, e expires_at ('' never), m meta JSON.
+-- Expiry is relative: the engine's expires_at minus the call's own time (at least a minute), so a
+-- skewed or fake client clock never expires a counter early; the expiry index holds the absolute
+-- time, which `purge` follows.
+local MIN_TTL_MS = 60000
+
+local function ttl_ms(expires, at)
+  return math.max(MIN_TTL_MS, math.ceil((tonumber(expires) - at) * 1000))
 end
 
--- A counter's hash: c committed, r reserved, f fired, e expires_at ('' never), m meta JSON.
--- Expiry is relative (the engine's expires_at minus the call's time), so a skewed or fake client
--- clock never expires a counter early; the expiry index holds the absolute time for purge.
-local function set_expiry(exp_index, key, expires, ttl, member)
-  if ttl ~= '' then
-    redis.call('PEXPIRE', key, ttl)
+local function set_expiry(exp_index, key, expires, at, member)
+  if expires ~= '' then
+    redis.call('PEXPIRE', key, integer(ttl_ms(expires, at)))
     redis.call('ZADD', exp_index, expires, member)
   else
     redis.call('PERSIST', key)
@@ -130,11 +127,17 @@ local function set_expiry(exp_index, key, expires, ttl, member)
   end
 end
 
-local function create_counter(exp_index, key, index, expires, ttl, index_ttl, member, meta)
+-- `bucket_expires`: '1' when the bucket index goes with its counters (every period but `total`).
+local function create_counter(exp_index, key, index, expires, at, bucket_expires, member, meta)
   redis.call('HSET', key, 'c', 0, 'r', 0, 'f', '', 'e', expires, 'm', meta)
-  set_expiry(exp_index, key, expires, ttl, member)
+  set_expiry(exp_index, key, expires, at, member)
   redis.call('SADD', index, key)
-  if index_ttl ~= '' then
-    redis.call('PEXPIRE', index, index_ttl)
+  if bucket_expires == '1' and expires ~= '' then
+    redis.call('PEXPIRE', index, integer(ttl_ms(expires, at)))
   end
+end
+
+-- Nothing to claim: no threshold fired yet and the total is under the lowest level (most calls).
+local function quiet(fired, lowest, total)
+  return (not fired or fired == '') and (lowest == '' or total <= 0 or total < tonumber(lowest))
 end

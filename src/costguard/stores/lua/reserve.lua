@@ -2,10 +2,9 @@
 --
 -- KEYS: reservation, audit stream, audit sequence, expiry index,
 --       then 3 per counter: counter, previous period's counter (the counter again if none), bucket index
--- ARGV: force, counters, reservation ttl ms, reservation ops JSON, has record,
---       decision, at, labels JSON, reservation id, data JSON, stream maxlen,
---       then 10 per counter: amount, limit, hard, has previous, expires_at, ttl ms, index ttl ms,
---       expiry member, meta JSON, levels
+-- ARGV: force, counters, at (epoch seconds), reservation ops JSON, audit record JSON ('' none), stream maxlen,
+--       then 10 per counter: amount, limit, hard, has previous, expires_at ('' never), bucket expires,
+--       expiry member, meta JSON, lowest level ('' none), levels
 -- Returns {2} for a repeated forced plan, else {allowed, blocked counter (0 none), n, n totals...,
 --       crossing quadruples...}.
 local force = ARGV[1] == '1'
@@ -13,44 +12,39 @@ if force and redis.call('EXISTS', KEYS[1]) == 1 then
   return {2} -- a buffered record written twice counts once
 end
 local n = tonumber(ARGV[2])
+local at = tonumber(ARGV[3])
 local exp_index = KEYS[4]
-local ops, sets, current, expires_now = {}, {}, {}, {}
+-- Counter i: its keys are KEYS[k + 1..3] and its arguments ARGV[a + 1..10] (no table per counter:
+-- this runs on every guarded call).
+local function k_of(i) return 4 + (i - 1) * 3 end
+local function a_of(i) return 6 + (i - 1) * 10 end
+local rows, current = {}, {}
 local out = {}
 
 for i = 1, n do
-  local a = 11 + (i - 1) * 10
-  local k = 4 + (i - 1) * 3
-  local op = {
-    key = KEYS[k + 1], previous = KEYS[k + 2], index = KEYS[k + 3],
-    amount = ARGV[a + 1], limit_text = ARGV[a + 2], limit = tonumber(ARGV[a + 2]), hard = ARGV[a + 3] == '1',
-    has_previous = ARGV[a + 4] == '1', expires = ARGV[a + 5], ttl = ARGV[a + 6], index_ttl = ARGV[a + 7],
-    member = ARGV[a + 8], meta = ARGV[a + 9], levels = parse_levels(ARGV[a + 10]),
-  }
-  ops[i] = op
-  local row = redis.call('HMGET', op.key, 'c', 'r', 'f', 'e')
-  expires_now[i] = row[4] -- false: the counter does not exist yet
+  local row = redis.call('HMGET', KEYS[k_of(i) + 1], 'c', 'r', 'f', 'e')
+  rows[i] = row -- row[4] false: the counter does not exist yet
   current[i] = (tonumber(row[1]) or 0) + (tonumber(row[2]) or 0)
-  sets[i] = fired_set(row[3])
 end
 -- Every read before the first write: Redis keeps a failed script's earlier writes.
 local previous = {}
-for i, op in ipairs(ops) do
-  if not expires_now[i] and op.has_previous then
-    previous[i] = redis.call('HMGET', op.previous, 'c', 'r', 'f', 'e')
+for i = 1, n do
+  if not rows[i][4] and ARGV[a_of(i) + 4] == '1' then
+    previous[i] = redis.call('HMGET', KEYS[k_of(i) + 2], 'c', 'r', 'f', 'e')
   end
 end
 
 -- engine.clear_previous: a new counter clears a kill its previous period claimed, once.
-for i, op in ipairs(ops) do
+for i = 1, n do
   local prev = previous[i]
-  if prev and prev[4] then
+  if prev and prev[4] and prev[3] and prev[3] ~= '' then
     local set = fired_set(prev[3])
     if not set[CLEARED] then
       local entries = fired_entries(set)
-      for j, level in ipairs(op.levels) do
+      for j, level in ipairs(parse_levels(ARGV[a_of(i) + 10])) do
         if level[3] and entries[level[1]] then
           set[CLEARED] = true
-          redis.call('HSET', op.previous, 'f', fired_text(set))
+          redis.call('HSET', KEYS[k_of(i) + 2], 'f', fired_text(set))
           push(out, i, j, (tonumber(prev[1]) or 0) + (tonumber(prev[2]) or 0), 2)
           break
         end
@@ -61,59 +55,74 @@ end
 
 local blocked = 0
 if not force then
-  for i, op in ipairs(ops) do
-    local total = current[i]
-    if op.hard and not (total + tonumber(op.amount) <= op.limit and total < op.limit) then
-      blocked = i
-      break
+  for i = 1, n do
+    local a = a_of(i)
+    if ARGV[a + 3] == '1' then
+      local total, limit = current[i], tonumber(ARGV[a + 2])
+      if not (total + tonumber(ARGV[a + 1]) <= limit and total < limit) then
+        blocked = i
+        break
+      end
     end
   end
 end
 
-for i, op in ipairs(ops) do
-  if not expires_now[i] then
-    create_counter(exp_index, op.key, op.index, op.expires, op.ttl, op.index_ttl, op.member, op.meta)
+local keep = 2 * 86400000 -- an open reservation outlives its counters, and at least two days
+for i = 1, n do
+  local a, k = a_of(i), k_of(i)
+  local expires = ARGV[a + 5]
+  if not rows[i][4] then
+    create_counter(exp_index, KEYS[k + 1], KEYS[k + 3], expires, at, ARGV[a + 6], ARGV[a + 7], ARGV[a + 8])
+  end
+  if expires ~= '' then
+    keep = math.max(keep, ttl_ms(expires, at))
   end
 end
 
 local totals
 if blocked > 0 then
-  local op = ops[blocked]
-  if claim(blocked, op.levels, op.limit, op.limit_text, current[blocked], sets[blocked], true, out) then
-    redis.call('HSET', op.key, 'f', fired_text(sets[blocked]))
+  local a, key = a_of(blocked), KEYS[k_of(blocked) + 1]
+  local set = fired_set(rows[blocked][3])
+  local limit_text = ARGV[a + 2]
+  if claim(blocked, parse_levels(ARGV[a + 10]), tonumber(limit_text), limit_text, current[blocked], set, true, out) then
+    redis.call('HSET', key, 'f', fired_text(set))
   end
   totals = current
 else
   totals = {}
-  for i, op in ipairs(ops) do
-    if op.amount ~= '0' then
-      redis.call('HINCRBY', op.key, 'r', op.amount)
+  for i = 1, n do
+    local a, key, row = a_of(i), KEYS[k_of(i) + 1], rows[i]
+    local amount, expires = ARGV[a + 1], ARGV[a + 5]
+    if amount ~= '0' then
+      redis.call('HINCRBY', key, 'r', amount)
     end
-    local total = current[i] + tonumber(op.amount)
+    local total = current[i] + tonumber(amount)
     totals[i] = total
-    if claim(i, op.levels, op.limit, op.limit_text, total, sets[i], false, out) then
-      redis.call('HSET', op.key, 'f', fired_text(sets[i]))
+    if not quiet(row[3], ARGV[a + 9], total) then
+      local set = fired_set(row[3])
+      local limit_text = ARGV[a + 2]
+      if claim(i, parse_levels(ARGV[a + 10]), tonumber(limit_text), limit_text, total, set, false, out) then
+        redis.call('HSET', key, 'f', fired_text(set))
+      end
     end
-    if expires_now[i] and expires_now[i] ~= op.expires then
-      redis.call('HSET', op.key, 'e', op.expires)
-      set_expiry(exp_index, op.key, op.expires, op.ttl, op.member)
+    if row[4] and row[4] ~= expires then
+      redis.call('HSET', key, 'e', expires)
+      set_expiry(exp_index, key, expires, at, ARGV[a + 7])
     end
   end
-  redis.call('HSET', KEYS[1], 'o', ARGV[4], 's', '0')
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('SET', KEYS[1], ARGV[4], 'PX', integer(keep))
 end
 
-if ARGV[5] == '1' then
-  local fields = record_fields(ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
+if ARGV[5] ~= '' then
+  local fields = {'j', ARGV[5]}
   if blocked > 0 then
     -- engine.reserve_record: the store rebuilds the `blocked` data from these when reading.
-    local op = ops[blocked]
-    fields[4] = 'blocked'
-    for _, v in ipairs({'bo', op.meta, 'bs', integer(current[blocked]), 'bl', op.limit_text}) do
+    local a = a_of(blocked)
+    for _, v in ipairs({'d', 'blocked', 'bo', ARGV[a + 8], 'bs', integer(current[blocked]), 'bl', ARGV[a + 2]}) do
       fields[#fields + 1] = v
     end
   end
-  audit(KEYS[2], KEYS[3], ARGV[11], fields)
+  audit(KEYS[2], KEYS[3], ARGV[6], fields)
 end
 
 local reply = {blocked == 0 and 1 or 0, blocked, n}
