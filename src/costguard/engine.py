@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timezone, tzinfo
@@ -177,6 +179,7 @@ def current_bucket(period: Period, now: float, tz: tzinfo) -> tuple[Bucket, str 
     return bucket, previous
 
 
+@functools.lru_cache(maxsize=256)
 def fired_name(threshold: float) -> str:
     return format(threshold, "g")
 
@@ -202,6 +205,8 @@ def claim_crossings(counter: CounterOp, total: int, fired: set[str], *, blocked:
     A threshold claimed under a lower limit is re-armed when the limit has since been raised above the
     spend; re-arming the limit threshold is reported as a `cleared` crossing (the kill is over).
     """
+    if not counter.levels or (not fired and not blocked and (total <= 0 or total < counter.levels[0][1])):
+        return []  # the common case: nothing claimed yet and the lowest threshold not reached
     out: list[Crossing] = []
     entries = _fired_entries(fired)
     for threshold, level in counter.levels:
@@ -430,6 +435,123 @@ def plan_reservation(
         estimate_usd=amounts.get(Unit.USD, 0),
         force=force,
     )
+
+
+class PlanCache:
+    """Planned counters per (labels, timezone, thresholds), reused until a bucket rolls over.
+
+    A call's counters depend on the ceilings and overrides in force (the guard's control view, a
+    new object at each refresh), its labels and the current period buckets; only the amounts and
+    the sliding expiry of `total` ceilings with `expire_after` change from call to call. A hit
+    costs a dictionary lookup and one small object per counter instead of matching, bucket and
+    key computation.
+    """
+
+    def __init__(self, maxsize: int = 4096) -> None:
+        self.maxsize = maxsize
+        self._entries: OrderedDict[tuple[object, ...], _Planned] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def plan(
+        self,
+        *,
+        reservation_id: str,
+        ceilings: Sequence[Ceiling],
+        overrides: Mapping[str, Mapping[tuple[Period, Unit], int]],
+        labels: Mapping[str, str],
+        amounts: Mapping[Unit, int],
+        now: float,
+        tz: tzinfo,
+        thresholds: Sequence[float],
+    ) -> ReservePlan:
+        """Same result as `plan_reservation`."""
+        label_key = tuple(sorted(labels.items()))
+        key = (label_key, tz, tuple(thresholds))
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+        if (
+            entry is None
+            or entry.ceilings is not ceilings
+            or entry.overrides is not overrides
+            or not entry.valid_from <= now < entry.valid_until
+        ):
+            template = plan_reservation(
+                reservation_id="",
+                ceilings=ceilings,
+                overrides=overrides,
+                labels=labels,
+                amounts={},
+                now=now,
+                tz=tz,
+                thresholds=thresholds,
+            )
+            starts = [bucket_start for bucket_start in (_start_of(op, tz) for op in template.counters) if bucket_start]
+            ends = [op.resets_at for op in template.counters if op.resets_at is not None]
+            hour, _ = current_bucket(Period.HOUR, now, UTC)  # history counters roll over hourly
+            assert hour.start is not None
+            assert hour.end is not None
+            entry = _Planned(
+                ceilings,
+                overrides,
+                max([hour.start, *starts]),
+                min([hour.end, *ends]),
+                template.counters,
+                tuple(_expire_after(op, ceilings) for op in template.counters),
+            )
+            with self._lock:
+                self._entries[key] = entry
+                if len(self._entries) > self.maxsize:
+                    self._entries.popitem(last=False)
+        ops = tuple(
+            _with_amount(op, amounts.get(op.unit, 0), now + slide if slide else op.expires_at)
+            for op, slide in zip(entry.ops, entry.slides, strict=True)
+        )
+        return ReservePlan(
+            reservation_id=reservation_id,
+            at=now,
+            labels=label_key,
+            counters=ops,
+            estimate_usd=amounts.get(Unit.USD, 0),
+        )
+
+
+def _with_amount(op: CounterOp, amount: int, expires_at: float | None) -> CounterOp:
+    """A copy of a planned counter with this call's amount (what `dataclasses.replace` does, minus
+    its per-call introspection: this runs for every counter of every call)."""
+    new = object.__new__(CounterOp)
+    new.__dict__.update(op.__dict__)
+    new.__dict__["amount"] = amount
+    new.__dict__["expires_at"] = expires_at
+    return new
+
+
+@dataclass(frozen=True)
+class _Planned:
+    ceilings: Sequence[Ceiling]
+    overrides: Mapping[str, Mapping[tuple[Period, Unit], int]]
+    valid_from: float
+    valid_until: float
+    ops: tuple[CounterOp, ...]
+    slides: tuple[float | None, ...]
+
+
+def _start_of(op: CounterOp, tz: tzinfo) -> float | None:
+    if op.period is Period.TOTAL or op.key.startswith(HISTORY_PREFIX):
+        return None
+    bucket, _ = current_bucket(op.period, op.resets_at - 1 if op.resets_at else 0.0, tz)
+    return bucket.start
+
+
+def _expire_after(op: CounterOp, ceilings: Sequence[Ceiling]) -> float | None:
+    """A `total` counter with `expire_after` expires that long after its latest call."""
+    if op.period is not Period.TOTAL:
+        return None
+    for ceiling in ceilings:
+        if ceiling.id == op.ceiling_id:
+            return ceiling.expire_after_s
+    return None
 
 
 def _ratio(total: int, limit: int) -> float:

@@ -145,6 +145,7 @@ class Guard:
         self.commit_mode: CommitMode = commit
         self.pricing: Pricing = pricing or Pricing()
         self.admin: Any = None  # the config's `admin:` block (AdminConfig) when built from YAML
+        self._plans = engine.PlanCache()
         self._learners: dict[str, LearnedEstimator] = {}
         self._learners_lock = threading.Lock()
         self.commit_batch = commit_batch
@@ -358,7 +359,7 @@ class Guard:
     def _plan(
         self, view: _ControlView, labels: Mapping[str, str], amounts: Mapping[Unit, int], now: float
     ) -> engine.ReservePlan:
-        return engine.plan_reservation(
+        return self._plans.plan(
             reservation_id=uuid.uuid4().hex,
             ceilings=view.ceilings,
             overrides=view.overrides,
