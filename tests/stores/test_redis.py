@@ -474,7 +474,7 @@ def test_reserve_ops_json_is_op_to_json(rstore: RedisStore) -> None:
     ]
     for estimate in (0, 7, 10**15):
         p = plan(ceilings, estimate=estimate, customer="c\u2028\"'", team="t", run="r", vendor="v")
-        _, args = rstore._reserve_call(p, None)
+        _, args = rstore.codec.reserve_call(p, None)
         assert json.loads(args[3]) == json.loads(json.dumps([engine.op_to_json(op) for op in p.counters]))
 
 
