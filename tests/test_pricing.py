@@ -222,6 +222,9 @@ def test_max_call_usd_rejects_one_oversized_call() -> None:
     )
     assert "max_call_usd" in str(info.value)
     assert guard.audit(decision="blocked")[0].data["reason"] == "max_call_usd"
+    checked = guard.check("f", estimate_usd=0.6)  # a read-only check says no, and audits nothing
+    assert (checked.allowed, checked.reason) == (False, "max_call_usd")
+    assert len(guard.audit(decision="blocked")) == 2
     (row,) = guard.status().ceilings
     assert row.spent == pytest.approx(0.1)  # the rejected calls reserved nothing
     guard.close()

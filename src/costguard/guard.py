@@ -192,7 +192,13 @@ class Guard:
         return normalize_labels(merged, max_length=self.max_label_length)
 
     def _amounts(
-        self, feature: str, settings: FeatureSettings, estimate_usd: Money | None, estimate_tokens: int | None
+        self,
+        feature: str,
+        settings: FeatureSettings,
+        estimate_usd: Money | None,
+        estimate_tokens: int | None,
+        *,
+        audit: bool = True,
     ) -> dict[Unit, int]:
         if estimate_usd is not None:
             usd = to_micros(estimate_usd, what="estimate_usd")
@@ -205,10 +211,10 @@ class Guard:
             else check_count(estimate_tokens, what="estimate_tokens")
         )
         if settings.max_call_usd is not None and usd > settings.max_call_usd:
-            self._too_expensive(feature, usd, settings.max_call_usd)
+            self._too_expensive(feature, usd, settings.max_call_usd, audit=audit)
         return {Unit.USD: usd, Unit.CALLS: 1, Unit.TOKENS: tokens}
 
-    def _too_expensive(self, feature: str, usd: int, cap: int) -> None:
+    def _too_expensive(self, feature: str, usd: int, cap: int, *, audit: bool) -> None:
         labels = self._labels(feature, {})
         decision = Decision(
             allowed=False,
@@ -224,15 +230,16 @@ class Guard:
                 f"${micros_to_usd(cap):g}; a single call may not cost that much"
             ),
         )
-        self._audit_later(
-            AuditRecord(
-                self.clock(),
-                "blocked",
-                labels,
-                None,
-                {"reason": "max_call_usd", "estimate_usd": micros_to_usd(usd), "limit": micros_to_usd(cap)},
+        if audit:
+            self._audit_later(
+                AuditRecord(
+                    self.clock(),
+                    "blocked",
+                    labels,
+                    None,
+                    {"reason": "max_call_usd", "estimate_usd": micros_to_usd(usd), "limit": micros_to_usd(cap)},
+                )
             )
-        )
         raise BudgetExceeded(decision)
 
     # ----------------------------------------------------------------- learned estimates
@@ -696,7 +703,10 @@ class Guard:
         now = self.clock()
         call_labels = self._labels(feature, labels)
         settings = self.feature(feature)
-        amounts = self._amounts(feature, settings, estimate_usd, estimate_tokens)
+        try:
+            amounts = self._amounts(feature, settings, estimate_usd, estimate_tokens, audit=False)
+        except Blocked as blocked:
+            return blocked.decision
         view = self._refresh(now)
         try:
             self._pre_check(view, call_labels, settings, now)
