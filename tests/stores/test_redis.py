@@ -549,3 +549,15 @@ def test_async_connections_pack_commands_like_redis_py() -> None:
         (b"SCRIPT LOAD", "return 1"),
     ]:
         assert b"".join(fast.pack_command(*args)) == b"".join(plain.pack_command(*args))
+
+
+def test_the_password_never_shows(caplog: pytest.LogCaptureFixture) -> None:
+    url = f"redis://app:s3cret-pw@127.0.0.1:{free_port()}/0?namespace=pw&breaker_s=0"
+    with caplog.at_level(logging.WARNING, logger="costguard"):
+        guard = Guard(url, ceilings=[FEATURE_DAY])
+    with pytest.raises(StoreUnavailable) as raised:
+        guard.store.reserve(plan([FEATURE_DAY]), None)
+    assert guard.store.url == url.replace("s3cret-pw", "***")
+    for shown in (repr(guard), repr(guard.store), str(raised.value), caplog.text):
+        assert "s3cret-pw" not in shown
+    guard.close()

@@ -39,8 +39,11 @@ MAX_SEQ = "18446744073709551615"
 Call = tuple[list[str], list[str]]  # a script's KEYS and ARGV
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds one per call
+
+
 def _dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return _ENCODER.encode(value)
 
 
 def _num(value: float | None) -> str:

@@ -24,6 +24,7 @@ __all__ = [
     "async_client",
     "map_error",
     "parse_options",
+    "redacted",
     "redis_errors",
     "sync_client",
 ]
@@ -73,7 +74,8 @@ class RedisOptions:
     maxlen: int
 
 
-def _redacted(url: str) -> str:
+def redacted(url: str) -> str:
+    """The URL with its password masked, for messages and `repr`."""
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -89,7 +91,7 @@ def _number(raw: object, name: str, url: str, *, minimum: float, integer: bool =
         value = math.nan
     if not math.isfinite(value) or value < minimum or (integer and not value.is_integer()):
         kind = "a whole number" if integer else "a number"
-        raise ConfigError(f"{name} in {_redacted(url)} must be {kind} ≥ {minimum:g}, got {raw!r}", path="store")
+        raise ConfigError(f"{name} in {redacted(url)} must be {kind} ≥ {minimum:g}, got {raw!r}", path="store")
     return value
 
 
@@ -99,7 +101,7 @@ def parse_options(url: str, **given: object) -> RedisOptions:
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
         raise ConfigError(
-            f"{_redacted(url)} is not a Redis URL: use redis://, rediss:// or redis+cluster://", path="store"
+            f"{redacted(url)} is not a Redis URL: use redis://, rediss:// or redis+cluster://", path="store"
         )
     query = parse_qsl(parts.query, keep_blank_values=True)
     ours = {name: value for name, value in query if name in _OURS}
@@ -111,7 +113,7 @@ def parse_options(url: str, **given: object) -> RedisOptions:
     namespace = ours.get("namespace", "costguard")
     if not _NAMESPACE.fullmatch(namespace):
         raise ConfigError(
-            f"namespace {namespace!r} in {_redacted(url)} must be 1-64 letters, digits, '_', '.' or '-' "
+            f"namespace {namespace!r} in {redacted(url)} must be 1-64 letters, digits, '_', '.' or '-' "
             "(it becomes the hash tag of every key)",
             path="store",
         )
@@ -120,7 +122,7 @@ def parse_options(url: str, **given: object) -> RedisOptions:
     try:
         port = parts.port or 6379
     except ValueError as exc:
-        raise ConfigError(f"bad port in {_redacted(url)}: {exc}", path="store") from None
+        raise ConfigError(f"bad port in {redacted(url)}: {exc}", path="store") from None
     return RedisOptions(
         client_url=client_url,
         cluster=scheme.endswith("+cluster"),

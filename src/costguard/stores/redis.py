@@ -56,6 +56,7 @@ from costguard.stores._redis_conn import (
     async_client,
     map_error,
     parse_options,
+    redacted,
     redis_errors,
     sync_client,
 )
@@ -125,7 +126,7 @@ class RedisStore(Store):
         client: Any = None,
         async_client_factory: Callable[[], Any] | None = None,
     ) -> None:
-        self.url = url
+        self.url = redacted(url)  # shown in reprs and logs: never the password
         self.options: RedisOptions = parse_options(
             url,
             namespace=namespace,
