@@ -561,3 +561,15 @@ def test_the_password_never_shows(caplog: pytest.LogCaptureFixture) -> None:
     for shown in (repr(guard), repr(guard.store), str(raised.value), caplog.text):
         assert "s3cret-pw" not in shown
     guard.close()
+
+
+def test_close_from_inside_the_loop_closes_its_connections(rstore: RedisStore) -> None:
+    """`guard.close()` called from a coroutine (an app's shutdown hook) as the loop's last act."""
+
+    async def main() -> None:
+        await rstore.areserve(plan([FEATURE_DAY]), None)
+        rstore.close()
+
+    asyncio.run(main())
+    assert rstore._async == {}
+    gc.collect()  # an unclosed connection would warn (an error here) when collected

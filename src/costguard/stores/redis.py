@@ -489,8 +489,26 @@ def _close_on_loop(loop: asyncio.AbstractEventLoop, client: AsyncClient) -> None
     except RuntimeError:
         running = None
     if running is loop:
-        loop.create_task(client.aclose())  # fire and forget: we are inside the loop's own thread
+        # Inside the loop's own thread we can't wait, and a task may never run (asyncio.run cancels
+        # what is left when main returns): close the sockets now where redis-py lets us.
+        if not _close_connections_now(client):
+            loop.create_task(client.aclose())  # nothing can await it from sync code
     elif loop.is_running():
         asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(timeout=5)
     else:
         loop.run_until_complete(client.aclose())
+
+
+def _close_connections_now(client: object) -> bool:
+    """Close an asyncio client's pooled connections without awaiting (redis-py's `Connection._close`)."""
+    pool = getattr(client, "connection_pool", None)
+    available = getattr(pool, "_available_connections", None)
+    in_use = getattr(pool, "_in_use_connections", None)
+    if available is None or in_use is None:
+        return False  # not a plain redis.asyncio client (a cluster client, a test double)
+    for connection in [*available, *in_use]:
+        close = getattr(connection, "_close", None)
+        if close is None:
+            return False
+        close()
+    return True
