@@ -112,8 +112,12 @@ class RedisCluster:
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
 
     def __enter__(self) -> RedisCluster:
-        for node in self.nodes:
-            node.start()
+        try:
+            for node in self.nodes:
+                node.start()
+        except BaseException:
+            self.__exit__()  # the nodes that did start
+            raise
         cli = shutil.which("redis-cli")
         if cli is None:
             self.__exit__()
