@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from costguard import current as _ctx
@@ -106,7 +105,7 @@ def with_kill_switch(
                             await reservation.arelease("call raised")
                         raise
                 value, usd, tokens = finish(g, reservation, result, chosen, args, kwargs)
-                await reservation.acommit(None if usd is None else Decimal(usd).scaleb(-6), tokens=tokens)
+                await reservation._acommit_micros(usd, tokens)
                 return value
 
             return cast("F", async_wrapper)
@@ -132,7 +131,7 @@ def with_kill_switch(
                         reservation.release("call raised")
                     raise
             value, usd, tokens = finish(g, reservation, result, chosen, args, kwargs)
-            reservation.commit(None if usd is None else Decimal(usd).scaleb(-6), tokens=tokens)
+            reservation._commit_micros(usd, tokens)
             return value
 
         return cast("F", wrapper)

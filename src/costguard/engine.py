@@ -10,7 +10,7 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timezone, tzinfo
 
 from costguard.decision import Decision
@@ -246,18 +246,23 @@ def evaluate_reserve(plan: ReservePlan, current: Sequence[int], fired: Sequence[
     `current` holds each counter's committed + reserved total; `fired` sets are updated in place with
     the thresholds this reservation claims, and the store persists them with the new totals.
     """
+    counters = plan.counters
     if not plan.force:
-        for index, op in enumerate(plan.counters):
+        for index, op in enumerate(counters):
             if op.hard and not fits(current[index], op.amount, op.limit):
                 claimed = claim_crossings(op, current[index], fired[index], blocked=True)
                 return ReserveOutcome(False, tuple(current), index, tuple(claimed))
-    totals = tuple(total + op.amount for total, op in zip(current, plan.counters, strict=True))
-    crossings = [
-        crossing
-        for op, total, claimed in zip(plan.counters, totals, fired, strict=True)
-        for crossing in claim_crossings(op, total, claimed)
-    ]
+    totals = tuple([total + op.amount for total, op in zip(current, counters, strict=True)])
+    crossings: list[Crossing] = []
+    for op, total, marks in zip(counters, totals, fired, strict=True):
+        if may_cross(op, total, marks):
+            crossings.extend(claim_crossings(op, total, marks))
     return ReserveOutcome(True, totals, None, tuple(crossings))
+
+
+def may_cross(op: CounterOp, total: int, fired: set[str]) -> bool:
+    """False when `claim_crossings` surely finds nothing (no thresholds, none claimed, none reached)."""
+    return bool(op.levels) and (bool(fired) or (total > 0 and total >= op.levels[0][1]))
 
 
 def settle_deltas(counters: Sequence[CounterOp], actual: Mapping[Unit, int] | None) -> list[tuple[int, int]]:
@@ -492,22 +497,34 @@ class PlanCache:
             hour, _ = current_bucket(Period.HOUR, now, UTC)  # history counters roll over hourly
             assert hour.start is not None
             assert hour.end is not None
+            slides = tuple(_expire_after(op, ceilings) for op in template.counters)
             entry = _Planned(
                 ceilings,
                 overrides,
                 max([hour.start, *starts]),
                 min([hour.end, *ends]),
                 template.counters,
-                tuple(_expire_after(op, ceilings) for op in template.counters),
+                slides,
+                any(slides),
             )
             with self._lock:
                 self._entries[key] = entry
                 if len(self._entries) > self.maxsize:
                     self._entries.popitem(last=False)
-        ops = tuple(
-            _with_amount(op, amounts.get(op.unit, 0), now + slide if slide else op.expires_at)
-            for op, slide in zip(entry.ops, entry.slides, strict=True)
-        )
+        if entry.sliding:
+            ops = tuple(
+                _with_amount(op, amounts.get(op.unit, 0), now + slide if slide else op.expires_at)
+                for op, slide in zip(entry.ops, entry.slides, strict=True)
+            )
+        else:
+            # A decorator reserves the same amounts call after call: reuse the counters built for them.
+            amount_key = tuple(amounts.get(unit, 0) for unit in _UNITS)
+            ops = entry.by_amount.get(amount_key)  # type: ignore[assignment]
+            if ops is None:
+                ops = tuple(_with_amount(op, amounts.get(op.unit, 0), op.expires_at) for op in entry.ops)
+                if len(entry.by_amount) >= _AMOUNTS_KEPT:
+                    entry.by_amount.clear()
+                entry.by_amount[amount_key] = ops
         return ReservePlan(
             reservation_id=reservation_id,
             at=now,
@@ -527,6 +544,11 @@ def _with_amount(op: CounterOp, amount: int, expires_at: float | None) -> Counte
     return new
 
 
+# Distinct amounts whose counters one planned entry keeps (a learned or per-call estimate varies).
+_AMOUNTS_KEPT = 16
+_UNITS = tuple(Unit)
+
+
 @dataclass(frozen=True)
 class _Planned:
     ceilings: Sequence[Ceiling]
@@ -535,6 +557,8 @@ class _Planned:
     valid_until: float
     ops: tuple[CounterOp, ...]
     slides: tuple[float | None, ...]
+    sliding: bool
+    by_amount: dict[tuple[int, ...], tuple[CounterOp, ...]] = field(default_factory=dict)
 
 
 def _start_of(op: CounterOp, tz: tzinfo) -> float | None:

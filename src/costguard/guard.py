@@ -5,9 +5,9 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
+import os
 import threading
 import time
-import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -75,6 +75,9 @@ class FeatureSettings:
     max_call_usd: int | None = None
     estimator: Literal["fixed", "learned"] = "fixed"
     learn: LearnSettings = field(default_factory=LearnSettings)
+
+
+_DEFAULT_SETTINGS = FeatureSettings()
 
 
 @dataclass
@@ -184,7 +187,7 @@ class Guard:
 
     def feature(self, name: str) -> FeatureSettings:
         """The settings of a feature (defaults from `"*"`, else built-in defaults)."""
-        return self.features.get(name) or self.features.get("*") or FeatureSettings()
+        return self.features.get(name) or self.features.get("*") or _DEFAULT_SETTINGS
 
     # ----------------------------------------------------------------- labels and amounts
     def _labels(self, feature: str, labels: Mapping[str, object]) -> dict[str, str]:
@@ -367,7 +370,7 @@ class Guard:
         self, view: _ControlView, labels: Mapping[str, str], amounts: Mapping[Unit, int], now: float
     ) -> engine.ReservePlan:
         return self._plans.plan(
-            reservation_id=uuid.uuid4().hex,
+            reservation_id=os.urandom(16).hex(),
             ceilings=view.ceilings,
             overrides=view.overrides,
             labels=labels,
@@ -491,14 +494,13 @@ class Guard:
         return AsyncReserveContext(self, feature, labels, estimate_usd, estimate_tokens)
 
     def _settle_args(
-        self, reservation: Reservation, usd: Money | None, tokens: int | None, charged: int
+        self, reservation: Reservation, usd_micros: int | None, tokens: int | None, charged: int
     ) -> tuple[dict[Unit, int], AuditRecord]:
         plan = reservation.plan
-        base = plan.estimate_usd if usd is None else to_micros(usd, round_up=False, what="actual cost")
-        actual_usd = base + charged
+        actual_usd = (plan.estimate_usd if usd_micros is None else usd_micros) + charged
         actual_tokens = check_count(tokens, what="tokens") if tokens is not None else reservation.amount(Unit.TOKENS)
         actual = {Unit.USD: actual_usd, Unit.CALLS: 1, Unit.TOKENS: actual_tokens}
-        if usd is not None:
+        if usd_micros is not None and reservation.settings.estimator == "learned":
             self._learn(dict(plan.labels).get("feature", ""), actual_usd)
         record = AuditRecord(
             self.clock(),
@@ -538,8 +540,7 @@ class Guard:
                 )
 
     def _in_background(self, reservation: Reservation) -> bool:
-        feature = dict(reservation.plan.labels).get("feature", "")
-        return (self.feature(feature).commit or self.commit_mode) == "background"
+        return (reservation.settings.commit or self.commit_mode) == "background"
 
     def _settle(self, reservation: Reservation, actual: Mapping[Unit, int] | None, record: AuditRecord) -> None:
         pending = _Pending(reservation.id, actual, record.at, record, None if reservation.stored else reservation.plan)
@@ -926,7 +927,9 @@ class Guard:
     def _notify(self, event: Event) -> None:
         self._alerts.dispatch(event)
 
-    def _emit_crossings(self, crossings: Iterable[engine.Crossing], now: float) -> None:
+    def _emit_crossings(self, crossings: Sequence[engine.Crossing], now: float) -> None:
+        if not crossings:
+            return
         at = datetime.fromtimestamp(now, timezone.utc)
         for crossing in crossings:
             op = crossing.counter

@@ -59,6 +59,24 @@ class Period(str, Enum):
 
 def to_micros(amount: Money, *, round_up: bool = True, what: str = "amount") -> int:
     """USD as `float | int | Decimal | str` → integer micro-dollars; rejects negative, NaN and infinity."""
+    kind = type(amount)
+    if kind is float or kind is int:
+        # Estimates and costs repeat call after call: convert each distinct number once.
+        cached = _number_micros(amount, round_up)
+        if cached is not None:
+            return cached
+    return _to_micros(amount, round_up=round_up, what=what)
+
+
+@functools.lru_cache(maxsize=4096)
+def _number_micros(amount: float, round_up: bool) -> int | None:
+    try:
+        return _to_micros(amount, round_up=round_up, what="amount")
+    except ValueError:
+        return None  # not cached: the caller converts again and raises with its own wording
+
+
+def _to_micros(amount: Money, *, round_up: bool, what: str) -> int:
     if isinstance(amount, bool) or not isinstance(amount, (float, int, Decimal, str)):
         raise ValueError(f"{what} must be a number of USD, got {type(amount).__name__} {amount!r}")
     try:
@@ -92,13 +110,18 @@ def check_count(value: object, *, what: str) -> int:
     return value
 
 
+@functools.lru_cache(maxsize=1024)
+def _valid_label_name(name: str) -> bool:
+    return _LABEL_NAME.fullmatch(name) is not None
+
+
 def normalize_labels(labels: Mapping[str, object], *, max_length: int = DEFAULT_MAX_LABEL_LENGTH) -> dict[str, str]:
     """Validate label names and values; `None` values are dropped, ints become strings."""
     out: dict[str, str] = {}
     for name, value in labels.items():
         if value is None:
             continue
-        if not isinstance(name, str) or not _LABEL_NAME.fullmatch(name):
+        if not isinstance(name, str) or not _valid_label_name(name):
             raise LabelError(
                 f"label name {name!r} is not valid: use letters, digits, '_', '.' or '-', "
                 "starting with a letter or '_', at most 64 characters"

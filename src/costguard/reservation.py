@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from costguard import current as _ctx
 from costguard.decision import Decision
 from costguard.engine import ReservePlan
-from costguard.model import Money, Unit
+from costguard.model import Money, Unit, to_micros
 
 if TYPE_CHECKING:
     from costguard.guard import FeatureSettings, Guard
@@ -46,8 +46,13 @@ class Reservation:
         """Record the actual cost (default: the estimate) plus anything `charge()`d; once only."""
         if self.settled:
             return
+        self._commit_micros(None if usd is None else to_micros(usd, round_up=False, what="actual cost"), tokens)
+
+    def _commit_micros(self, usd_micros: int | None, tokens: int | None) -> None:
+        if self.settled:
+            return
         self.settled = True
-        actual, record = self.guard._settle_args(self, usd, tokens, self.cost.charged_micros)
+        actual, record = self.guard._settle_args(self, usd_micros, tokens, self.cost.charged_micros)
         self.guard._settle(self, actual, record)
 
     def release(self, why: str = "released") -> None:
@@ -66,8 +71,13 @@ class Reservation:
         """Async `commit`."""
         if self.settled:
             return
+        await self._acommit_micros(None if usd is None else to_micros(usd, round_up=False, what="actual cost"), tokens)
+
+    async def _acommit_micros(self, usd_micros: int | None, tokens: int | None) -> None:
+        if self.settled:
+            return
         self.settled = True
-        actual, record = self.guard._settle_args(self, usd, tokens, self.cost.charged_micros)
+        actual, record = self.guard._settle_args(self, usd_micros, tokens, self.cost.charged_micros)
         await self.guard._asettle(self, actual, record)
 
     async def arelease(self, why: str = "released") -> None:

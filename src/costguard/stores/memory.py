@@ -18,6 +18,7 @@ from costguard.engine import (
     claim_crossings,
     clear_previous,
     evaluate_reserve,
+    may_cross,
     reserve_record,
     settle_deltas,
 )
@@ -45,6 +46,7 @@ class _Reservation:
     counters: tuple[CounterOp, ...]
     settled: bool = False
     at: float = 0.0
+    held: list[_Counter] = field(default_factory=list)
 
 
 class MemoryStore(Store):
@@ -57,13 +59,14 @@ class MemoryStore(Store):
         self._reservations: dict[str, _Reservation] = {}
         self._killswitches: dict[str, KillSwitchState] = {}
         self._overrides: dict[tuple[str, Period, Unit], LimitOverride] = {}
-        self._audit: deque[AuditRecord] = deque(maxlen=max_audit)
+        # (id, record) pairs: the id is attached when a record is read, not on the call path.
+        self._audit: deque[tuple[int, AuditRecord]] = deque(maxlen=max_audit)
         self._cache: dict[str, tuple[bytes, float]] = {}
         self._ids = itertools.count(1)
 
     def _append(self, record: AuditRecord | None) -> None:
         if record is not None:
-            self._audit.append(replace(record, id=next(self._ids)))
+            self._audit.append((next(self._ids), record))
 
     def _counter(self, op: CounterOp) -> _Counter:
         counter = self._counters.get(op.key)
@@ -84,19 +87,20 @@ class MemoryStore(Store):
         with self._lock:
             if plan.force and plan.reservation_id in self._reservations:
                 return ReserveOutcome(True, ())  # a buffered record written twice counts once
-            cleared = self._clear_previous(plan.counters)
-            counters = [self._counter(op) for op in plan.counters]
-            fired = [set(c.fired) for c in counters]
-            outcome = evaluate_reserve(plan, [c.total for c in counters], fired)
+            known = self._counters
+            cleared = (
+                self._clear_previous(plan.counters) if any(op.key not in known for op in plan.counters) else None
+            )
+            counters = [known.get(op.key) or self._counter(op) for op in plan.counters]
+            # The fired sets are claimed in place: this store is where they live.
+            outcome = evaluate_reserve(plan, [c.committed + c.reserved for c in counters], [c.fired for c in counters])
             if cleared:
                 outcome = replace(outcome, crossings=(*cleared, *outcome.crossings))
-            for counter, op, claimed in zip(counters, plan.counters, fired, strict=True):
-                counter.fired = claimed
-                if outcome.allowed:
+            if outcome.allowed:
+                for counter, op in zip(counters, plan.counters, strict=True):
                     counter.reserved += op.amount
                     counter.op = op
-            if outcome.allowed:
-                self._reservations[plan.reservation_id] = _Reservation(plan.counters, at=plan.at)
+                self._reservations[plan.reservation_id] = _Reservation(plan.counters, at=plan.at, held=counters)
             self._append(None if record is None else reserve_record(plan, outcome, record))
             return outcome
 
@@ -110,15 +114,21 @@ class MemoryStore(Store):
             reservation.settled = True
             reservation.at = at
             totals: list[int] = []
-            crossings = []
-            for op, (d_reserved, d_committed) in zip(
-                reservation.counters, settle_deltas(reservation.counters, actual), strict=True
+            crossings: list[Crossing] = []
+            held = reservation.held or [self._counter(op) for op in reservation.counters]
+            reservation.held = []
+            known = self._counters
+            for op, kept, (d_reserved, d_committed) in zip(
+                reservation.counters, held, settle_deltas(reservation.counters, actual), strict=True
             ):
-                counter = self._counter(op)
+                # A counter purged meanwhile (a settle long after its period) is created again.
+                counter = kept if known.get(op.key) is kept else self._counter(op)
                 counter.reserved += d_reserved
                 counter.committed += d_committed
-                totals.append(counter.total)
-                crossings.extend(claim_crossings(op, counter.total, counter.fired))
+                total = counter.committed + counter.reserved
+                totals.append(total)
+                if may_cross(op, total, counter.fired):
+                    crossings.extend(claim_crossings(op, total, counter.fired))
             self._append(record)
             return CommitOutcome(True, reservation.counters, tuple(totals), tuple(crossings))
 
@@ -169,9 +179,12 @@ class MemoryStore(Store):
     def audit(self, query: AuditQuery) -> list[AuditRecord]:
         with self._lock:
             out = []
-            for record in reversed(self._audit):
-                if query.matches(record):
-                    out.append(record)
+            unpaged = replace(query, before_id=None)  # stored records carry no id; paged here
+            for record_id, stored in reversed(self._audit):
+                if query.before_id is not None and record_id >= query.before_id:
+                    continue
+                if unpaged.matches(stored):
+                    out.append(replace(stored, id=record_id))
                     if len(out) >= query.limit:
                         break
             return out
