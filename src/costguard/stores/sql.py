@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -53,6 +54,9 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _SETTLED_KEEP_S = 86400.0
+_COUNTER_FIELDS = ("key", "ceiling_id", "scope", "period", "unit", "bucket", "expires_at")
+_WRITE_FIELDS = ("key", "committed", "reserved", "fired", "expires_at")
+_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,40}")
 
 
 def _tables(prefix: str) -> tuple[sa.MetaData, dict[str, sa.Table]]:
@@ -137,6 +141,19 @@ def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def _record_row(record: AuditRecord) -> dict[str, Any]:
+    """An audit record as a row of the events table."""
+    return {
+        "at": record.at,
+        "decision": record.decision,
+        "feature": record.labels.get("feature"),
+        "customer": record.labels.get("customer"),
+        "reservation_id": record.reservation_id,
+        "labels": _dumps(dict(record.labels)),
+        "data": _dumps(dict(record.data)),
+    }
+
+
 def _parse_url(url: str) -> tuple[sa.URL, dict[str, str]]:
     """Parse the URL and take costguard's own query options (`timeout_ms`, `prefix`, pool sizes) out of it."""
     parsed = sa.make_url(url)
@@ -156,6 +173,10 @@ class SQLStore(Store):
         try:
             sa_url, opts = _parse_url(url)
             self.prefix = prefix or opts.get("prefix", "costguard_")
+            if not _PREFIX.fullmatch(self.prefix):
+                raise ValueError(
+                    f"table prefix {self.prefix!r} is not valid: use letters, digits and '_', starting with a letter"
+                )
             self.sqlite = sa_url.get_backend_name() == "sqlite"
             self._returning = not self.sqlite or _SQLITE_RETURNING
             self._write_lock: threading.RLock | None = threading.RLock() if self.sqlite else None
@@ -171,6 +192,7 @@ class SQLStore(Store):
             hint = ' (pip install "costguard-ai[postgres]")' if isinstance(exc, ImportError) else ""
             raise ConfigError(f"cannot open SQL store {url!r}: {exc}{hint}", path="store") from exc
         self.meta, self.t = _tables(self.prefix)
+        self._statements: dict[str, sa.TextClause] = {}
         self._create_schema()
 
     def _create_engine(self, sa_url: sa.URL) -> Engine:
@@ -259,39 +281,51 @@ class SQLStore(Store):
             return sqlite_insert(table)
         return postgresql_insert(table)
 
+    def _statement(self, name: str, build: Callable[[], str]) -> sa.TextClause:
+        """A raw statement of this store's tables, built once (its text is constant, so the driver
+        prepares it once too)."""
+        stmt = self._statements.get(name)
+        if stmt is None:
+            stmt = self._statements[name] = sa.text(build())
+        return stmt
+
     def _lock_counters(
         self, conn: Connection, ops: Sequence[CounterOp], created: set[str] | None = None
     ) -> dict[str, tuple[int, int, set[str]]]:
-        """Create missing counter rows (their keys added to `created`), then lock and read them in key order."""
-        c = self.t["counters"]
-        rows = [
-            {
-                "key": op.key,
-                "ceiling_id": op.ceiling_id,
-                "scope": _dumps([list(item) for item in op.scope]),
-                "period": op.period.value,
-                "unit": op.unit.value,
-                "bucket": op.bucket,
-                "committed": 0,
-                "reserved": 0,
-                "fired": "",
-                "expires_at": op.expires_at,
-            }
-            for op in sorted(ops, key=lambda o: o.key)
-        ]
-        # One constant statement run with many parameter sets: compiled once and cached by SQLAlchemy
-        # (a multi-row VALUES literal would be compiled again on every call).
-        insert = self._insert(c).on_conflict_do_nothing(index_elements=["key"])
-        if created is None or not self._returning:
-            conn.execute(insert, rows)
-        else:
-            returned = conn.execute(insert.returning(c.c.key, sort_by_parameter_order=True), rows)
+        """Create missing counter rows (their keys added to `created`), then lock and read them in key order.
+
+        The counters travel as one JSON parameter, so this is one statement on PostgreSQL (an upsert
+        whose conflict branch locks the existing row and `xmax = 0` tells a new one) and two on SQLite
+        (whose writer already holds the database lock), whatever the number of counters.
+        """
+        ordered = sorted(ops, key=lambda o: o.key)
+        rows = _dumps(
+            [
+                {
+                    "key": op.key,
+                    "ceiling_id": op.ceiling_id,
+                    "scope": _dumps([list(item) for item in op.scope]),
+                    "period": op.period.value,
+                    "unit": op.unit.value,
+                    "bucket": op.bucket,
+                    "expires_at": op.expires_at,
+                }
+                for op in ordered
+            ]
+        )
+        if not self.sqlite:
+            result = conn.execute(self._statement("lock", self._pg_lock_sql), {"rows": rows})
+            state = {}
+            for row in result:
+                state[row.key] = (int(row.committed), int(row.reserved), set(filter(None, row.fired.split(","))))
+                if row.created and created is not None:
+                    created.add(row.key)
+            return state
+        returned = conn.execute(self._statement("create", self._sqlite_create_sql), {"rows": rows})
+        if created is not None and self._returning:
             created.update(row.key for row in returned)
         result = conn.execute(
-            sa.select(c.c.key, c.c.committed, c.c.reserved, c.c.fired)
-            .where(c.c.key.in_([op.key for op in ops]))
-            .order_by(c.c.key)
-            .with_for_update()
+            self._statement("read", self._sqlite_read_sql), {"keys": _dumps([op.key for op in ordered])}
         )
         state = {
             row.key: (int(row.committed), int(row.reserved), set(filter(None, row.fired.split(",")))) for row in result
@@ -301,37 +335,102 @@ class SQLStore(Store):
             created.update(key for key, (done, held, fired) in state.items() if not (done or held or fired))
         return state
 
-    def _write_counters(self, conn: Connection, values: Sequence[dict[str, Any]]) -> None:
-        c = self.t["counters"]
-        conn.execute(
-            sa.update(c)
-            .where(c.c.key == sa.bindparam("b_key"))
-            .values(
-                committed=sa.bindparam("b_committed"),
-                reserved=sa.bindparam("b_reserved"),
-                fired=sa.bindparam("b_fired"),
-                expires_at=sa.bindparam("b_expires"),
-            ),
-            list(values),
+    def _pg_lock_sql(self) -> str:
+        c = self.t["counters"].name
+        return (
+            f"INSERT INTO {c} AS c (key, ceiling_id, scope, period, unit, bucket, committed, reserved, fired, "
+            "expires_at) SELECT v.key, v.ceiling_id, v.scope, v.period, v.unit, v.bucket, 0, 0, '', v.expires_at "
+            "FROM json_to_recordset(CAST(:rows AS json)) AS v(key text, ceiling_id text, scope text, period text, "
+            "unit text, bucket text, expires_at float8) "
+            # the conflict branch writes nothing new; it is there to lock the row and return it
+            "ON CONFLICT (key) DO UPDATE SET committed = c.committed "
+            "RETURNING c.key, c.committed, c.reserved, c.fired, (c.xmax = 0) AS created"
         )
 
-    def _insert_records(self, conn: Connection, records: Sequence[AuditRecord]) -> None:
-        if not records:
+    def _sqlite_create_sql(self) -> str:
+        c = self.t["counters"].name
+        values = ", ".join(f"json_extract(value, '$.{name}')" for name in _COUNTER_FIELDS)
+        sql = (
+            f"INSERT INTO {c} (key, ceiling_id, scope, period, unit, bucket, expires_at, committed, reserved, fired) "
+            f"SELECT {values}, 0, 0, '' FROM json_each(:rows) WHERE true ON CONFLICT (key) DO NOTHING"
+        )
+        return sql + " RETURNING key" if self._returning else sql
+
+    def _sqlite_read_sql(self) -> str:
+        c = self.t["counters"].name
+        return (
+            f"SELECT key, committed, reserved, fired FROM {c} "
+            "WHERE key IN (SELECT value FROM json_each(:keys)) ORDER BY key"
+        )
+
+    def _write(
+        self,
+        conn: Connection,
+        counters: Sequence[tuple[str, int, int, str, float | None]],
+        records: Sequence[AuditRecord],
+        reservation: dict[str, Any] | None = None,
+    ) -> None:
+        """New counter values, a new reservation row and audit records: one statement on PostgreSQL."""
+        params: dict[str, Any] = {}
+        parts = []
+        if counters:
+            params["counters"] = _dumps([dict(zip(_WRITE_FIELDS, row, strict=True)) for row in counters])
+            parts.append("w")
+        if reservation is not None:
+            params.update(reservation)
+            parts.append("r")
+        if records:
+            params["records"] = _dumps([_record_row(r) for r in records])
+            parts.append("e")
+        if not parts:
             return
-        conn.execute(
-            sa.insert(self.t["events"]),
-            [
-                {
-                    "at": r.at,
-                    "decision": r.decision,
-                    "feature": r.labels.get("feature"),
-                    "customer": r.labels.get("customer"),
-                    "reservation_id": r.reservation_id,
-                    "labels": _dumps(dict(r.labels)),
-                    "data": _dumps(dict(r.data)),
-                }
-                for r in records
-            ],
+        if not self.sqlite:
+            name = "write:" + "".join(parts)
+            conn.execute(self._statement(name, lambda: self._pg_write_sql(parts)), params)
+            return
+        if counters:
+            conn.execute(self._statement("write:w", lambda: self._sqlite_write_sql("w")), params)
+        if reservation is not None:
+            conn.execute(self._statement("write:r", lambda: self._sqlite_write_sql("r")), params)
+        if records:
+            conn.execute(self._statement("write:e", lambda: self._sqlite_write_sql("e")), params)
+
+    def _pg_write_sql(self, parts: Sequence[str]) -> str:
+        c, r, e = self.t["counters"].name, self.t["reservations"].name, self.t["events"].name
+        statements = {
+            "w": f"UPDATE {c} AS c SET committed = v.committed, reserved = v.reserved, fired = v.fired, "
+            "expires_at = v.expires_at FROM json_to_recordset(CAST(:counters AS json)) "
+            "AS v(key text, committed bigint, reserved bigint, fired text, expires_at float8) WHERE c.key = v.key",
+            "r": f"INSERT INTO {r} (id, at, settled, counters) VALUES (:r_id, :r_at, false, :r_counters)",
+            "e": f"INSERT INTO {e} (at, decision, feature, customer, reservation_id, labels, data) "
+            "SELECT v.at, v.decision, v.feature, v.customer, v.reservation_id, v.labels, v.data "
+            "FROM json_to_recordset(CAST(:records AS json)) AS v(at float8, decision text, feature text, "
+            "customer text, reservation_id text, labels text, data text)",
+        }
+        *first, last = [statements[part] for part in parts]
+        if not first:
+            return last
+        # Data-modifying WITH parts always run to completion, whether or not the main statement reads them.
+        return "WITH " + ", ".join(f"s{i} AS ({sql} RETURNING 1)" for i, sql in enumerate(first)) + " " + last
+
+    def _sqlite_write_sql(self, part: str) -> str:
+        c, r, e = self.t["counters"].name, self.t["reservations"].name, self.t["events"].name
+        if part == "w":
+            field = "json_extract(v.value, '$.{}')".format
+            return (
+                f"UPDATE {c} SET committed = {field('committed')}, reserved = {field('reserved')}, "
+                f"fired = {field('fired')}, expires_at = {field('expires_at')} "
+                f"FROM json_each(:counters) AS v WHERE {c}.key = {field('key')}"
+            )
+        if part == "r":
+            return f"INSERT INTO {r} (id, at, settled, counters) VALUES (:r_id, :r_at, 0, :r_counters)"
+        values = ", ".join(
+            f"json_extract(value, '$.{name}')"
+            for name in ("at", "decision", "feature", "customer", "reservation_id", "labels", "data")
+        )
+        return (
+            f"INSERT INTO {e} (at, decision, feature, customer, reservation_id, labels, data) "
+            f"SELECT {values} FROM json_each(:records)"
         )
 
     def _clear_previous(self, conn: Connection, ops: Sequence[CounterOp]) -> list[Crossing]:
@@ -361,6 +460,7 @@ class SQLStore(Store):
         with self._tx() as conn:
             if plan.force and conn.execute(sa.select(r.c.id).where(r.c.id == plan.reservation_id)).first():
                 return ReserveOutcome(True, ())  # a buffered record written twice counts once
+            writes: list[tuple[str, int, int, str, float | None]] = []
             if not plan.counters:
                 outcome = ReserveOutcome(True, ())
             else:
@@ -372,30 +472,27 @@ class SQLStore(Store):
                 outcome = evaluate_reserve(plan, [s[0] + s[1] for s in current], fired)
                 if cleared:
                     outcome = replace(outcome, crossings=(*cleared, *outcome.crossings))
-                writes = []
-                for op, (committed, reserved, before), claimed in zip(plan.counters, current, fired, strict=True):
-                    if outcome.allowed or claimed != before:
-                        writes.append(
-                            {
-                                "b_key": op.key,
-                                "b_committed": committed,
-                                "b_reserved": reserved + (op.amount if outcome.allowed else 0),
-                                "b_fired": ",".join(sorted(claimed)),
-                                "b_expires": op.expires_at,
-                            }
-                        )
-                if writes:
-                    self._write_counters(conn, writes)
-            if outcome.allowed:
-                conn.execute(
-                    sa.insert(r).values(
-                        id=plan.reservation_id,
-                        at=plan.at,
-                        settled=False,
-                        counters=_dumps([op_to_json(op) for op in plan.counters]),
+                writes = [
+                    (
+                        op.key,
+                        committed,
+                        reserved + (op.amount if outcome.allowed else 0),
+                        ",".join(sorted(claimed)),
+                        op.expires_at,
                     )
-                )
-            self._insert_records(conn, [reserve_record(plan, outcome, record)] if record else [])
+                    for op, (committed, reserved, before), claimed in zip(plan.counters, current, fired, strict=True)
+                    if outcome.allowed or claimed != before
+                ]
+            reservation = (
+                {
+                    "r_id": plan.reservation_id,
+                    "r_at": plan.at,
+                    "r_counters": _dumps([op_to_json(op) for op in plan.counters]),
+                }
+                if outcome.allowed
+                else None
+            )
+            self._write(conn, writes, [reserve_record(plan, outcome, record)] if record else [], reservation)
             return outcome
 
     @_mapped
@@ -404,35 +501,39 @@ class SQLStore(Store):
     ) -> CommitOutcome:
         r = self.t["reservations"]
         with self._tx() as conn:
-            row = conn.execute(
-                sa.select(r.c.counters, r.c.settled).where(r.c.id == reservation_id).with_for_update()
-            ).first()
-            if row is None or row.settled:
-                return CommitOutcome(applied=False)
+            if self._returning:
+                # Claims the reservation (a second settle finds it settled and changes nothing) and locks it.
+                claim = self._statement(
+                    "claim",
+                    lambda: (
+                        f"UPDATE {r.name} SET settled = :yes, at = :at WHERE id = :id AND settled = :no "
+                        "RETURNING counters"
+                    ),
+                )
+                row = conn.execute(claim, {"id": reservation_id, "at": at, "yes": True, "no": False}).first()
+                if row is None:
+                    return CommitOutcome(applied=False)
+            else:
+                row = conn.execute(
+                    sa.select(r.c.counters, r.c.settled).where(r.c.id == reservation_id).with_for_update()
+                ).first()
+                if row is None or row.settled:
+                    return CommitOutcome(applied=False)
+                conn.execute(sa.update(r).where(r.c.id == reservation_id).values(settled=True, at=at))
             ops = tuple(op_from_json(item) for item in json.loads(row.counters))
             totals: list[int] = []
-            crossings = []
+            crossings: list[Crossing] = []
+            writes = []
             if ops:
                 state = self._lock_counters(conn, ops)
-                writes = []
                 for op, (d_reserved, d_committed) in zip(ops, settle_deltas(ops, actual), strict=True):
                     committed, reserved, fired = state[op.key]
                     committed += d_committed
                     reserved += d_reserved
                     totals.append(committed + reserved)
                     crossings.extend(claim_crossings(op, committed + reserved, fired))
-                    writes.append(
-                        {
-                            "b_key": op.key,
-                            "b_committed": committed,
-                            "b_reserved": reserved,
-                            "b_fired": ",".join(sorted(fired)),
-                            "b_expires": op.expires_at,
-                        }
-                    )
-                self._write_counters(conn, writes)
-            conn.execute(sa.update(r).where(r.c.id == reservation_id).values(settled=True, at=at))
-            self._insert_records(conn, [record] if record else [])
+                    writes.append((op.key, committed, reserved, ",".join(sorted(fired)), op.expires_at))
+            self._write(conn, writes, [record] if record else [])
             return CommitOutcome(True, ops, tuple(totals), tuple(crossings))
 
     @_mapped
@@ -518,7 +619,7 @@ class SQLStore(Store):
             if existed == active:
                 return False  # already in that state: the first activation's reason and time stand
             self._put_control(conn, key, "killswitch", value if active else None)
-            self._insert_records(conn, [record])
+            self._write(conn, (), [record])
             return True
 
     @_mapped
@@ -535,12 +636,12 @@ class SQLStore(Store):
         }
         with self._tx() as conn:
             self._put_control(conn, key, "override", None if clear else value)
-            self._insert_records(conn, [record])
+            self._write(conn, (), [record])
 
     @_mapped
     def append(self, records: Sequence[AuditRecord]) -> None:
         with self._tx() as conn:
-            self._insert_records(conn, records)
+            self._write(conn, (), records)
 
     @_mapped
     def audit(self, query: AuditQuery) -> list[AuditRecord]:
