@@ -15,7 +15,7 @@ from costguard import engine
 from costguard.engine import LimitOverride, ReservePlan
 from costguard.events import AuditQuery, AuditRecord
 from costguard.model import Ceiling, Limit, Period, Unit, make_match
-from costguard.stores import KillSwitchState, Store, open_store
+from costguard.stores import KillSwitchState, MemoryStore, Store, open_store
 
 NOW = 1_780_000_000.0  # 2026-05-28T20:26:40Z
 UTC = ZoneInfo("UTC")
@@ -113,6 +113,37 @@ def test_release_gives_the_estimate_back_once(store: Store) -> None:
     assert not store.settle(p.reservation_id, None, NOW, None).applied
     assert not store.settle(p.reservation_id, {Unit.USD: 5}, NOW, None).applied
     assert store.totals([op.key for op in p.counters]) == [0, 0]
+
+
+def test_settle_many_equals_settling_one_by_one(store: Store) -> None:
+    """A batch (as `commit: background` sends it) gives the outcomes, totals, crossings and audit lines
+    of the same settles made in order — duplicates and unknown ids included."""
+    reference = MemoryStore()
+    cap = ceiling({"feature": "f"}, usd(Period.DAY, 0.1))
+    plans = [plan([cap, CUSTOMER], estimate=20_000, history=True, customer=f"c{i % 2}") for i in range(4)]
+    for p in plans:
+        assert store.reserve(p, None).allowed
+        assert reference.reserve(p, None).allowed
+    actuals: list[dict[Unit, int] | None] = [{Unit.USD: 45_000}, None, {Unit.USD: 40_000}, {Unit.USD: 1}]
+    items = [
+        (p.reservation_id, actual, NOW + i, AuditRecord(NOW + i, "commit", {"feature": "f"}, p.reservation_id))
+        for i, (p, actual) in enumerate(zip(plans, actuals, strict=True))
+    ]
+    items.insert(2, items[0])  # settled twice in one batch: once
+    items.append(("unknown", {Unit.USD: 5}, NOW, None))
+    got = store.settle_many(items)
+    want = [reference.settle(*item) for item in items]
+    assert [o.applied for o in got] == [True, True, False, True, True, False]
+    for mine, theirs in zip(got, want, strict=True):
+        assert not isinstance(mine, Exception)
+        assert (mine.applied, mine.totals) == (theirs.applied, theirs.totals)
+        assert [(c.threshold, c.counter.key, c.total) for c in mine.crossings] == [
+            (c.threshold, c.counter.key, c.total) for c in theirs.crossings
+        ]
+    keys = sorted({op.key for p in plans for op in p.counters})
+    assert store.totals(keys) == reference.totals(keys)
+    assert [r.at for r in store.audit(AuditQuery(decision="commit"))] == [NOW + 3, NOW + 2, NOW + 1, NOW]
+    assert store.settle_many([items[1]])[0].applied is False  # a retried batch changes nothing
 
 
 def test_unknown_reservation_is_a_no_op(store: Store) -> None:
