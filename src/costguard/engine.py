@@ -37,6 +37,7 @@ __all__ = [
     "LimitOverride",
     "ReserveOutcome",
     "ReservePlan",
+    "all_expired",
     "apply_overrides",
     "claim_crossings",
     "clear_previous",
@@ -238,6 +239,11 @@ def clear_previous(counter: CounterOp, previous_total: int, previous_fired: set[
         return []
     previous_fired.add(CLEARED)
     return [Crossing(hit[0], counter, previous_total, cleared=True, reason="new period")]
+
+
+def all_expired(counters: Iterable[CounterOp], now: float) -> bool:
+    """Whether every counter has expired (a counter without expiry never does)."""
+    return all(op.expires_at is not None and op.expires_at < now for op in counters)
 
 
 def evaluate_reserve(plan: ReservePlan, current: Sequence[int], fired: Sequence[set[str]]) -> ReserveOutcome:

@@ -9,12 +9,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from costguard.engine import (
+    EXPIRY_GRACE_S,
     CommitOutcome,
     CounterOp,
     Crossing,
     LimitOverride,
     ReserveOutcome,
     ReservePlan,
+    all_expired,
     claim_crossings,
     clear_previous,
     evaluate_reserve,
@@ -88,9 +90,7 @@ class MemoryStore(Store):
             if plan.force and plan.reservation_id in self._reservations:
                 return ReserveOutcome(True, ())  # a buffered record written twice counts once
             known = self._counters
-            cleared = (
-                self._clear_previous(plan.counters) if any(op.key not in known for op in plan.counters) else None
-            )
+            cleared = self._clear_previous(plan.counters) if any(op.key not in known for op in plan.counters) else None
             counters = [known.get(op.key) or self._counter(op) for op in plan.counters]
             # The fired sets are claimed in place: this store is where they live.
             outcome = evaluate_reserve(plan, [c.committed + c.reserved for c in counters], [c.fired for c in counters])
@@ -204,7 +204,13 @@ class MemoryStore(Store):
             for key in dead:
                 del self._counters[key]
             # A settled reservation is kept a day so a retried commit still finds it and stays a no-op.
-            old = [k for k, r in self._reservations.items() if r.settled and r.at < now - 86400]
+            old = [
+                k
+                for k, r in self._reservations.items()
+                if (r.settled and r.at < now - 86400)
+                # one never settled (its process died) goes once every counter it touched has expired
+                or (not r.settled and r.at < now - EXPIRY_GRACE_S and all_expired(r.counters, now))
+            ]
             for key in old:
                 del self._reservations[key]
             stale = [k for k, (_, expires) in self._cache.items() if expires <= now]

@@ -29,12 +29,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from costguard.engine import (
+    EXPIRY_GRACE_S,
     CommitOutcome,
     CounterOp,
     Crossing,
     LimitOverride,
     ReserveOutcome,
     ReservePlan,
+    all_expired,
     claim_crossings,
     clear_previous,
     evaluate_reserve,
@@ -57,6 +59,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _SETTLED_KEEP_S = 86400.0
+_OPEN_KEEP_S = EXPIRY_GRACE_S  # as on Redis: an open reservation lives max(2 days, its longest counter)
 _COUNTER_FIELDS = ("key", "ceiling_id", "scope", "period", "unit", "bucket", "expires_at")
 _WRITE_FIELDS = ("key", "committed", "reserved", "fired", "expires_at")
 _PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,40}")
@@ -775,6 +778,17 @@ class SQLStore(Store):
         with self._tx() as conn:
             removed = conn.execute(sa.delete(c).where(c.c.expires_at < now)).rowcount
             removed += conn.execute(sa.delete(r).where(r.c.settled.is_(True), r.c.at < now - _SETTLED_KEEP_S)).rowcount
+            # One never settled (its process died) goes once every counter it touched has expired.
+            open_rows = conn.execute(
+                sa.select(r.c.id, r.c.counters).where(r.c.settled.is_(False), r.c.at < now - _OPEN_KEEP_S)
+            )
+            abandoned = [
+                row.id
+                for row in open_rows
+                if all_expired((op_from_json(item) for item in json.loads(row.counters)), now)
+            ]
+            for start in range(0, len(abandoned), 500):
+                removed += conn.execute(sa.delete(r).where(r.c.id.in_(abandoned[start : start + 500]))).rowcount
             removed += conn.execute(sa.delete(cache).where(cache.c.expires_at <= now)).rowcount
         return int(removed)
 
