@@ -6,6 +6,7 @@ reliability plan (the figures are in docs/performance.md).
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 from collections import Counter
@@ -13,6 +14,7 @@ from collections import Counter
 import pytest
 import workers
 
+log = logging.getLogger(__name__)
 CALLS = int(os.environ.get("COSTGUARD_SOAK_CALLS", "1500"))
 CUSTOMERS = 1000
 
@@ -24,8 +26,9 @@ def test_soak_exact_totals_and_no_leaks(fleet_store_url: str, processes: int) ->
     with context.Pool(processes) as pool:
         results = pool.starmap(workers.soak, [(fleet_store_url, CALLS, CUSTOMERS, w) for w in range(processes)])
     expected: Counter[str] = Counter()
-    for result in results:
+    for worker, result in enumerate(results):
         expected.update(result["spent"])
+        log.info("soak worker %d: %d calls, RSS %s KB, open fds %s", worker, CALLS, result["rss_kb"], result["fds"])
         rss_warm, rss_end = result["rss_kb"]
         fds_warm, fds_end = result["fds"]
         assert rss_end - rss_warm < 20_000, result["rss_kb"]  # < 20 MB growth over 90 % of the calls
