@@ -244,8 +244,16 @@ class SQLStore(Store):
             # invalidated, so the next call reconnects; `pool_recycle` retires idle ones first.
             pool_recycle=1800,
             connect_args={
+                # libpq counts whole seconds and treats anything under 2 as 2.
                 "connect_timeout": max(2, int(self.timeout_ms / 1000 + 0.999)),
                 "options": f"-c statement_timeout={int(self.timeout_ms)} -c lock_timeout={int(self.timeout_ms)}",
+                # A partitioned network: data unacknowledged this long drops the connection (so the
+                # call fails and follows on_store_error) instead of waiting for TCP's minutes.
+                "tcp_user_timeout": max(1000, 2 * int(self.timeout_ms)),
+                "keepalives": 1,
+                "keepalives_idle": 30,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
             },
         )
 
