@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from decimal import Decimal
 
 import pytest
@@ -362,6 +363,17 @@ def test_short_multibyte_values_keep_keys_short() -> None:
     assert len(normalize_labels(labels)) == 3
     assert len(literal_scope(labels)) < 1000
     assert len(encode_scope(labels)) < 1000
+
+
+@pytest.mark.parametrize(
+    ("value", "what"),
+    [("a\x00", "NUL character at position 1"), ("\udc80", "U+DC80 at position 0"), ("a\ud800\udc00", "U+D800")],
+)
+def test_nul_and_surrogates_are_a_label_error_naming_the_label(value: str, what: str) -> None:
+    # PostgreSQL can't store NUL; surrogates don't encode as UTF-8 and a pair would read back as another
+    # character (another customer) after a JSON round trip. Every store gets the same clear refusal.
+    with pytest.raises(LabelError, match=f"label 'customer' contains .*{re.escape(what)}"):
+        normalize_labels({"customer": value})
 
 
 def test_lone_surrogate_value_is_rejected_or_safely_encoded() -> None:

@@ -25,13 +25,30 @@ if TYPE_CHECKING:
 __all__ = ["Config", "load_config", "parse_config"]
 
 
+def _shown(value: object) -> str:
+    """`repr` for an error message, safe for ints too long for Python to print."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    text = repr(value) if not isinstance(value, (dict, list, tuple)) else _shown_container(value)
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
+def _shown_container(value: dict[Any, Any] | list[Any] | tuple[Any, ...]) -> str:
+    try:
+        return repr(value)
+    except ValueError:  # an int inside is beyond Python's int-to-text limit
+        return f"a {type(value).__name__} holding a huge integer"
+
+
 def _number(value: object) -> float | int:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"expected a number, got {type(value).__name__} {value!r}")
+        raise ValueError(f"expected a number, got {type(value).__name__} {_shown(value)}")
+    if isinstance(value, int) and value.bit_length() > 1000:
+        raise ValueError(f"expected a number, got {_shown(value)}: far beyond any budget, ratio or duration")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"expected a finite number, got {value!r}")
     if value < 0:
-        raise ValueError(f"expected a number >= 0, got {value!r}")
+        raise ValueError(f"expected a number >= 0, got {_shown(value)}")
     return value
 
 
@@ -47,8 +64,16 @@ def _count(value: object) -> int:
     return check_count(_number(value), what="count")
 
 
+def _as_float(value: object) -> float:
+    number = _number(value)
+    try:
+        return float(number)
+    except OverflowError:
+        raise ValueError(f"expected a number, got {_shown(number)}: too large") from None
+
+
 def _ratio(value: object) -> float:
-    number = float(_number(value))
+    number = _as_float(value)
     if number <= 0:
         raise ValueError(f"expected a ratio > 0 such as 0.8, got {value!r}")
     return number
@@ -56,6 +81,14 @@ def _ratio(value: object) -> float:
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_MAX_SECONDS = 100 * 365 * 86400.0
+
+
+def _millis(value: object) -> float:
+    number = _as_float(value)
+    if number > _MAX_SECONDS * 1000:
+        raise ValueError(f"expected milliseconds, at most 100 years' worth, got {_shown(value)}")
+    return number
 
 
 def _duration(value: object) -> float:
@@ -65,7 +98,9 @@ def _duration(value: object) -> float:
             raise ValueError(f"expected a duration such as 30m, 12h, 7d or a number of seconds, got {value!r}")
         seconds = float(match.group(1)) * _SECONDS[match.group(2)]
     else:
-        seconds = float(_number(value))
+        seconds = _as_float(value)
+    if not math.isfinite(seconds) or seconds > _MAX_SECONDS:
+        raise ValueError(f"expected a duration of at most 100 years, got {_shown(value)}")
     if seconds <= 0:
         raise ValueError(f"expected a positive duration, got {value!r}")
     return seconds
@@ -321,7 +356,8 @@ class NotifierConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one(self) -> NotifierConfig:
-        names = sorted(self.model_fields_set)  # extras included
+        # extras included; `- log:` (no options) sets the field to None: named, so still counted
+        names = sorted(self.model_fields_set)
         if len(names) != 1:
             raise ValueError(
                 "each notifier is exactly one of slack, pagerduty, webhook, log or an installed notifier's name, "
@@ -338,7 +374,7 @@ class NotifierConfig(BaseModel):
                     f"(third-party notifiers register in the {ENTRY_POINT_GROUP!r} entry-point group)"
                 )
             if value is not None and not isinstance(value, dict):
-                raise ValueError(f"the {name} notifier's options must be a mapping, got {value!r}")
+                raise ValueError(f"the {name} notifier's options must be a mapping, got {_shown(value)}")
         return self
 
     def entry(self) -> tuple[str, dict[str, Any]]:
@@ -347,12 +383,14 @@ class NotifierConfig(BaseModel):
             options = getattr(self, name)
             if options is not None:
                 return name, options.model_dump(exclude_none=True)
+            if name in self.model_fields_set:
+                return name, {}  # `- log:` with no options: the defaults
         name, value = next(iter((self.model_extra or {}).items()))
         return name, dict(value or {})
 
 
 class KillSwitchConfig(_Model):
-    cache_ms: Annotated[float, PlainValidator(_number)] = 500.0
+    cache_ms: Annotated[float, PlainValidator(_millis)] = 500.0
     exempt_paths: list[str] = Field(default_factory=list)
     exempt_features: list[str] = Field(default_factory=list)
 
@@ -373,7 +411,7 @@ class Config(_Model):
     """The whole `costguard.yaml`."""
 
     store: str = "sqlite:///costguard.db"
-    store_timeout_ms: Annotated[float, PlainValidator(_number)] | None = None
+    store_timeout_ms: Annotated[float, PlainValidator(_millis)] | None = None
     timezone: str = "UTC"
     thresholds: list[Ratio] = Field(default_factory=lambda: [0.8, 1.0])
     on_store_error: Literal["open", "closed"] = "open"
@@ -512,6 +550,8 @@ def _format(error: Any, lines: Mapping[str, int]) -> tuple[str, str]:
     path = ""
     for part in parts:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    if parts and parts[-1] == "":
+        path = path.removesuffix(".") + ('.""' if path else '""')  # an empty key still gets a visible name
     kind = error["type"]
     if kind == "extra_forbidden":
         message = "unknown key"
@@ -522,7 +562,7 @@ def _format(error: Any, lines: Mapping[str, int]) -> tuple[str, str]:
     else:
         message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if kind in ("literal_error", "string_type", "dict_type", "list_type", "model_type", "bool_type"):
-            message = f"{message}, got {error.get('input')!r}"
+            message = f"{message}, got {_shown(error.get('input'))}"
     line = lines.get(path)
     parent = path
     while line is None and parent:

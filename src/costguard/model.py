@@ -110,6 +110,15 @@ def check_count(value: object, *, what: str) -> int:
     return value
 
 
+# NUL (PostgreSQL text can't hold it) and UTF-16 surrogates (not encodable as UTF-8; JSON round trips
+# would turn a pair into a different character, i.e. another customer).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _describe(char: str) -> str:
+    return "a NUL character" if char == "\x00" else f"the surrogate code point U+{ord(char):04X}"
+
+
 @functools.lru_cache(maxsize=1024)
 def _valid_label_name(name: str) -> bool:
     return _LABEL_NAME.fullmatch(name) is not None
@@ -131,6 +140,12 @@ def normalize_labels(labels: Mapping[str, object], *, max_length: int = DEFAULT_
         text = str(value)
         if not text:
             raise LabelError(f"label {name!r} is empty; leave it out instead")
+        bad = _UNSTORABLE.search(text)
+        if bad is not None:
+            raise LabelError(
+                f"label {name!r} contains {_describe(bad.group())} at position {bad.start()}: NUL and surrogate "
+                "code points can't be stored by every backend (decode bytes with errors='replace', or drop them)"
+            )
         if len(text) > max_length:
             raise LabelError(
                 f"label {name!r} is {len(text)} characters long; the limit is {max_length} "

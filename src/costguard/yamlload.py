@@ -53,7 +53,8 @@ class _Builder:
             for key_node, value_node in node.value:
                 key = self.build(key_node, [*parts, "<key>"])
                 if not isinstance(key, str):
-                    raise self.error(parts, key_node, f"keys must be strings, got {key!r}")
+                    shown = type(key).__name__ if isinstance(key, int) else repr(key)
+                    raise self.error(parts, key_node, f"keys must be strings, got {shown} {key_node.value[:40]!r}")
                 if key in out:
                     raise self.error([*parts, key], key_node, f"duplicate key {key!r}")
                 out[key] = self.build(value_node, [*parts, key])
@@ -63,7 +64,18 @@ class _Builder:
         assert isinstance(node, yaml.ScalarNode)
         if "${" in node.value:
             return self.substitute(node, parts)
-        return self.loader.construct_object(node, deep=True)
+        return self.construct(node, parts)
+
+    def construct(self, node: yaml.ScalarNode, parts: list[str | int]) -> Any:
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            # PyYAML's constructors of dates (2026-13-01), explicit tags (!!int abc) and numbers too long
+            # for Python raise plain errors.
+            shown = node.value if len(node.value) <= 40 else node.value[:40] + "…"
+            raise self.error(parts, node, f"cannot read the value {shown!r}: {exc}") from None
 
     def substitute(self, node: yaml.ScalarNode, parts: list[str | int]) -> Any:
         def value_of(match: re.Match[str]) -> str:
@@ -77,7 +89,7 @@ class _Builder:
             return text
         # Unquoted: `monthly_usd: ${BUDGET}` becomes a number when the variable holds one.
         tag = self.loader.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
-        return self.loader.construct_object(yaml.ScalarNode(tag, text), deep=True)
+        return self.construct(yaml.ScalarNode(tag, text, node.start_mark, node.end_mark), parts)
 
 
 def load_yaml(text: str, file: str, env: dict[str, str] | None = None) -> tuple[Any, dict[str, int]]:
@@ -93,3 +105,5 @@ def load_yaml(text: str, file: str, env: dict[str, str] | None = None) -> tuple[
         return builder.build(node, []), builder.lines
     except yaml.constructor.ConstructorError as exc:
         raise ConfigError(f"cannot read value: {exc}", file=file) from None
+    except RecursionError:
+        raise ConfigError("cannot read value: an alias refers to a node that contains it", file=file) from None

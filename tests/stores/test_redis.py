@@ -90,7 +90,7 @@ def test_every_key_of_a_namespace_is_in_one_cluster_slot(rstore: RedisStore) -> 
 def test_special_label_values_are_kept_apart_and_read_back_exactly(redis_url: str) -> None:
     pair = Ceiling(make_match({"a": "*", "b": "*"}), (Limit(Period.DAY, Unit.USD, 20_000),))
     guard = Guard(redis_url, ceilings=[pair], clock=FakeClock(NOW), max_label_length=20_000)
-    values = [("x:y", "z"), ("x", "y:z"), ("{", "}"), ("}{", "\n"), ("é€😀", "\x00"), ("k" * 10_000, "v" * 10_001)]
+    values = [("x:y", "z"), ("x", "y:z"), ("{", "}"), ("}{", "\n"), ("é€😀", "\x01\t"), ("k" * 10_000, "v" * 10_001)]
     for a, b in values:
         with guard.reserve("f", a=a, b=b, estimate_usd=0.02):
             pass

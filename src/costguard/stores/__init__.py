@@ -22,6 +22,8 @@ def check_store_url(url: str) -> None:
             "or redis://…",
             path="store",
         )
+    if "\x00" in url:
+        raise ConfigError("store URL contains a NUL character", path="store")
     scheme = url.split("://", 1)[0].lower()
     base = scheme.split("+", 1)[0]
     if scheme == "memory" or base in _SQL_SCHEMES or scheme in _REDIS_SCHEMES:

@@ -103,6 +103,11 @@ def parse_options(url: str, **given: object) -> RedisOptions:
         raise ConfigError(
             f"{redacted(url)} is not a Redis URL: use redis://, rediss:// or redis+cluster://", path="store"
         )
+    if not parts.netloc:
+        raise ConfigError(
+            f"{redacted(url)} names no server: use e.g. redis://127.0.0.1:6379/0 (or rediss://host:port/db)",
+            path="store",
+        )
     query = parse_qsl(parts.query, keep_blank_values=True)
     ours = {name: value for name, value in query if name in _OURS}
     for name, value in given.items():

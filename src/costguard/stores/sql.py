@@ -184,6 +184,11 @@ class SQLStore(Store):
                     f"table prefix {self.prefix!r} is not valid: use letters, digits and '_', starting with a letter"
                 )
             self.sqlite = sa_url.get_backend_name() == "sqlite"
+            if self.sqlite and sa_url.database in (None, "", ":memory:"):
+                raise ValueError(
+                    "an in-memory SQLite database lives and dies with one connection; use memory:// for an "
+                    "in-process store, or a file: sqlite:///costguard.db"
+                )
             self._returning = not self.sqlite or _SQLITE_RETURNING
             self._write_lock: threading.RLock | None = threading.RLock() if self.sqlite else None
             # SQLite serializes writers on a file lock: a wait is contention, not an outage, so its
