@@ -52,6 +52,27 @@ def test_cached_plans_equal_fresh_ones_over_two_days(step: float) -> None:
         now += step
 
 
+def test_counters_reused_per_amount_carry_each_calls_own_amounts() -> None:
+    # No `run` label: no sliding expiry, so the counters built for an amount are reused for it; more
+    # distinct amounts than the entry keeps, repeated out of order, must each still come back exact.
+    cache = engine.PlanCache()
+    labels = {"feature": "f", "customer": "acme"}
+    for index in range(200):
+        now = START + index * 7.0
+        amounts = {Unit.USD: 1000 + (index * 7) % 23, Unit.CALLS: 1, Unit.TOKENS: index % 3}
+        cached = cache.plan(
+            reservation_id="x",
+            ceilings=CEILINGS,
+            overrides={},
+            labels=labels,
+            amounts=amounts,
+            now=now,
+            tz=TZ,
+            thresholds=(0.8, 1.0),
+        )
+        assert cached == fresh(labels, amounts, now), (index, amounts)
+
+
 def test_a_new_control_view_replans() -> None:
     cache = engine.PlanCache()
     labels = {"feature": "f"}
