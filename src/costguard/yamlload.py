@@ -71,7 +71,7 @@ class _Builder:
             return self.loader.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError:
             raise
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        except (ValueError, TypeError, LookupError, AttributeError, OverflowError) as exc:
             # PyYAML's constructors of dates (2026-13-01), explicit tags (!!int abc) and numbers too long
             # for Python raise plain errors.
             shown = node.value if len(node.value) <= 40 else node.value[:40] + "…"
