@@ -54,6 +54,7 @@ __all__ = ["SQLStore"]
 
 # INSERT … ON CONFLICT DO NOTHING RETURNING arrived in SQLite 3.35.
 _SQLITE_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+_SQLITE_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -407,8 +408,18 @@ class SQLStore(Store):
             name = "write:" + "".join(parts)
             conn.execute(self._statement(name, lambda: self._pg_write_sql(parts)), params)
             return
-        if counters:
+        if counters and _SQLITE_UPDATE_FROM:
             conn.execute(self._statement("write:w", lambda: self._sqlite_write_sql("w")), params)
+        elif counters:  # SQLite before 3.33 has no UPDATE … FROM
+            c = self.t["counters"].name
+            update = self._statement(
+                "write:w-each",
+                lambda: (
+                    f"UPDATE {c} SET committed = :committed, reserved = :reserved, fired = :fired, "
+                    "expires_at = :expires_at WHERE key = :key"
+                ),
+            )
+            conn.execute(update, [dict(zip(_WRITE_FIELDS, row, strict=True)) for row in counters])
         if reservation is not None:
             conn.execute(self._statement("write:r", lambda: self._sqlite_write_sql("r")), params)
         if records:
