@@ -31,6 +31,19 @@ def fresh(labels: dict[str, str], amounts: dict[Unit, int], now: float, ceilings
     )
 
 
+def cached(cache: engine.PlanCache, labels: dict[str, str], amounts: dict[Unit, int], now: float) -> engine.ReservePlan:
+    return cache.plan(
+        reservation_id="x",
+        ceilings=CEILINGS,
+        overrides={},
+        labels=labels,
+        amounts=amounts,
+        now=now,
+        tz=TZ,
+        thresholds=(0.8, 1.0),
+    )
+
+
 @pytest.mark.parametrize("step", [61.0, 599.0, 3599.0])
 def test_cached_plans_equal_fresh_ones_over_two_days(step: float) -> None:
     cache = engine.PlanCache()
@@ -38,17 +51,7 @@ def test_cached_plans_equal_fresh_ones_over_two_days(step: float) -> None:
     now = START
     for index in range(int(2 * 86400 / step)):
         amounts = {Unit.USD: 1000 + index, Unit.CALLS: 1, Unit.TOKENS: 0}
-        cached = cache.plan(
-            reservation_id="x",
-            ceilings=CEILINGS,
-            overrides={},
-            labels=labels,
-            amounts=amounts,
-            now=now,
-            tz=TZ,
-            thresholds=(0.8, 1.0),
-        )
-        assert cached == fresh(labels, amounts, now), now
+        assert cached(cache, labels, amounts, now) == fresh(labels, amounts, now), now
         now += step
 
 
@@ -60,17 +63,7 @@ def test_counters_reused_per_amount_carry_each_calls_own_amounts() -> None:
     for index in range(200):
         now = START + index * 7.0
         amounts = {Unit.USD: 1000 + (index * 7) % 23, Unit.CALLS: 1, Unit.TOKENS: index % 3}
-        cached = cache.plan(
-            reservation_id="x",
-            ceilings=CEILINGS,
-            overrides={},
-            labels=labels,
-            amounts=amounts,
-            now=now,
-            tz=TZ,
-            thresholds=(0.8, 1.0),
-        )
-        assert cached == fresh(labels, amounts, now), (index, amounts)
+        assert cached(cache, labels, amounts, now) == fresh(labels, amounts, now), (index, amounts)
 
 
 def test_a_new_control_view_replans() -> None:
@@ -108,14 +101,4 @@ def test_the_clock_going_back_replans() -> None:
     labels = {"feature": "f", "customer": "acme"}
     amounts = {Unit.USD: 5, Unit.CALLS: 1}
     for now in (START + 86400, START):
-        got = cache.plan(
-            reservation_id="x",
-            ceilings=CEILINGS,
-            overrides={},
-            labels=labels,
-            amounts=amounts,
-            now=now,
-            tz=TZ,
-            thresholds=(0.8, 1.0),
-        )
-        assert got == fresh(labels, amounts, now)
+        assert cached(cache, labels, amounts, now) == fresh(labels, amounts, now)

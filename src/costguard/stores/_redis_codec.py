@@ -18,7 +18,6 @@ from costguard.engine import (
     CommitOutcome,
     CounterOp,
     Crossing,
-    LimitOverride,
     ReserveOutcome,
     ReservePlan,
     fired_name,
@@ -27,7 +26,7 @@ from costguard.engine import (
 )
 from costguard.events import AuditRecord
 from costguard.model import Period, Unit, micros_to_usd
-from costguard.stores.base import Control, CounterRow, KillSwitchState
+from costguard.stores.base import Control, CounterRow
 
 __all__ = ["Codec", "config_value", "hash_reply", "previous_id", "text"]
 
@@ -278,26 +277,10 @@ class Codec:
 
     @staticmethod
     def control_from(fields: Mapping[bytes, bytes]) -> Control:
-        switches: list[KillSwitchState] = []
-        overrides: list[LimitOverride] = []
-        for field, value in sorted(fields.items()):
-            data = json.loads(value)
-            scope = tuple((str(a), str(b)) for a, b in data["scope"])
-            if field.startswith(b"k|"):
-                switches.append(KillSwitchState(scope, data["reason"], data["actor"], data["since"]))
-            elif field.startswith(b"o|"):
-                overrides.append(
-                    LimitOverride(
-                        scope,
-                        Period(data["period"]),
-                        Unit(data["unit"]),
-                        int(data["amount"]),
-                        data["reason"],
-                        data["actor"],
-                        data["at"],
-                    )
-                )
-        return Control(tuple(switches), tuple(overrides))
+        kinds = {b"k|": "killswitch", b"o|": "override"}
+        return Control.from_entries(
+            (kinds.get(field[:2], ""), json.loads(value)) for field, value in sorted(fields.items())
+        )
 
     # ----------------------------------------------------------------- cache values
     @staticmethod

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from costguard.engine import CommitOutcome, LimitOverride, ReserveOutcome, ReservePlan
 from costguard.errors import StoreError
@@ -31,6 +32,29 @@ class Control:
 
     killswitches: tuple[KillSwitchState, ...] = ()
     overrides: tuple[LimitOverride, ...] = ()
+
+    @classmethod
+    def from_entries(cls, entries: Iterable[tuple[str, Mapping[str, Any]]]) -> Control:
+        """Control state from stored (kind, JSON data) entries, kind `killswitch` or `override`."""
+        switches: list[KillSwitchState] = []
+        overrides: list[LimitOverride] = []
+        for kind, data in entries:
+            scope = tuple((str(a), str(b)) for a, b in data["scope"])
+            if kind == "killswitch":
+                switches.append(KillSwitchState(scope, data["reason"], data["actor"], data["since"]))
+            elif kind == "override":
+                overrides.append(
+                    LimitOverride(
+                        scope,
+                        Period(data["period"]),
+                        Unit(data["unit"]),
+                        int(data["amount"]),
+                        data["reason"],
+                        data["actor"],
+                        data["at"],
+                    )
+                )
+        return cls(tuple(switches), tuple(overrides))
 
 
 @dataclass(frozen=True)

@@ -676,27 +676,9 @@ class SQLStore(Store):
     @_mapped
     def control(self) -> Control:
         ctl = self.t["control"]
-        switches: list[KillSwitchState] = []
-        overrides: list[LimitOverride] = []
         with self._read() as conn:
-            for row in conn.execute(sa.select(ctl.c.kind, ctl.c.value)):
-                data = json.loads(row.value)
-                scope = tuple((str(a), str(b)) for a, b in data["scope"])
-                if row.kind == "killswitch":
-                    switches.append(KillSwitchState(scope, data["reason"], data["actor"], data["since"]))
-                elif row.kind == "override":
-                    overrides.append(
-                        LimitOverride(
-                            scope,
-                            Period(data["period"]),
-                            Unit(data["unit"]),
-                            int(data["amount"]),
-                            data["reason"],
-                            data["actor"],
-                            data["at"],
-                        )
-                    )
-        return Control(tuple(switches), tuple(overrides))
+            rows = conn.execute(sa.select(ctl.c.kind, ctl.c.value)).all()
+        return Control.from_entries((row.kind, json.loads(row.value)) for row in rows)
 
     def _put_control(self, conn: Connection, key: str, kind: str, value: dict[str, Any] | None) -> bool:
         """Upsert (or with None, delete) a control row; returns whether it existed before."""
