@@ -16,6 +16,19 @@ from costguard.stores import Store, open_store
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _spool_in_a_temporary_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Guards of the suite (and the worker processes it spawns) spool under a temporary directory,
+    never in the user's state directory."""
+    before = os.environ.get("COSTGUARD_SPOOL_DIR")
+    os.environ["COSTGUARD_SPOOL_DIR"] = str(tmp_path_factory.mktemp("spool"))
+    yield
+    if before is None:
+        os.environ.pop("COSTGUARD_SPOOL_DIR", None)
+    else:
+        os.environ["COSTGUARD_SPOOL_DIR"] = before
+
+
 def service_url(env: str, what: str) -> str:
     """A real service's URL from the environment; skipped locally when unset, a failure in CI."""
     url = os.environ.get(env)
@@ -104,7 +117,7 @@ def drop_tables(url: str) -> None:
 
     store = open_store(url)
     assert isinstance(store, SQLStore)
-    store.meta.drop_all(store.engine)
+    store.drop_schema()
     store.close()
 
 

@@ -147,7 +147,9 @@ def test_store_errors_are_rate_limited() -> None:
     store = FlakyStore()
     notifier = RecordingNotifier()
     clock = FakeClock("2026-05-12T10:00:00Z")
-    guard = make_guard(usd_ceiling({"feature": "f"}, day=1.0), store=store, notifier=notifier, clock=clock)
+    guard = make_guard(
+        usd_ceiling({"feature": "f"}, day=1.0), store=store, notifier=notifier, clock=clock, outage_allowance_usd=1.0
+    )
     store.down = True
     for _ in range(20):
         with guard.reserve("f", estimate_usd=0.01):

@@ -185,8 +185,9 @@ def test_config_key(tmp_path: Path) -> None:
     guard.close()
 
 
-def test_a_crash_leaves_the_estimate_counted(tmp_path: Path) -> None:
+def test_a_crash_leaves_the_estimate_counted_and_the_spool_brings_the_actual_costs(tmp_path: Path) -> None:
     db = tmp_path / "costguard.db"
+    spool = tmp_path / "spool"
     script = tmp_path / "app.py"
     script.write_text(
         textwrap.dedent(
@@ -196,8 +197,8 @@ def test_a_crash_leaves_the_estimate_counted(tmp_path: Path) -> None:
             from costguard.model import make_match
 
             cap = Ceiling(make_match({{"feature": "f"}}), (Limit(Period.DAY, Unit.USD, 10_000_000),))
-            guard = Guard("sqlite:///{db}", ceilings=[cap], commit="background")
-            guard._flush_lock.acquire()  # hold the worker off, as if the process died mid-batch
+            guard = Guard("sqlite:///{db}", ceilings=[cap], commit="background", spool_dir="{spool}")
+            guard._settlement._flush_lock.acquire()  # hold the writer off, as if the process died mid-batch
             for _ in range(10):
                 with guard.reserve("f", estimate_usd=0.05) as r:
                     r.commit(0.01)
@@ -206,7 +207,13 @@ def test_a_crash_leaves_the_estimate_counted(tmp_path: Path) -> None:
         )
     )
     subprocess.run([sys.executable, str(script)], check=True, timeout=60)
-    guard = Guard(f"sqlite:///{db}", ceilings=[usd_ceiling({"feature": "f"}, day=10.0)])
+    guard = Guard(f"sqlite:///{db}", ceilings=[usd_ceiling({"feature": "f"}, day=10.0)], spool_dir=spool)
     (row,) = guard.status(feature="f").ceilings
-    guard.close()
     assert row.spent == pytest.approx(0.5)  # the estimates, never less
+    assert guard.flush()  # this process finds the dead one's spool and writes its commits, once
+    (row,) = guard.status(feature="f").ceilings
+    assert (row.spent, row.reserved) == (0.1, 0.0)
+    assert list(spool.iterdir()) == []  # the dead process's segment is gone
+    assert guard.flush()
+    assert guard.status(feature="f").ceilings[0].spent == 0.1  # and a second look writes nothing twice
+    guard.close()

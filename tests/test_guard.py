@@ -288,7 +288,7 @@ def test_thresholds_alert_once_and_one_jump_sends_both() -> None:
 
 def test_store_down_open_allows_and_buffers_costs() -> None:
     store = FlakyStore()
-    guard = make_guard(usd_ceiling({"feature": "f"}, month=1.0), store=store)
+    guard = make_guard(usd_ceiling({"feature": "f"}, month=1.0), store=store, outage_allowance_usd=0.05)
     with guard.reserve("f", estimate_usd=0.01):
         pass
     store.down = True
@@ -329,14 +329,31 @@ def test_per_feature_store_policy_overrides_the_guard() -> None:
         guard.reserve("payments", estimate_usd=0.01)
 
 
-def test_buffer_is_bounded_and_counts_drops() -> None:
+def test_a_full_spool_refuses_admissions_instead_of_dropping_costs() -> None:
+    """Each admission while the store is down is kept (its forced reserve, then its commit): with room
+    for 4 writes, two calls fit; the third is refused as `closed` would, with an error event."""
     store = FlakyStore()
-    guard = make_guard(usd_ceiling({"feature": "f"}, month=1.0), store=store, buffer_size=2)
+    notifier = RecordingNotifier()
+    guard = make_guard(
+        usd_ceiling({"feature": "f"}, month=1.0),
+        store=store,
+        buffer_size=4,
+        outage_allowance_usd=1.0,
+        notifier=notifier,
+    )
     store.down = True
-    for _ in range(3):
+    for _ in range(2):
         with guard.reserve("f", estimate_usd=0.01):
             pass
+    with pytest.raises(Blocked) as refused:
+        guard.reserve("f", estimate_usd=0.01)
+    assert refused.value.decision.reason == "store_error"
     assert (guard.pending, guard.dropped_records) == (2, 1)
+    guard.flush(0.1)
+    assert any("spool is full" in (e.reason or "") for e in notifier.events)
+    store.down = False
+    assert guard.flush()
+    assert guard.status().ceilings[0].spent == 0.02  # the two admitted calls, nothing dropped
 
 
 def test_label_values_are_validated() -> None:

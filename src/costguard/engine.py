@@ -41,6 +41,7 @@ __all__ = [
     "apply_overrides",
     "claim_crossings",
     "clear_previous",
+    "crossings_from",
     "fits",
     "plan_reservation",
 ]
@@ -239,6 +240,21 @@ def clear_previous(counter: CounterOp, previous_total: int, previous_fired: set[
         return []
     previous_fired.add(CLEARED)
     return [Crossing(hit[0], counter, previous_total, cleared=True, reason="new period")]
+
+
+_CROSSING_KINDS = {0: (False, ""), 1: (True, "limit raised"), 2: (True, "new period")}
+
+
+def crossings_from(ops: Sequence[CounterOp], flat: Sequence[int]) -> tuple[Crossing, ...]:
+    """Crossings a store script reported as flat quadruples: counter index and level index (both from
+    1), the total, and the kind (0 crossed, 1 cleared because the limit was raised, 2 cleared because a
+    new period began)."""
+    out = []
+    for at in range(0, len(flat), 4):
+        op = ops[int(flat[at]) - 1]
+        cleared, reason = _CROSSING_KINDS[int(flat[at + 3])]
+        out.append(Crossing(op.levels[int(flat[at + 1]) - 1][0], op, int(flat[at + 2]), cleared, reason))
+    return tuple(out)
 
 
 def all_expired(counters: Iterable[CounterOp], now: float) -> bool:

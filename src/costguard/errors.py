@@ -14,7 +14,9 @@ __all__ = [
     "CostGuardError",
     "KillSwitchActive",
     "LabelError",
+    "StoreBusy",
     "StoreError",
+    "StoreTimeout",
     "StoreUnavailable",
 ]
 
@@ -43,7 +45,18 @@ class StoreError(CostGuardError):
 
 
 class StoreUnavailable(StoreError):
-    """The store could not be reached or did not answer in time."""
+    """The store could not be reached (refused, reset, DNS) or did not answer within the deadline."""
+
+
+class StoreBusy(StoreUnavailable):
+    """The store is overloaded, not down: no pooled connection free, the server's connection limit, a
+    lock wait. A guarded call backs off and asks again within its deadline; only when the deadline
+    passes does `on_store_error` apply."""
+
+
+class StoreTimeout(StoreUnavailable):
+    """No reply within an attempt's time: the request may or may not have been applied. Every store
+    write is idempotent by reservation id, so asking again within the deadline is safe."""
 
 
 class Blocked(CostGuardError):

@@ -39,6 +39,7 @@ class Event:
     ceiling: str | None = None
     resets_at: datetime | None = None
     enforcement: str | None = None
+    unrecorded_usd: float | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
@@ -79,6 +80,7 @@ class Event:
             "actor": self.actor,
             "ceiling": self.ceiling,
             "enforcement": self.enforcement,
+            "unrecorded_usd": self.unrecorded_usd,
             "resets_at": self.resets_at.isoformat() if self.resets_at else None,
             "dedup_key": self.dedup_key,
             "id": self.id,

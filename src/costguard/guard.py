@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import atexit
-import itertools
 import logging
 import os
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
+from costguard import deadline as dl
 from costguard import engine
 from costguard.current import current_labels
 from costguard.decision import Decision
@@ -42,6 +42,8 @@ from costguard.notify.dispatcher import Background, Dispatcher, LaneStats, Notif
 from costguard.periods import bucket_for
 from costguard.pricing import Pricing
 from costguard.reservation import AsyncReserveContext, Reservation
+from costguard.settlement import Settlement, Written
+from costguard.spool import Spool, default_spool_dir
 from costguard.status import CeilingStatus, Status
 from costguard.stores import Store, open_store
 from costguard.stores.base import Control
@@ -58,7 +60,13 @@ CallErrorPolicy = Literal["release", "keep"]
 CommitMode = Literal["sync", "background"]
 
 _PURGE_EVERY_S = 600.0
+_ORPHANS_EVERY_S = 30.0
 _STORE_ERROR_EVENT_EVERY_S = 60.0
+# While the store can't be reached, `on_store_error: open` admits at most this much per process and
+# feature without a reservation (unless `outage_allowance_usd` says otherwise): the smaller of $1 and
+# 1 % of the tightest hard USD ceiling the call falls under.
+_ALLOWANCE_CAP = 1_000_000
+_ALLOWANCE_SHARE = 100
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,7 @@ class FeatureSettings:
     max_call_usd: int | None = None
     estimator: Literal["fixed", "learned"] = "fixed"
     learn: LearnSettings = field(default_factory=LearnSettings)
+    outage_allowance_usd: int | None = None
 
 
 _DEFAULT_SETTINGS = FeatureSettings()
@@ -87,17 +96,6 @@ class _ControlView:
     overrides: dict[str, dict[tuple[Period, Unit], int]] = field(default_factory=dict)
     fetched_at: float = float("-inf")
     ok: bool = False
-
-
-@dataclass(frozen=True)
-class _Pending:
-    """A store write that failed and waits in the buffer: a settle, or a plan to record first."""
-
-    reservation_id: str
-    actual: Mapping[Unit, int] | None
-    at: float
-    record: AuditRecord | None
-    plan: engine.ReservePlan | None = None
 
 
 class Guard:
@@ -125,6 +123,9 @@ class Guard:
         buffer_size: int = 10_000,
         clock: Callable[[], float] | None = None,
         store_options: Mapping[str, Any] | None = None,
+        store_deadline_ms: float = dl.DEFAULT_DEADLINE_MS,
+        outage_allowance_usd: Money | None = None,
+        spool_dir: str | Path | Literal[False] | None = None,
     ) -> None:
         if on_store_error not in ("open", "closed"):
             raise ValueError(f"on_store_error must be 'open' or 'closed', got {on_store_error!r}")
@@ -134,6 +135,8 @@ class Guard:
             raise ValueError(f"commit must be 'sync' or 'background', got {commit!r}")
         if commit_batch < 1:
             raise ValueError(f"commit_batch must be at least 1, got {commit_batch!r}")
+        if not store_deadline_ms > 0:
+            raise ValueError(f"store_deadline_ms must be more than 0, got {store_deadline_ms!r}")
         self.clock: Callable[[], float] = clock or time.time
         self.tz: tzinfo = ZoneInfo(timezone) if isinstance(timezone, str) else timezone
         self.ceilings: tuple[Ceiling, ...] = tuple(ceilings)
@@ -158,20 +161,29 @@ class Guard:
         self.exempt_features = frozenset(exempt_features)
         self.exempt_paths = tuple(exempt_paths)
         self.max_label_length = max_label_length
-        self.store: Store = store if isinstance(store, Store) else open_store(store, **dict(store_options or {}))
+        self.deadline_s = store_deadline_ms / 1000.0
+        self.outage_allowance: int | None = (
+            None if outage_allowance_usd is None else to_micros(outage_allowance_usd, what="outage_allowance_usd")
+        )
+        self.store: Store = store if isinstance(store, Store) else _open(store, store_deadline_ms, store_options)
         self.killswitch = KillSwitch(self)
         self._view = _ControlView()
         self._view_lock = threading.Lock()
         self._background = Background()
-        self._pending: deque[_Pending] = deque()
-        self._buffer_size = buffer_size
-        self._pending_lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._commit_wakeup = threading.Event()
-        self._committer: threading.Thread | None = None
-        self.dropped_records = 0
+        self._settlement = Settlement(
+            self.store,
+            _spool_for(self.store, spool_dir),
+            deadline_s=self.deadline_s,
+            batch=commit_batch,
+            max_items=buffer_size,
+            on_written=self._settled,
+            on_error=self._write_error,
+        )
         self._last_purge = self.clock()
-        self._last_store_error_event = float("-inf")
+        self._next_orphan_scan = 0.0
+        self._error_lock = threading.Lock()
+        self._error_reports: dict[str, tuple[float, int]] = {}  # topic -> (last report, reports held back)
+        self._outage_logged = False
         self._closed = False
         _live_guards.add(self)
 
@@ -314,18 +326,21 @@ class Guard:
             return _ControlView(None, self.ceilings, {}, view.fetched_at, False)
         return view
 
-    def _refresh(self, now: float) -> _ControlView:
+    def _deadline(self) -> dl.Deadline:
+        return dl.Deadline(self.deadline_s)
+
+    def _refresh(self, now: float, deadline: dl.Deadline | None = None) -> _ControlView:
         if self._control_stale(now):
             try:
-                self._control_loaded(self.store.control(), now)
+                self._control_loaded(dl.call(self.store.control, deadline or self._deadline()), now)
             except StoreError as exc:
                 self._control_failed(exc, now)
         return self._view_now()
 
-    async def _arefresh(self, now: float) -> _ControlView:
+    async def _arefresh(self, now: float, deadline: dl.Deadline | None = None) -> _ControlView:
         if self._control_stale(now):
             try:
-                self._control_loaded(await self.store.acontrol(), now)
+                self._control_loaded(await dl.acall(self.store.acontrol, deadline or self._deadline()), now)
             except StoreError as exc:
                 self._control_failed(exc, now)
         return self._view_now()
@@ -355,16 +370,14 @@ class Guard:
     def _store_policy(self, settings: FeatureSettings) -> StoreErrorPolicy:
         return settings.on_store_error or self.on_store_error
 
-    def _raise_store_closed(self, labels: Mapping[str, str], now: float) -> None:
+    def _raise_store_closed(
+        self,
+        labels: Mapping[str, str],
+        now: float,
+        message: str = "the costguard store can't be reached and on_store_error is 'closed'",
+    ) -> None:
         self._audit_later(AuditRecord(now, "blocked", labels, data={"reason": "store_error"}))
-        raise Blocked(
-            Decision(
-                allowed=False,
-                reason="store_error",
-                labels=dict(labels),
-                message="the costguard store is unavailable and on_store_error is 'closed'",
-            )
-        )
+        raise Blocked(Decision(allowed=False, reason="store_error", labels=dict(labels), message=message))
 
     def _plan(
         self, view: _ControlView, labels: Mapping[str, str], amounts: Mapping[Unit, int], now: float
@@ -390,13 +403,31 @@ class Guard:
         )
 
     def _after_reserve(
-        self, plan: engine.ReservePlan, outcome: engine.ReserveOutcome, settings: FeatureSettings, now: float
+        self,
+        plan: engine.ReservePlan,
+        outcome: engine.ReserveOutcome,
+        settings: FeatureSettings,
+        deadline: dl.Deadline,
+        now: float,
     ) -> Decision:
         self._emit_crossings(outcome.crossings, now)
         decision = engine.decide(plan, outcome, now=now, degrade_at=settings.degrade_at)
         if not decision.allowed:
+            if deadline.unknown:
+                # An earlier attempt timed out and may still be applied after this refusal: release it.
+                self._settlement.abandon(plan.reservation_id, now)
             raise BudgetExceeded(decision)
         return decision
+
+    def _allowance(self, plan: engine.ReservePlan, settings: FeatureSettings) -> int:
+        """Micro-dollars this process may admit for the feature without a reservation while the store is
+        unreachable: as configured, else the smaller of $1 and 1 % of the tightest hard USD ceiling."""
+        if settings.outage_allowance_usd is not None:
+            return settings.outage_allowance_usd
+        if self.outage_allowance is not None:
+            return self.outage_allowance
+        limits = [op.limit for op in plan.counters if op.hard and op.unit is Unit.USD]
+        return min([_ALLOWANCE_CAP, *(limit // _ALLOWANCE_SHARE for limit in limits)])
 
     def _unreserved(
         self,
@@ -404,19 +435,47 @@ class Guard:
         labels: Mapping[str, str],
         settings: FeatureSettings,
         exc: StoreError,
+        deadline: dl.Deadline,
         now: float,
-    ) -> Decision:
-        """The store failed during reserve: closed → blocked; open → allowed, cost recorded later."""
+    ) -> Reservation:
+        """The store could not be reached for the reserve: `closed` serves the fallback; `open` admits the
+        call without a reservation (spooled, recorded when the store answers) up to the outage allowance."""
         self._store_error(exc, "reserve")
-        if self._store_policy(settings) == "closed":
-            self._raise_store_closed(labels, now)
-        return Decision(
-            allowed=True,
-            reason="store_error",
-            labels=dict(labels),
-            reservation_id=plan.reservation_id,
-            message="allowed without a reservation: the costguard store is unavailable (on_store_error: open)",
-        )
+        feature = labels.get("feature", "")
+        if self._store_policy(settings) == "open":
+            allowance = self._allowance(plan, settings)
+            if self._settlement.admit_unreserved(plan, feature, allowance) is not None:
+                self._log_outage(feature, allowance)
+                decision = Decision(
+                    allowed=True,
+                    reason="store_error",
+                    labels=dict(labels),
+                    reservation_id=plan.reservation_id,
+                    message="allowed without a reservation: the costguard store can't be reached "
+                    "(on_store_error: open); the cost is spooled and recorded when it answers",
+                )
+                return Reservation(self, plan, decision, settings, stored=False)
+            message = (
+                f"the costguard store can't be reached and {feature}'s outage allowance "
+                f"(${micros_to_usd(allowance):g} per process) is used up"
+            )
+        else:
+            message = "the costguard store can't be reached and on_store_error is 'closed'"
+        if deadline.unknown:
+            self._settlement.abandon(plan.reservation_id, now)  # it may have been applied: give it back
+        self._raise_store_closed(labels, now, message)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _log_outage(self, feature: str, allowance: int) -> None:
+        if not self._outage_logged:
+            self._outage_logged = True
+            log.warning(
+                "costguard: the store can't be reached; admitting calls without a reservation "
+                "(on_store_error: open), at most $%g per feature in this process (%s), spooled until the "
+                "store answers",
+                micros_to_usd(allowance),
+                feature,
+            )
 
     # ----------------------------------------------------------------- reserve / commit / release
     def _reserve(
@@ -431,17 +490,17 @@ class Guard:
         call_labels = self._labels(feature, labels)
         settings = self.feature(feature)
         amounts = self._amounts(feature, settings, estimate_usd, estimate_tokens)
-        view = self._refresh(now)
+        deadline = self._deadline()
+        view = self._refresh(now, deadline)
         self._pre_check(view, call_labels, settings, now)
         plan = self._plan(view, call_labels, amounts, now)
+        record = self._reserve_record(plan, fallback)
         try:
-            outcome = self.store.reserve(plan, self._reserve_record(plan, fallback))
+            outcome = dl.call(lambda: self.store.reserve(plan, record), deadline)
         except StoreError as exc:
-            return Reservation(
-                self, plan, self._unreserved(plan, call_labels, settings, exc, now), settings, stored=False
-            )
+            return self._unreserved(plan, call_labels, settings, exc, deadline, now)
         self._maintain(now)
-        return Reservation(self, plan, self._after_reserve(plan, outcome, settings, now), settings)
+        return Reservation(self, plan, self._after_reserve(plan, outcome, settings, deadline, now), settings)
 
     async def _areserve(
         self,
@@ -455,17 +514,21 @@ class Guard:
         call_labels = self._labels(feature, labels)
         settings = self.feature(feature)
         amounts = self._amounts(feature, settings, estimate_usd, estimate_tokens)
-        view = await self._arefresh(now)
+        deadline = self._deadline()
+        view = await self._arefresh(now, deadline)
         self._pre_check(view, call_labels, settings, now)
         plan = self._plan(view, call_labels, amounts, now)
+        record = self._reserve_record(plan, fallback)
+
+        async def reserve() -> engine.ReserveOutcome:
+            return await self.store.areserve(plan, record)
+
         try:
-            outcome = await self.store.areserve(plan, self._reserve_record(plan, fallback))
+            outcome = await dl.acall(reserve, deadline)
         except StoreError as exc:
-            return Reservation(
-                self, plan, self._unreserved(plan, call_labels, settings, exc, now), settings, stored=False
-            )
+            return self._unreserved(plan, call_labels, settings, exc, deadline, now)
         self._maintain(now)
-        return Reservation(self, plan, self._after_reserve(plan, outcome, settings, now), settings)
+        return Reservation(self, plan, self._after_reserve(plan, outcome, settings, deadline, now), settings)
 
     def reserve(
         self,
@@ -525,151 +588,68 @@ class Guard:
             {"estimate_usd": micros_to_usd(plan.estimate_usd), "why": why},
         )
 
-    def _settled(self, outcome: engine.CommitOutcome, at: float) -> None:
-        self._emit_crossings(outcome.crossings, at)
+    def _settled(self, written: Written) -> None:
+        outcome = written.outcome
+        self._emit_crossings(outcome.crossings, written.at)
         for op, total in zip(outcome.counters, outcome.totals, strict=True):
             if op.hard and total > op.limit:
                 log.warning(
-                    "costguard: %s %s ceiling %s is over its limit after commit: %g of %g "
-                    "(the actual cost exceeded the estimate)",
+                    "costguard: %s %s ceiling %s is over its limit after commit: %g of %g (%s)",
                     op.period.value,
                     op.unit.value,
                     encode_scope(dict(op.scope)) or "(all)",
                     op.display(total),
                     op.display(op.limit),
+                    "a call admitted while the store could not be reached, now recorded"
+                    if written.forced
+                    else "the actual cost exceeded the estimate",
                 )
 
     def _in_background(self, reservation: Reservation) -> bool:
         return (reservation.settings.commit or self.commit_mode) == "background"
 
     def _settle(self, reservation: Reservation, actual: Mapping[Unit, int] | None, record: AuditRecord) -> None:
-        pending = _Pending(reservation.id, actual, record.at, record, None if reservation.stored else reservation.plan)
-        if self._in_background(reservation):
-            self._enqueue_commit(pending)
-            return
-        try:
-            self._write_pending(pending)
-        except StoreError as exc:
-            self._store_error(exc, "commit")
-            self._buffer(pending)
-            return
-        if self._pending:
-            self._flush_pending(wait=False)
+        background = self._in_background(reservation)
+        self._settlement.settle(reservation.id, actual, record.at, record, background=background)
 
     async def _asettle(self, reservation: Reservation, actual: Mapping[Unit, int] | None, record: AuditRecord) -> None:
-        pending = _Pending(reservation.id, actual, record.at, record, None if reservation.stored else reservation.plan)
-        if self._in_background(reservation):
-            self._enqueue_commit(pending)
-            return
-        try:
-            if pending.plan is not None:
-                await self.store.areserve(engine.force(pending.plan), None)
-            self._settled(
-                await self.store.asettle(pending.reservation_id, pending.actual, pending.at, pending.record), pending.at
-            )
-        except StoreError as exc:
-            self._store_error(exc, "commit")
-            self._buffer(pending)
-            return
-        if self._pending:
-            self._background.submit(self._flush_pending)
+        background = self._in_background(reservation)
+        await self._settlement.asettle(reservation.id, actual, record.at, record, background=background)
 
-    # ----------------------------------------------------------------- background commits
-    def _enqueue_commit(self, pending: _Pending) -> None:
-        """`commit: background`: the commit joins the write buffer and a worker sends it in a batch."""
-        self._buffer(pending)
-        if self._committer is None or not self._committer.is_alive():
-            with self._pending_lock:
-                if self._committer is None or not self._committer.is_alive():
-                    self._committer = threading.Thread(target=self._run_committer, name="costguard-commit", daemon=True)
-                    self._committer.start()
-        self._commit_wakeup.set()
-
-    def _run_committer(self) -> None:
-        backoff = 0.05
-        while not self._closed:
-            self._commit_wakeup.wait(1.0)
-            self._commit_wakeup.clear()
-            try:
-                self._flush_pending()
-            except Exception:  # the worker must survive anything
-                log.exception("costguard: background commit failed")
-            if self._pending and not self._closed:
-                time.sleep(backoff)  # the store is down: try again soon, not in a tight loop
-                backoff = min(backoff * 2, 2.0)
-                self._commit_wakeup.set()
-            else:
-                backoff = 0.05
-
-    def _write_pending(self, pending: _Pending) -> None:
-        if pending.plan is not None:
-            # Allowed while the store was down: count it now, unconditionally, then settle as usual.
-            self.store.reserve(engine.force(pending.plan), None)
-        self._settled(self.store.settle(pending.reservation_id, pending.actual, pending.at, pending.record), pending.at)
-
-    def _buffer(self, pending: _Pending) -> None:
-        with self._pending_lock:
-            if len(self._pending) >= self._buffer_size:
-                self._pending.popleft()
-                self.dropped_records += 1
-                log.error(
-                    "costguard: the write buffer is full (%d); the oldest buffered cost was dropped "
-                    "(%d dropped so far)",
-                    self._buffer_size,
-                    self.dropped_records,
-                )
-            self._pending.append(pending)
-
-    def _flush_pending(self, *, wait: bool = True) -> int:
-        """Write buffered costs in batches (one `settle_many` each); returns how many were written.
-
-        One flusher at a time: with `wait=False` a caller that finds another flush running leaves it to it.
-        """
-        if not self._flush_lock.acquire(blocking=wait):
-            return 0
-        try:
-            written = 0
-            while True:
-                with self._pending_lock:
-                    batch = list(itertools.islice(self._pending, self.commit_batch))
-                if not batch:
-                    return written
-                try:
-                    for pending in batch:
-                        if pending.plan is not None:
-                            # Allowed while the store was down: count it now (idempotent by id), then settle.
-                            self.store.reserve(engine.force(pending.plan), None)
-                    results = self.store.settle_many([(p.reservation_id, p.actual, p.at, p.record) for p in batch])
-                except StoreError:
-                    return written
-                done = 0
-                for pending, result in zip(batch, results, strict=True):
-                    if isinstance(result, StoreError):
-                        break
-                    self._settled(result, pending.at)
-                    done += 1
-                with self._pending_lock:
-                    for pending in batch[:done]:
-                        if self._pending and self._pending[0] is pending:
-                            self._pending.popleft()
-                written += done
-                if done < len(batch):
-                    return written
-        finally:
-            self._flush_lock.release()
+    def _write_error(self, exc: Exception, during: str) -> None:
+        if during.startswith("spool"):  # the spool itself is full or the disk refused: its own report
+            error = exc if isinstance(exc, StoreError) else StoreError(f"{type(exc).__name__}: {exc}")
+            self._store_error(error, during, topic="spool")
+        elif isinstance(exc, StoreError):
+            self._store_error(exc, during)
 
     @property
     def pending(self) -> int:
-        """Costs buffered while the store was unavailable, not yet written."""
-        return len(self._pending)
+        """Costs not yet written to the store (queued for a background batch, or spooled in an outage)."""
+        return self._settlement.pending
+
+    @property
+    def dropped_records(self) -> int:
+        """Writes the spool had no room for (each one an error event; the store keeps those estimates reserved)."""
+        return self._settlement.refused
+
+    @property
+    def unrecorded_usd(self) -> float:
+        """USD admitted without a reservation while the store was unreachable, not yet recorded (this process)."""
+        return micros_to_usd(self._settlement.unrecorded())
+
+    @property
+    def spool(self) -> Spool | None:
+        """The durable spool of writes the store does not have yet (None for `memory://`)."""
+        return self._settlement.spool
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Write buffered costs and wait for background work (alerts, audit); False if some remain."""
+        """Write queued costs and wait for background work (alerts, audit); False if some remain."""
         deadline = time.monotonic() + timeout
-        self._flush_pending()
+        self._settlement.flush()
         done = self._background.flush(timeout)
         delivered = self._alerts.flush(max(0.0, deadline - time.monotonic()))
-        return done and delivered and not self._pending
+        return done and delivered and not self._settlement.pending
 
     def alert_stats(self) -> list[LaneStats]:
         """Per notifier in this process: events delivered, given up on after retries, dropped, queued."""
@@ -686,15 +666,15 @@ class Guard:
         record = AuditRecord(
             now, "commit", {}, reservation_id, {"actual_usd": None if usd is None else micros_to_usd(actual[Unit.USD])}
         )
-        outcome = self.store.settle(reservation_id, actual, now, record)
-        self._settled(outcome, now)
+        outcome = dl.call(lambda: self.store.settle(reservation_id, actual, now, record), self._deadline())
+        self._settled(Written(outcome, now, forced=False))
         return outcome.applied
 
     def release(self, reservation_id: str) -> bool:
         """Release a reservation made elsewhere (by id); idempotent — a repeat returns False."""
         now = self.clock()
-        outcome = self.store.settle(reservation_id, None, now, AuditRecord(now, "release", {}, reservation_id))
-        return outcome.applied
+        record = AuditRecord(now, "release", {}, reservation_id)
+        return dl.call(lambda: self.store.settle(reservation_id, None, now, record), self._deadline()).applied
 
     # ----------------------------------------------------------------- read-only views
     def check(
@@ -966,26 +946,41 @@ class Guard:
 
         self._background.submit(write)
 
-    def _store_error(self, exc: StoreError, during: str) -> None:
+    def _store_error(self, exc: StoreError, during: str, *, topic: str = "store") -> None:
+        """Log and alert, at most once a minute per topic (an outage fails every call: one report, with
+        a count of the rest, is what an operator can use)."""
         now = self.clock()
-        log.warning("costguard: store error during %s: %s", during, exc)
-        if now - self._last_store_error_event >= _STORE_ERROR_EVENT_EVERY_S:
-            self._last_store_error_event = now
-            self._notify(
-                Event(
-                    kind="store_error",
-                    labels={},
-                    at=datetime.fromtimestamp(now, timezone.utc),
-                    reason=f"{during}: {exc}",
-                )
+        with self._error_lock:
+            last, suppressed = self._error_reports.get(topic, (float("-inf"), 0))
+            if now - last < _STORE_ERROR_EVENT_EVERY_S:
+                self._error_reports[topic] = (last, suppressed + 1)
+                log.debug("costguard: store error during %s: %s", during, exc)
+                return
+            self._error_reports[topic] = (now, 0)
+        unrecorded = self._settlement.unrecorded()
+        more = f" ({suppressed} more since the last report)" if suppressed else ""
+        admitted = (
+            f"; ${micros_to_usd(unrecorded):g} admitted without a reservation, not yet recorded" if unrecorded else ""
+        )
+        log.warning("costguard: store error during %s: %s%s%s", during, exc, more, admitted)
+        self._notify(
+            Event(
+                kind="store_error",
+                labels={},
+                at=datetime.fromtimestamp(now, timezone.utc),
+                reason=f"{during}: {exc}{more}",
+                unrecorded_usd=micros_to_usd(unrecorded),
             )
+        )
 
     def _maintain(self, now: float) -> None:
         if now - self._last_purge >= _PURGE_EVERY_S:
             self._last_purge = now
             self._background.submit(lambda: self.store.purge(now))
-        if self._pending:
-            self._background.submit(self._flush_pending)
+        if time.monotonic() >= self._next_orphan_scan:
+            # A process that died with costs in its spool: this one writes them.
+            self._next_orphan_scan = time.monotonic() + _ORPHANS_EVERY_S
+            self._settlement.scan_orphans()
 
     def _cache_get(self, key: str) -> bytes | None:
         try:
@@ -1003,12 +998,13 @@ class Guard:
 
     # ----------------------------------------------------------------- lifecycle
     def close(self, timeout: float = 5.0) -> None:
-        """Write buffered costs and deliver queued alerts (waiting up to `timeout` for each), then release
-        the store's connections. Alerts a receiver has not taken by then are dropped and logged."""
+        """Write queued costs and deliver queued alerts (waiting up to `timeout` for each), then release
+        the store's connections. Costs the store did not take stay in the spool for the next process;
+        alerts a receiver has not taken by then are dropped and logged."""
         if self._closed:
             return
         self._closed = True
-        self._flush_pending()
+        self._settlement.close(timeout)
         self._background.close(timeout)
         self._alerts.close(timeout)
         self.store.close()
@@ -1022,6 +1018,21 @@ class Guard:
 
     def __repr__(self) -> str:
         return f"Guard(store={self.store.url!r}, ceilings={len(self.ceilings)})"
+
+
+def _open(url: str, deadline_ms: float, options: Mapping[str, Any] | None) -> Store:
+    """The store for `url`; each attempt's timeout defaults to the deadline unless the URL or options set one."""
+    given = dict(options or {})
+    if "timeout_ms" not in given and "timeout_ms" not in parse_qs(urlsplit(url).query):
+        given["timeout_ms"] = deadline_ms
+    return open_store(url, **given)
+
+
+def _spool_for(store: Store, spool_dir: str | Path | Literal[False] | None) -> Spool | None:
+    """The spool of a store that outlives this process (none for `memory://` or `spool_dir=False`)."""
+    if spool_dir is False or not store.identity:
+        return None
+    return Spool(spool_dir if spool_dir is not None else default_spool_dir(store.identity))
 
 
 _live_guards: weakref.WeakSet[Guard] = weakref.WeakSet()

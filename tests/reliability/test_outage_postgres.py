@@ -138,18 +138,20 @@ def test_postgres_restart_between_calls_fails_at_most_one_call(server: PostgresS
         closed.close(timeout=1)
 
 
-def test_postgres_outage_buffer_is_bounded_and_keeps_the_newest_costs(server: PostgresServer, url: str) -> None:
-    guard = chat_guard(url, "open", buffer_size=4)
+def test_postgres_outage_a_full_spool_refuses_calls_and_drops_no_cost(server: PostgresServer, url: str) -> None:
+    """Room for 8 writes: each call admitted while the server is down takes two (its forced reserve,
+    then its commit), so 4 are admitted and the rest get the fallback — none is admitted and lost."""
+    guard = chat_guard(url, "open", buffer_size=8)
     try:
         assert call(guard, COSTS[0])[0] == "answer"
         server.kill()
-        for cost in COSTS[1:]:
-            assert call(guard, cost)[0] == "answer"
-        assert guard.pending == 4  # bounded: the buffer never holds more than buffer_size
-        assert guard.dropped_records == len(COSTS) - 1 - 4  # the oldest were dropped, and counted
+        results = [call(guard, cost)[0] for cost in COSTS[1:]]
+        assert results == ["answer"] * 4 + ["busy"] * (len(COSTS) - 5)
+        assert guard.pending == 4  # bounded: the spool never holds more than buffer_size writes
+        assert guard.dropped_records == len(COSTS) - 5  # each refusal counted (and alerted), nothing dropped
 
         server.start()
         drain(guard)
-        assert spent_micros(guard) == (micros(COSTS[0]) + sum(map(micros, COSTS[-4:])), 0)
+        assert spent_micros(guard) == (sum(map(micros, COSTS[:5])), 0)  # every admitted call, exactly
     finally:
         guard.close(timeout=1)

@@ -150,6 +150,34 @@ def test_unknown_reservation_is_a_no_op(store: Store) -> None:
     assert not store.settle("no-such-id", {Unit.USD: 1}, NOW, None).applied
 
 
+def test_a_reserve_asked_again_returns_the_first_outcome(store: Store) -> None:
+    """A reply that timed out has an unknown outcome: the guard asks again with the same id, and the
+    store must neither reserve twice nor refuse what it already granted."""
+    cap = ceiling({"feature": "f"}, usd(Period.DAY, 0.05))
+    p = plan([cap, CUSTOMER], estimate=30_000, customer="acme")
+    first = store.reserve(p, AuditRecord(NOW, "reserve", {"feature": "f"}, p.reservation_id))
+    again = store.reserve(p, AuditRecord(NOW, "reserve", {"feature": "f"}, p.reservation_id))
+    assert first.allowed
+    assert again.allowed  # 30 000 more would not fit the $0.05 cap: it was not evaluated again
+    assert again.totals == first.totals == (30_000, 30_000)
+    assert store.totals([op.key for op in p.counters]) == [30_000, 30_000]
+    assert len(store.audit(AuditQuery(decision="reserve"))) == 1  # nor audited twice
+    store.settle(p.reservation_id, {Unit.USD: 10_000, Unit.CALLS: 1}, NOW, None)
+    assert store.reserve(p, None).allowed  # still the first outcome after the commit
+    assert store.totals([op.key for op in p.counters]) == [10_000, 10_000]
+
+
+def test_a_release_before_its_reserve_arrives_leaves_nothing_counted(store: Store) -> None:
+    """A guard that gave up on a reserve (deadline passed, outcome unknown) releases it by id; the
+    reserve arriving afterwards must not count."""
+    p = plan([FEATURE], estimate=20_000)
+    assert not store.settle(p.reservation_id, None, NOW, None).applied
+    store.reserve(p, None)
+    store.reserve(engine.force(p), None)
+    assert store.totals([op.key for op in p.counters]) == [0, 0]
+    assert not store.settle(p.reservation_id, {Unit.USD: 20_000}, NOW, None).applied
+
+
 def test_denied_reservation_cannot_be_committed(store: Store) -> None:
     tiny = ceiling({"feature": "f"}, usd(Period.DAY, 0.01))
     p = plan([tiny], estimate=20_000)
@@ -411,3 +439,13 @@ def test_schema_is_created_once_by_concurrent_openers(shared_store_url: str) -> 
     assert errors == []
     for opened in stores:
         opened.close()
+
+
+def test_a_batched_release_before_its_reserve_arrives_leaves_nothing_counted(store: Store) -> None:
+    """The same through `settle_many`, as a spool replays releases."""
+    p = plan([FEATURE], estimate=20_000)
+    (outcome,) = store.settle_many([(p.reservation_id, None, NOW, None)])
+    assert not isinstance(outcome, Exception)
+    assert not outcome.applied
+    store.reserve(p, None)
+    assert store.totals([op.key for op in p.counters]) == [0, 0]

@@ -14,7 +14,8 @@ import pytest
 from redis_server import RedisCluster, RedisServer, free_port
 from test_contract import NOW, ceiling, plan, usd
 
-from costguard import Guard, StoreUnavailable, engine
+from costguard import Guard, StoreUnavailable
+from costguard.errors import StoreTimeout
 from costguard.events import AuditQuery, AuditRecord
 from costguard.model import Period, Unit
 from costguard.stores import KillSwitchState, open_store
@@ -113,17 +114,18 @@ def test_a_restart_fails_fast_then_recovers_with_the_scripts_reloaded(tmp_path: 
     port = free_port()
     first = RedisServer(port, workdir=tmp_path).start()
     url = f"redis://127.0.0.1:{port}/0?namespace=restart&breaker_s=0.3"
-    guard = Guard(url, ceilings=[DAY_CAP], clock=FakeClock(NOW), on_store_error="open")
+    guard = Guard(url, ceilings=[DAY_CAP], clock=FakeClock(NOW), on_store_error="open", outage_allowance_usd=0.05)
     store = guard.store
     assert isinstance(store, RedisStore)
     with guard.reserve("f", estimate_usd=0.01):
         pass
     first.stop()
 
-    started = time.perf_counter()
-    with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{port}.*namespace 'restart'"):
-        store.reserve(plan([DAY_CAP]), None)
-    assert time.perf_counter() - started < 0.5
+    for _ in range(3):  # refused at once; three in a row are an outage
+        started = time.perf_counter()
+        with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{port}.*namespace 'restart'"):
+            store.reserve(plan([DAY_CAP]), None)
+        assert time.perf_counter() - started < 0.5
     for _ in range(100):  # while down, the breaker answers in microseconds
         started = time.perf_counter()
         with pytest.raises(StoreUnavailable, match="circuit open"):
@@ -171,32 +173,35 @@ def test_an_allkeys_eviction_policy_is_warned_about(
     assert [r for r in caplog.records if r.name == "costguard"] == []
 
 
-def test_a_stalled_server_times_out_within_the_socket_timeout(server: RedisServer, url: str) -> None:
-    store = open_store(url + "&timeout_ms=100&breaker_s=0.2")
+def test_a_stalled_server_times_out_within_the_socket_timeout_and_never_opens_the_breaker(
+    server: RedisServer, url: str
+) -> None:
+    store = open_store(url + "&timeout_ms=100&breaker_s=5")
     stalled = plan([DAY_CAP], estimate=10_000)
     with server.client() as client:
         client.execute_command("CLIENT", "PAUSE", 2000, "ALL")
         try:
-            started = time.perf_counter()
-            with pytest.raises(StoreUnavailable, match="timed out during reserve"):
-                store.reserve(stalled, None)
-            assert 0.09 < time.perf_counter() - started < 0.5
-            started = time.perf_counter()
-            with pytest.raises(StoreUnavailable, match="circuit open"):
-                store.control()
-            assert time.perf_counter() - started < 0.002
+            for attempt in range(4):
+                started = time.perf_counter()
+                with pytest.raises(StoreTimeout, match="did not answer reserve in time"):
+                    store.reserve(stalled, None)
+                assert 0.09 < time.perf_counter() - started < 0.5, attempt
+            # A slow reply is overload, not an outage: the breaker stays closed, and the next call
+            # waits for Redis again instead of failing fast.
+            assert not store._breaker.is_open
         finally:
             client.execute_command("CLIENT", "UNPAUSE")
-    # The server may still run the EVALSHA it had received: the guard retries it as a forced
-    # reservation with the same id, which counts once whatever happened.
+    # The server may still run the EVALSHAs it had received: asked again with the same id, the store
+    # answers with the first outcome and counts it once whatever happened.
     deadline = time.monotonic() + 5
     while True:
         try:
-            store.reserve(engine.force(stalled), None)
+            again = store.reserve(stalled, None)
             break
         except StoreUnavailable:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+    assert again.allowed
     assert store.totals([stalled.counters[0].key]) == [10_000]
     assert store.reserve(plan([DAY_CAP], estimate=1), None).totals == (10_001,)  # no stale reply read
     store.close()

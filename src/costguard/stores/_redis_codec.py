@@ -17,9 +17,9 @@ from typing import Any
 from costguard.engine import (
     CommitOutcome,
     CounterOp,
-    Crossing,
     ReserveOutcome,
     ReservePlan,
+    crossings_from,
     fired_name,
     op_from_json,
     settle_deltas,
@@ -32,7 +32,6 @@ __all__ = ["Codec", "config_value", "hash_reply", "previous_id", "text"]
 
 _ENCODED_CACHE = 50_000  # counters whose encoded constants are kept
 _CACHE_HEAD = struct.Struct(">d")
-_CROSSING_REASONS = {0: (False, ""), 1: (True, "limit raised"), 2: (True, "new period")}
 MAX_SEQ = "18446744073709551615"
 
 Call = tuple[list[str], list[str]]  # a script's KEYS and ARGV
@@ -223,15 +222,6 @@ class Codec:
             args += encoded.settle_tail
         return keys, args
 
-    @staticmethod
-    def _crossings(ops: Sequence[CounterOp], flat: Sequence[int]) -> tuple[Crossing, ...]:
-        out = []
-        for at in range(0, len(flat), 4):
-            op = ops[int(flat[at]) - 1]
-            cleared, reason = _CROSSING_REASONS[int(flat[at + 3])]
-            out.append(Crossing(op.levels[int(flat[at + 1]) - 1][0], op, int(flat[at + 2]), cleared, reason))
-        return tuple(out)
-
     def reserve_outcome(self, plan: ReservePlan, reply: Sequence[int]) -> ReserveOutcome:
         if reply[0] == 2:
             return ReserveOutcome(True, ())  # a forced plan already recorded
@@ -240,7 +230,7 @@ class Codec:
             reply[0] == 1,
             tuple(int(total) for total in reply[3 : 3 + n]),
             int(reply[1]) - 1 if reply[1] else None,
-            self._crossings(plan.counters, reply[3 + n :]),
+            crossings_from(plan.counters, reply[3 + n :]),
         )
 
     def commit_outcome(self, ops: tuple[CounterOp, ...], reply: Sequence[int]) -> CommitOutcome:
@@ -248,7 +238,7 @@ class Codec:
             return CommitOutcome(applied=False)
         n = int(reply[1])
         totals = tuple(int(total) for total in reply[2 : 2 + n])
-        return CommitOutcome(True, ops, totals, self._crossings(ops, reply[2 + n :]))
+        return CommitOutcome(True, ops, totals, crossings_from(ops, reply[2 + n :]))
 
     @staticmethod
     def ops_from(raw: bytes | str | None) -> tuple[CounterOp, ...] | None:

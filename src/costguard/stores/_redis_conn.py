@@ -12,7 +12,7 @@ from importlib import resources
 from typing import Any, Protocol, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from costguard.errors import ConfigError, StoreError, StoreUnavailable
+from costguard.errors import ConfigError, StoreBusy, StoreError, StoreTimeout, StoreUnavailable
 
 __all__ = [
     "SCRIPTS",
@@ -122,7 +122,7 @@ def parse_options(url: str, **given: object) -> RedisOptions:
             "(it becomes the hash tag of every key)",
             path="store",
         )
-    timeout_ms = _number(ours.get("timeout_ms", 100), "timeout_ms", url, minimum=1)
+    timeout_ms = _number(ours.get("timeout_ms", 2000), "timeout_ms", url, minimum=1)
     connect_ms = _number(ours.get("connect_timeout_ms", timeout_ms), "connect_timeout_ms", url, minimum=1)
     try:
         port = parts.port or 6379
@@ -222,16 +222,21 @@ SCRIPTS = _load_scripts()
 
 
 class Breaker:
-    """Fail fast for `cool_down_s` after a connection failure, then let one probe through.
+    """Fail fast for `cool_down_s` once `failures` connections in a row could not be made, then let one
+    probe through.
 
-    Without it every call would wait out the socket timeout while Redis is down; with it a call
-    fails in microseconds and the guard applies `on_store_error` at once.
+    It opens on evidence of an outage — refused or reset connections, one after another — and never
+    on a slow reply or a busy server: a burst that makes Redis answer late is overload, and the
+    guard waits for it within its deadline. While open a call fails in microseconds and the guard
+    applies `on_store_error` at once instead of every caller trying to connect.
     """
 
-    def __init__(self, cool_down_s: float, where: str) -> None:
+    def __init__(self, cool_down_s: float, where: str, failures: int = 3) -> None:
         self.cool_down_s = cool_down_s
         self.where = where
+        self.failures = failures
         self._lock = threading.Lock()
+        self._failed = 0  # connection failures in a row
         self._open_until: float | None = None
         self._probe_until = 0.0  # a probe in flight until then (bounded: a lost probe can't wedge it)
 
@@ -246,25 +251,29 @@ class Breaker:
             if now < self._open_until or now < self._probe_until:
                 wait = max(self._open_until, self._probe_until) - now
                 raise StoreUnavailable(
-                    f"Redis store at {self.where} unavailable: circuit open after a connection failure, "
-                    f"retrying in {wait:.2f} s"
+                    f"Redis store at {self.where} unavailable: circuit open after {self._failed} connection "
+                    f"failures in a row, retrying in {wait:.2f} s"
                 )
             self._probe_until = now + max(self.cool_down_s, 5.0)
 
     def succeeded(self) -> None:
-        """Redis answered: close the circuit."""
-        if self._open_until is not None:
+        """Redis answered: close the circuit and forget earlier failures."""
+        if self._open_until is not None or self._failed:
             with self._lock:
+                self._failed = 0
                 self._open_until = None
                 self._probe_until = 0.0
 
     def failed(self) -> None:
-        """A connection failed or timed out: open the circuit for the cool-down."""
+        """A connection could not be made (refused, reset): open the circuit once that happened
+        `failures` times in a row, or when the probe of an open circuit failed."""
         if self.cool_down_s <= 0:
             return
         with self._lock:
-            self._open_until = time.monotonic() + self.cool_down_s
-            self._probe_until = 0.0
+            self._failed += 1
+            if self._failed >= self.failures or self._open_until is not None:
+                self._open_until = time.monotonic() + self.cool_down_s
+                self._probe_until = 0.0
 
     @property
     def is_open(self) -> bool:
@@ -279,21 +288,33 @@ def redis_errors() -> tuple[type[BaseException], ...]:
     return (RedisError, RedisClusterException, OSError)
 
 
-_UNAVAILABLE_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "OOM")
+# Replies of a server that is up but can't take the command now (a long script running, loading
+# its data, a failover or resharding under way): asked again after a backoff.
+_BUSY_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN")
+# Replies that won't change by asking again soon: writes refused on a replica or out of memory.
+_REFUSING_REPLIES = ("READONLY", "OOM")
+# Connection errors that mean too many clients, not a server that is gone.
+_BUSY_CONNECTS = ("max number of clients", "too many connections")
 
 
 def map_error(exc: BaseException, breaker: Breaker, what: str, where: str) -> StoreError:
-    """The one place driver errors become costguard's: outages are `StoreUnavailable`, the rest `StoreError`."""
+    """The one place driver errors become costguard's: a reply that didn't come in time is
+    `StoreTimeout` (its outcome unknown), an overloaded server `StoreBusy`, a server that can't be
+    reached `StoreUnavailable` (counted by the breaker), anything else the server said `StoreError`."""
     from redis import exceptions as rx
 
-    if isinstance(exc, (rx.ConnectionError, rx.TimeoutError, rx.RedisClusterException, OSError)):
-        # Waiting on a dead socket costs every caller the timeout: fail fast for a while instead.
-        breaker.failed()
-        kind = "timed out" if isinstance(exc, rx.TimeoutError) else "unavailable"
-        return StoreUnavailable(f"Redis store at {where} {kind} during {what}: {exc}")
+    if isinstance(exc, rx.TimeoutError):
+        return StoreTimeout(f"Redis store at {where} did not answer {what} in time: {exc}")
+    if isinstance(exc, (rx.ConnectionError, rx.RedisClusterException, OSError)):
+        if isinstance(exc, rx.BusyLoadingError) or any(part in str(exc).lower() for part in _BUSY_CONNECTS):
+            return StoreBusy(f"Redis store at {where} busy during {what}: {exc}")
+        breaker.failed()  # evidence of an outage: enough in a row and calls fail fast for a while
+        return StoreUnavailable(f"Redis store at {where} unavailable during {what}: {exc}")
     breaker.succeeded()  # the server answered
+    if str(exc).startswith(_BUSY_REPLIES):
+        return StoreBusy(f"Redis store at {where} busy during {what}: {exc}")
     if isinstance(exc, (rx.ReadOnlyError, rx.OutOfMemoryError, rx.ClusterError)) or str(exc).startswith(
-        _UNAVAILABLE_REPLIES
+        _REFUSING_REPLIES
     ):
         return StoreUnavailable(f"Redis store at {where} refused {what}: {exc}")
     return StoreError(f"Redis store error during {what} at {where}: {exc}")

@@ -80,6 +80,12 @@ class Store(ABC):
 
     url: str = ""
 
+    @property
+    def identity(self) -> str:
+        """What names this store's data across processes (the spool is kept per identity); empty for a
+        store that lives and dies with its process, which needs no spool."""
+        return ""
+
     @abstractmethod
     def reserve(self, plan: ReservePlan, record: AuditRecord | None) -> ReserveOutcome:
         """Atomically check every hard counter of `plan` and add to all or none; write `record`."""

@@ -87,8 +87,11 @@ class MemoryStore(Store):
 
     def reserve(self, plan: ReservePlan, record: AuditRecord | None) -> ReserveOutcome:
         with self._lock:
-            if plan.force and plan.reservation_id in self._reservations:
-                return ReserveOutcome(True, ())  # a buffered record written twice counts once
+            if plan.reservation_id in self._reservations:
+                # Asked again (a lost reply, a spooled cost written twice): the first outcome stands.
+                if plan.force:
+                    return ReserveOutcome(True, ())
+                return ReserveOutcome(True, tuple(self._total(op.key) for op in plan.counters))
             known = self._counters
             cleared = self._clear_previous(plan.counters) if any(op.key not in known for op in plan.counters) else None
             counters = [known.get(op.key) or self._counter(op) for op in plan.counters]
@@ -109,6 +112,10 @@ class MemoryStore(Store):
     ) -> CommitOutcome:
         with self._lock:
             reservation = self._reservations.get(reservation_id)
+            if reservation is None and actual is None:
+                # A release of a reserve whose outcome was never known: a tombstone, so that reserve
+                # arriving late changes nothing.
+                self._reservations[reservation_id] = _Reservation((), settled=True, at=at)
             if reservation is None or reservation.settled:
                 return CommitOutcome(applied=False)
             reservation.settled = True
@@ -132,9 +139,13 @@ class MemoryStore(Store):
             self._append(record)
             return CommitOutcome(True, reservation.counters, tuple(totals), tuple(crossings))
 
+    def _total(self, key: str) -> int:
+        counter = self._counters.get(key)
+        return 0 if counter is None else counter.total
+
     def totals(self, keys: Sequence[str]) -> list[int]:
         with self._lock:
-            return [self._counters[k].total if k in self._counters else 0 for k in keys]
+            return [self._total(k) for k in keys]
 
     def list_counters(self, buckets: Mapping[Period, str]) -> list[CounterRow]:
         with self._lock:

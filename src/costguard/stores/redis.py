@@ -70,6 +70,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _OPEN_CACHE = 100_000  # reservations this process made, kept to settle them in one round trip
+_TOMBSTONE_MS = 86_400_000  # as long as a settled reservation is kept
 _ERRORS = redis_errors()
 
 
@@ -244,22 +245,43 @@ class RedisStore(Store):
     def settle(
         self, reservation_id: str, actual: Mapping[Unit, int] | None, at: float, record: AuditRecord | None
     ) -> CommitOutcome:
+        return self._settle_one(reservation_id, actual, at, record)
+
+    def _settle_one(
+        self, reservation_id: str, actual: Mapping[Unit, int] | None, at: float, record: AuditRecord | None
+    ) -> CommitOutcome:
         ops = self._known_ops(reservation_id)
-        if ops is None:
+        while ops is None:
             # Reserved by another process (or long ago): read its counters first, a second round trip.
-            ops = self.codec.ops_from(self._client().execute_command("GET", self.codec.reservation(reservation_id)))
+            key = self.codec.reservation(reservation_id)
+            raw = self._client().execute_command("GET", key)
+            if raw is None and actual is None and not self._tombstone(key):
+                continue  # the reserve got there between the two commands: read it again
+            ops = self.codec.ops_from(raw)
             if ops is None:
                 return CommitOutcome(applied=False)
         keys, args = self.codec.settle_call(reservation_id, ops, actual, at, record)
         return self._settled(reservation_id, ops, self._eval(SCRIPTS["settle"], keys, args))
+
+    def _tombstone(self, key: str) -> bool:
+        """A release of a reservation not (yet) stored: mark it settled so a reserve arriving late does
+        nothing. False when the reserve got there first (it is then read again and released)."""
+        return bool(self._client().execute_command("SET", key, "1", "PX", _TOMBSTONE_MS, "NX"))
 
     @_amapped
     async def asettle(
         self, reservation_id: str, actual: Mapping[Unit, int] | None, at: float, record: AuditRecord | None
     ) -> CommitOutcome:
         ops = self._known_ops(reservation_id)
-        if ops is None:
-            raw = await self._aclient().execute_command("GET", self.codec.reservation(reservation_id))
+        while ops is None:
+            key = self.codec.reservation(reservation_id)
+            raw = await self._aclient().execute_command("GET", key)
+            if (
+                raw is None
+                and actual is None
+                and not await self._aclient().execute_command("SET", key, "1", "PX", _TOMBSTONE_MS, "NX")
+            ):
+                continue  # the reserve got there between the two commands: read it again
             ops = self.codec.ops_from(raw)
             if ops is None:
                 return CommitOutcome(applied=False)
@@ -295,6 +317,9 @@ class RedisStore(Store):
             for index, raw in zip(missing, pipe.execute(), strict=True):
                 known[index] = self.codec.ops_from(raw)
         out: list[CommitOutcome | StoreError] = [CommitOutcome(applied=False)] * len(items)
+        for index in missing:
+            if known[index] is None and items[index][1] is None:
+                out[index] = self._settle_one(*items[index])  # a release of an unknown id leaves a tombstone
         calls = {
             index: (
                 ops,
@@ -469,6 +494,10 @@ class RedisStore(Store):
             client.close()
         for loop, aclient in clients.items():
             _close_on_loop(loop, aclient)
+
+    @property
+    def identity(self) -> str:
+        return f"{self.url}#{self.namespace}"
 
     def __repr__(self) -> str:
         return f"RedisStore({self.where})"

@@ -1,25 +1,34 @@
 """`sqlite:///…` and `postgresql+psycopg://…` on SQLAlchemy Core.
 
-Each reserve or settle is one transaction that locks its counter rows in key order (SQLite:
-`BEGIN IMMEDIATE`; PostgreSQL: an upsert whose conflict branch locks the row), checks them with the
-engine's pure `evaluate_reserve`, and writes the new totals, the reservation and the audit record
-together. Counters travel as one JSON parameter, so the number of statements does not grow with
-the number of counters: on PostgreSQL a reserve is one locking read and one write, a settle one
-claim more; `settle_many` settles a whole batch in one transaction of three statements.
+PostgreSQL: a reserve and a settle are each one statement in autocommit, a call of a server
+function installed with the schema (`pg/functions.sql`) that locks the counter rows in key order,
+checks them exactly as the engine's pure `evaluate_reserve` does, and writes the totals, the
+reservation and the audit record — so a hot counter row is locked for the microseconds the
+function runs, never across the client's round trips (a client starved of CPU can't hold a lock).
+`settle_many` settles a whole batch in one transaction of three statements.
+
+SQLite: each reserve or settle is one `BEGIN IMMEDIATE` transaction that runs the engine's steps
+in Python; the file lock serializes writers across processes.
+
+The schema is created on first use, not when the store is opened, so a cold start with the
+database down follows `on_store_error` instead of raising.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import random
 import re
 import sqlite3
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from importlib import resources
 from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
@@ -28,6 +37,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
+from costguard import deadline as dl
 from costguard.engine import (
     EXPIRY_GRACE_S,
     CommitOutcome,
@@ -39,18 +49,21 @@ from costguard.engine import (
     all_expired,
     claim_crossings,
     clear_previous,
+    crossings_from,
     evaluate_reserve,
+    fired_name,
     op_from_json,
     op_to_json,
     reserve_record,
     settle_deltas,
 )
-from costguard.errors import ConfigError, StoreError, StoreUnavailable
+from costguard.errors import ConfigError, StoreBusy, StoreError, StoreTimeout, StoreUnavailable
 from costguard.events import AuditQuery, AuditRecord
 from costguard.model import Period, Unit, encode_scope
+from costguard.stores._watchdog import watch
 from costguard.stores.base import Control, CounterRow, KillSwitchState, Store
 
-__all__ = ["SQLStore"]
+__all__ = ["SQLStore", "map_error"]
 
 # INSERT … ON CONFLICT DO NOTHING RETURNING arrived in SQLite 3.35.
 _SQLITE_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
@@ -60,6 +73,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _SETTLED_KEEP_S = 86400.0
+_SQLITE_BUSY_MS = 10
 _OPEN_KEEP_S = EXPIRY_GRACE_S  # as on Redis: an open reservation lives max(2 days, its longest counter)
 _COUNTER_FIELDS = ("key", "ceiling_id", "scope", "period", "unit", "bucket", "expires_at")
 _WRITE_FIELDS = ("key", "committed", "reserved", "fired", "expires_at")
@@ -127,25 +141,144 @@ def _tables(prefix: str) -> tuple[sa.MetaData, dict[str, sa.Table]]:
     return meta, t
 
 
+# SQLSTATEs of overload: the server's connection limit, a server starting or shutting down, and a
+# statement the server cancelled (statement or lock timeout, a deadlock or serialization victim) —
+# each rolled back, so asking again is safe.
+_BUSY_STATES = {"53300", "53400", "57P03", "57014", "55P03", "40001", "40P01"}
+_BUSY_TEXT = ("database is locked", "database table is locked", "too many clients", "remaining connection slots")
+# Errors raised before the request could have reached the server: nothing was applied.
+_NOT_SENT_TEXT = (
+    "connection refused",
+    "could not connect",
+    "connection failed",
+    "could not translate host name",
+    "name or service not known",
+    "no such host",
+    "unable to open database file",
+)
+
+
+def map_error(exc: sa_exc.DBAPIError | sa_exc.TimeoutError) -> StoreError:
+    """The one boundary where driver errors become costguard's own: overload is `StoreBusy`, a
+    connection lost mid-request `StoreTimeout` (its outcome unknown), an unreachable server
+    `StoreUnavailable`, anything the server answered with `StoreError`."""
+    orig = getattr(exc, "orig", None)
+    state = getattr(orig, "sqlstate", None)
+    message = str(orig if orig is not None else exc).strip()
+    text = message.splitlines()[0] if message else type(exc).__name__
+    lowered = text.lower()
+    if isinstance(exc, sa_exc.TimeoutError):
+        return StoreBusy(f"SQL store busy: no pooled connection free in time ({text})")
+    if state in _BUSY_STATES or any(part in lowered for part in _BUSY_TEXT):
+        return StoreBusy(f"SQL store busy: {text}")
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) or (
+        isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+    ):
+        if any(part in lowered for part in _NOT_SENT_TEXT):
+            return StoreUnavailable(f"SQL store unavailable: {text}")
+        return StoreTimeout(f"SQL store connection lost during a request (its outcome is unknown): {text}")
+    return StoreError(f"SQL store error: {text}")
+
+
 def _mapped(method: Callable[P, T]) -> Callable[P, T]:
-    """The one boundary where driver errors become costguard's own."""
+    """Driver errors become costguard's at this one boundary (see `map_error`)."""
 
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return method(*args, **kwargs)
-        except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
-            raise StoreUnavailable(f"SQL store unavailable: {exc}") from exc
-        except sa_exc.DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise StoreUnavailable(f"SQL store connection lost: {exc}") from exc
-            raise StoreError(f"SQL store error: {exc}") from exc
+        except (sa_exc.DBAPIError, sa_exc.TimeoutError) as exc:
+            raise map_error(exc) from exc
 
     return wrapper
 
 
 def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class _FairGate:
+    """At most `permits` holders, handed to waiters in the order they asked. Python's own locks (and
+    SQLAlchemy's pool) let a releasing thread take the slot straight back, so under a burst some
+    threads of a process would wait past their deadline while others go round again."""
+
+    def __init__(self, permits: int) -> None:
+        self._lock = threading.Lock()
+        self._free = permits
+        self._waiters: deque[threading.Event] = deque()
+
+    def acquire(self, timeout: float) -> bool:
+        with self._lock:
+            if self._free > 0 and not self._waiters:
+                self._free -= 1
+                return True
+            turn = threading.Event()
+            self._waiters.append(turn)
+        if turn.wait(timeout):
+            return True
+        with self._lock:
+            if turn.is_set():
+                return True  # handed over just as the wait ended
+            self._waiters.remove(turn)
+            return False
+
+    def release(self) -> None:
+        with self._lock:
+            if self._waiters:
+                self._waiters.popleft().set()  # handed over: the slot stays taken
+            else:
+                self._free += 1
+
+    @contextmanager
+    def slot(self, timeout: float, what: str) -> Iterator[None]:
+        """Hold a slot for the block; `StoreBusy` when none comes free within `timeout`."""
+        if not self.acquire(timeout):
+            raise StoreBusy(f"SQL store busy: no {what} free within {timeout * 1000:.0f} ms")
+        try:
+            yield
+        finally:
+            self.release()
+
+
+_FUNCTIONS = (
+    "reserve(jsonb)",
+    "settle(jsonb)",
+    "claim(jsonb, bigint, bigint, text[], boolean, integer, jsonb)",
+    "shown(bigint, text)",
+    "audit(jsonb, integer, jsonb, bigint)",
+    "fired_text(text[])",
+)
+
+
+@functools.lru_cache(maxsize=16)
+def _functions_sql(prefix: str) -> str:
+    """The server functions for a table prefix (validated: letters, digits and `_`)."""
+    source = resources.files("costguard.stores").joinpath("pg/functions.sql").read_text("utf-8")
+    return source.replace("{p}", prefix)
+
+
+def _op_row(op: CounterOp) -> list[object]:
+    """A counter as a reservation row keeps it: `engine.op_to_json` plus its threshold names (the
+    server's settle function claims thresholds by the names the engine gives them)."""
+    return [*op_to_json(op), [fired_name(t) for t, _ in op.levels]]
+
+
+def _op_doc(op: CounterOp) -> dict[str, Any]:
+    """A counter as the server's reserve function takes it."""
+    return {
+        "key": op.key,
+        "ceiling_id": op.ceiling_id,
+        "scope": _dumps([list(item) for item in op.scope]),
+        "period": op.period.value,
+        "unit": op.unit.value,
+        "bucket": op.bucket,
+        "amount": op.amount,
+        "limit": op.limit,
+        "hard": op.hard,
+        "levels": [[fired_name(t), level, t >= 1.0] for t, level in op.levels],
+        "expires_at": op.expires_at,
+        "previous_key": op.previous_key,
+    }
 
 
 def _record_row(record: AuditRecord) -> dict[str, Any]:
@@ -173,7 +306,10 @@ def _parse_url(url: str) -> tuple[sa.URL, dict[str, str]]:
 
 
 class SQLStore(Store):
-    """The SQL store. `timeout_ms`: how long a statement (or SQLite's lock wait) may take."""
+    """The SQL store. `timeout_ms`: how long one attempt may take — a statement, SQLite's lock wait, the
+    wait for a pooled connection (default: the guard's `store_deadline_ms`, else 2 s). `pool_size` and
+    `max_overflow` bound this process's connections (4 + 4 by default; processes x both <= the server's
+    `max_connections`)."""
 
     def __init__(self, url: str, *, timeout_ms: float | None = None, prefix: str | None = None) -> None:
         self.url = url
@@ -191,21 +327,36 @@ class SQLStore(Store):
                     "in-process store, or a file: sqlite:///costguard.db"
                 )
             self._returning = not self.sqlite or _SQLITE_RETURNING
-            self._write_lock: threading.RLock | None = threading.RLock() if self.sqlite else None
-            # SQLite serializes writers on a file lock: a wait is contention, not an outage, so its
-            # default wait is long; a network database gets a short statement timeout.
-            default_ms = 5000.0 if self.sqlite else 2000.0
-            self.timeout_ms = float(timeout_ms if timeout_ms is not None else opts.get("timeout_ms", default_ms))
+            # SQLite writers of a process queue here, one at a time, so only one of its connections
+            # contends for the file lock.
+            self._writers: _FairGate | None = _FairGate(1) if self.sqlite else None
+            self.timeout_ms = float(timeout_ms if timeout_ms is not None else opts.get("timeout_ms", 2000.0))
+            if not self.timeout_ms > 0:
+                raise ValueError(f"timeout_ms must be more than 0, got {self.timeout_ms:g}")
             # Connections per process: `pool_size` kept open, up to `max_overflow` more under load.
-            self.pool_size = int(opts.get("pool_size", 8))
-            self.max_overflow = int(opts.get("max_overflow", 64))
+            # Callers beyond them queue in this process, first come first served, within their
+            # deadline: on one hot counter more connections only make more server processes wait
+            # for its row lock, and every overflow connection opened and closed costs a backend.
+            self.pool_size = int(opts.get("pool_size", 4))
+            self.max_overflow = int(opts.get("max_overflow", 0))
+            if self.pool_size < 1 or self.max_overflow < 0:
+                raise ValueError("pool_size must be at least 1 and max_overflow at least 0")
+            self._slots = _FairGate(self.pool_size + self.max_overflow)
+            self._identity = f"{sa_url.render_as_string(hide_password=True)}#{self.prefix}"
             self.engine = self._create_engine(sa_url)
+            # Reserve and settle on PostgreSQL: one statement each, committed by itself.
+            self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         except (sa_exc.ArgumentError, ValueError, ImportError) as exc:
             hint = ' (pip install "costguard-ai[postgres]")' if isinstance(exc, ImportError) else ""
             raise ConfigError(f"cannot open SQL store {url!r}: {exc}{hint}", path="store") from exc
         self.meta, self.t = _tables(self.prefix)
         self._statements: dict[str, sa.TextClause] = {}
-        self._create_schema()
+        self._schema_lock = threading.Lock()
+        self._schema_ready = False
+
+    @property
+    def identity(self) -> str:
+        return self._identity
 
     def _create_engine(self, sa_url: sa.URL) -> Engine:
         if self.sqlite:
@@ -214,13 +365,17 @@ class SQLStore(Store):
                 connect_args={"timeout": self.timeout_ms / 1000, "check_same_thread": False},
                 pool_size=self.pool_size,
                 max_overflow=self.max_overflow,
+                pool_timeout=self.timeout_ms / 1000,
             )
 
             @sa.event.listens_for(engine, "connect")
             def _on_connect(dbapi_connection: Any, _record: Any) -> None:
                 dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
                 cursor = dbapi_connection.cursor()
-                cursor.execute(f"PRAGMA busy_timeout={int(self.timeout_ms)}")
+                # SQLite's own busy handler sleeps longer the longer it waits (up to 100 ms between
+                # polls), so a process that has waited a while loses the file lock to every newcomer.
+                # It waits briefly here; `_on_begin` polls again until the deadline, every process alike.
+                cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
                 cursor.execute("PRAGMA synchronous=NORMAL")
                 # WAL is a property of the file: switch once. The switch doesn't wait on the busy
                 # handler when another connection opens the new file at the same moment, so retry.
@@ -237,14 +392,25 @@ class SQLStore(Store):
             @sa.event.listens_for(engine, "begin")
             def _on_begin(conn: Connection) -> None:
                 # Writers take the lock up front so check-then-write can't interleave across processes.
-                read_only = conn.get_execution_options().get("costguard_read", False)
-                conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+                if conn.get_execution_options().get("costguard_read", False):
+                    conn.exec_driver_sql("BEGIN")
+                    return
+                end = time.monotonic() + self._attempt_s()
+                while True:
+                    try:
+                        conn.exec_driver_sql("BEGIN IMMEDIATE")
+                        return
+                    except sa_exc.OperationalError as exc:
+                        if "locked" not in str(exc) or time.monotonic() >= end:
+                            raise
+                    time.sleep(random.uniform(0, 0.001))  # noqa: S311 - jitter, not a secret
 
             return engine
         return sa.create_engine(
             sa_url,
             pool_size=self.pool_size,
             max_overflow=self.max_overflow,
+            pool_timeout=self.timeout_ms / 1000,
             # No pre-ping: it costs a round trip per transaction. A connection that died with the
             # server fails one call (StoreUnavailable, handled by on_store_error) and the pool is
             # invalidated, so the next call reconnects; `pool_recycle` retires idle ones first.
@@ -263,38 +429,73 @@ class SQLStore(Store):
             },
         )
 
+    def _attempt_s(self) -> float:
+        """How long this attempt may take: the store timeout, or what is left of the caller's deadline."""
+        return dl.remaining_s(self.timeout_ms / 1000)
+
+    @contextmanager
+    def _watched(self, conn: Connection) -> Iterator[Connection]:
+        """Shut the connection's socket down if the server hasn't answered by the deadline (a frozen
+        server still acknowledges packets, so no server-side or TCP timeout would end the wait)."""
+        if self.sqlite:
+            yield conn
+            return
+        raw = conn.connection.dbapi_connection
+        fd = getattr(getattr(raw, "pgconn", None), "socket", None)
+        with watch(fd, self._attempt_s() + 0.05):
+            yield conn
+
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        if self._write_lock is None:
-            with self.engine.begin() as conn:
+        self._ensure_schema()
+        if self._writers is None:
+            with self._slots.slot(self._attempt_s(), "connection"), self.engine.begin() as conn, self._watched(conn):
                 yield conn
             return
-        # SQLite's busy handler polls with growing sleeps and is not fair: with many threads of one
-        # process waiting on the file lock some starve past the timeout. Threads of a process queue
-        # on this lock instead, so only one connection per process contends for the file.
-        if not self._write_lock.acquire(timeout=self.timeout_ms / 1000):
-            raise StoreUnavailable(f"SQL store busy: no write slot within {self.timeout_ms:g} ms")
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        finally:
-            self._write_lock.release()
+        with (
+            self._writers.slot(self._attempt_s(), "write slot"),
+            self._slots.slot(self._attempt_s(), "connection"),
+            self.engine.begin() as conn,
+        ):
+            yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as raw:
+        self._ensure_schema()
+        with self._slots.slot(self._attempt_s(), "connection"), self.engine.connect() as raw:
             conn = raw.execution_options(costguard_read=True)
-            with conn.begin():
+            with conn.begin(), self._watched(conn):
                 yield conn
 
-    @_mapped
+    def _call(self, function: str, doc: Mapping[str, Any]) -> dict[str, Any]:
+        """One server function call in autocommit: one round trip."""
+        self._ensure_schema()
+        stmt = self._statement(f"call:{function}", lambda: f"SELECT {self.prefix}{function}(CAST(:doc AS jsonb))")
+        params = {"doc": _dumps(doc)}
+        with (
+            self._slots.slot(self._attempt_s(), "connection"),
+            self._autocommit.connect() as conn,
+            self._watched(conn),
+        ):
+            result = conn.execute(stmt, params).scalar_one()
+        return result if isinstance(result, dict) else json.loads(result)
+
+    def _ensure_schema(self) -> None:
+        if not self._schema_ready:
+            with self._schema_lock:
+                if not self._schema_ready:
+                    self._create_schema()
+                    self._schema_ready = True
+
     def _create_schema(self) -> None:
-        with self._tx() as conn:
+        with self.engine.begin() as conn:
             if not self.sqlite:
                 # Several processes may start at once; one creates, the others wait here.
                 lock_id = zlib.crc32(self.prefix.encode()) & 0x7FFFFFFF
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
             self.meta.create_all(conn, checkfirst=True)
+            if not self.sqlite:
+                conn.exec_driver_sql(_functions_sql(self.prefix))
 
     def _insert(self, table: sa.Table) -> Any:
         if self.sqlite:
@@ -486,10 +687,16 @@ class SQLStore(Store):
 
     @_mapped
     def reserve(self, plan: ReservePlan, record: AuditRecord | None) -> ReserveOutcome:
+        if not self.sqlite:
+            return self._pg_reserve(plan, record)
         r = self.t["reservations"]
         with self._tx() as conn:
-            if plan.force and conn.execute(sa.select(r.c.id).where(r.c.id == plan.reservation_id)).first():
-                return ReserveOutcome(True, ())  # a buffered record written twice counts once
+            if conn.execute(sa.select(r.c.id).where(r.c.id == plan.reservation_id)).first():
+                # Asked again (a lost reply, a spooled cost written twice) or released before it came:
+                # the first outcome stands and nothing changes.
+                if plan.force:
+                    return ReserveOutcome(True, ())
+                return ReserveOutcome(True, tuple(self._totals(conn, [op.key for op in plan.counters])))
             writes: list[tuple[str, int, int, str, float | None]] = []
             if not plan.counters:
                 outcome = ReserveOutcome(True, ())
@@ -517,7 +724,7 @@ class SQLStore(Store):
                 {
                     "r_id": plan.reservation_id,
                     "r_at": plan.at,
-                    "r_counters": _dumps([op_to_json(op) for op in plan.counters]),
+                    "r_counters": _dumps([_op_row(op) for op in plan.counters]),
                 }
                 if outcome.allowed
                 else None
@@ -525,10 +732,51 @@ class SQLStore(Store):
             self._write(conn, writes, [reserve_record(plan, outcome, record)] if record else [], reservation)
             return outcome
 
+    def _pg_reserve(self, plan: ReservePlan, record: AuditRecord | None) -> ReserveOutcome:
+        reply = self._call(
+            "reserve",
+            {
+                "id": plan.reservation_id,
+                "at": plan.at,
+                "force": plan.force,
+                "ops": _dumps([_op_row(op) for op in plan.counters]),
+                "record": None if record is None else _record_row(record),
+                "counters": [_op_doc(op) for op in plan.counters],
+            },
+        )
+        blocked = int(reply["blocked"])
+        return ReserveOutcome(
+            bool(reply["allowed"]),
+            tuple(int(total) for total in reply["totals"]),
+            blocked - 1 if blocked else None,
+            crossings_from(plan.counters, reply["crossings"]),
+        )
+
+    def _pg_settle(
+        self, reservation_id: str, actual: Mapping[Unit, int] | None, at: float, record: AuditRecord | None
+    ) -> CommitOutcome:
+        reply = self._call(
+            "settle",
+            {
+                "id": reservation_id,
+                "at": at,
+                "actual": None if actual is None else {unit.value: amount for unit, amount in actual.items()},
+                "record": None if record is None else _record_row(record),
+            },
+        )
+        if not reply["applied"]:
+            return CommitOutcome(applied=False)
+        ops = tuple(op_from_json(item) for item in reply["counters"])
+        return CommitOutcome(
+            True, ops, tuple(int(total) for total in reply["totals"]), crossings_from(ops, reply["crossings"])
+        )
+
     @_mapped
     def settle(
         self, reservation_id: str, actual: Mapping[Unit, int] | None, at: float, record: AuditRecord | None
     ) -> CommitOutcome:
+        if not self.sqlite:
+            return self._pg_settle(reservation_id, actual, at, record)
         r = self.t["reservations"]
         with self._tx() as conn:
             if self._returning:
@@ -542,12 +790,15 @@ class SQLStore(Store):
                 )
                 row = conn.execute(claim, {"id": reservation_id, "at": at, "yes": True, "no": False}).first()
                 if row is None:
+                    self._tombstone(conn, reservation_id, actual, at)
                     return CommitOutcome(applied=False)
             else:
                 row = conn.execute(
                     sa.select(r.c.counters, r.c.settled).where(r.c.id == reservation_id).with_for_update()
                 ).first()
                 if row is None or row.settled:
+                    if row is None:
+                        self._tombstone(conn, reservation_id, actual, at)
                     return CommitOutcome(applied=False)
                 conn.execute(sa.update(r).where(r.c.id == reservation_id).values(settled=True, at=at))
             ops = tuple(op_from_json(item) for item in json.loads(row.counters))
@@ -608,6 +859,9 @@ class SQLStore(Store):
                 row.id: tuple(op_from_json(item) for item in json.loads(row.counters))
                 for row in conn.execute(self._statement("claim_many", lambda: claim_sql), {"claims": claims})
             }
+            for reservation_id, actual, at, _ in items:
+                if reservation_id not in claimed:
+                    self._tombstone(conn, reservation_id, actual, at)
             if not claimed:
                 return out
             union: dict[str, CounterOp] = {}
@@ -642,15 +896,25 @@ class SQLStore(Store):
             self._write(conn, writes, records)
         return out
 
+    def _tombstone(self, conn: Connection, reservation_id: str, actual: Mapping[Unit, int] | None, at: float) -> None:
+        """A release of a reservation not stored: a settled row without counters, so a reserve arriving
+        late (its outcome was unknown to the guard that gave up on it) changes nothing."""
+        if actual is None:
+            insert = self._insert(self.t["reservations"]).values(id=reservation_id, at=at, settled=True, counters="[]")
+            conn.execute(insert.on_conflict_do_nothing(index_elements=["id"]))
+
+    def _totals(self, conn: Connection, keys: Sequence[str]) -> list[int]:
+        c = self.t["counters"]
+        found = {
+            row.key: int(row.committed) + int(row.reserved)
+            for row in conn.execute(sa.select(c.c.key, c.c.committed, c.c.reserved).where(c.c.key.in_(list(keys))))
+        }
+        return [found.get(key, 0) for key in keys]
+
     @_mapped
     def totals(self, keys: Sequence[str]) -> list[int]:
-        c = self.t["counters"]
         with self._read() as conn:
-            found = {
-                row.key: int(row.committed) + int(row.reserved)
-                for row in conn.execute(sa.select(c.c.key, c.c.committed, c.c.reserved).where(c.c.key.in_(list(keys))))
-            }
-        return [found.get(key, 0) for key in keys]
+            return self._totals(conn, keys)
 
     @_mapped
     def list_counters(self, buckets: Mapping[Period, str]) -> list[CounterRow]:
@@ -800,3 +1064,13 @@ class SQLStore(Store):
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def drop_schema(self) -> None:
+        """Remove costguard's tables (and on PostgreSQL its functions) for this prefix: every counter,
+        reservation, audit record and setting is gone. For tests and uninstalling."""
+        with self.engine.begin() as conn:
+            self.meta.drop_all(conn, checkfirst=True)
+            if not self.sqlite:
+                for signature in _FUNCTIONS:
+                    conn.exec_driver_sql(f"DROP FUNCTION IF EXISTS {self.prefix}{signature}")
+        self._schema_ready = False

@@ -8,9 +8,6 @@
 -- Returns {2} for a repeated forced plan, else {allowed, blocked counter (0 none), n, n totals...,
 --       crossing quadruples...}.
 local force = ARGV[1] == '1'
-if force and redis.call('EXISTS', KEYS[1]) == 1 then
-  return {2} -- a buffered record written twice counts once
-end
 local n = tonumber(ARGV[2])
 local at = tonumber(ARGV[3])
 local exp_index = KEYS[4]
@@ -18,6 +15,20 @@ local exp_index = KEYS[4]
 -- this runs on every guarded call).
 local function k_of(i) return 4 + (i - 1) * 3 end
 local function a_of(i) return 6 + (i - 1) * 10 end
+
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  -- Asked again (a reply lost to a timeout, a spooled cost written twice), or released before it
+  -- arrived (its key is then `1`): the first outcome stands and nothing changes.
+  if force then
+    return {2}
+  end
+  local again = {1, 0, n}
+  for i = 1, n do
+    local row = redis.call('HMGET', KEYS[k_of(i) + 1], 'c', 'r')
+    again[#again + 1] = (tonumber(row[1]) or 0) + (tonumber(row[2]) or 0)
+  end
+  return again
+end
 local rows, current = {}, {}
 local out = {}
 
