@@ -161,7 +161,8 @@ def test_status_json_shape_on_a_memory_store(runner: CliRunner, tmp_path: Path) 
     result = runner.invoke(main, ["status", "--config", str(path), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert set(data) == {"at", "ceilings", "killswitches"}
+    assert set(data) == {"at", "ceilings", "killswitches", "unrecorded_usd", "spooled"}
+    assert (data["unrecorded_usd"], data["spooled"]) == (0.0, 0)
     assert data["killswitches"] == []
     rows = {(row["ceiling"], row["period"]): row for row in data["ceilings"]}
     # memory:// lives in one process: the CLI sees the configured ceilings with nothing spent.

@@ -16,7 +16,9 @@ from costguard.errors import (
     CostGuardError,
     KillSwitchActive,
     LabelError,
+    StoreBusy,
     StoreError,
+    StoreTimeout,
     StoreUnavailable,
 )
 from costguard.events import AuditRecord, Event
@@ -45,7 +47,9 @@ __all__ = [
     "Priced",
     "Pricing",
     "Status",
+    "StoreBusy",
     "StoreError",
+    "StoreTimeout",
     "StoreUnavailable",
     "Unit",
     "__version__",

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 
 from costguard.errors import ConfigError
 from costguard.fallback import Fallback, Raise, Static, cached
-from costguard.model import Ceiling, Limit, Period, Unit, check_count, make_match, to_micros
+from costguard.model import Ceiling, Limit, Period, Unit, check_count, make_match, micros_to_usd, to_micros
 from costguard.notify.dispatcher import Notifier
 from costguard.yamlload import load_yaml
 
@@ -88,6 +88,13 @@ def _millis(value: object) -> float:
     number = _as_float(value)
     if number > _MAX_SECONDS * 1000:
         raise ValueError(f"expected milliseconds, at most 100 years' worth, got {_shown(value)}")
+    return number
+
+
+def _deadline_millis(value: object) -> float:
+    number = _millis(value)
+    if number <= 0:
+        raise ValueError(f"expected milliseconds > 0, got {_shown(value)}")
     return number
 
 
@@ -261,6 +268,7 @@ class FeatureConfig(Limits):
     max_call_usd: UsdEstimate | None = None
     estimator: Literal["fixed", "learned"] = "fixed"
     learn: LearnConfig | None = None
+    outage_allowance_usd: Usd | None = None
 
     @field_validator("degrade_at")
     @classmethod
@@ -411,7 +419,10 @@ class Config(_Model):
     """The whole `costguard.yaml`."""
 
     store: str = "sqlite:///costguard.db"
-    store_timeout_ms: Annotated[float, PlainValidator(_millis)] | None = None
+    store_timeout_ms: Annotated[float, PlainValidator(_deadline_millis)] | None = None
+    store_deadline_ms: Annotated[float, PlainValidator(_deadline_millis)] = 2000.0
+    outage_allowance_usd: Usd | None = None
+    spool_dir: str | Literal[False] | None = None
     timezone: str = "UTC"
     thresholds: list[Ratio] = Field(default_factory=lambda: [0.8, 1.0])
     on_store_error: Literal["open", "closed"] = "open"
@@ -506,6 +517,7 @@ class Config(_Model):
                 max_call_usd=f.max_call_usd,
                 estimator=f.estimator,
                 learn=LearnSettings(**f.learn.model_dump()) if f.learn else LearnSettings(),
+                outage_allowance_usd=f.outage_allowance_usd,
             )
             for name, f in self.features.items()
         }
@@ -528,6 +540,9 @@ class Config(_Model):
             max_label_length=self.max_label_length,
             clock=clock,
             store_options=options,
+            store_deadline_ms=self.store_deadline_ms,
+            outage_allowance_usd=None if self.outage_allowance_usd is None else micros_to_usd(self.outage_allowance_usd),
+            spool_dir=self.spool_dir,
         )
         guard.admin = self.admin  # the admin API and `costguard serve` read their tokens here
         return guard

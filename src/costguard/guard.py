@@ -694,7 +694,8 @@ class Guard:
         except Blocked as blocked:
             return blocked.decision
         plan = self._plan(view, call_labels, amounts, now)
-        totals = self.store.totals([op.key for op in plan.counters])
+        keys = [op.key for op in plan.counters]
+        totals = dl.call(lambda: self.store.totals(keys), self._deadline())
         outcome = engine.evaluate_reserve(plan, totals, [set() for _ in totals])
         return engine.decide(plan, outcome, now=now, degrade_at=settings.degrade_at)
 
@@ -704,7 +705,8 @@ class Guard:
         wanted = normalize_labels({"feature": feature, "customer": customer, **labels}, max_length=10_000)
         view = self._refresh(now)
         buckets = {p: bucket_for(p, now, self.tz) for p in Period}
-        rows = self.store.list_counters({p: b.id for p, b in buckets.items()})
+        ids = {p: b.id for p, b in buckets.items()}
+        rows = dl.call(lambda: self.store.list_counters(ids), self._deadline())
         by_id = {c.id: c for c in view.ceilings}
         seen: set[tuple[str, tuple[tuple[str, str], ...], Period, Unit]] = set()
         out: list[CeilingStatus] = []
@@ -740,6 +742,8 @@ class Guard:
             at=datetime.fromtimestamp(now, timezone.utc),
             ceilings=tuple(out),
             killswitches=view.control.killswitches if view.control is not None else (),
+            unrecorded_usd=self.unrecorded_usd,
+            spooled=self._settlement.pending,
         )
 
     def forecast(self, feature: str | None = None, customer: str | None = None, **labels: str) -> Forecast:
@@ -751,7 +755,7 @@ class Guard:
         rows = [row for row in status.ceilings if row.unit == "usd"]
         hours = [bucket_for(Period.HOUR, now - i * 3600, timezone.utc).id for i in range(fc.LOOKBACK_H)]
         keys = [engine.history_key(row.ceiling, row.labels, hour) for row in rows for hour in hours]
-        totals = self.store.totals(keys) if keys else []
+        totals = dl.call(lambda: self.store.totals(keys), self._deadline()) if keys else []
         out = []
         for index, row in enumerate(rows):
             hourly = [micros_to_usd(v) for v in totals[index * len(hours) : (index + 1) * len(hours)]]
@@ -778,9 +782,8 @@ class Guard:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit!r}")
         self._background.flush()
-        return self.store.audit(
-            AuditQuery(epoch(since), epoch(until), feature, customer, decision, limit, before_id=before_id)
-        )
+        query = AuditQuery(epoch(since), epoch(until), feature, customer, decision, limit, before_id=before_id)
+        return dl.call(lambda: self.store.audit(query), self._deadline())
 
     # ----------------------------------------------------------------- limits
     def set_limit(

@@ -83,16 +83,22 @@ class CeilingStatus:
 
 @dataclass(frozen=True)
 class Status:
-    """Every ceiling's spend now, and the active kill switches."""
+    """Every ceiling's spend now, the active kill switches, and (for this process) what was admitted
+    while the store could not be reached and is not recorded yet (`unrecorded_usd`) and how many
+    calls' writes wait in the spool (`spooled`)."""
 
     at: datetime
     ceilings: tuple[CeilingStatus, ...]
     killswitches: tuple[KillSwitchState, ...] = ()
+    unrecorded_usd: float = 0.0
+    spooled: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""
         return {
             "at": self.at.isoformat(),
+            "unrecorded_usd": self.unrecorded_usd,
+            "spooled": self.spooled,
             "ceilings": [c.to_dict() for c in self.ceilings],
             "killswitches": [
                 {

@@ -123,3 +123,55 @@ def threads_racing(url: str, cap_micros: int, threads: int, estimate: float, cus
         worker.join()
     guard.close()
     return sum(allowed)
+
+
+def race_ceiling(cap_micros: int) -> Ceiling:
+    """A hard monthly USD ceiling on feature `race`."""
+    return Ceiling(make_match({"feature": "race"}), (Limit(Period.MONTH, Unit.USD, cap_micros),))
+
+
+def hog(stop: Any) -> None:  # pragma: no cover - runs in a child process
+    """Keep one core busy until `stop` is set (a CPU hog beside a load test)."""
+    while not stop.is_set():
+        for _ in range(100_000):
+            pass
+
+
+def burst(url: str, cap_micros: int, threads: int, attempts: int, start: Any, results: Any) -> None:
+    """`threads` threads each call a guarded function `attempts` times, all starting together across
+    processes (`start` is a barrier). Default settings: no timeout or store option is given. Puts
+    (calls that ran, refusals by reason, calls not yet recorded at close) on `results`."""
+    from costguard import Priced
+
+    guard = Guard(url, ceilings=[race_ceiling(cap_micros)])
+
+    @guard.with_kill_switch("race", estimate=0.01)
+    def paid_call() -> Priced[str]:
+        return Priced("answer", 0.01)
+
+    ran = [0] * threads
+    refused: dict[str, int] = {}
+    lock = threading.Lock()
+    ready = threading.Barrier(threads + 1)
+
+    def loop(index: int) -> None:
+        ready.wait()
+        for _ in range(attempts):
+            try:
+                paid_call()
+            except Blocked as blocked:
+                with lock:
+                    refused[blocked.decision.reason] = refused.get(blocked.decision.reason, 0) + 1
+                continue
+            ran[index] += 1
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    start.wait()
+    ready.wait()
+    for worker in workers:
+        worker.join()
+    unrecorded = guard.pending
+    guard.close()
+    results.put((sum(ran), refused, unrecorded))

@@ -1,0 +1,71 @@
+"""The cap holds exactly under a burst: 8 processes x 32 threads (256 callers on a 2-core machine)
+against a $10.00 cap at $0.01 a call, with default settings — on a quiet machine and with a CPU hog
+busy on every core. Exactly 1 000 calls run, $10.00 is recorded, and every refusal is the budget's:
+a slow store is waited for, never taken for an outage."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import workers
+
+from costguard import Guard
+
+pytestmark = pytest.mark.slow
+
+SPAWN = multiprocessing.get_context("spawn")
+PROCESSES = 8
+THREADS = 32
+ATTEMPTS = 12  # 8 x 32 x 12 = 3 072 attempts for 1 000 calls of room
+CAP = 10_000_000  # $10.00 in micro-dollars
+
+
+@contextmanager
+def cpu_hog(on: bool) -> Iterator[None]:
+    """One busy process per core for the duration, or nothing."""
+    stop = SPAWN.Event()
+    hogs = (
+        [SPAWN.Process(target=workers.hog, args=(stop,), daemon=True) for _ in range(os.cpu_count() or 2)] if on else []
+    )
+    for process in hogs:
+        process.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for process in hogs:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+
+
+@pytest.mark.parametrize("hog", [False, True], ids=["quiet", "cpu-hog"])
+def test_8_processes_x_32_threads_admit_exactly_1000_calls(shared_store_url: str, hog: bool) -> None:
+    start = SPAWN.Barrier(PROCESSES)
+    results = SPAWN.Queue()
+    procs = [
+        SPAWN.Process(target=workers.burst, args=(shared_store_url, CAP, THREADS, ATTEMPTS, start, results))
+        for _ in range(PROCESSES)
+    ]
+    with cpu_hog(hog):
+        for process in procs:
+            process.start()
+        outcomes = [results.get(timeout=300) for _ in procs]
+        for process in procs:
+            process.join(60)
+    assert [p.exitcode for p in procs] == [0] * PROCESSES
+    refused: dict[str, int] = {}
+    for _, reasons, _ in outcomes:
+        for reason, count in reasons.items():
+            refused[reason] = refused.get(reason, 0) + count
+    assert sum(ran for ran, _, _ in outcomes) == 1000
+    assert refused == {"budget_exceeded": PROCESSES * THREADS * ATTEMPTS - 1000}  # no store error, ever
+    assert [unrecorded for _, _, unrecorded in outcomes] == [0] * PROCESSES
+    guard = Guard(shared_store_url, ceilings=[workers.race_ceiling(CAP)])
+    (row,) = guard.status(feature="race").ceilings
+    assert (row.spent, row.reserved) == (10.0, 0.0)
+    guard.close()
