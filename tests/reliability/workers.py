@@ -175,3 +175,58 @@ def burst(url: str, cap_micros: int, threads: int, attempts: int, start: Any, re
     unrecorded = guard.pending
     guard.close()
     results.put((sum(ran), refused, unrecorded))
+
+
+CHAT_ESTIMATE = 20_000  # micro-dollars reserved per call
+CHAT_COSTS = [11_000, 12_000, 13_000, 14_000, 15_000, 16_000, 17_000, 18_000, 19_000, 20_000]
+
+
+def chat_guard(url: str, spool_dir: str, **options: Any) -> Guard:
+    """Feature `chat` under a $100 monthly cap (so the default outage allowance is $1 per process),
+    estimate $0.02, fallback "busy"."""
+    from costguard import FeatureSettings
+    from costguard.fallback import static
+
+    return Guard(
+        url,
+        ceilings=[Ceiling(make_match({"feature": "chat"}), (Limit(Period.MONTH, Unit.USD, 100_000_000),))],
+        features={"chat": FeatureSettings(estimate_usd=CHAT_ESTIMATE, fallback=static("busy"))},
+        spool_dir=spool_dir,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def chatter(url: str, spool_dir: str, log_path: str, stop_path: str, threads: int) -> None:
+    """Call `chat` from `threads` threads until `stop_path` exists, logging to `log_path` (unbuffered,
+    so a SIGKILL loses nothing logged) `ran <id> <cost> <decision reason>` when the paid call happens
+    and `done <id>` once the guard has taken its cost."""
+    import costguard
+    from costguard import Priced
+
+    guard = chat_guard(url, spool_dir)
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    @guard.with_kill_switch("chat")
+    def chat(cost: int) -> Priced[str]:
+        decision = costguard.current_decision()
+        assert decision is not None
+        os.write(log, f"ran {decision.reservation_id} {cost} {decision.reason}\n".encode())
+        time.sleep(0.002)  # the model answers
+        return Priced(str(decision.reservation_id), cost / 1_000_000)
+
+    def loop(index: int) -> None:
+        n = index
+        while not os.path.exists(stop_path):
+            n += 1
+            result = chat(CHAT_COSTS[n % len(CHAT_COSTS)])
+            if result != "busy":
+                os.write(log, f"done {result}\n".encode())
+            time.sleep(0.001)
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    guard.close(timeout=10)
+    os.close(log)

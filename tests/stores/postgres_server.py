@@ -224,6 +224,22 @@ class PostgresServer:
                 raise RuntimeError(f"PostgreSQL's children did not exit: {[p for p in children if _alive(p)]}")
             time.sleep(0.01)
 
+    def freeze(self) -> None:
+        """SIGSTOP the postmaster and every process it forked: the kernel still accepts and acknowledges
+        connections and packets, but nothing answers (a hung VM, a stalled disk, a debugger)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+        for pid in _children(self.process.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Resume a frozen server."""
+        assert self.process is not None
+        for pid in [self.process.pid, *_children(self.process.pid)]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGCONT)
+
     def stop(self) -> None:
         """Kill the server (if running) and delete its directory."""
         self.kill()

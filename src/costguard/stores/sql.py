@@ -155,6 +155,8 @@ _NOT_SENT_TEXT = (
     "name or service not known",
     "no such host",
     "unable to open database file",
+    "connection timed out",
+    "connection timeout expired",
 )
 
 
@@ -195,6 +197,40 @@ def _mapped(method: Callable[P, T]) -> Callable[P, T]:
 
 def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _connect_within(connect: Callable[[], Any], seconds: float) -> Any:
+    """A new connection, or `OperationalError` after `seconds`: libpq's own connect timeout is whole
+    seconds, at least 2, and a frozen server accepts the TCP connection and then never answers. The
+    attempt goes on in its thread; a connection it makes after we gave up is closed."""
+    import psycopg
+
+    done = threading.Event()
+    outcome: list[Any] = []
+    lock = threading.Lock()
+
+    def attempt() -> None:
+        try:
+            made: Any = connect()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            made = exc
+        with lock:
+            if done.is_set() and not isinstance(made, BaseException):
+                made.close()  # the caller gave up: nobody will use it
+                return
+            outcome.append(made)
+            done.set()
+
+    threading.Thread(target=attempt, name="costguard-connect", daemon=True).start()
+    if not done.wait(seconds):
+        with lock:
+            if not outcome:
+                done.set()
+                raise psycopg.OperationalError(f"connection timed out: no answer within {seconds * 1000:.0f} ms")
+    made = outcome[0]
+    if isinstance(made, BaseException):
+        raise made
+    return made
 
 
 class _FairGate:
@@ -406,7 +442,7 @@ class SQLStore(Store):
                     time.sleep(random.uniform(0, 0.001))  # noqa: S311 - jitter, not a secret
 
             return engine
-        return sa.create_engine(
+        engine = sa.create_engine(
             sa_url,
             pool_size=self.pool_size,
             max_overflow=self.max_overflow,
@@ -428,6 +464,12 @@ class SQLStore(Store):
                 "keepalives_count": 3,
             },
         )
+
+        @sa.event.listens_for(engine, "do_connect")
+        def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+            return _connect_within(lambda: dialect.loaded_dbapi.connect(*cargs, **cparams), self._attempt_s())
+
+        return engine
 
     def _attempt_s(self) -> float:
         """How long this attempt may take: the store timeout, or what is left of the caller's deadline."""
@@ -488,7 +530,7 @@ class SQLStore(Store):
                     self._schema_ready = True
 
     def _create_schema(self) -> None:
-        with self.engine.begin() as conn:
+        with self.engine.begin() as conn, self._watched(conn):
             if not self.sqlite:
                 # Several processes may start at once; one creates, the others wait here.
                 lock_id = zlib.crc32(self.prefix.encode()) & 0x7FFFFFFF
