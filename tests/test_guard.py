@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 import costguard
 from costguard import Blocked, BudgetExceeded, Ceiling, FeatureSettings, Guard, Limit, Period, Unit
+from costguard.engine import CommitOutcome, ReserveOutcome, ReservePlan
+from costguard.errors import StoreTimeout, StoreUnavailable
+from costguard.events import AuditRecord
 from costguard.model import make_match
 from costguard.stores import MemoryStore
 from costguard.testing import FakeClock, RecordingNotifier
@@ -428,3 +433,140 @@ def test_a_guard_from_yaml_keeps_its_admin_block(tmp_path: Path) -> None:
     guard = Guard.from_yaml(path)
     assert [t.name for t in guard.admin.tokens] == ["ops"]
     guard.close()
+
+
+# --------------------------------------------------------------------------- outages: bounded open, spool
+
+
+def test_open_admits_at_most_the_allowance_of_the_tightest_hard_ceiling() -> None:
+    """$5/day for the customer is the tightest hard USD ceiling: 1 % of it, $0.05, may be admitted
+    unreserved per process and feature; the soft $1 ceiling doesn't count."""
+    store = FlakyStore()
+    notifier = RecordingNotifier()
+    guard = make_guard(
+        usd_ceiling({"feature": "f"}, month=50.0),
+        usd_ceiling({"customer": "*"}, day=5.0),
+        usd_ceiling({"customer": "acme"}, "soft", day=1.0),
+        store=store,
+        notifier=notifier,
+    )
+    store.down = True
+    for _ in range(5):
+        with guard.reserve("f", estimate_usd=0.01, customer="acme") as r:
+            assert r.decision.reason == "store_error"
+    assert guard.unrecorded_usd == 0.05
+    with pytest.raises(Blocked, match=r"f's outage allowance \(\$0.05 per process\) is used up") as refused:
+        guard.reserve("f", estimate_usd=0.01, customer="acme")
+    assert refused.value.decision.reason == "store_error"
+    guard.flush(0.1)
+    (event,) = [e for e in notifier.events if e.kind == "store_error"]
+    assert event.to_dict()["unrecorded_usd"] == 0.0  # reported at the first failure, before any admission
+    store.down = False
+    assert guard.flush()
+    assert guard.unrecorded_usd == 0.0  # recorded: the allowance is free again
+    status = guard.status()
+    assert (status.unrecorded_usd, status.spooled) == (0.0, 0)
+    assert [row.spent for row in status.ceilings] == [0.05, 0.05, 0.05]  # every ceiling, once
+
+
+def test_the_allowance_is_capped_at_one_dollar_and_can_be_set_per_feature() -> None:
+    store = FlakyStore()
+    guard = make_guard(
+        usd_ceiling({"feature": "f"}, month=1000.0),
+        usd_ceiling({"feature": "g"}, month=1000.0),
+        store=store,
+        features={"g": FeatureSettings(outage_allowance_usd=300_000)},
+    )
+    store.down = True
+    admitted = {"f": 0, "g": 0}
+    for feature in admitted:
+        for _ in range(200):
+            try:
+                with guard.reserve(feature, estimate_usd=0.1):
+                    admitted[feature] += 1
+            except Blocked:
+                break
+    assert admitted == {"f": 10, "g": 3}  # $1 (not 1 % of $1000), and g's own $0.30
+    assert guard.unrecorded_usd == 1.3
+    explicit = make_guard(usd_ceiling({"feature": "f"}, month=1.0), store=store, outage_allowance_usd=0.5)
+    with explicit.reserve("f", estimate_usd=0.4):
+        pass
+    with pytest.raises(Blocked):
+        explicit.reserve("f", estimate_usd=0.2)  # 0.4 + 0.2 would pass $0.50
+    store.down = False
+    assert guard.flush()
+    assert explicit.flush()
+
+
+class AppliedThenLost(MemoryStore):
+    """A store that applies each reserve but never gets the reply back while `lose` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lose = True
+
+    def reserve(self, plan: ReservePlan, record: AuditRecord | None) -> ReserveOutcome:
+        outcome = super().reserve(plan, record)
+        if self.lose:
+            raise StoreTimeout("no reply (test)")
+        return outcome
+
+    def settle(
+        self, reservation_id: str, actual: Mapping[Unit, int] | None, at: float, record: AuditRecord | None
+    ) -> CommitOutcome:
+        if self.lose:
+            raise StoreUnavailable("down (test)")
+        return super().settle(reservation_id, actual, at, record)
+
+
+def test_a_refused_call_whose_reserve_may_have_been_applied_is_released() -> None:
+    store = AppliedThenLost()
+    guard = make_guard(
+        usd_ceiling({"feature": "f"}, day=1.0), store=store, on_store_error="closed", store_deadline_ms=50
+    )
+    with pytest.raises(Blocked) as refused:
+        guard.reserve("f", estimate_usd=0.3)
+    assert refused.value.decision.reason == "store_error"
+    assert store.totals(list(store._counters))[0] == 300_000  # the store did apply it
+    assert guard.pending == 1  # its release waits for the store
+    store.lose = False
+    assert guard.flush()
+    assert guard.status().ceilings[0].spent == 0.0  # released: a refused call costs nothing
+
+
+def test_an_async_call_is_admitted_unreserved_and_recorded_later() -> None:
+    store = FlakyStore()
+    guard = make_guard(usd_ceiling({"feature": "f"}, month=100.0), store=store)
+    store.down = True
+
+    async def main() -> str:
+        async with guard.areserve("f", estimate_usd=0.02) as r:
+            assert r.decision.reason == "store_error"
+            await r.acommit(0.015)
+        return "done"
+
+    assert asyncio.run(main()) == "done"
+    assert (guard.pending, guard.unrecorded_usd) == (1, 0.02)
+    store.down = False
+    assert guard.flush()
+    assert guard.status().ceilings[0].spent == 0.015
+
+
+def test_the_log_says_what_happened_when_outage_admissions_pass_a_cap(caplog: pytest.LogCaptureFixture) -> None:
+    store = FlakyStore()
+    guard = make_guard(usd_ceiling({"feature": "f"}, day=0.05), store=store, outage_allowance_usd=1.0)
+    with guard.reserve("f", estimate_usd=0.04):
+        pass
+    store.down = True
+    with caplog.at_level(logging.WARNING, logger="costguard"):
+        for _ in range(3):
+            with guard.reserve("f", estimate_usd=0.01):
+                pass
+        store.down = False
+        assert guard.flush()
+    assert "admitting calls without a reservation (on_store_error: open), at most $1 per feature" in caplog.text
+    assert "over its limit after commit: 0.07 of 0.05 (a call admitted while the store could not be reached" in (
+        caplog.text
+    )
+    assert "actual cost exceeded the estimate" not in caplog.text
+    assert guard.status().ceilings[0].spent == 0.07
