@@ -178,3 +178,34 @@ def test_a_cold_start_with_the_store_down_follows_the_policy_and_records_later(d
     finally:
         opened.close(timeout=1)
         closed.close(timeout=1)
+
+
+@pytest.mark.postgres
+def test_too_many_clients_is_overload_waited_for_within_the_deadline(postgres: PostgresServer, tmp_path: Path) -> None:
+    """The server's connection limit reached: the guard backs off and asks again within its deadline,
+    and a slot freed meanwhile lets the call through — not an outage, no fallback."""
+    import psycopg
+
+    url = f"{postgres.url}?prefix=m{uuid.uuid4().hex[:8]}_"
+    guard = workers.chat_guard(url, str(tmp_path / "spool"), on_store_error="closed")
+    assert timed_calls(guard, 1, 1)[0][0] == "answer"
+    guard.store.close()  # no pooled connection: the next call needs a new one
+    held = []
+    refusal = ""
+    while not refusal:  # take every connection the server will give
+        try:
+            held.append(psycopg.connect(host="127.0.0.1", port=postgres.port, user="postgres", dbname="postgres"))
+        except psycopg.OperationalError as exc:
+            refusal = str(exc)
+    assert "too many clients" in refusal
+    release = threading.Timer(0.5, lambda: [conn.close() for conn in held[:2]])
+    release.start()
+    try:
+        ((result, took),) = timed_calls(guard, 1, 1)
+    finally:
+        release.cancel()
+        for conn in held:
+            conn.close()
+    assert result == "answer"  # waited for, not refused
+    assert 0.4 < took < 2.0
+    guard.close()
