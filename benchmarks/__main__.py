@@ -15,6 +15,8 @@ HERE = Path(__file__).parent
 SCRIPTS = [
     ["overhead.py"],
     ["throughput.py"],
+    ["hot_row.py"],
+    ["roundtrips.py"],
     ["scaling.py", "--sizes", "1000,100000,1000000", "--customers", "10,100000"],
     ["memory.py"],
     ["alerts_bench.py"],
