@@ -39,6 +39,8 @@ def make_guard(
 class FlakyStore(MemoryStore):
     """A memory store that fails every call with StoreUnavailable while `down` is set."""
 
+    remote = True  # stands in for a server: the guard bounds its calls by the deadline and asks again
+
     def __init__(self) -> None:
         super().__init__()
         self.down = False

@@ -501,6 +501,8 @@ def test_the_allowance_is_capped_at_one_dollar_and_can_be_set_per_feature() -> N
 class AppliedThenLost(MemoryStore):
     """A store that applies each reserve but never gets the reply back while `lose` is set."""
 
+    remote = True  # stands in for a server: the guard bounds its calls by the deadline and asks again
+
     def __init__(self) -> None:
         super().__init__()
         self.lose = True

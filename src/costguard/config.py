@@ -541,7 +541,9 @@ class Config(_Model):
             clock=clock,
             store_options=options,
             store_deadline_ms=self.store_deadline_ms,
-            outage_allowance_usd=None if self.outage_allowance_usd is None else micros_to_usd(self.outage_allowance_usd),
+            outage_allowance_usd=None
+            if self.outage_allowance_usd is None
+            else micros_to_usd(self.outage_allowance_usd),
             spool_dir=self.spool_dir,
         )
         guard.admin = self.admin  # the admin API and `costguard serve` read their tokens here

@@ -112,7 +112,21 @@ def _retrying_options(deadline: Deadline) -> dict[str, object]:
 
 def call(fn: Callable[[], T], deadline: Deadline) -> T:
     """`fn()` within `deadline`, asking again as the rule says; raises the last `StoreError`."""
+    token = _current.set(deadline)
+    try:
+        return fn()  # the common case: one attempt, no retry machinery at all
+    except StoreUnavailable as exc:
+        if isinstance(exc, StoreTimeout):
+            deadline.unknown = True
+        if deadline.remaining() <= 0:
+            raise
+        first = exc
+    finally:
+        _current.reset(token)
+    return _again(fn, deadline, first)
 
+
+def _again(fn: Callable[[], T], deadline: Deadline, first: StoreUnavailable) -> T:
     def once() -> T:
         try:
             return fn()
@@ -121,12 +135,6 @@ def call(fn: Callable[[], T], deadline: Deadline) -> T:
             raise
 
     with bounded(deadline):
-        try:
-            return once()  # the common case: no retry machinery at all
-        except StoreUnavailable as exc:
-            if deadline.remaining() <= 0:
-                raise
-            first = exc
         for attempt in Retrying(**_retrying_options(deadline)):  # type: ignore[arg-type]
             with attempt:
                 if attempt.retry_state.attempt_number == 1:
@@ -137,6 +145,17 @@ def call(fn: Callable[[], T], deadline: Deadline) -> T:
 
 async def acall(fn: Callable[[], Awaitable[T]], deadline: Deadline) -> T:
     """Async `call`: backoff sleeps never block the event loop."""
+    token = _current.set(deadline)
+    try:
+        return await fn()
+    except StoreUnavailable as exc:
+        if isinstance(exc, StoreTimeout):
+            deadline.unknown = True
+        if deadline.remaining() <= 0:
+            raise
+        first = exc
+    finally:
+        _current.reset(token)
 
     async def once() -> T:
         try:
@@ -146,12 +165,6 @@ async def acall(fn: Callable[[], Awaitable[T]], deadline: Deadline) -> T:
             raise
 
     with bounded(deadline):
-        try:
-            return await once()
-        except StoreUnavailable as exc:
-            if deadline.remaining() <= 0:
-                raise
-            first = exc
         async for attempt in AsyncRetrying(**_retrying_options(deadline)):  # type: ignore[arg-type]
             with attempt:
                 if attempt.retry_state.attempt_number == 1:

@@ -42,7 +42,7 @@ from costguard.notify.dispatcher import Background, Dispatcher, LaneStats, Notif
 from costguard.periods import bucket_for
 from costguard.pricing import Pricing
 from costguard.reservation import AsyncReserveContext, Reservation
-from costguard.settlement import Settlement, Written
+from costguard.settlement import Settlement
 from costguard.spool import Spool, default_spool_dir
 from costguard.status import CeilingStatus, Status
 from costguard.stores import Store, open_store
@@ -407,13 +407,13 @@ class Guard:
         plan: engine.ReservePlan,
         outcome: engine.ReserveOutcome,
         settings: FeatureSettings,
-        deadline: dl.Deadline,
+        deadline: dl.Deadline | None,
         now: float,
     ) -> Decision:
         self._emit_crossings(outcome.crossings, now)
         decision = engine.decide(plan, outcome, now=now, degrade_at=settings.degrade_at)
         if not decision.allowed:
-            if deadline.unknown:
+            if deadline is not None and deadline.unknown:
                 # An earlier attempt timed out and may still be applied after this refusal: release it.
                 self._settlement.abandon(plan.reservation_id, now)
             raise BudgetExceeded(decision)
@@ -435,7 +435,7 @@ class Guard:
         labels: Mapping[str, str],
         settings: FeatureSettings,
         exc: StoreError,
-        deadline: dl.Deadline,
+        deadline: dl.Deadline | None,
         now: float,
     ) -> Reservation:
         """The store could not be reached for the reserve: `closed` serves the fallback; `open` admits the
@@ -461,7 +461,7 @@ class Guard:
             )
         else:
             message = "the costguard store can't be reached and on_store_error is 'closed'"
-        if deadline.unknown:
+        if deadline is not None and deadline.unknown:
             self._settlement.abandon(plan.reservation_id, now)  # it may have been applied: give it back
         self._raise_store_closed(labels, now, message)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -490,13 +490,16 @@ class Guard:
         call_labels = self._labels(feature, labels)
         settings = self.feature(feature)
         amounts = self._amounts(feature, settings, estimate_usd, estimate_tokens)
-        deadline = self._deadline()
+        deadline = self._deadline() if self.store.remote else None
         view = self._refresh(now, deadline)
         self._pre_check(view, call_labels, settings, now)
         plan = self._plan(view, call_labels, amounts, now)
         record = self._reserve_record(plan, fallback)
         try:
-            outcome = dl.call(lambda: self.store.reserve(plan, record), deadline)
+            if deadline is None:
+                outcome = self.store.reserve(plan, record)  # in process: nothing to wait for or ask again
+            else:
+                outcome = dl.call(lambda: self.store.reserve(plan, record), deadline)
         except StoreError as exc:
             return self._unreserved(plan, call_labels, settings, exc, deadline, now)
         self._maintain(now)
@@ -514,7 +517,7 @@ class Guard:
         call_labels = self._labels(feature, labels)
         settings = self.feature(feature)
         amounts = self._amounts(feature, settings, estimate_usd, estimate_tokens)
-        deadline = self._deadline()
+        deadline = self._deadline() if self.store.remote else None
         view = await self._arefresh(now, deadline)
         self._pre_check(view, call_labels, settings, now)
         plan = self._plan(view, call_labels, amounts, now)
@@ -524,7 +527,7 @@ class Guard:
             return await self.store.areserve(plan, record)
 
         try:
-            outcome = await dl.acall(reserve, deadline)
+            outcome = await reserve() if deadline is None else await dl.acall(reserve, deadline)
         except StoreError as exc:
             return self._unreserved(plan, call_labels, settings, exc, deadline, now)
         self._maintain(now)
@@ -588,9 +591,8 @@ class Guard:
             {"estimate_usd": micros_to_usd(plan.estimate_usd), "why": why},
         )
 
-    def _settled(self, written: Written) -> None:
-        outcome = written.outcome
-        self._emit_crossings(outcome.crossings, written.at)
+    def _settled(self, outcome: engine.CommitOutcome, at: float, forced: bool) -> None:
+        self._emit_crossings(outcome.crossings, at)
         for op, total in zip(outcome.counters, outcome.totals, strict=True):
             if op.hard and total > op.limit:
                 log.warning(
@@ -601,7 +603,7 @@ class Guard:
                     op.display(total),
                     op.display(op.limit),
                     "a call admitted while the store could not be reached, now recorded"
-                    if written.forced
+                    if forced
                     else "the actual cost exceeded the estimate",
                 )
 
@@ -667,7 +669,7 @@ class Guard:
             now, "commit", {}, reservation_id, {"actual_usd": None if usd is None else micros_to_usd(actual[Unit.USD])}
         )
         outcome = dl.call(lambda: self.store.settle(reservation_id, actual, now, record), self._deadline())
-        self._settled(Written(outcome, now, forced=False))
+        self._settled(outcome, now, False)
         return outcome.applied
 
     def release(self, reservation_id: str) -> bool:
@@ -980,9 +982,9 @@ class Guard:
         if now - self._last_purge >= _PURGE_EVERY_S:
             self._last_purge = now
             self._background.submit(lambda: self.store.purge(now))
-        if time.monotonic() >= self._next_orphan_scan:
+        if now >= self._next_orphan_scan:
             # A process that died with costs in its spool: this one writes them.
-            self._next_orphan_scan = time.monotonic() + _ORPHANS_EVERY_S
+            self._next_orphan_scan = now + _ORPHANS_EVERY_S
             self._settlement.scan_orphans()
 
     def _cache_get(self, key: str) -> bytes | None:

@@ -17,7 +17,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 from costguard import deadline as dl
 from costguard.engine import CommitOutcome, ReservePlan, force
@@ -27,21 +26,16 @@ from costguard.model import Unit
 from costguard.spool import Entry, Spool
 from costguard.stores.base import Store
 
-__all__ = ["Settlement", "Written"]
+__all__ = ["OnWritten", "Settlement"]
 
 log = logging.getLogger("costguard")
 
 _ORPHAN_SCAN_S = 30.0
 
 
-@dataclass(frozen=True)
-class Written:
-    """A settle the store applied: its outcome, when it happened, and whether the reservation was
-    recorded without checking limits (a call admitted while the store was unreachable)."""
-
-    outcome: CommitOutcome
-    at: float
-    forced: bool
+# Called for each settle the store applied: its outcome, when it happened, and whether the
+# reservation was recorded without checking limits (a call admitted while the store was unreachable).
+OnWritten = Callable[[CommitOutcome, float, bool], None]
 
 
 class Settlement:
@@ -55,7 +49,7 @@ class Settlement:
         deadline_s: float,
         batch: int,
         max_items: int,
-        on_written: Callable[[Written], None],
+        on_written: OnWritten,
         on_error: Callable[[Exception, str], None],
     ) -> None:
         self.store = store
@@ -184,17 +178,20 @@ class Settlement:
         background: bool,
     ) -> None:
         """Commit (`actual`) or release (None) now; what can't be written now is queued and spooled."""
-        entry = self._settle_entry(reservation_id, actual, at, record)
-        if background or self._waiting_on(reservation_id):
-            self._enqueue([entry], "a commit")
+        # A call admitted without a reservation: its forced reserve is still queued, the settle follows it.
+        if background or reservation_id in self._plans_queued:
+            self._enqueue([self._settle_entry(reservation_id, actual, at, record)], "a commit")
             return
         try:
-            outcome = dl.call(
-                lambda: self.store.settle(reservation_id, actual, at, record), dl.Deadline(self.deadline_s)
-            )
+            if self.store.remote:
+                outcome = dl.call(
+                    lambda: self.store.settle(reservation_id, actual, at, record), dl.Deadline(self.deadline_s)
+                )
+            else:
+                outcome = self.store.settle(reservation_id, actual, at, record)
         except StoreError as exc:
             self._on_error(exc, "commit")
-            self._enqueue([entry], "a commit")
+            self._enqueue([self._settle_entry(reservation_id, actual, at, record)], "a commit")
             return
         self._report(outcome, at, reservation_id)
         if self._queue:
@@ -210,34 +207,30 @@ class Settlement:
         background: bool,
     ) -> None:
         """Async `settle`."""
-        entry = self._settle_entry(reservation_id, actual, at, record)
-        if background or self._waiting_on(reservation_id):
-            self._enqueue([entry], "a commit")
+        if background or reservation_id in self._plans_queued:
+            self._enqueue([self._settle_entry(reservation_id, actual, at, record)], "a commit")
             return
 
         async def write() -> CommitOutcome:
             return await self.store.asettle(reservation_id, actual, at, record)
 
         try:
-            outcome = await dl.acall(write, dl.Deadline(self.deadline_s))
+            outcome = await (dl.acall(write, dl.Deadline(self.deadline_s)) if self.store.remote else write())
         except StoreError as exc:
             self._on_error(exc, "commit")
-            self._enqueue([entry], "a commit")
+            self._enqueue([self._settle_entry(reservation_id, actual, at, record)], "a commit")
             return
         self._report(outcome, at, reservation_id)
         if self._queue:
             self._wake()
 
-    def _waiting_on(self, reservation_id: str) -> bool:
-        """Whether the reservation itself is still queued (admitted unreserved): its settle must follow it."""
-        return reservation_id in self._plans_queued
-
     def _report(self, outcome: CommitOutcome, at: float, reservation_id: str, *, forced: bool = False) -> None:
-        with self._lock:
-            forced = forced or reservation_id in self._forced
-            self._forced.discard(reservation_id)
+        if self._forced:  # calls admitted without a reservation are rare: no lock otherwise
+            with self._lock:
+                forced = forced or reservation_id in self._forced
+                self._forced.discard(reservation_id)
         if outcome.applied:
-            self._on_written(Written(outcome, at, forced))
+            self._on_written(outcome, at, forced)
 
     # ----------------------------------------------------------------- the writer
     def _wake(self) -> None:

@@ -139,6 +139,8 @@ def test_actual_above_estimate_is_bounded_reported_and_alerted(
 class AppliedThenTimedOut(MemoryStore):
     """A store whose first settle is applied but answers with a timeout (the reply was lost)."""
 
+    remote = True  # stands in for a server: the guard bounds its calls by the deadline and asks again
+
     def __init__(self) -> None:
         super().__init__()
         self.lost = 0

@@ -79,6 +79,9 @@ class Store(ABC):
     """
 
     url: str = ""
+    # Whether calls can be slow, busy or lost on the way (a server): the guard then bounds them by
+    # its deadline and asks again; an in-process store answers at once or not at all.
+    remote: bool = True
 
     @property
     def identity(self) -> str:

@@ -54,6 +54,8 @@ class _Reservation:
 class MemoryStore(Store):
     """In-process store; `max_audit` bounds the audit log kept in memory."""
 
+    remote = False
+
     def __init__(self, url: str = "memory://", *, max_audit: int = 100_000) -> None:
         self.url = url
         self._lock = threading.Lock()
