@@ -79,7 +79,7 @@ def with_kill_switch(
         ) -> tuple[Any, Any, Any]:
             priced = resolve_cost(result, cost, g.pricing)
             if isinstance(chosen, Cached):
-                chosen.remember(g, feature, args, kwargs, priced.value)
+                chosen.remember(g, feature, reservation.decision.labels, args, kwargs, priced.value)
             return priced.value, priced.usd_micros, priced.tokens
 
         if inspect.iscoroutinefunction(fn):

@@ -39,6 +39,8 @@ class Endpoint:
     asks_for_usage: bool = False
     # OpenAI chat `n`: that many completions, each up to the output cap.
     counts_choices: bool = False
+    # The SDK's response class (module, name): a cached fallback may rebuild it from JSON.
+    response_type: tuple[str, str] = ("", "")
 
 
 def given(value: Any) -> Any:
@@ -109,16 +111,19 @@ CHAT_COMPLETIONS = Endpoint(
     max_output_keys=("max_completion_tokens", "max_tokens"),
     asks_for_usage=True,
     counts_choices=True,
+    response_type=("openai.types.chat", "ChatCompletion"),
 )
 RESPONSES = Endpoint(
     "responses.create",
     "openai",
     prompt_keys=("instructions", "input"),
     max_output_keys=("max_output_tokens",),
+    response_type=("openai.types.responses", "Response"),
 )
 MESSAGES = Endpoint(
     "messages.create",
     "anthropic",
     prompt_keys=("system", "messages"),
     max_output_keys=("max_tokens",),
+    response_type=("anthropic.types", "Message"),
 )

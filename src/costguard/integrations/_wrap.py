@@ -8,6 +8,7 @@ through a reservation the way `with_kill_switch` runs a function.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from costguard import current as _ctx
 from costguard.errors import Blocked
-from costguard.fallback import Cached, Fallback, as_fallback
+from costguard.fallback import Cached, Fallback, JSONCodec, as_fallback
 from costguard.integrations._request import Endpoint, EstimateSpec, RequestEstimate, estimate_request, given
 from costguard.integrations._streams import AsyncGuardedStream, GuardedStream, Meter
 from costguard.pricing import resolve_cost
@@ -157,15 +158,33 @@ def _prepare(settings: Settings, endpoint: Endpoint, kwargs: dict[str, Any]) -> 
     stream = given(kwargs.get("stream")) is True
     ask = stream and endpoint.asks_for_usage and given(kwargs.get("stream_options")) is None
     send = {**kwargs, "stream_options": {"include_usage": True}} if ask else kwargs
+    _cacheable(chosen, endpoint)
     return _Call(g, labels, estimate, chosen, send, stream, ask)
 
 
+def _cacheable(fallback: Fallback | None, endpoint: Endpoint) -> None:
+    """Let a cached fallback's JSON codec rebuild this endpoint's response objects: the class comes
+    from this module's constants (imported when the SDK is installed), never from the store."""
+    if not isinstance(fallback, Cached) or not isinstance(fallback.codec, JSONCodec) or not endpoint.response_type[0]:
+        return
+    module, name = endpoint.response_type
+    try:
+        fallback.codec.allow(getattr(importlib.import_module(module), name))
+    except (ImportError, AttributeError):
+        return  # not that SDK (a duck-typed client): plain JSON values only
+
+
 def _commit_args(
-    call: _Call, result: Any, settings: Settings, args: tuple[Any, ...], kwargs: dict[str, Any]
+    call: _Call,
+    result: Any,
+    settings: Settings,
+    labels: Mapping[str, str],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> tuple[Decimal | None, int | None]:
     priced = resolve_cost(result, None, call.guard.pricing)
     if isinstance(call.fallback, Cached):
-        call.fallback.remember(call.guard, settings.feature, args, kwargs, result)
+        call.fallback.remember(call.guard, settings.feature, labels, args, kwargs, result)
     usd = None if priced.usd_micros is None else Decimal(priced.usd_micros).scaleb(-6)
     return usd, priced.tokens
 
@@ -208,7 +227,7 @@ def _guarded(create: Callable[..., Any], endpoint: Endpoint, settings: Settings)
                 raise
             if call.stream:
                 return AsyncGuardedStream(result, _meter(call, reservation, endpoint))
-            usd, tokens = _commit_args(call, result, settings, args, kwargs)
+            usd, tokens = _commit_args(call, result, settings, reservation.decision.labels, args, kwargs)
             await reservation.acommit(usd, tokens=tokens)
             return result
 
@@ -236,7 +255,7 @@ def _guarded(create: Callable[..., Any], endpoint: Endpoint, settings: Settings)
             raise
         if call.stream:
             return GuardedStream(result, _meter(call, reservation, endpoint))
-        usd, tokens = _commit_args(call, result, settings, args, kwargs)
+        usd, tokens = _commit_args(call, result, settings, reservation.decision.labels, args, kwargs)
         reservation.commit(usd, tokens=tokens)
         return result
 
