@@ -9,6 +9,7 @@ import pytest
 from admin_helpers import ADMIN_CONFIG, TOKENS, bearer, client_fixture, guard_fixture  # noqa: F401 (pytest fixtures `client`, `guard`)
 from fastapi.testclient import TestClient
 
+import costguard
 from costguard import Guard
 
 LIMITS = "/v1/budget/limits"
@@ -240,3 +241,26 @@ def test_a_label_too_long_for_the_guard_is_a_clear_400(client: TestClient) -> No
     response = put(client, "admin", scope={"feature": "f" * 5000}, usd=1)
     assert response.status_code == 400
     assert "max_label_length" in response.json()["message"]
+
+
+def test_a_change_is_judged_on_every_ceiling_it_touches() -> None:
+    """`{customer: acme}` is both acme's own $50 ceiling and acme's instance of `customer: "*"` at $10:
+    $45 lowers the first but raises the second, so it is a raise, and max_limit_usd ($20) holds for it."""
+    from costguard.admin import app
+    from helpers import make_guard, usd_ceiling
+
+    guard = make_guard(usd_ceiling({"customer": "*"}, month=10.0), usd_ceiling({"customer": "acme"}, month=50.0))
+    client = TestClient(app(guard, admin={**ADMIN_CONFIG, "max_limit_usd": 20}))
+    response = put(client, "operator", scope={"customer": "acme"}, usd=45)
+    assert response.status_code == 403, response.text
+    assert "raises 1 ceiling (customer=*: $10 → $45)" in response.json()["message"]
+    response = put(client, "admin", scope={"customer": "acme"}, usd=45)
+    assert response.status_code == 403
+    assert response.json()["error"] == "above_max_limit"
+    assert "would raise customer=* to $45" in response.json()["message"]
+    with guard.reserve("f", customer="acme", estimate_usd=10.0):
+        pass
+    with pytest.raises(costguard.BudgetExceeded):  # acme is still capped at $10
+        guard.reserve("f", customer="acme", estimate_usd=0.01)
+    assert put(client, "operator", scope={"customer": "acme"}, usd=8).status_code == 200  # lowers both
+    assert put(client, "admin", scope={"customer": "acme"}, usd=20).status_code == 200  # $8 → $20 on both

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from costguard import engine
@@ -27,6 +27,7 @@ __all__ = [
     "admin_settings",
     "current_limit",
     "plan_limit_change",
+    "touched_limits",
     "visible",
 ]
 
@@ -159,20 +160,52 @@ def current_limit(
     return None
 
 
+def touched_limits(
+    guard: Guard, overrides: Sequence[engine.LimitOverride], scope: Mapping[str, str], period: Period, unit: Unit
+) -> dict[str, int]:
+    """Every ceiling a limit on `scope` applies to, with the limit it has there under `overrides`.
+
+    An override on `{customer: acme}` is the limit of the ceiling whose match is exactly that, and of
+    acme's instance of every wildcard ceiling on the same labels (`{customer: "*"}`): one change can
+    move several ceilings, and each is judged on its own.
+    """
+    wanted = dict(scope)
+    index = engine.index_overrides(overrides)
+    out: dict[str, int] = {}
+    for ceiling in engine.apply_overrides(guard.ceilings, overrides):
+        if ceiling.match_dict == wanted or (
+            set(ceiling.match_dict) == set(wanted) and ceiling.bind(wanted) is not None
+        ):
+            for limit in engine.effective_limits(ceiling, wanted, index):
+                if limit.period is period and limit.unit is unit:
+                    out[ceiling.id] = limit.amount
+    return out
+
+
 @dataclass(frozen=True)
 class LimitChange:
-    """A requested limit change, classified: `raises` when it allows more spend than now."""
+    """A requested limit change, classified by its effect on every ceiling it touches: `raises` when
+    any of them would allow more spend than now (an unlimited ceiling counts as infinitely high)."""
 
     old: int | None
     new: int | None
     unit: Unit
+    before: Mapping[str, int] = field(default_factory=dict)
+    after: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def raised(self) -> list[tuple[str, int, int | None]]:
+        """(ceiling, limit before, limit after) for each ceiling the change raises (None: no limit)."""
+        return [
+            (ceiling, was, self.after.get(ceiling))
+            for ceiling, was in sorted(self.before.items())
+            if self.after.get(ceiling) is None or self.after[ceiling] > was
+        ]
 
     @property
     def raises(self) -> bool:
-        """Unlimited counts as infinitely high: clearing the only limit raises it."""
-        if self.new is None:
-            return self.old is not None
-        return self.old is not None and self.new > self.old
+        """Whether any ceiling the change touches would allow more spend."""
+        return bool(self.raised)
 
     def shown(self, amount: int | None) -> float | None:
         """An amount in the unit's user-facing form (USD as a float)."""
@@ -192,25 +225,40 @@ def plan_limit_change(
 ) -> LimitChange:
     """Check a change against the caller's role, tenant and `max_limit_usd`; raise `AccessDenied` if not allowed.
 
-    Operators may lower a limit (or add one where there was none); raising, or clearing a limit so a
-    higher one applies, needs an admin. No token may raise a USD limit above `max_limit_usd`.
+    The change is judged on every ceiling it touches (see `touched_limits`): operators may lower
+    limits (or add one where there was none); raising any ceiling, or clearing a limit so a higher one
+    applies, needs an admin. No token may raise a USD ceiling above `max_limit_usd`.
     """
     principal.require_scope(scope, "change a limit")
+    control = guard.store.control()
+    key = tuple(sorted(scope.items()))
+    kept = [o for o in control.overrides if not (o.scope == key and o.period is period and o.unit is unit)]
+    proposed = kept if amount is None else [*kept, engine.LimitOverride(key, period, unit, amount)]
+    before = touched_limits(guard, control.overrides, scope, period, unit)
+    after = touched_limits(guard, proposed, scope, period, unit)
     old = current_limit(guard, scope, period, unit)
     new = amount if amount is not None else current_limit(guard, scope, period, unit, without_override=True)
-    change = LimitChange(old, new, unit)
-    if change.raises:
+    change = LimitChange(old, new, unit, before, after)
+    raised = change.raised
+    if raised:
+        what = "; ".join(
+            f"{ceiling or 'everything'}: {_describe(was, unit)} → {_describe(now, unit)}"
+            for ceiling, was, now in raised
+        )
         if not principal.allows("admin"):
             raise AccessDenied(
-                f"the {principal.role} role may lower limits but not raise them "
-                f"({_describe(change.old, unit)} → {_describe(change.new, unit)}); raising needs an admin token"
+                f"the {principal.role} role may lower limits but not raise them, and this change raises "
+                f"{len(raised)} ceiling{'s' if len(raised) > 1 else ''} ({what}); raising needs an admin token"
             )
-        if unit is Unit.USD and max_limit_usd is not None and (new is None or new > max_limit_usd):
-            raise AccessDenied(
-                f"this would raise the limit to {_describe(new, unit)}, above admin.max_limit_usd "
-                f"(${micros_to_usd(max_limit_usd):g}); change the config to go higher",
-                code="above_max_limit",
-            )
+        if unit is Unit.USD and max_limit_usd is not None:
+            above = [(ceiling, now) for ceiling, _, now in raised if now is None or now > max_limit_usd]
+            if above:
+                ceiling, now = above[0]
+                raise AccessDenied(
+                    f"this would raise {ceiling or 'everything'} to {_describe(now, unit)}, above "
+                    f"admin.max_limit_usd (${micros_to_usd(max_limit_usd):g}); change the config to go higher",
+                    code="above_max_limit",
+                )
     return change
 
 
