@@ -315,11 +315,15 @@ def test_killswitch_activate_status_deactivate(runner: CliRunner, tmp_path: Path
     assert data["active"][0]["actor"].startswith("cli")
     table = runner.invoke(main, ["killswitch", "status", "--config", str(config)])
     assert "ACTIVE for feature=support_agent" in table.stdout
-    off = runner.invoke(main, ["killswitch", "deactivate", "--config", str(config), "--scope", "feature=support_agent"])
-    assert "kill switch OFF" in off.stdout
-    again = runner.invoke(
+    unsaid = runner.invoke(
         main, ["killswitch", "deactivate", "--config", str(config), "--scope", "feature=support_agent"]
     )
+    assert unsaid.exit_code == 2  # a reason is required, as for activating
+    assert "--reason" in unsaid.output
+    off_args = ["killswitch", "deactivate", "--config", str(config), "--scope", "feature=support_agent"]
+    off = runner.invoke(main, [*off_args, "--reason", "incident #7 resolved"])
+    assert "kill switch OFF" in off.stdout
+    again = runner.invoke(main, [*off_args, "--reason", "again"])
     assert "was not on" in again.stdout
 
 
@@ -362,7 +366,7 @@ def test_operator_commands_as_real_processes(tmp_path: Path) -> None:
     assert run("killswitch", "activate", "--reason", "drill").returncode == 0
     status = json.loads(run("killswitch", "status", "--json").stdout)
     assert status["active"][0]["scope"] == {}
-    assert run("killswitch", "deactivate").returncode == 0
+    assert run("killswitch", "deactivate", "--reason", "drill over").returncode == 0
     assert run("limits", "set", "customer=acme", "--usd", "5", "--reason", "trial").returncode == 0
     (row,) = json.loads(run("forecast", "--json", "--customer", "acme").stdout)["ceilings"]
     assert (row["labels"], row["limit_usd"], row["spent_usd"], row["on_track"]) == (

@@ -112,7 +112,7 @@ def test_tools_are_listed_and_reads_work_without_a_token(config: Path) -> None:
 def test_write_tools_need_an_admin_token(config: Path, token: str | None, says: str) -> None:
     async def body(client: Client) -> Any:
         on = await client.call_tool("costguard_killswitch_activate", {"reason": "agent says stop"})
-        off = await client.call_tool("costguard_killswitch_deactivate", {})
+        off = await client.call_tool("costguard_killswitch_deactivate", {"reason": "agent says go"})
         return on, off
 
     on, off = with_server(config, token, body)
@@ -176,3 +176,18 @@ def test_invalid_arguments_are_an_error_result(config: Path) -> None:
         return await client.call_tool("costguard_killswitch_activate", {"reason": ""})
 
     assert with_server(config, ADMIN, body).is_error
+
+
+def test_deactivating_needs_a_reason(config: Path) -> None:
+    async def body(client: Client) -> Any:
+        await client.call_tool("costguard_killswitch_activate", {"reason": "agent says stop"})
+        return (
+            await client.call_tool("costguard_killswitch_deactivate", {}),
+            await client.call_tool("costguard_killswitch_deactivate", {"reason": "  "}),
+        )
+
+    missing, blank = with_server(config, ADMIN, body)
+    assert "reason" in error_text(missing)
+    assert "a reason is required" in error_text(blank)
+    with Guard.from_yaml(config) as guard:
+        assert guard.killswitch.status().active  # still on

@@ -368,7 +368,7 @@ def killswitch_activate(config: Path | None, scope: str | None, reason: str, act
 @killswitch.command("deactivate")
 @config_option()
 @click.option("--scope", default=None, help="The scope it was activated with; default: everything.")
-@click.option("--reason", default="", help="Why (kept in the audit log).")
+@click.option("--reason", required=True, help="Why calls may run again (required; kept in the audit log).")
 @click.option("--actor", default=None, help="Who (default: cli:$USER).")
 def killswitch_deactivate(config: Path | None, scope: str | None, reason: str, actor: str | None) -> None:
     """Turn a kill switch off."""

@@ -113,10 +113,15 @@ def build_server(
 
     @server.tool(name="costguard_killswitch_deactivate")
     def killswitch_deactivate(
+        reason: Annotated[
+            str, Field(min_length=1, max_length=2000, description="Why calls may run again; kept in the audit log.")
+        ],
         scope: ScopeArg = None,
-        reason: Annotated[str, Field(max_length=2000, description="Why; kept in the audit log.")] = "",
     ) -> dict[str, Any]:
-        """Let guarded calls in `scope` run again (omit scope for the global switch). Needs an admin token."""
+        """Let guarded calls in `scope` run again (omit scope for the global switch). Needs an admin token
+        and a reason."""
+        if not reason.strip():
+            raise ToolError("a reason is required to deactivate the kill switch (it goes in the audit log)")
         who = writer("deactivating the kill switch")
         wanted = dict(scope or {})
         in_scope(who, wanted, "deactivate a kill switch")

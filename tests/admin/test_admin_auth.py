@@ -87,7 +87,8 @@ def test_forbidden_changes_change_nothing(client: TestClient, guard: Guard) -> N
     assert not guard.killswitch.status().active
     assert guard.status().to_dict()["ceilings"] == before
     guard.killswitch.activate(reason="on", actor="test")
-    assert client.post("/v1/killswitch/deactivate", json={}, headers=bearer("operator")).status_code == 403
+    reason = {"reason": "resolved"}
+    assert client.post("/v1/killswitch/deactivate", json=reason, headers=bearer("operator")).status_code == 403
     assert guard.killswitch.status().any_active
 
 
@@ -192,3 +193,12 @@ def test_openapi_lists_every_endpoint_with_bearer_auth(client: TestClient) -> No
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert "security" not in spec["paths"]["/health"]["get"]
     assert spec["paths"]["/v1/budget/status"]["get"]["security"] == [{"bearer": []}]
+
+
+def test_deactivating_needs_a_reason(client: TestClient, guard: Guard) -> None:
+    guard.killswitch.activate(reason="incident", actor="test")
+    for body in ({}, {"reason": ""}, {"reason": "   "}):
+        response = client.post("/v1/killswitch/deactivate", json=body, headers=bearer("admin"))
+        assert response.status_code == 422, body
+        assert "reason" in response.json()["message"]
+    assert guard.killswitch.status().active  # still on

@@ -45,7 +45,7 @@ def test_killswitch_status_with_history(client: TestClient, guard: Guard) -> Non
         headers=bearer("operator"),
     )
     client.post("/v1/killswitch/activate", json={"reason": "two"}, headers=bearer("operator"))
-    client.post("/v1/killswitch/deactivate", json={}, headers=bearer("admin"))
+    client.post("/v1/killswitch/deactivate", json={"reason": "resolved"}, headers=bearer("admin"))
     data = get(client, "/v1/killswitch/status", history=2)
     assert [s["scope"] for s in data["active"]] == [{"feature": "doc_search"}]
     assert [h["decision"] for h in data["history"]] == ["killswitch_deactivated", "killswitch_activated"]
@@ -59,7 +59,7 @@ def test_activate_twice_reports_no_change(client: TestClient, guard: Guard) -> N
     second = client.post("/v1/killswitch/activate", json={"reason": "a"}, headers=bearer("operator")).json()
     assert (first["changed"], second["changed"]) == (True, False)
     assert guard.killswitch.status().any_active
-    off = client.post("/v1/killswitch/deactivate", json={}, headers=bearer("admin")).json()
+    off = client.post("/v1/killswitch/deactivate", json={"reason": "resolved"}, headers=bearer("admin")).json()
     assert off == {"scope": {}, "active": False, "changed": True, "actor": "api:ops-admin"}
     assert not guard.killswitch.status().any_active
 
@@ -172,12 +172,14 @@ def test_a_tenant_token_changes_only_its_tenant(client: TestClient, guard: Guard
     assert all(h["labels"] == {"tenant": "acme"} for h in data["history"])
     assert (
         client.post(
-            "/v1/killswitch/deactivate", json={"scope": {"customer": "globex"}}, headers=bearer("acme")
+            "/v1/killswitch/deactivate", json={"scope": {"customer": "globex"}, "reason": "x"}, headers=bearer("acme")
         ).status_code
         == 403
     )
     assert (
-        client.post("/v1/killswitch/deactivate", json={"scope": {"tenant": "acme"}}, headers=bearer("acme")).status_code
+        client.post(
+            "/v1/killswitch/deactivate", json={"scope": {"tenant": "acme"}, "reason": "x"}, headers=bearer("acme")
+        ).status_code
         == 200
     )
     assert [dict(s.scope) for s in guard.killswitch.status().active] == [{"customer": "globex"}]

@@ -127,15 +127,21 @@ class KillSwitchActivate(_Body):
 
 
 class KillSwitchDeactivate(_Body):
-    """`POST /v1/killswitch/deactivate`: the scope it was activated with (omitted or null: the global switch)."""
+    """`POST /v1/killswitch/deactivate`: the scope it was activated with (omitted or null: the global
+    switch) and why it may run again (required, as for activating: it goes in the audit log)."""
 
     scope: Scope | None = None
-    reason: Annotated[str, Field(max_length=2000)] = ""
+    reason: Annotated[str, Field(min_length=1, max_length=2000)]
 
     @field_validator("scope")
     @classmethod
     def _check_scope(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         return _scope(value)
+
+    @field_validator("reason")
+    @classmethod
+    def _check_reason(cls, value: str) -> str:
+        return _reason(value)
 
 
 class LimitChanged(BaseModel):

@@ -245,8 +245,12 @@ async function changeLimit(row, current) {
 }
 
 async function deactivate() {
-  const reason = window.prompt("Resume guarded calls. Reason (kept in the audit log):", "");
+  const reason = window.prompt("Resume guarded calls. Reason (required, kept in the audit log):", "");
   if (reason === null) return;
+  if (!reason.trim()) {
+    show("Kill switch not deactivated: a reason is required.", true);
+    return;
+  }
   try {
     await api("v1/killswitch/deactivate", { method: "POST", body: { reason: reason.trim() } });
     show("Kill switch deactivated.");
