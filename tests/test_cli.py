@@ -381,3 +381,15 @@ def test_operator_commands_as_real_processes(tmp_path: Path) -> None:
         "killswitch_deactivated",
         "killswitch_activated",
     ]
+
+
+def test_a_typod_scope_is_refused_by_the_cli(runner: CliRunner, tmp_path: Path) -> None:
+    config = sqlite_config(tmp_path)
+    on = runner.invoke(
+        main, ["killswitch", "activate", "--config", str(config), "--scope", "featur=x", "--reason", "r"]
+    )
+    assert on.exit_code != 0
+    assert "unknown label 'featur'" in on.output
+    limit = runner.invoke(main, ["limits", "set", "featur=x", "--usd", "2", "--reason", "r", "--config", str(config)])
+    assert limit.exit_code != 0
+    assert "unknown label 'featur'" in limit.output

@@ -139,3 +139,17 @@ def test_activation_needs_a_reason_and_status_has_history() -> None:
     assert data["active"][0]["reason"] == "incident #2"
     guard.flush()
     assert notifier.kinds() == ["killswitch_activated", "killswitch_deactivated", "killswitch_activated"]
+
+
+def test_a_scope_with_a_label_nothing_knows_is_refused_not_a_silent_no_op() -> None:
+    guard = make_guard(CAP, labels=["plan"])
+    with pytest.raises(ValueError, match=r"unknown label 'featur' in the scope of a kill switch.*Known labels: agent"):
+        guard.killswitch.activate(reason="typo", actor="ops", scope={"featur": "f"})
+    with pytest.raises(ValueError, match="unknown label 'featur' in the scope of a limit"):
+        guard.set_limit({"featur": "f"}, usd=1, reason="typo")
+    assert guard.killswitch.status().active == ()
+    assert guard.store.control().overrides == ()
+    guard.killswitch.activate(reason="declared", actor="ops", scope={"plan": "free"})  # a declared label
+    guard.killswitch.activate(reason="standard", actor="ops", scope={"team": "search"})  # a standard one
+    guard.set_limit({"vendor": "twilio"}, usd=1, reason="a new scope on a standard label")
+    assert "vendor" in guard.known_labels()

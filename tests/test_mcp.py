@@ -191,3 +191,14 @@ def test_deactivating_needs_a_reason(config: Path) -> None:
     assert "a reason is required" in error_text(blank)
     with Guard.from_yaml(config) as guard:
         assert guard.killswitch.status().active  # still on
+
+
+def test_a_typod_scope_is_refused_by_the_mcp_tools(config: Path) -> None:
+    async def body(client: Client) -> Any:
+        return await client.call_tool(
+            "costguard_killswitch_activate", {"scope": {"featur": "support_agent"}, "reason": "typo"}
+        )
+
+    assert "unknown label 'featur'" in error_text(with_server(config, ADMIN, body))
+    with Guard.from_yaml(config) as guard:
+        assert not guard.killswitch.status().active

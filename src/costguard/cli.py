@@ -61,6 +61,9 @@ def _errors() -> Iterator[None]:
     except CostGuardError as exc:
         click.echo(f"costguard: {exc}", err=True)
         raise click.exceptions.Exit(EXIT_ERROR) from None
+    except ValueError as exc:  # an argument the guard refused (an unknown label, a missing reason)
+        click.echo(f"costguard: {exc}", err=True)
+        raise click.exceptions.Exit(EXIT_ERROR) from None
 
 
 def _config_file(config: Path | None) -> Path:

@@ -423,6 +423,7 @@ class Config(_Model):
     store_deadline_ms: Annotated[float, PlainValidator(_deadline_millis)] = 2000.0
     outage_allowance_usd: Usd | None = None
     spool_dir: str | Literal[False] | None = None
+    labels: list[str] = Field(default_factory=list)
     timezone: str = "UTC"
     thresholds: list[Ratio] = Field(default_factory=lambda: [0.8, 1.0])
     on_store_error: Literal["open", "closed"] = "open"
@@ -446,6 +447,20 @@ class Config(_Model):
             check_store_url(value)
         except ConfigError as exc:
             raise ValueError(exc.reason) from None
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: list[str]) -> list[str]:
+        from costguard.model import normalize_labels
+
+        for name in value:
+            try:
+                normalize_labels({name: "x"})
+            except ValueError:
+                raise ValueError(
+                    f"{name!r} is not a label name: use letters, digits, '_', '.' or '-', starting with a letter"
+                ) from None
         return value
 
     @field_validator("timezone")
@@ -545,6 +560,7 @@ class Config(_Model):
             if self.outage_allowance_usd is None
             else micros_to_usd(self.outage_allowance_usd),
             spool_dir=self.spool_dir,
+            labels=self.labels,
         )
         guard.admin = self.admin  # the admin API and `costguard serve` read their tokens here
         return guard

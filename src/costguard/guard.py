@@ -28,6 +28,7 @@ from costguard.forecast import Forecast
 from costguard.killswitch import KillSwitch, blocking_switch
 from costguard.model import (
     DEFAULT_MAX_LABEL_LENGTH,
+    STANDARD_LABELS,
     Ceiling,
     Money,
     Period,
@@ -126,6 +127,7 @@ class Guard:
         store_deadline_ms: float = dl.DEFAULT_DEADLINE_MS,
         outage_allowance_usd: Money | None = None,
         spool_dir: str | Path | Literal[False] | None = None,
+        labels: Iterable[str] = (),
     ) -> None:
         if on_store_error not in ("open", "closed"):
             raise ValueError(f"on_store_error must be 'open' or 'closed', got {on_store_error!r}")
@@ -145,6 +147,10 @@ class Guard:
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             raise ValueError(f"two ceilings have the same match: {', '.join(dupes)}; merge their limits")
         self.features: dict[str, FeatureSettings] = dict(features or {})
+        declared = [name for name in labels if not isinstance(name, str) or not name]
+        if declared:
+            raise ValueError(f"labels must be label names, got {declared!r}")
+        self.declared_labels = frozenset(labels)
         self.thresholds = tuple(sorted(set(thresholds)))
         self.on_store_error: StoreErrorPolicy = on_store_error
         self.on_call_error: CallErrorPolicy = on_call_error
@@ -202,6 +208,26 @@ class Guard:
         return self.features.get(name) or self.features.get("*") or _DEFAULT_SETTINGS
 
     # ----------------------------------------------------------------- labels and amounts
+    def known_labels(self) -> list[str]:
+        """Label names a kill switch or limit scope may use: the standard ones, every name a ceiling
+        matches on (config and run time), and the config's declared `labels:`."""
+        names = set(STANDARD_LABELS) | self.declared_labels
+        for ceiling in self._view.ceilings or self.ceilings:
+            names.update(name for name, _ in ceiling.match)
+        return sorted(names)
+
+    def require_known_labels(self, scope: Mapping[str, object], what: str) -> None:
+        """Raise `ValueError` for a scope naming a label nothing knows (a typo would make a kill switch
+        or a limit that matches no call, and answer as if it had worked)."""
+        known = self.known_labels()
+        unknown = sorted(name for name in scope if name not in known)
+        if unknown:
+            raise ValueError(
+                f"unknown label {', '.join(map(repr, unknown))} in the scope of {what}: no ceiling, standard "
+                f"label or declared `labels:` entry has it, so it would match no call. Known labels: "
+                f"{', '.join(known)} (declare others under `labels:` in costguard.yaml)"
+            )
+
     def _labels(self, feature: str, labels: Mapping[str, object]) -> dict[str, str]:
         merged: dict[str, object] = {**current_labels(), **labels, "feature": feature}
         return normalize_labels(merged, max_length=self.max_label_length)
@@ -840,6 +866,7 @@ class Guard:
             period = Period(period)
         except ValueError:
             raise ValueError(f"period must be one of {[p.value for p in Period]}, got {period!r}") from None
+        self.require_known_labels(scope, "a limit")
         bound = tuple(sorted(normalize_labels(scope, max_length=self.max_label_length).items()))
         now = self.clock()
         view = self._refresh(now)

@@ -106,6 +106,7 @@ class KillSwitch:
             raise ValueError("a reason is required to activate the kill switch (it goes in the audit log)")
         guard = self._guard
         parsed = parse_scope(scope)
+        guard.require_known_labels(dict(parsed), "a kill switch")
         now = guard.clock()
         kind: EventKind = "killswitch_activated" if active else "killswitch_deactivated"
         record = AuditRecord(

@@ -63,7 +63,8 @@ def build_server(
     def in_scope(who: Principal, scope: dict[str, str], action: str) -> None:
         try:
             who.require_scope(scope, action)
-        except AccessDenied as exc:
+            guard.require_known_labels(scope, "a kill switch")
+        except (AccessDenied, ValueError) as exc:
             raise ToolError(str(exc)) from None
 
     def sees(labels: Mapping[str, str]) -> bool:

@@ -16,6 +16,7 @@ from urllib.parse import quote
 from costguard.errors import LabelError
 
 __all__ = [
+    "STANDARD_LABELS",
     "Ceiling",
     "Enforcement",
     "Limit",
@@ -37,6 +38,9 @@ DEFAULT_MAX_LABEL_LENGTH = 256
 # Values longer than this are stored as a digest so keys stay short enough for any index.
 _HASH_OVER = 64
 _LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+
+# Labels every deployment may use in a kill switch or limit scope without declaring them.
+STANDARD_LABELS = ("feature", "customer", "tenant", "org", "team", "user", "agent", "run", "vendor", "model")
 
 
 class Unit(str, Enum):

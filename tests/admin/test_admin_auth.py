@@ -202,3 +202,20 @@ def test_deactivating_needs_a_reason(client: TestClient, guard: Guard) -> None:
         assert response.status_code == 422, body
         assert "reason" in response.json()["message"]
     assert guard.killswitch.status().active  # still on
+
+
+def test_a_typod_scope_is_refused_with_the_known_labels(client: TestClient, guard: Guard) -> None:
+    on = client.post(
+        "/v1/killswitch/activate",
+        json={"scope": {"featur": "assistant"}, "reason": "incident"},
+        headers=bearer("admin"),
+    )
+    assert on.status_code == 400
+    assert "unknown label 'featur'" in on.json()["message"]
+    assert "feature" in on.json()["message"]
+    limit = client.put(
+        "/v1/budget/limits", json={"scope": {"featur": "assistant"}, "usd": 1, "reason": "x"}, headers=bearer("admin")
+    )
+    assert limit.status_code == 400
+    assert "unknown label 'featur'" in limit.json()["message"]
+    assert not guard.killswitch.status().active
