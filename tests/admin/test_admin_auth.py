@@ -219,3 +219,19 @@ def test_a_typod_scope_is_refused_with_the_known_labels(client: TestClient, guar
     assert limit.status_code == 400
     assert "unknown label 'featur'" in limit.json()["message"]
     assert not guard.killswitch.status().active
+
+
+def test_the_openapi_schema_states_the_rules_the_server_enforces(client: TestClient, guard: Guard) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    limit = schemas["LimitRequest"]
+    assert limit["oneOf"] == [{"required": ["usd"]}, {"required": ["calls"]}, {"required": ["tokens"]}]
+    scope = limit["properties"]["scope"]
+    assert sorted(scope["properties"]) == guard.known_labels()
+    assert "featur" not in scope["properties"]
+    assert scope["additionalProperties"] is False
+    assert scope["properties"]["customer"]["minLength"] == 1
+    assert scope["properties"]["customer"]["maxLength"] == guard.max_label_length
+    assert limit["properties"]["reason"]["pattern"] == r"[^ \t\n\r\f\v]"
+    optional = schemas["KillSwitchDeactivate"]["properties"]["scope"]["anyOf"]
+    assert sorted(optional[0]["properties"]) == guard.known_labels()
+    assert "reason" in schemas["KillSwitchDeactivate"]["required"]

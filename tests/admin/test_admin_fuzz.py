@@ -11,6 +11,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     ignored_auth,
+    positive_data_acceptance,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -33,6 +34,7 @@ CHECKS = [
     content_type_conformance,
     response_schema_conformance,
     ignored_auth,  # the same request without the token must be refused
+    positive_data_acceptance,  # what the schema calls valid is accepted: it states every rule the server enforces
 ]
 
 

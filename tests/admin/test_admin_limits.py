@@ -175,8 +175,6 @@ def raw(client: TestClient, body: bytes | str, who: str = "admin", **headers: st
         ('{"scope": {"feature": "f"}, "usd": Infinity, "reason": "x"}', "usd"),
         ('{"scope": {"feature": "f"}, "usd": -Infinity, "reason": "x"}', "usd"),
         ('{"scope": {"feature": "f"}, "usd": 1e400, "reason": "x"}', "usd"),
-        ('{"scope": {"feature": "f"}, "usd": 0.1234567, "reason": "x"}', "usd"),
-        ('{"scope": {"feature": "f"}, "usd": "12.0000001", "reason": "x"}', "usd"),
         ('{"scope": {"feature": "f"}, "usd": -1, "reason": "x"}', "usd"),
         ('{"scope": {"feature": "f"}, "calls": -5, "reason": "x"}', "calls"),
         ('{"scope": {"feature": "f"}, "calls": 2.5, "reason": "x"}', "calls"),
@@ -203,10 +201,16 @@ def test_invalid_bodies_are_422_naming_the_field(client: TestClient, guard: Guar
     assert not any(r.decision == "limit_changed" for r in guard.audit(limit=100))
 
 
-def test_six_decimals_are_fine(client: TestClient, guard: Guard) -> None:
+def test_amounts_are_rounded_to_the_micro_dollar(client: TestClient, guard: Guard) -> None:
     assert raw(client, '{"scope": {"feature": "support_agent"}, "usd": 12.345678, "reason": "x"}').status_code == 200
     assert month_limit(guard, feature="support_agent") == 12.345678
     assert raw(client, '{"scope": {"feature": "support_agent"}, "usd": "1.5", "reason": "x"}').status_code == 200
+    more = raw(client, '{"scope": {"feature": "support_agent"}, "usd": 0.1234567, "reason": "x"}')
+    assert (more.status_code, more.json()["new"]) == (200, 0.123457)
+    assert (
+        raw(client, '{"scope": {"feature": "support_agent"}, "usd": "12.0000001", "reason": "x"}').json()["new"] == 12.0
+    )
+    assert month_limit(guard, feature="support_agent") == 12.0
 
 
 def test_bodies_over_64_kb_are_413(client: TestClient) -> None:

@@ -169,7 +169,7 @@ def test_dashboard_in_chromium(server: str, dashboard_guard: Guard, tmp_path: Pa
             # An operator can't turn it off again: the API's 403 is shown.
             page.once("dialog", lambda dialog: dialog.accept("all clear"))
             page.click("#killswitch-deactivate")
-            page.wait_for_function("document.querySelector('#message').innerText.includes('admin role')")
+            page.locator("#message.error", has_text="admin role").wait_for()
             assert errors == []
         finally:
             browser.close()

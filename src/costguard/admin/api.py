@@ -48,7 +48,10 @@ def _iso_only(value: object) -> object:
 
 
 When = Annotated[datetime | None, BeforeValidator(_iso_only)]
-LabelQuery = Annotated[str | None, Query(min_length=1, max_length=256, description="Only rows that bind it.")]
+LabelQuery = Annotated[
+    # No NUL (no store keeps it); the query string's UTF-8 decoding leaves no lone surrogate to refuse.
+    str | None, Query(min_length=1, max_length=256, pattern="^[^\\x00]*$", description="Only rows that bind it.")
+]
 
 
 def build_router(guard: Guard, admin: AdminConfig | Mapping[str, Any] | None = None) -> APIRouter:

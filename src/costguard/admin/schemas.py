@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from costguard.model import normalize_labels
 
 __all__ = [
+    "LABEL_VALUE_PATTERN",
     "MAX_BODY_BYTES",
     "MAX_COUNT",
     "MAX_USD",
+    "SCOPED_BODIES",
     "AuditPage",
     "ErrorBody",
     "Health",
@@ -29,11 +33,52 @@ MAX_COUNT = 10**15
 MAX_LABEL_LENGTH = 10_000
 
 PeriodName = Literal["hour", "day", "week", "month", "total"]
-Reason = Annotated[str, Field(min_length=1, max_length=2000, description="Why; kept in the audit log.")]
+# Not blank: at least one character other than ASCII whitespace — spelled out, because regex engines
+# disagree on what `\s` covers (U+0085, U+00A0), and the schema must say exactly what the server checks.
+REASON_PATTERN = r"[^ \t\n\r\f\v]"
+Reason = Annotated[
+    str,
+    Field(min_length=1, max_length=2000, pattern=REASON_PATTERN, description="Why; kept in the audit log. Not blank."),
+]
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# A label value: anything but NUL, which not every store can keep. (Lone surrogates are refused too,
+# but JSON can't carry one in valid UTF-8, and a pattern can't name them: regex engines refuse.)
+LABEL_VALUE_PATTERN = "^[^\\u0000]*$"
+# The bodies with a `scope`: `tighten_openapi` states in their schema which labels this server knows.
+SCOPED_BODIES = ("LimitRequest", "KillSwitchActivate", "KillSwitchDeactivate")
+
+
+def scope_schema(known_labels: Sequence[str], max_label_length: int) -> dict[str, Any]:
+    """The JSON schema of a scope on a server whose guard knows `known_labels`: the rules the guard
+    enforces (label names it knows, non-empty values within the length limit, no NUL)."""
+    value = {"type": "string", "minLength": 1, "maxLength": max_label_length, "pattern": LABEL_VALUE_PATTERN}
+    return {
+        "type": "object",
+        "maxProperties": 32,
+        "properties": dict.fromkeys(known_labels, value),
+        "additionalProperties": False,
+        "description": 'Label name to value, e.g. {"feature": "support_agent"}; names are the labels this '
+        "server's ceilings, the standard labels and the config's `labels:` know.",
+        "examples": [{"feature": "support_agent"}],
+    }
+
+
+def tighten_openapi(openapi: dict[str, Any], known_labels: Sequence[str], max_label_length: int) -> dict[str, Any]:
+    """`openapi` with every body's scope stated as this server enforces it."""
+    schemas = openapi.get("components", {}).get("schemas", {})
+    exact = scope_schema(known_labels, max_label_length)
+    for name in SCOPED_BODIES:
+        properties = schemas.get(name, {}).get("properties", {})
+        if "scope" not in properties:
+            continue
+        optional = "anyOf" in properties["scope"]
+        properties["scope"] = {"anyOf": [exact, {"type": "null"}], "default": None} if optional else exact
+    return openapi
 
 
 def _scope(value: dict[str, str] | None) -> dict[str, str] | None:
@@ -44,7 +89,7 @@ def _scope(value: dict[str, str] | None) -> dict[str, str] | None:
 
 
 def _reason(value: str) -> str:
-    if not value.strip():
+    if re.search(REASON_PATTERN, value) is None:
         raise ValueError("a reason is required (it goes in the audit log); it may not be blank")
     return value
 
@@ -59,13 +104,25 @@ Scope = Annotated[
 ]
 Usd = Annotated[
     Decimal,
-    Field(ge=0, le=MAX_USD, decimal_places=6, allow_inf_nan=False, description="USD, at most 6 decimals."),
+    Field(ge=0, le=MAX_USD, allow_inf_nan=False),
+    # A JSON number: it is rounded to the micro-dollar (JSON numbers are binary floats, so a
+    # six-decimal amount rarely arrives as exactly six decimals). A numeric string is accepted too.
+    WithJsonSchema(
+        {"type": "number", "minimum": 0, "maximum": int(MAX_USD), "description": "USD, rounded to the micro-dollar."}
+    ),
 ]
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 
 
 class LimitRequest(_Body):
     """`PUT /v1/budget/limits`: exactly one of `usd`, `calls`, `tokens`; null clears the run-time limit."""
+
+    # The rule the validator below enforces, stated in the schema so clients (and fuzzers) know it.
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"oneOf": [{"required": ["usd"]}, {"required": ["calls"]}, {"required": ["tokens"]}]},
+    )
 
     scope: Scope
     period: PeriodName = "month"
@@ -131,7 +188,7 @@ class KillSwitchDeactivate(_Body):
     switch) and why it may run again (required, as for activating: it goes in the audit log)."""
 
     scope: Scope | None = None
-    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+    reason: Reason
 
     @field_validator("scope")
     @classmethod

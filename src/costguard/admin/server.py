@@ -8,12 +8,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import costguard
 from costguard.admin.api import build_router
 from costguard.admin.http import error_response, http_error_code, validation_message
+from costguard.admin.schemas import tighten_openapi
 from costguard.config import AdminConfig
 from costguard.guard import Guard
 
@@ -51,6 +53,15 @@ def build_app(guard: Guard, admin: AdminConfig | Mapping[str, Any] | None = None
         openapi_url="/openapi.json",
     )
     app.include_router(build_router(guard, admin))
+
+    def openapi() -> dict[str, Any]:
+        # FastAPI's schema, with the rules only this guard knows (its labels, its label length) stated.
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            app.openapi_schema = tighten_openapi(schema, guard.known_labels(), guard.max_label_length)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     page = _asset("index.html")
     assets = {name: _asset(name) for name in _STATIC}
 
