@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -923,3 +924,17 @@ def test_exactly_250_calls_fit_a_one_dollar_config_cap(tmp_path: Path, guards: l
             pass
     with pytest.raises(BudgetExceeded):
         guard.reserve("f")
+
+
+def test_an_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    """A 300-byte "billion laughs": each line repeats the one before nine times."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, 9):
+        lines.append(f"a{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * 9) + "]")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\nstore: memory://\n")
+    assert path.stat().st_size < 1000
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="expands to more than 100,000 values"):
+        load_config(path)
+    assert time.monotonic() - started < 5.0

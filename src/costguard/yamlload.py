@@ -13,6 +13,9 @@ from costguard.errors import ConfigError
 __all__ = ["load_yaml"]
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Values a config may expand to. Aliases repeat a node without repeating its text, so a few hundred
+# bytes can name billions of values (a "billion laughs" bomb); real configs hold hundreds.
+MAX_VALUES = 100_000
 
 
 class _Loader(yaml.SafeLoader):
@@ -41,11 +44,20 @@ class _Builder:
         self.env = env
         self.lines: dict[str, int] = {}
         self.loader = _Loader("")
+        self.values = 0
 
     def error(self, parts: list[str | int], node: yaml.Node, message: str) -> ConfigError:
         return ConfigError(f"{message} (line {node.start_mark.line + 1})", file=self.file, path=_path(parts) or None)
 
     def build(self, node: yaml.Node, parts: list[str | int]) -> Any:
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise self.error(
+                parts,
+                node,
+                f"the config expands to more than {MAX_VALUES:,} values: aliases (*name) repeating large "
+                "nodes? A costguard config needs far fewer",
+            )
         self.lines[_path(parts)] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
