@@ -18,7 +18,7 @@ from costguard import BudgetExceeded, Event, Guard
 from costguard.notify import DeliveryError
 from costguard.notify.pagerduty import PagerDutyNotifier
 from costguard.notify.slack import SlackNotifier
-from costguard.notify.webhook import WebhookNotifier, verify
+from costguard.notify.webhook import WebhookNotifier, sign, verify
 from costguard.testing import FakeClock, RecordingNotifier
 from helpers import FlakyStore, make_guard, usd_ceiling
 from receivers import HANG, Receiver, Reply
@@ -190,6 +190,49 @@ def test_webhook_body_headers_and_signature(receivers: list[Receiver]) -> None:
     assert (body["period"], body["spent_usd"], body["limit_usd"]) == ("day", 0.85, 1.0)
     assert body["at"].startswith("2026-05-12T10:00:00")
     assert body["id"] == request.headers["X-CostGuard-Delivery"]
+
+
+def test_the_signature_covers_a_timestamp_and_verify_never_raises() -> None:
+    body = b'{"kind":"warn"}'
+    header = sign("s3cret", body, timestamp=1_800_000_000)
+    assert header.startswith("t=1800000000,v1=")
+    assert verify("s3cret", body, header, now=1_800_000_100)
+    assert not verify("s3cret", body, header, now=1_800_000_301)  # replayed 5 minutes later: refused
+    assert not verify("s3cret", body, header, now=1_799_999_699)  # or from the future
+    assert verify("s3cret", body, header, now=1_800_000_900, tolerance_s=1000)
+    stale = header.replace("t=1800000000", "t=1800000100")  # a fresh time on an old MAC
+    assert not verify("s3cret", body, stale, now=1_800_000_100)
+    for malformed in (
+        None,
+        "",
+        "sha256=é",
+        "sha256=" + "0" * 64,
+        "t=,v1=",
+        "t=abc,v1=00",
+        "t=1800000000",
+        "v1=00",
+        "t=1800000000,t=1800000000," + header.split(",")[1],
+        "t=" + "\uff11\uff18" + "\uff10" * 8 + "," + header.split(",")[1],  # fullwidth digits
+        "t=1800000000,v1=é\udcff",
+        "t=99999999999999999999,v1=00",
+    ):
+        assert verify("s3cret", body, malformed, now=1_800_000_000) is False, malformed  # type: ignore[arg-type]
+
+
+def test_a_redirect_is_never_followed_and_is_a_failed_delivery(receivers: list[Receiver]) -> None:
+    elsewhere = receiver(receivers)
+    hook = receiver(receivers, default=Reply(307, b"", {"Location": f"{elsewhere.url}/stolen"}))
+    notifier = WebhookNotifier(hook.url, secret="s3cret", headers={"Authorization": "Bearer receiver-token"})
+    guard = make_guard(usd_ceiling({"feature": "f"}, day=1.0), notifiers=[notifier])
+    with guard.reserve("f", estimate_usd=0.85):
+        pass
+    guard.flush(5)
+    guard.close()
+    assert len(hook.requests) == 1  # not retried: a redirect won't go away by itself
+    time.sleep(0.2)
+    assert elsewhere.requests == []  # the token and the signature never left for the other host
+    (stats,) = guard.alert_stats()
+    assert (stats.delivered, stats.failed) == (0, 1)
 
 
 def test_unsigned_webhook_has_no_signature(receivers: list[Receiver]) -> None:
