@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from costguard.errors import ConfigError
 from costguard.fallback import Fallback, Raise, Static, cached
@@ -317,9 +326,11 @@ def _http_url(value: str | None) -> str | None:
 HttpUrl = Annotated[str, PlainValidator(_http_url)]
 
 
+# Secrets (tokens, keys, signing secrets, webhook URLs that carry a token) never show in a repr, a log
+# or an error: SecretStr, or left out of the repr. `NotifierConfig.entry` unwraps them for the notifier.
 class SlackOptions(_NotifierOptions):
-    webhook_url: HttpUrl | None = None
-    token: str | None = None
+    webhook_url: HttpUrl | None = Field(default=None, repr=False)
+    token: SecretStr | None = None
     channel: str | None = None
     base_url: HttpUrl | None = None
     min_interval_s: Annotated[float, Field(ge=0)] = 1.0
@@ -334,15 +345,15 @@ class SlackOptions(_NotifierOptions):
 
 
 class PagerDutyOptions(_NotifierOptions):
-    routing_key: Annotated[str, Field(min_length=1)]
+    routing_key: Annotated[SecretStr, Field(min_length=1)]
     events_url: HttpUrl = "https://events.pagerduty.com/v2/enqueue"
     source: str = "costguard"
 
 
 class WebhookOptions(_NotifierOptions):
-    url: HttpUrl
-    secret: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
+    url: HttpUrl = Field(repr=False)
+    secret: SecretStr | None = None
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
 
 
 class LogOptions(_Model):
@@ -390,7 +401,10 @@ class NotifierConfig(BaseModel):
         for name in ("slack", "pagerduty", "webhook", "log"):
             options = getattr(self, name)
             if options is not None:
-                return name, options.model_dump(exclude_none=True)
+                return name, {
+                    key: value.get_secret_value() if isinstance(value, SecretStr) else value
+                    for key, value in options.model_dump(exclude_none=True).items()
+                }
             if name in self.model_fields_set:
                 return name, {}  # `- log:` with no options: the defaults
         name, value = next(iter((self.model_extra or {}).items()))
@@ -405,7 +419,7 @@ class KillSwitchConfig(_Model):
 
 class AdminToken(_Model):
     name: str
-    token: str = Field(min_length=16)
+    token: Annotated[SecretStr, Field(min_length=16)]
     role: Literal["read", "operator", "admin"]
     tenant: str | None = None
 

@@ -95,10 +95,13 @@ class TokenBook:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ConfigError(f"token names must be unique (the audit names them): {duplicates}", path="admin.tokens")
-        secrets = [t.token for t in tokens]
+        secrets = [t.token.get_secret_value() for t in tokens]
         if len(set(secrets)) != len(secrets):
             raise ConfigError("two tokens have the same secret; give each caller its own", path="admin.tokens")
-        self._entries = [(t.token.encode("utf-8"), Principal(t.name, t.role, t.tenant)) for t in tokens]
+        self._entries = [
+            (secret.encode("utf-8"), Principal(t.name, t.role, t.tenant))
+            for t, secret in zip(tokens, secrets, strict=True)
+        ]
 
     def __len__(self) -> int:
         return len(self._entries)

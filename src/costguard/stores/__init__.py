@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from costguard.errors import ConfigError
-from costguard.stores.base import Control, CounterRow, KillSwitchState, Store
+from costguard.stores.base import Control, CounterRow, KillSwitchState, Store, redacted
 from costguard.stores.memory import MemoryStore
 
 __all__ = ["Control", "CounterRow", "KillSwitchState", "MemoryStore", "Store", "open_store"]
@@ -17,8 +17,9 @@ _REDIS_SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
 def check_store_url(url: str) -> None:
     """Raise `ConfigError` unless `url` names a store this version can open (nothing is opened)."""
     if not isinstance(url, str) or "://" not in url:
+        shown = repr(url) if not isinstance(url, str) or len(url) < 40 else repr(url[:12] + "…")
         raise ConfigError(
-            f"store URL {url!r} is not a URL; use memory://, sqlite:///costguard.db, postgresql+psycopg://… "
+            f"store URL {shown} is not a URL; use memory://, sqlite:///costguard.db, postgresql+psycopg://… "
             "or redis://…",
             path="store",
         )
@@ -29,7 +30,7 @@ def check_store_url(url: str) -> None:
     if scheme == "memory" or base in _SQL_SCHEMES or scheme in _REDIS_SCHEMES:
         return
     raise ConfigError(
-        f"unknown store scheme {scheme!r} in {url!r}; expected memory://, sqlite:///…, "
+        f"unknown store scheme {scheme!r} in {redacted(url)!r}; expected memory://, sqlite:///…, "
         "postgresql+psycopg://…, redis://…, rediss://… or redis+cluster://…",
         path="store",
     )

@@ -13,6 +13,7 @@ from typing import Any, Protocol, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from costguard.errors import ConfigError, StoreBusy, StoreError, StoreTimeout, StoreUnavailable
+from costguard.stores.base import redacted
 
 __all__ = [
     "SCRIPTS",
@@ -72,16 +73,6 @@ class RedisOptions:
     connect_timeout_s: float
     breaker_s: float
     maxlen: int
-
-
-def redacted(url: str) -> str:
-    """The URL with its password masked, for messages and `repr`."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
 
 
 def _number(raw: object, name: str, url: str, *, minimum: float, integer: bool = False) -> float:

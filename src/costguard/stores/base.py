@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from costguard.engine import CommitOutcome, LimitOverride, ReserveOutcome, ReservePlan
 from costguard.errors import StoreError
 from costguard.events import AuditQuery, AuditRecord
 from costguard.model import Period, Unit
 
-__all__ = ["Control", "CounterRow", "KillSwitchState", "Store"]
+__all__ = ["Control", "CounterRow", "KillSwitchState", "Store", "redacted"]
+
+_SECRET_QUERY = re.compile(r"(?i)^(password|passwd|pwd|pass|secret|token|access_token|api_key|sslpassword)$")
+
+
+def redacted(url: str) -> str:
+    """`url` for messages and reprs: its password (and secret-looking query values) masked."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # a malformed netloc: show only the scheme
+        return url.split("://", 1)[0] + "://***"
+    if password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=(f"{parts.username}:***@" if parts.username else ":***@") + host)
+    if parts.query:
+        query = [(k, "***" if _SECRET_QUERY.match(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return urlunsplit(parts)
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ from costguard.errors import ConfigError, StoreBusy, StoreError, StoreTimeout, S
 from costguard.events import AuditQuery, AuditRecord
 from costguard.model import Period, Unit, encode_scope
 from costguard.stores._watchdog import watch
-from costguard.stores.base import Control, CounterRow, KillSwitchState, Store
+from costguard.stores.base import Control, CounterRow, KillSwitchState, Store, redacted
 
 __all__ = ["SQLStore", "map_error"]
 
@@ -233,6 +233,16 @@ def _connect_within(connect: Callable[[], Any], seconds: float) -> Any:
     return made
 
 
+def _without_secrets(text: str, url: str) -> str:
+    """An error message with the URL's password (and the raw URL) taken out."""
+    text = text.replace(url, redacted(url))
+    try:
+        password = sa.make_url(url).password
+    except (sa_exc.ArgumentError, ValueError):
+        password = None
+    return text.replace(str(password), "***") if password else text
+
+
 class _FairGate:
     """At most `permits` holders, handed to waiters in the order they asked. Python's own locks (and
     SQLAlchemy's pool) let a releasing thread take the slot straight back, so under a burst some
@@ -348,7 +358,7 @@ class SQLStore(Store):
     `max_connections`)."""
 
     def __init__(self, url: str, *, timeout_ms: float | None = None, prefix: str | None = None) -> None:
-        self.url = url
+        self.url = redacted(url)  # shown in reprs and messages: never the password
         try:
             sa_url, opts = _parse_url(url)
             self.prefix = prefix or opts.get("prefix", "costguard_")
@@ -378,13 +388,15 @@ class SQLStore(Store):
             if self.pool_size < 1 or self.max_overflow < 0:
                 raise ValueError("pool_size must be at least 1 and max_overflow at least 0")
             self._slots = _FairGate(self.pool_size + self.max_overflow)
-            self._identity = f"{sa_url.render_as_string(hide_password=True)}#{self.prefix}"
+            self._identity = f"{redacted(sa_url.render_as_string(hide_password=False))}#{self.prefix}"
             self.engine = self._create_engine(sa_url)
             # Reserve and settle on PostgreSQL: one statement each, committed by itself.
             self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         except (sa_exc.ArgumentError, ValueError, ImportError) as exc:
             hint = ' (pip install "costguard-ai[postgres]")' if isinstance(exc, ImportError) else ""
-            raise ConfigError(f"cannot open SQL store {url!r}: {exc}{hint}", path="store") from exc
+            raise ConfigError(
+                f"cannot open SQL store {redacted(url)!r}: {_without_secrets(str(exc), url)}{hint}", path="store"
+            ) from None
         self.meta, self.t = _tables(self.prefix)
         self._statements: dict[str, sa.TextClause] = {}
         self._schema_lock = threading.Lock()
