@@ -8,7 +8,7 @@ import math
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from costguard import current as _ctx
 from costguard.errors import Blocked, KillSwitchActive, LabelError
@@ -20,17 +20,23 @@ if TYPE_CHECKING:
     from costguard.stores.base import KillSwitchState
 
 __all__ = [
+    "ANONYMOUS",
     "CUSTOMER_HEADER",
     "KILL_SWITCH_HEADER",
+    "MISSING_CUSTOMER",
     "SCOPE_KEY",
+    "CustomerFn",
     "GuardRef",
     "GuardedBody",
     "LabelsFn",
+    "MissingCustomer",
     "Reply",
     "Request",
     "aguarded_chunks",
     "blocked_reply",
+    "check_missing_customer",
     "find_blocked",
+    "header_text",
     "is_exempt",
     "label_error_reply",
     "labels_scope",
@@ -49,6 +55,39 @@ KILL_SWITCH_HEADER = "X-CostGuard-Kill-Switch"
 SCOPE_KEY = "costguard.guard"
 
 LabelsFn = Callable[[Any], Mapping[str, object] | None]
+# Who the request is for, from the request itself (the authenticated user, a session, a verified token).
+CustomerFn = Callable[[Any], "str | None"]
+# A request with no customer: one shared `anonymous` customer (the default, so `customers: "*"` ceilings
+# still apply), refused with a 400 before the handler, or let through with no customer label.
+MissingCustomer = Literal["anonymous", "reject", "skip"]
+MISSING_CUSTOMER: tuple[str, ...] = ("anonymous", "reject", "skip")
+ANONYMOUS = "anonymous"
+
+
+def check_missing_customer(value: object) -> MissingCustomer:
+    """`value` if it is a `missing_customer` policy; `ValueError` naming the choices otherwise."""
+    if value not in MISSING_CUSTOMER:
+        raise ValueError(f"missing_customer must be one of {', '.join(MISSING_CUSTOMER)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def header_text(value: bytes | str | None) -> str | None:
+    """A header value as text. Clients send UTF-8 (`ümlaut-客户`): decoded as UTF-8, and as Latin-1 only
+    when the bytes aren't valid UTF-8. WSGI servers (and Django, Flask) hand headers over as Latin-1
+    text (PEP 3333); its bytes are recovered first, so every integration reads the same customer."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            raw = value.encode("latin-1")
+        except UnicodeEncodeError:
+            return value  # already decoded properly (it holds characters Latin-1 can't)
+    else:
+        raw = value
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 @dataclass(frozen=True)
@@ -79,6 +118,17 @@ class Reply:
 
 
 _PHRASES = {400: "Bad Request", 429: "Too Many Requests", 503: "Service Unavailable"}
+
+
+def missing_customer_reply(header: str) -> Reply:
+    """400 for a request with no customer when `missing_customer="reject"`."""
+    return Reply(
+        400,
+        {
+            "code": "customer_required",
+            "reason": f"this endpoint needs to know the customer (the {header} header, or who is signed in)",
+        },
+    )
 
 
 def retry_after(seconds: float | None) -> str | None:
@@ -185,15 +235,20 @@ class GuardRef:
 
 @dataclass(frozen=True)
 class Request:
-    """What an integration read from one request: its path, customer header value and extra labels."""
+    """What an integration read from one request: its path, its customer (from `customer_from`, else the
+    header, decoded by `header_text`), extra labels, and what to do when there is no customer."""
 
     path: str
     customer: str | None
     extra: Mapping[str, object] | None
+    missing: MissingCustomer = "anonymous"
+    header: str = CUSTOMER_HEADER
 
     def labels(self, guard: Guard) -> dict[str, str]:
         """Validated labels; raises `LabelError` for unusable values."""
         customer = self.customer.strip() if self.customer is not None else None
+        if not customer and self.missing == "anonymous":
+            customer = ANONYMOUS
         merged: dict[str, object] = {"customer": customer or None, **(self.extra or {})}
         return normalize_labels(merged, max_length=guard.max_label_length)
 
@@ -205,6 +260,8 @@ class Request:
         except LabelError as exc:
             # Exempt paths are never refused: they run without labels instead.
             return {}, None if exempt else label_error_reply(exc), False
+        if "customer" not in labels and self.missing == "reject" and not exempt:
+            return labels, missing_customer_reply(self.header), False
         return labels, None, not exempt
 
     def gate(self, guard: Guard) -> tuple[dict[str, str], Reply | None]:

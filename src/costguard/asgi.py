@@ -24,9 +24,13 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 class CostGuardMiddleware:
     """Per HTTP request: labels in the context, the kill switch before the app, `Blocked` → 429/503 JSON.
 
-    `labels` is called with the ASGI scope and returns extra labels (tenant, user, plan…). `guard=None`
-    uses the configured default, loaded at the first request. Lifespan and websocket scopes pass through.
-    In FastAPI/Starlette add it with `app.add_middleware(CostGuardMiddleware, ...)`.
+    The customer is `customer_from(scope)` when given — the documented way: who is signed in, not what
+    the client claims — else the `customer_header` value (UTF-8). A request without one is the shared
+    `anonymous` customer (`missing_customer="anonymous"`), refused with a 400 (`"reject"`) or left
+    without a customer label (`"skip"`). `labels` is called with the ASGI scope and returns extra
+    labels (tenant, user, plan…). `guard=None` uses the configured default, loaded at the first
+    request. Lifespan and websocket scopes pass through. In FastAPI/Starlette add it with
+    `app.add_middleware(CostGuardMiddleware, ...)`.
     """
 
     def __init__(
@@ -35,10 +39,15 @@ class CostGuardMiddleware:
         guard: Guard | None = None,
         customer_header: str = _web.CUSTOMER_HEADER,
         labels: _web.LabelsFn | None = None,
+        *,
+        customer_from: _web.CustomerFn | None = None,
+        missing_customer: _web.MissingCustomer = "anonymous",
     ) -> None:
         self.app = app
         self.customer_header = customer_header
         self.labels = labels
+        self.customer_from = customer_from
+        self.missing_customer = _web.check_missing_customer(missing_customer)
         self._guard = _web.GuardRef(guard)
         self._header = customer_header.lower().encode("latin-1")
 
@@ -56,6 +65,8 @@ class CostGuardMiddleware:
             scope.get("path", ""),
             self._customer(scope),
             self.labels(scope) if self.labels is not None else None,
+            self.missing_customer,
+            self.customer_header,
         )
         labels, reply = await request.agate(guard)
         if reply is not None:
@@ -87,9 +98,11 @@ class CostGuardMiddleware:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _customer(self, scope: Scope) -> str | None:
+        if self.customer_from is not None:
+            return self.customer_from(scope)
         for name, value in scope.get("headers", ()):
             if name.lower() == self._header:
-                return bytes(value).decode("latin-1")
+                return _web.header_text(bytes(value))
         return None
 
 

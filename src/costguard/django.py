@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CostGuardMiddleware"]
 
-_KEYS = ("config", "customer_header", "labels")
+_KEYS = ("config", "customer_header", "customer_from", "missing_customer", "labels")
 _guards: dict[Path, Guard] = {}
 _guards_lock = threading.Lock()
 
@@ -51,7 +51,9 @@ class CostGuardMiddleware:
             markcoroutinefunction(self)
         options = _options()
         self.customer_header: str = options.get("customer_header", _web.CUSTOMER_HEADER)
-        self.labels = _labels_fn(options.get("labels"))
+        self.labels = _labels_fn(options.get("labels"), "labels")
+        self.customer_from = _labels_fn(options.get("customer_from"), "customer_from")
+        self.missing_customer: _web.MissingCustomer = options.get("missing_customer", "anonymous")
         config = options.get("config")
         self._guard = _web.GuardRef(None, load=None if config is None else lambda: _guard_for(config))
 
@@ -95,10 +97,17 @@ class CostGuardMiddleware:
         return _response(_web.blocked_reply(self._guard.get(), blocked))
 
     def _request(self, request: Any) -> _web.Request:
+        customer: Any = (
+            self.customer_from(request)
+            if self.customer_from is not None
+            else _web.header_text(request.headers.get(self.customer_header))
+        )
         return _web.Request(
             request.path,
-            request.headers.get(self.customer_header),
+            customer,
             self.labels(request) if self.labels is not None else None,
+            self.missing_customer,
+            self.customer_header,
         )
 
 
@@ -114,27 +123,31 @@ def _options() -> Mapping[str, Any]:
     header = options.get("customer_header", _web.CUSTOMER_HEADER)
     if not isinstance(header, str) or not header:
         raise ImproperlyConfigured(f"settings.COSTGUARD['customer_header'] must be a header name; got {header!r}")
+    try:
+        _web.check_missing_customer(options.get("missing_customer", "anonymous"))
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"settings.COSTGUARD['missing_customer']: {exc}") from None
     config = options.get("config")
     if config is not None and not isinstance(config, (str, os.PathLike)):
         raise ImproperlyConfigured(f"settings.COSTGUARD['config'] must be a path to costguard.yaml; got {config!r}")
     return options
 
 
-def _labels_fn(value: object) -> _web.LabelsFn | None:
+def _labels_fn(value: object, key: str) -> Any:
+    """A callable(request) from settings: the callable itself or a dotted path to it."""
     if value is None or callable(value):
         return value
     if not isinstance(value, str):
         raise ImproperlyConfigured(
-            f"settings.COSTGUARD['labels'] must be a dotted path to a callable(request); got {value!r}"
+            f"settings.COSTGUARD[{key!r}] must be a dotted path to a callable(request); got {value!r}"
         )
     try:
         found = import_string(value)
     except ImportError as exc:
-        raise ImproperlyConfigured(f"settings.COSTGUARD['labels'] = {value!r} can't be imported: {exc}") from exc
+        raise ImproperlyConfigured(f"settings.COSTGUARD[{key!r}] = {value!r} can't be imported: {exc}") from exc
     if not callable(found):
-        raise ImproperlyConfigured(f"settings.COSTGUARD['labels'] = {value!r} is not callable")
-    labels: _web.LabelsFn = found
-    return labels
+        raise ImproperlyConfigured(f"settings.COSTGUARD[{key!r}] = {value!r} is not callable")
+    return found
 
 
 def _guard_for(config: str | os.PathLike[str]) -> Guard:

@@ -29,6 +29,8 @@ def guarded(
     labels: _web.LabelsFn | None = None,
     guard: Guard | None = None,
     customer_header: str = _web.CUSTOMER_HEADER,
+    customer_from: _web.CustomerFn | None = None,
+    missing_customer: _web.MissingCustomer = "anonymous",
 ) -> Callable[[Request], AsyncIterator[Reservation]]:
     """Route-level enforcement: `Depends(guarded("chat"))` reserves the feature's estimate before the route runs.
 
@@ -39,21 +41,31 @@ def guarded(
     didn't commit, and released if the route raised. `estimate_usd`/`estimate_tokens`: numbers or callables
     over the request (default: the feature's `estimate_usd`); `labels`: a callable over the request. The
     guard is the one given, else the middleware's, else the configured default. Without the middleware the
-    customer comes from `customer_header`.
+    customer comes from `customer_from(request)`, else `customer_header`, and `missing_customer` applies
+    (behind it, the middleware has decided both).
     """
     if not isinstance(feature, str) or not feature:
         raise ValueError("guarded needs a feature name, e.g. Depends(guarded('chat'))")
+    _web.check_missing_customer(missing_customer)
     default = _web.GuardRef(guard)
 
     async def reserve_for_route(request: Request) -> AsyncIterator[Reservation]:
         behind_middleware: Guard | None = request.scope.get(_web.SCOPE_KEY)
         chosen = guard or behind_middleware or default.get()
-        customer = None if behind_middleware is not None else request.headers.get(customer_header)
-        wanted = _web.Request(request.url.path, customer, labels(request) if labels is not None else None)
+        if behind_middleware is not None:  # the middleware put the customer in the context already
+            customer, missing = None, "skip"
+        elif customer_from is not None:
+            customer, missing = customer_from(request), missing_customer
+        else:
+            customer, missing = _web.header_text(request.headers.get(customer_header)), missing_customer
+        extra_labels = labels(request) if labels is not None else None
+        wanted = _web.Request(request.url.path, customer, extra_labels, missing, customer_header)  # type: ignore[arg-type]
         try:
             extra = wanted.labels(chosen)
         except LabelError as exc:
             raise _http_exception(_web.label_error_reply(exc)) from exc
+        if missing == "reject" and "customer" not in extra:
+            raise _http_exception(_web.missing_customer_reply(customer_header))
         usd = estimate_usd(request) if callable(estimate_usd) else estimate_usd
         tokens = estimate_tokens(request) if callable(estimate_tokens) else estimate_tokens
         try:

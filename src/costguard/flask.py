@@ -24,10 +24,12 @@ _LABELS = "_costguard_labels"
 class CostGuard:
     """`CostGuard(app)` or `CostGuard()` then `init_app(app)`.
 
-    Before each request: labels (customer from `customer_header`, extras from `labels(flask.request)`) go in
-    the context and the kill switch is checked (503 unless the path is exempt); after it (teardown) the
-    labels are left. A `Blocked` raised by a view becomes a 429 (a full ceiling) or 503 (a kill switch)
-    through an error handler. Streamed responses pass through; a `Blocked` mid-stream ends the stream.
+    Before each request: labels (the customer from `customer_from(flask.request)` — e.g. the signed-in
+    user — else `customer_header`, UTF-8; extras from `labels(flask.request)`) go in the context and the
+    kill switch is checked (503 unless the path is exempt); `missing_customer` as for
+    `costguard.asgi.CostGuardMiddleware`. After it (teardown) the labels are left. A `Blocked` raised
+    by a view becomes a 429 (a full ceiling) or 503 (a kill switch) through an error handler. Streamed
+    responses pass through; a `Blocked` mid-stream ends the stream.
     """
 
     def __init__(
@@ -36,9 +38,14 @@ class CostGuard:
         guard: Guard | None = None,
         customer_header: str = _web.CUSTOMER_HEADER,
         labels: _web.LabelsFn | None = None,
+        *,
+        customer_from: _web.CustomerFn | None = None,
+        missing_customer: _web.MissingCustomer = "anonymous",
     ) -> None:
         self.customer_header = customer_header
         self.labels = labels
+        self.customer_from = customer_from
+        self.missing_customer = _web.check_missing_customer(missing_customer)
         self._guard = _web.GuardRef(guard)
         if app is not None:
             self.init_app(app)
@@ -60,8 +67,12 @@ class CostGuard:
         guard = self._guard.get()
         wanted = _web.Request(
             request.path,
-            request.headers.get(self.customer_header),
+            self.customer_from(request)
+            if self.customer_from is not None
+            else _web.header_text(request.headers.get(self.customer_header)),
             self.labels(request) if self.labels is not None else None,
+            self.missing_customer,
+            self.customer_header,
         )
         labels, reply = wanted.gate(guard)
         if reply is not None:

@@ -33,9 +33,11 @@ WSGIApp = Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]
 class CostGuardMiddleware:
     """Per request: labels in the context, the kill switch before the app, `Blocked` → 429/503 JSON.
 
-    `labels` is called with the WSGI environ. Streaming bodies pass through: each chunk is produced inside
-    the request's labels, a `Blocked` before the first chunk still becomes the 429, a later one ends the body.
-    The labels are left when the server closes the body.
+    The customer is `customer_from(environ)` when given, else the `customer_header` value (UTF-8);
+    `missing_customer` as for `costguard.asgi.CostGuardMiddleware`. `labels` is called with the WSGI
+    environ. Streaming bodies pass through: each chunk is produced inside the request's labels, a
+    `Blocked` before the first chunk still becomes the 429, a later one ends the body. The labels are
+    left when the server closes the body.
     """
 
     def __init__(
@@ -44,10 +46,15 @@ class CostGuardMiddleware:
         guard: Guard | None = None,
         customer_header: str = _web.CUSTOMER_HEADER,
         labels: _web.LabelsFn | None = None,
+        *,
+        customer_from: _web.CustomerFn | None = None,
+        missing_customer: _web.MissingCustomer = "anonymous",
     ) -> None:
         self.wsgi_app = wsgi_app
         self.customer_header = customer_header
         self.labels = labels
+        self.customer_from = customer_from
+        self.missing_customer = _web.check_missing_customer(missing_customer)
         self._guard = _web.GuardRef(guard)
         self._environ_key = "HTTP_" + customer_header.upper().replace("-", "_")
 
@@ -60,8 +67,12 @@ class CostGuardMiddleware:
         guard = self._guard.get()
         request = _web.Request(
             environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""),
-            environ.get(self._environ_key),
+            self.customer_from(environ)
+            if self.customer_from is not None
+            else _web.header_text(environ.get(self._environ_key)),
             self.labels(environ) if self.labels is not None else None,
+            self.missing_customer,
+            self.customer_header,
         )
         labels, reply = request.gate(guard)
         if reply is not None:

@@ -152,7 +152,7 @@ def check_customer_cap(fetch: Fetch, path: str) -> None:
 def check_labels(fetch: Fetch) -> None:
     """The customer header and the `labels=` callable reach guarded code; a bad value is a 400, not a 500."""
     assert fetch("/labels", "acme", X_Plan="pro").json() == {"customer": "acme", "plan": "pro"}
-    assert fetch("/labels").json() == {}
+    assert fetch("/labels").json() == {"customer": "anonymous"}  # no customer: the shared one, still capped
     too_long = fetch("/labels", "x" * 300)
     assert too_long.status == 400
     assert too_long.json()["code"] == "bad_label"

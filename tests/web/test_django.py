@@ -167,7 +167,8 @@ def test_config_setting_loads_that_file_and_makes_it_the_default(tmp_path: Path)
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ({"bogus": 1}, "unknown key(s) 'bogus'; expected config, customer_header, labels"),
+        ({"bogus": 1}, "unknown key(s) 'bogus'; expected config, customer_header, customer_from, missing_customer"),
+        ({"missing_customer": "ignore"}, "missing_customer must be one of anonymous, reject, skip"),
         (["config"], "must be a dict"),
         ({"customer_header": ""}, "customer_header'] must be a header name"),
         ({"config": 3}, "must be a path to costguard.yaml"),

@@ -142,14 +142,15 @@ def test_the_kill_switch_gate_reads_the_store_once_per_cache_window() -> None:
     clock.advance(0.5)
     request.gate(guard)
     assert store.control_reads == 2
-    assert Request("/health", None, None).gate(guard) == ({}, None)
+    assert Request("/health", None, None, "skip").gate(guard) == ({}, None)
     assert store.control_reads == 2
 
 
 def test_labels_merge_customer_and_extras_and_strip_the_header() -> None:
     guard = web_guard()
     assert Request("/", "  acme ", {"plan": "pro", "user": None}).labels(guard) == {"customer": "acme", "plan": "pro"}
-    assert Request("/", "", None).labels(guard) == {}
+    assert Request("/", "", None).labels(guard) == {"customer": "anonymous"}  # one shared instance, still capped
+    assert Request("/", " ", None, "skip").labels(guard) == {}
     assert Request("/", "acme", {"customer": "override"}).labels(guard) == {"customer": "override"}
 
 
