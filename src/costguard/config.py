@@ -166,6 +166,8 @@ class Limits(_Model):
     enforcement: Literal["hard", "soft"] = "hard"
     thresholds: list[Ratio] | None = None
     expire_after: Duration | None = None
+    max_instances: Annotated[int, Field(ge=1)] | None = None
+    overflow: Literal["share", "refuse"] = "share"
 
     def limits(self) -> tuple[Limit, ...]:
         """The limits this block sets."""
@@ -185,6 +187,8 @@ class Limits(_Model):
             expire_after_s=self.expire_after,
             thresholds=tuple(self.thresholds) if self.thresholds else None,
             exclude=tuple((k, frozenset(v)) for k, v in sorted((exclude or {}).items()) if v),
+            max_instances=self.max_instances,
+            overflow=self.overflow,
         )
 
 
@@ -315,6 +319,7 @@ class _NotifierOptions(_Model):
     max_delay_s: _Positive = 60.0
     backoff_s: _Positive = 0.5
     timeout_s: _Positive = 5.0
+    max_per_minute: _Positive | None = 30.0  # null: no rate limit
 
 
 def _http_url(value: str | None) -> str | None:
@@ -360,6 +365,7 @@ class LogOptions(_Model):
     logger: str = "costguard.alerts"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
     on: list[EventKindName] | None = None
+    max_per_minute: _Positive | None = 30.0  # null: no rate limit
 
 
 class NotifierConfig(BaseModel):
@@ -404,7 +410,7 @@ class NotifierConfig(BaseModel):
                 return name, {
                     key: value.get_secret_value() if isinstance(value, SecretStr) else value
                     for key, value in options.model_dump(exclude_none=True).items()
-                }
+                } | ({"max_per_minute": None} if options.max_per_minute is None else {})
             if name in self.model_fields_set:
                 return name, {}  # `- log:` with no options: the defaults
         name, value = next(iter((self.model_extra or {}).items()))
@@ -449,6 +455,7 @@ class Config(_Model):
     customers: dict[str, Limits] = Field(default_factory=dict)
     ceilings: list[CeilingConfig] = Field(default_factory=list)
     notifiers: list[NotifierConfig] = Field(default_factory=list)
+    alert_group_s: Annotated[float, Field(gt=0)] | None = 60.0
     killswitch: KillSwitchConfig = Field(default_factory=KillSwitchConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
 
@@ -487,26 +494,28 @@ class Config(_Model):
         return value
 
     def ceiling_list(self) -> list[tuple[str, Ceiling]]:
-        """Every ceiling with the key path it came from."""
+        """Every ceiling with the key path it came from; `ConfigError` naming the path for one that can't be."""
         out: list[tuple[str, Ceiling]] = []
+
+        def add(path: str, block: Limits, match: Mapping[str, str], exclude: Mapping[str, Any] | None) -> None:
+            try:
+                out.append((path, block.ceiling(match, exclude)))
+            except ValueError as exc:
+                raise ConfigError(str(exc), path=f"{path}.max_instances") from None
+
         listed = [name for name in self.features if name != "*"]
         for name, feature in self.features.items():
             exclude = {"feature": listed} if name == "*" else None
             if feature.limits():
-                out.append((f"features.{name}", feature.ceiling({"feature": name}, exclude)))
+                add(f"features.{name}", feature, {"feature": name}, exclude)
             if feature.per_customer is not None:
-                out.append(
-                    (
-                        f"features.{name}.per_customer",
-                        feature.per_customer.ceiling({"feature": name, "customer": "*"}, exclude),
-                    )
-                )
+                add(f"features.{name}.per_customer", feature.per_customer, {"feature": name, "customer": "*"}, exclude)
         named = [name for name in self.customers if name != "*"]
         for name, limits in self.customers.items():
             exclude = {"customer": named} if name == "*" else None
-            out.append((f"customers.{name}", limits.ceiling({"customer": name}, exclude)))
+            add(f"customers.{name}", limits, {"customer": name}, exclude)
         for index, item in enumerate(self.ceilings):
-            out.append((f"ceilings[{index}]", item.ceiling(item.match)))
+            add(f"ceilings[{index}]", item, item.match, None)
         return out
 
     def build(
@@ -563,6 +572,7 @@ class Config(_Model):
             commit=self.commit,
             pricing=self.pricing.build(),
             notifiers=built,
+            alert_group_s=self.alert_group_s,
             killswitch_cache_ms=self.killswitch.cache_ms,
             exempt_features=self.killswitch.exempt_features,
             exempt_paths=self.killswitch.exempt_paths,
@@ -623,12 +633,18 @@ def parse_config(data: Any, *, file: str = "<config>", lines: Mapping[str, int] 
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping at the top level", file=file)
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         errors = [_format(e, lines or {}) for e in exc.errors()]
         path, message = errors[0]
         more = f" (and {len(errors) - 1} more: {'; '.join(p for p, _ in errors[1:4])})" if len(errors) > 1 else ""
         raise ConfigError(message + more, file=file, path=path) from None
+    try:
+        config.ceiling_list()
+    except ConfigError as exc:
+        line = (lines or {}).get(str(exc.path).removesuffix(".max_instances"))
+        raise ConfigError(exc.reason + (f" (line {line})" if line else ""), file=file, path=exc.path) from None
+    return config
 
 
 class LoadedConfig:

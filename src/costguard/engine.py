@@ -14,8 +14,9 @@ from dataclasses import dataclass, field, replace
 from datetime import timezone, tzinfo
 
 from costguard.decision import Decision
-from costguard.events import AuditRecord
+from costguard.events import NEW_PERIOD, AuditRecord
 from costguard.model import (
+    OVERFLOW,
     WILDCARD,
     Ceiling,
     Limit,
@@ -49,6 +50,9 @@ __all__ = [
 # Counters outlive their period by this much so late commits and status reads still find them.
 EXPIRY_GRACE_S = 2 * 86400.0
 
+# Distinct instances of a wildcard ceiling with `max_instances`, one registry counter per period bucket.
+INSTANCES_PREFIX = "instances|"
+
 # Spend history for forecasts: per ceiling instance, one USD counter per UTC hour, kept 8 days.
 # History counters ride along in every reservation (no extra round trip) and never block.
 HISTORY_PREFIX = "history|"
@@ -78,6 +82,9 @@ class CounterOp:
     resets_at: float | None
     expires_at: float | None
     previous_key: str | None = None
+    # A registry counter of `max_instances`: it adds 1 (committed at once, never settled) when the
+    # counter at this index of the plan is created by the reservation — a new instance — else 0.
+    counts_new: int = -1
 
     def display(self, value: int) -> float:
         """A raw counter value in the unit's user-facing form."""
@@ -94,6 +101,18 @@ class ReservePlan:
     counters: tuple[CounterOp, ...]
     estimate_usd: int
     force: bool = False
+
+    @property
+    def has_registry(self) -> bool:
+        """Whether a counter counts new instances (`max_instances`)."""
+        return any(op.counts_new >= 0 for op in self.counters)
+
+    @property
+    def settled_counters(self) -> tuple[CounterOp, ...]:
+        """The counters a commit or release adjusts: all but the registry counters, which are final."""
+        if not self.has_registry:
+            return self.counters
+        return tuple(op for op in self.counters if op.counts_new < 0)
 
 
 @dataclass(frozen=True)
@@ -119,6 +138,7 @@ class ReserveOutcome:
     totals: tuple[int, ...]
     blocked: int | None = None
     crossings: tuple[Crossing, ...] = ()
+    amounts: tuple[int, ...] = ()  # what was added to each counter (registry counters: 1 or 0)
 
 
 @dataclass(frozen=True)
@@ -239,10 +259,10 @@ def clear_previous(counter: CounterOp, previous_total: int, previous_fired: set[
     if not hit:
         return []
     previous_fired.add(CLEARED)
-    return [Crossing(hit[0], counter, previous_total, cleared=True, reason="new period")]
+    return [Crossing(hit[0], counter, previous_total, cleared=True, reason=NEW_PERIOD)]
 
 
-_CROSSING_KINDS = {0: (False, ""), 1: (True, "limit raised"), 2: (True, "new period")}
+_CROSSING_KINDS = {0: (False, ""), 1: (True, "limit raised"), 2: (True, NEW_PERIOD)}
 
 
 def crossings_from(ops: Sequence[CounterOp], flat: Sequence[int]) -> tuple[Crossing, ...]:
@@ -262,24 +282,36 @@ def all_expired(counters: Iterable[CounterOp], now: float) -> bool:
     return all(op.expires_at is not None and op.expires_at < now for op in counters)
 
 
-def evaluate_reserve(plan: ReservePlan, current: Sequence[int], fired: Sequence[set[str]]) -> ReserveOutcome:
+def effective_amounts(counters: Sequence[CounterOp], new: Sequence[bool] | None) -> tuple[int, ...]:
+    """What a reservation adds to each counter: its amount, and for a registry counter 1 when the
+    instance counter it watches is new (`new[i]`: counter i is created by this reservation), else 0."""
+    return tuple(op.amount if op.counts_new < 0 else int(new is not None and new[op.counts_new]) for op in counters)
+
+
+def evaluate_reserve(
+    plan: ReservePlan, current: Sequence[int], fired: Sequence[set[str]], new: Sequence[bool] | None = None
+) -> ReserveOutcome:
     """The atomic step every store runs under its lock: check all hard counters, then add to all or none.
 
     `current` holds each counter's committed + reserved total; `fired` sets are updated in place with
-    the thresholds this reservation claims, and the store persists them with the new totals.
+    the thresholds this reservation claims, and the store persists them with the new totals. `new`
+    says which counters this reservation creates (registry counters count those); `amounts` in the
+    outcome is what to add to each (to `committed` for a registry counter, `reserved` for the rest).
     """
     counters = plan.counters
+    amounts = effective_amounts(counters, new) if plan.has_registry else tuple(op.amount for op in counters)
     if not plan.force:
         for index, op in enumerate(counters):
-            if op.hard and not fits(current[index], op.amount, op.limit):
+            # A registry counter checks only a new instance: known instances pass a full registry.
+            if op.hard and (op.counts_new < 0 or amounts[index]) and not fits(current[index], amounts[index], op.limit):
                 claimed = claim_crossings(op, current[index], fired[index], blocked=True)
-                return ReserveOutcome(False, tuple(current), index, tuple(claimed))
-    totals = tuple([total + op.amount for total, op in zip(current, counters, strict=True)])
+                return ReserveOutcome(False, tuple(current), index, tuple(claimed), amounts)
+    totals = tuple([total + amount for total, amount in zip(current, amounts, strict=True)])
     crossings: list[Crossing] = []
     for op, total, marks in zip(counters, totals, fired, strict=True):
         if may_cross(op, total, marks):
             crossings.extend(claim_crossings(op, total, marks))
-    return ReserveOutcome(True, totals, None, tuple(crossings))
+    return ReserveOutcome(True, totals, None, tuple(crossings), amounts)
 
 
 def may_cross(op: CounterOp, total: int, fired: set[str]) -> bool:
@@ -405,6 +437,7 @@ def plan_reservation(
     With `history`, each ceiling instance with a USD limit also gets its hourly history counter.
     """
     ops: list[CounterOp] = []
+    registry: dict[str, tuple[str, CounterOp]] = {}  # registry key -> (the instance counter it watches, itself)
     hour, _ = current_bucket(Period.HOUR, now, UTC)
     assert hour.end is not None
     for ceiling, bound in matching(ceilings, labels):
@@ -453,15 +486,74 @@ def plan_reservation(
                     previous_key=previous,
                 )
             )
-    ops.sort(key=lambda op: op.key)
+            if ceiling.max_instances is not None and WILDCARD in ceiling.match_dict.values():
+                key = f"{INSTANCES_PREFIX}{ceiling.id}|{limit.period.value}|{bucket.id}"
+                if key not in registry:  # one per period: the first unit's counter says whether it is new
+                    registry[key] = (ops[-1].key, _registry_op(key, ceiling, ops[-1], ceiling.max_instances))
+    ops.extend(op for _, op in registry.values())
     return ReservePlan(
         reservation_id=reservation_id,
         at=now,
         labels=tuple(sorted(labels.items())),
-        counters=tuple(ops),
+        counters=_in_key_order(ops, {key: watched for key, (watched, _) in registry.items()}),
         estimate_usd=amounts.get(Unit.USD, 0),
         force=force,
     )
+
+
+def _registry_op(key: str, ceiling: Ceiling, instance: CounterOp, max_instances: int) -> CounterOp:
+    """The counter of distinct instances of `ceiling` in `instance`'s period bucket."""
+    return CounterOp(
+        key=key,
+        ceiling_id=INSTANCES_PREFIX + ceiling.id,
+        scope=(),
+        period=instance.period,
+        unit=Unit.CALLS,
+        bucket=instance.bucket,
+        amount=1,
+        limit=max_instances,
+        hard=True,
+        levels=(),
+        resets_at=instance.resets_at,
+        expires_at=instance.expires_at,
+    )
+
+
+def _in_key_order(ops: Sequence[CounterOp], watching: Mapping[str, str]) -> tuple[CounterOp, ...]:
+    """Counters sorted by key (a stable lock order), each registry counter pointed at the index of the
+    instance counter it watches (`watching`: registry key → instance counter key)."""
+    ordered = sorted(ops, key=lambda op: op.key)
+    if not watching:
+        return tuple(ordered)
+    index = {op.key: i for i, op in enumerate(ordered)}
+    return tuple(replace(op, counts_new=index[watching[op.key]]) if op.key in watching else op for op in ordered)
+
+
+def overflow_plan(plan: ReservePlan, ceiling: Ceiling) -> ReservePlan:
+    """`plan` with `ceiling`'s instance (and its history) moved to the ceiling's shared `OVERFLOW`
+    instance, without its registry counters: for a new instance past `max_instances` with
+    `overflow: share`."""
+    shared = {name: OVERFLOW if wanted == WILDCARD else wanted for name, wanted in ceiling.match}
+    scope = tuple(sorted(shared.items()))
+    literal = literal_scope(shared)
+
+    def moved(key: str) -> str:
+        parts = key.split("|")  # `<ceiling>|<scope>|…` / `history|<ceiling>|<scope>|…`: values are encoded
+        parts[2 if key.startswith(HISTORY_PREFIX) else 1] = literal
+        return "|".join(parts)
+
+    watching = {op.key: plan.counters[op.counts_new].key for op in plan.counters if op.counts_new >= 0}
+    ops: list[CounterOp] = []
+    for op in plan.counters:
+        if op.ceiling_id == INSTANCES_PREFIX + ceiling.id:
+            continue
+        if op.ceiling_id in (ceiling.id, HISTORY_PREFIX + ceiling.id):
+            previous = None if op.previous_key is None else moved(op.previous_key)
+            ops.append(replace(op, key=moved(op.key), scope=scope, previous_key=previous))
+        else:
+            ops.append(op)
+    kept = {registry: watched for registry, watched in watching.items() if any(o.key == registry for o in ops)}
+    return replace(plan, counters=_in_key_order([replace(op, counts_new=-1) for op in ops], kept))
 
 
 class PlanCache:
@@ -613,6 +705,8 @@ def decide(plan: ReservePlan, outcome: ReserveOutcome, *, now: float, degrade_at
         assert outcome.blocked is not None
         op = plan.counters[outcome.blocked]
         total = outcome.totals[outcome.blocked]
+        if op.counts_new >= 0:
+            return _too_many_instances(plan, op, total, labels, now)
         scope = dict(op.scope)
         retry = max(0.0, op.resets_at - now) if op.resets_at is not None else None
         unit = "USD" if op.unit is Unit.USD else op.unit.value
@@ -651,6 +745,28 @@ def decide(plan: ReservePlan, outcome: ReserveOutcome, *, now: float, degrade_at
         degraded=degraded,
         reservation_id=plan.reservation_id,
         message="allowed (degraded)" if degraded else "allowed",
+    )
+
+
+def _too_many_instances(plan: ReservePlan, op: CounterOp, total: int, labels: dict[str, str], now: float) -> Decision:
+    instance = plan.counters[op.counts_new]
+    ceiling = op.ceiling_id.removeprefix(INSTANCES_PREFIX)
+    retry = max(0.0, op.resets_at - now) if op.resets_at is not None else None
+    return Decision(
+        allowed=False,
+        reason="max_instances",
+        labels=labels,
+        scope=dict(instance.scope),
+        period=op.period.value,
+        unit=Unit.CALLS.value,
+        spent=float(total),
+        limit=float(op.limit),
+        retry_after_s=round(retry, 3) if retry is not None else None,
+        ratio=_ratio(total, op.limit),
+        message=(
+            f"ceiling {ceiling} already has {total} distinct instances this {op.period.value} (max_instances "
+            f"{op.limit}); new ones are refused (overflow: refuse)"
+        ),
     )
 
 

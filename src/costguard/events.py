@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, get_args
 
-__all__ = ["EVENT_KINDS", "AuditQuery", "AuditRecord", "Event", "EventKind"]
+__all__ = ["EVENT_KINDS", "NEW_PERIOD", "AuditQuery", "AuditRecord", "Event", "EventKind"]
+
+# The reason of a kill cleared because its period ended (the first call of the next one claims it).
+NEW_PERIOD = "new period"
 
 EventKind = Literal[
     "warn",
@@ -40,6 +43,13 @@ class Event:
     resets_at: datetime | None = None
     enforcement: str | None = None
     unrecorded_usd: float | None = None
+    # The counter's period bucket (`2026-05-12`); for a kill cleared by a new period, the bucket it ended.
+    bucket: str | None = None
+    # An alert for a per-instance ceiling (one with a '*' label) stands for `instances` of them: its
+    # labels are the ceiling's (`customer=*`), `top` the instances with the most spend, each
+    # `{"labels": {...}, "spent": ...}`. None: an alert about one scope.
+    instances: int | None = None
+    top: tuple[Mapping[str, Any], ...] = ()
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
@@ -52,6 +62,8 @@ class Event:
         scope = ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))
         if self.kind.startswith("killswitch"):
             return f"costguard/killswitch/{scope or 'global'}"
+        if self.instances is not None:  # one incident per ceiling and period bucket, whichever instances
+            return f"costguard/{self.ceiling or scope}/{scope}/{self.period}/{self.unit}/{self.bucket}"
         return f"costguard/{self.ceiling or scope}/{scope}/{self.period}/{self.unit}"
 
     @property
@@ -81,6 +93,9 @@ class Event:
             "ceiling": self.ceiling,
             "enforcement": self.enforcement,
             "unrecorded_usd": self.unrecorded_usd,
+            "bucket": self.bucket,
+            "instances": self.instances,
+            "top": [{"labels": dict(item["labels"]), "spent": item["spent"]} for item in self.top],
             "resets_at": self.resets_at.isoformat() if self.resets_at else None,
             "dedup_key": self.dedup_key,
             "id": self.id,

@@ -22,7 +22,7 @@ from costguard.current import current_labels
 from costguard.decision import Decision
 from costguard.errors import Blocked, BudgetExceeded, KillSwitchActive, StoreError
 from costguard.estimators import LearnedEstimator, LearnSettings
-from costguard.events import AuditQuery, AuditRecord, Event, EventKind
+from costguard.events import NEW_PERIOD, AuditQuery, AuditRecord, Event, EventKind
 from costguard.fallback import Fallback
 from costguard.forecast import Forecast
 from costguard.killswitch import KillSwitch, blocking_switch
@@ -39,7 +39,7 @@ from costguard.model import (
     normalize_labels,
     to_micros,
 )
-from costguard.notify.dispatcher import Background, Dispatcher, LaneStats, Notifier
+from costguard.notify.dispatcher import DEFAULT_GROUP_S, Background, Dispatcher, LaneStats, Notifier
 from costguard.periods import bucket_for
 from costguard.pricing import Pricing
 from costguard.reservation import AsyncReserveContext, Reservation
@@ -99,6 +99,14 @@ class _ControlView:
     ok: bool = False
 
 
+def _bucket_of(crossing: engine.Crossing) -> str:
+    """The period bucket a crossing is about: for a kill cleared by a new period, the one that ended."""
+    op = crossing.counter
+    if crossing.cleared and crossing.reason == NEW_PERIOD and op.previous_key:
+        return op.previous_key.rpartition("|")[2]
+    return op.bucket
+
+
 class Guard:
     """Cost ceilings in front of paid calls; see `costguard.Guard.from_yaml` for the config route."""
 
@@ -117,6 +125,7 @@ class Guard:
         pricing: Pricing | None = None,
         notifiers: Iterable[Notifier] = (),
         alert_queue_size: int = 1000,
+        alert_group_s: float | None = DEFAULT_GROUP_S,
         killswitch_cache_ms: float = 500.0,
         exempt_features: Iterable[str] = (),
         exempt_paths: Iterable[str] = (),
@@ -162,7 +171,7 @@ class Guard:
         self._learners_lock = threading.Lock()
         self.commit_batch = commit_batch
         self.notifiers: list[Notifier] = list(notifiers)
-        self._alerts = Dispatcher(self.notifiers, queue_size=alert_queue_size)
+        self._alerts = Dispatcher(self.notifiers, queue_size=alert_queue_size, group_s=alert_group_s)
         self.killswitch_cache_s = killswitch_cache_ms / 1000.0
         self.exempt_features = frozenset(exempt_features)
         self.exempt_paths = tuple(exempt_paths)
@@ -428,6 +437,20 @@ class Guard:
             {"estimate_usd": micros_to_usd(plan.estimate_usd), "fallback": fallback},
         )
 
+    @staticmethod
+    def _overflow(
+        view: _ControlView, plan: engine.ReservePlan, outcome: engine.ReserveOutcome
+    ) -> engine.ReservePlan | None:
+        """The plan moved to a ceiling's shared overflow instance, when a registry counter refused a new
+        instance of a ceiling with `overflow: share`; else None."""
+        if outcome.allowed or outcome.blocked is None or plan.counters[outcome.blocked].counts_new < 0:
+            return None
+        registry = plan.counters[outcome.blocked].ceiling_id
+        for ceiling in view.ceilings:
+            if engine.INSTANCES_PREFIX + ceiling.id == registry:
+                return engine.overflow_plan(plan, ceiling) if ceiling.overflow == "share" else None
+        return None
+
     def _after_reserve(
         self,
         plan: engine.ReservePlan,
@@ -526,6 +549,14 @@ class Guard:
                 outcome = self.store.reserve(plan, record)  # in process: nothing to wait for or ask again
             else:
                 outcome = dl.call(lambda: self.store.reserve(plan, record), deadline)
+            moved = self._overflow(view, plan, outcome)
+            if moved is not None:  # a new instance past max_instances: into the shared one
+                plan = moved
+                outcome = (
+                    self.store.reserve(plan, record)
+                    if deadline is None
+                    else dl.call(lambda: self.store.reserve(plan, record), deadline)
+                )
         except StoreError as exc:
             return self._unreserved(plan, call_labels, settings, exc, deadline, now)
         self._maintain(now)
@@ -554,6 +585,10 @@ class Guard:
 
         try:
             outcome = await reserve() if deadline is None else await dl.acall(reserve, deadline)
+            moved = self._overflow(view, plan, outcome)
+            if moved is not None:  # a new instance past max_instances: into the shared one
+                plan = moved
+                outcome = await reserve() if deadline is None else await dl.acall(reserve, deadline)
         except StoreError as exc:
             return self._unreserved(plan, call_labels, settings, exc, deadline, now)
         self._maintain(now)
@@ -680,7 +715,8 @@ class Guard:
         return done and delivered and not self._settlement.pending
 
     def alert_stats(self) -> list[LaneStats]:
-        """Per notifier in this process: events delivered, given up on after retries, dropped, queued."""
+        """Per notifier in this process: events delivered, given up on after retries, dropped, queued,
+        dropped over its rate limit."""
         return self._alerts.stats()
 
     def commit(self, reservation_id: str, usd: Money | None = None, *, tokens: int | None = None) -> bool:
@@ -966,6 +1002,7 @@ class Guard:
                     ceiling=op.ceiling_id,
                     resets_at=None if op.resets_at is None else datetime.fromtimestamp(op.resets_at, timezone.utc),
                     enforcement="hard" if op.hard else "soft",
+                    bucket=_bucket_of(crossing),
                 )
             )
 

@@ -16,6 +16,7 @@ from urllib.parse import quote
 from costguard.errors import LabelError
 
 __all__ = [
+    "OVERFLOW",
     "STANDARD_LABELS",
     "Ceiling",
     "Enforcement",
@@ -38,6 +39,9 @@ DEFAULT_MAX_LABEL_LENGTH = 256
 # Values longer than this are stored as a digest so keys stay short enough for any index.
 _HASH_OVER = 64
 _LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+
+# The value a wildcard label takes in the shared instance of a ceiling past its `max_instances`.
+OVERFLOW = "(overflow)"
 
 # Labels every deployment may use in a kill switch or limit scope without declaring them.
 STANDARD_LABELS = ("feature", "customer", "tenant", "org", "team", "user", "agent", "run", "vendor", "model")
@@ -207,6 +211,24 @@ class Ceiling:
     # Values of a wildcard label that a more specific ceiling of the same shape covers instead.
     exclude: tuple[tuple[str, frozenset[str]], ...] = ()
     name: str = field(default="")
+    # A wildcard ceiling's cap on distinct instances per period (random ids can't mint counters without
+    # end): past it, new instances share one `OVERFLOW` instance ("share") or are refused ("refuse").
+    max_instances: int | None = None
+    overflow: Literal["share", "refuse"] = "share"
+
+    def __post_init__(self) -> None:
+        if self.overflow not in ("share", "refuse"):
+            raise ValueError(f"overflow must be 'share' or 'refuse', got {self.overflow!r}")
+        if self.max_instances is None:
+            return
+        if isinstance(self.max_instances, bool) or not isinstance(self.max_instances, int) or self.max_instances < 1:
+            raise ValueError(f"max_instances must be a whole number of at least 1, got {self.max_instances!r}")
+        if WILDCARD not in dict(self.match).values():
+            shown = ", ".join(f"{k}={v}" for k, v in sorted(self.match))
+            raise ValueError(
+                f"max_instances caps the distinct values of a wildcard ('*') label; this ceiling has none "
+                f"({shown}): put it on per_customer, customers: '*' or a ceiling matching '*'"
+            )
 
     @functools.cached_property
     def id(self) -> str:

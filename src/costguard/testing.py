@@ -39,7 +39,9 @@ class FakeClock:
 
 
 class RecordingNotifier:
-    """A notifier that keeps every event it receives."""
+    """A notifier that keeps every event it receives (no rate limit: `max_per_minute` None)."""
+
+    max_per_minute: float | None = None
 
     def __init__(self) -> None:
         self.events: list[Event] = []

@@ -8,9 +8,10 @@ The guard under test has the ceilings a per-customer budget usually has:
 Each customer makes one call; every `BLOCKED_EVERY`-th asks for more than its cap and is refused. A
 call touches five counters: the feature's month and day counters and its hourly history counter
 (shared by all customers), and the customer's day counter and its hourly history counter (the spend
-history forecasts read, `engine.history_key`). So a customer costs exactly **two counters**, whether
-its call was allowed or refused (a refused call creates its counters too), plus one reservation
-record per allowed call, which is keyed by reservation id and does not name the customer.
+history forecasts read, `engine.history_key`). So a customer whose call was allowed costs exactly
+**two counters**, plus one reservation record, which is keyed by reservation id and does not name
+the customer. A refused call creates one counter only: the one that refused it (its kill is claimed
+there); ids minted for each request and refused add nothing else.
 
 Every per-customer counter expires: the day counter `EXPIRY_GRACE_S` (2 days) after its day ends,
 the history counter `HISTORY_KEEP_S` (8 days) after its hour ends — the history counter is what a
@@ -66,6 +67,7 @@ PER_CUSTOMER = usd_ceiling({"feature": "chat", "customer": "*"}, day=0.01)
 BLOCKED_EVERY = 7  # every 7th customer asks for $0.02 against its $0.01 cap: refused
 SHARED_COUNTERS = 3  # the feature's month, day and history-hour counters
 COUNTERS_PER_CUSTOMER = 2  # the customer's day counter and its history-hour counter
+COUNTERS_PER_REFUSED = 1  # the day counter that refused the call
 SETTLED_KEEP_MS = 86_400_000  # settle.lua: a settled reservation is kept a day (a retried commit: no-op)
 OPEN_KEEP_MIN_MS = 2 * 86_400_000  # reserve.lua: an open one outlives its counters, two days at least
 CUSTOMER_IN_KEY = re.compile(r"customer=([a-z]+\d{7})")
@@ -80,11 +82,16 @@ def customers(prefix: str, count: int) -> list[str]:
     return [f"{prefix}{index:07d}" for index in range(count)]
 
 
+def refused(customer: str) -> bool:
+    """Whether `drive` asks more than the cap for this customer: every `BLOCKED_EVERY`-th id."""
+    return int(customer[-7:]) % BLOCKED_EVERY == BLOCKED_EVERY - 1
+
+
 def drive(guard: Guard, names: Iterable[str]) -> tuple[int, int]:
     """One guarded call per customer ($0.002 estimate, $0.001 actual); returns (allowed, blocked)."""
     allowed = blocked = 0
-    for index, customer in enumerate(names):
-        over = index % BLOCKED_EVERY == BLOCKED_EVERY - 1
+    for customer in names:
+        over = refused(customer)
         try:
             with guard.reserve("chat", estimate_usd=0.02 if over else 0.002, customer=customer) as r:
                 r.commit(0.001)
@@ -98,11 +105,19 @@ def drive(guard: Guard, names: Iterable[str]) -> tuple[int, int]:
 
 
 def customer_keys(customer: str, at: float) -> set[str]:
-    """The engine's names of the two counters a customer's calls at `at` touch."""
+    """The engine's names of the counters a customer's call at `at` leaves: its day and history
+    counters, or only the day counter when `drive` had it refused."""
     bound = {"customer": customer, "feature": "chat"}
     (limit,) = PER_CUSTOMER.limits
     day, hour = bucket_for(Period.DAY, at, UTC), bucket_for(Period.HOUR, at, UTC)
+    if refused(customer):
+        return {counter_key(PER_CUSTOMER, bound, limit, day.id)}
     return {counter_key(PER_CUSTOMER, bound, limit, day.id), history_key(PER_CUSTOMER.id, bound, hour.id)}
+
+
+def counters_each(names: Iterable[str]) -> dict[str, int]:
+    """How many counters each customer's call leaves (2, or 1 when refused)."""
+    return {c: COUNTERS_PER_REFUSED if refused(c) else COUNTERS_PER_CUSTOMER for c in names}
 
 
 def shared_keys(at: float) -> set[str]:
@@ -186,8 +201,8 @@ def test_redis_keys_per_customer_are_constant_and_every_one_expires(
 ) -> None:
     """N customers in a day on Redis: 2 keys each, every key but 3 namespace-wide ones has a TTL.
 
-    Asserts, by SCAN of the namespace: exactly `COUNTERS_PER_CUSTOMER` keys name each customer, and
-    they are the engine's day and history counters for it; the namespace holds exactly those, the
+    Asserts, by SCAN of the namespace: exactly `COUNTERS_PER_CUSTOMER` keys name each customer (1 for
+    a refused one), and they are the engine's day and history counters for it; the namespace holds exactly those, the
     3 shared counters, 3 bucket indexes (`i:month:`, `i:day:`, `i:hour:`), one `r:` record per
     allowed or open call and `exp`, `audit`, `audit:seq`. Each key's PTTL is the one
     `_expected_pttl` derives from the engine's expiry rules (at most that, and no less than that
@@ -208,7 +223,7 @@ def test_redis_keys_per_customer_are_constant_and_every_one_expires(
     began = time.monotonic()
     names = customers("cust", n)
     allowed, blocked = drive(guard, names)
-    assert blocked == n // BLOCKED_EVERY
+    assert blocked == n // BLOCKED_EVERY == sum(map(refused, names))
     held = [guard.reserve("chat", estimate_usd=0.001, customer=c) for c in customers("open", 5)]  # left open
     guard.flush()
     keys = _namespace(store)
@@ -217,15 +232,15 @@ def test_redis_keys_per_customer_are_constant_and_every_one_expires(
     everyone = [*names, *customers("open", 5)]
     per_customer = Counter(m.group(1) for name in keys for m in [CUSTOMER_IN_KEY.search(name)] if m)
     assert set(per_customer) == set(everyone)
-    assert set(per_customer.values()) == {COUNTERS_PER_CUSTOMER}
-    for customer in (everyone[0], everyone[n // 2], everyone[-1]):
+    assert per_customer == counters_each(everyone)
+    for customer in (everyone[0], everyone[BLOCKED_EVERY - 1], everyone[n // 2], everyone[-1]):
         assert {name for name in keys if customer in name} == {"c:" + k for k in customer_keys(customer, at)}
     reservations = [name for name in keys if name.startswith("r:")]
     assert len(reservations) == allowed + len(held)
     assert sum(1 for name in reservations if keys[name][1] != b"1") == len(held)
     counters = {name for name in keys if name.startswith("c:")}
     assert counters - {"c:" + k for k in shared_keys(at)} == {"c:" + k for c in everyone for k in customer_keys(c, at)}
-    assert len(keys) == SHARED_COUNTERS + COUNTERS_PER_CUSTOMER * len(everyone) + 3 + len(reservations) + 3
+    assert len(keys) == SHARED_COUNTERS + sum(counters_each(everyone).values()) + 3 + len(reservations) + 3
 
     no_ttl = []
     for name, (pttl, value) in keys.items():
@@ -242,14 +257,14 @@ def test_redis_keys_per_customer_are_constant_and_every_one_expires(
     assert client.xlen(store.prefix + "audit") <= maxlen + 100  # MAXLEN ~ trims whole nodes of 100 entries
 
     if real:  # MEMORY USAGE: real Redis only
-        sample = everyone[: min(100, n)]
+        sample = [c for c in everyone[: min(100, n)] if not refused(c)]
         counter_bytes = sum(client.memory_usage(store.prefix + "c:" + k) for c in sample for k in customer_keys(c, at))
         settled = [name for name in reservations if keys[name][1] == b"1"][:100]
         record_bytes = sum(client.memory_usage(store.prefix + name) for name in settled) / len(settled)
         indexes = [name for name in keys if name.startswith("i:") or name == "exp"]
         index_bytes = sum(client.memory_usage(store.prefix + name, samples=0) for name in indexes)
         log.info(
-            "redis: %d customers, %d keys per customer, %.0f bytes of counters and %.0f of index entries per "
+            "redis: %d customers, %d keys per allowed customer, %.0f bytes of counters and %.0f of index entries per "
             "customer, %.0f bytes per settled reservation record, %.1f s",
             n,
             COUNTERS_PER_CUSTOMER,
@@ -278,8 +293,8 @@ def _check_memory_store(store: MemoryStore, everyone: list[str], at: float, allo
     shared = per_customer.pop(None, 0)
     assert shared == SHARED_COUNTERS, f"{shared} shared counters"
     assert set(per_customer) == set(everyone), f"{len(per_customer)} customers have counters, not {len(everyone)}"
-    sizes = set(per_customer.values())
-    assert sizes == {COUNTERS_PER_CUSTOMER}, f"counters per customer: {sizes}"
+    wrong = {c: k for c, k in counters_each(everyone).items() if per_customer[c] != k}
+    assert not wrong, f"counters per customer: {sorted(wrong.items())[:5]}"
     expected = shared_keys(at) | {k for c in everyone for k in customer_keys(c, at)}
     assert set(store._counters) == expected, f"unexpected counters: {sorted(set(store._counters) ^ expected)[:5]}"
     for key, counter in store._counters.items():
@@ -314,7 +329,7 @@ def memory_days(n: int) -> dict[str, float]:
     seconds_1 = time.monotonic() - began
     guard.flush()
     rss_1 = rss_kb()
-    assert blocked_1 == n // BLOCKED_EVERY, f"{blocked_1} calls blocked"
+    assert blocked_1 == sum(map(refused, customers("aaaa", n + 1))), f"{blocked_1} calls blocked"
     _check_memory_store(store, customers("aaaa", n + 1), day_1, allowed_1 + 1)
 
     clock.set(DAY_2)
@@ -348,7 +363,7 @@ def test_memory_store_is_bounded_by_expiry_not_by_customers_ever_seen() -> None:
     """Day 1: N customers; nine days later the guard's own purge drops them; day 2: N new ones reuse the memory.
 
     In a spawned interpreter (`memory_days`), asserts the store's dicts exactly: after each day, 2
-    counters per customer (the engine's day and history counters, each expiring when the engine
+    counters per customer (1 if refused; the engine's day and history counters, each expiring when the engine
     says) plus the 3 shared ones, one settled reservation per allowed call, the audit log at its
     `max_audit`; after the purge the guard runs itself (`_maintain`, on the first call 10 minutes or
     more after the last purge), only day 1's month counter besides the first day-2 call's counters
@@ -387,7 +402,7 @@ def _rows(store: SQLStore, table: str) -> list[Any]:
 
 @pytest.mark.parametrize("store_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 def test_sql_rows_per_customer_are_constant_and_purged(store_url: str) -> None:
-    """SQL stores: exactly 2 counter rows per customer, each with its expiry; the guard's purge drops them.
+    """SQL stores: 2 counter rows per customer (1 if refused), each with its expiry; the purge drops them.
 
     After the day: counter rows are the 3 shared plus 2 per customer (the engine's keys), every row
     has `expires_at` = its period's end + grace (history: hour end + `HISTORY_KEEP_S`), and there is
@@ -404,7 +419,7 @@ def test_sql_rows_per_customer_are_constant_and_purged(store_url: str) -> None:
     assert blocked == SQL_CUSTOMERS // BLOCKED_EVERY
     counters = {row.key: row for row in _rows(store, "counters")}
     assert set(counters) == shared_keys(at) | {k for c in names for k in customer_keys(c, at)}
-    assert len(counters) == SHARED_COUNTERS + COUNTERS_PER_CUSTOMER * SQL_CUSTOMERS
+    assert len(counters) == SHARED_COUNTERS + sum(counters_each(names).values())
     for key, row in counters.items():
         period = Period.HOUR if key.startswith("history|") else Period(row.period)
         assert row.expires_at == pytest.approx(expiry(period, at)), key

@@ -449,3 +449,67 @@ def test_a_batched_release_before_its_reserve_arrives_leaves_nothing_counted(sto
     assert not outcome.applied
     store.reserve(p, None)
     assert store.totals([op.key for op in p.counters]) == [0, 0]
+
+
+# --------------------------------------------------------------------------- max_instances
+
+
+def capped(max_instances: int, overflow: str = "refuse") -> Ceiling:
+    return Ceiling(
+        make_match({"customer": "*"}),
+        (usd(Period.DAY, 1.0),),
+        max_instances=max_instances,
+        overflow=overflow,  # type: ignore[arg-type]
+    )
+
+
+def test_a_ceiling_counts_distinct_instances_and_refuses_past_max(store: Store) -> None:
+    cap = capped(2)
+    first = {name: plan([cap], customer=name) for name in ("a", "b", "c")}
+    assert store.reserve(first["a"], None).allowed
+    assert store.reserve(first["b"], None).allowed
+    refused = store.reserve(first["c"], AuditRecord(NOW, "reserve", {"customer": "c"}))
+    assert not refused.allowed
+    assert refused.blocked is not None
+    assert first["c"].counters[refused.blocked].key.startswith(engine.INSTANCES_PREFIX)
+    decision = engine.decide(first["c"], refused, now=NOW, degrade_at=None)
+    assert (decision.reason, decision.limit) == ("max_instances", 2.0)
+    again = plan([cap], customer="a")
+    assert store.reserve(again, None).allowed  # a known instance never counts again
+    instance = [op.key for op in first["c"].counters if not op.key.startswith(engine.INSTANCES_PREFIX)]
+    assert store.totals(instance) == [0]
+    rows = store.list_counters({Period.DAY: first["a"].counters[0].bucket})
+    assert sorted(dict(r.scope).get("customer", "") for r in rows) == ["", "a", "b"]  # nothing left for c
+
+
+def test_the_instance_registry_is_never_given_back(store: Store) -> None:
+    cap = capped(2)
+    a = plan([cap], customer="a")
+    store.reserve(a, None)
+    store.settle(a.reservation_id, None, NOW, None)  # released: a's counter stays, and so does its count
+    registry = next(op.key for op in a.counters if op.key.startswith(engine.INSTANCES_PREFIX))
+    assert store.totals([registry]) == [1]
+    store.reserve(plan([cap], customer="a"), None)
+    assert store.totals([registry]) == [1]
+    assert store.reserve(plan([cap], customer="b"), None).allowed
+    assert not store.reserve(plan([cap], customer="c"), None).allowed
+
+
+def test_racing_new_instances_get_exactly_max_of_them(store: Store) -> None:
+    cap = capped(5)
+    outcomes: list[bool] = []
+    lock = threading.Lock()
+    start = threading.Barrier(24)
+
+    def one(index: int) -> None:
+        start.wait()
+        outcome = store.reserve(plan([cap], customer=f"c{index}"), None)
+        with lock:
+            outcomes.append(outcome.allowed)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes.count(True) == 5

@@ -4,7 +4,8 @@ Every notifier gets its own bounded queue and worker thread (a lane), so a recei
 delays only its own deliveries. Failed deliveries are retried with tenacity — exponential backoff
 with jitter, bounded by attempts *and* total delay, never sooner than a receiver's `Retry-After` —
 and nothing here ever raises into the caller. Events are dropped only when a queue is full (or the
-guard is closed); drops are counted and logged.
+guard is closed) or past a notifier's rate limit (`max_per_minute`); drops are counted and logged.
+Alerts of per-instance ceilings are aggregated first (`notify.group`), once for every notifier.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from costguard.events import Event
+from costguard.notify.group import Grouper
 
 __all__ = ["Background", "DeliveryError", "Dispatcher", "LaneStats", "Notifier"]
 
@@ -39,6 +41,8 @@ DEFAULT_ATTEMPTS = 5
 DEFAULT_MAX_DELAY_S = 60.0
 DEFAULT_BACKOFF_S = 0.5
 DEFAULT_QUEUE_SIZE = 1000
+DEFAULT_MAX_PER_MINUTE = 30  # per notifier; a burst of as many, then one per 2 s
+DEFAULT_GROUP_S = 60.0  # alert aggregation window of per-instance ceilings
 
 
 class DeliveryError(Exception):
@@ -69,6 +73,15 @@ def retry_after_seconds(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, moment.timestamp() - time.time())
+
+
+def rate_per_minute(value: object) -> float | None:
+    """A notifier's `max_per_minute`: a number more than 0, or None for no rate limit."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"max_per_minute must be a number more than 0 (or null: no limit), got {value!r}")
+    return float(value)
 
 
 class _Worker:
@@ -175,6 +188,7 @@ class LaneStats:
     dropped: int = 0
     attempts: int = 0
     queued: int = 0
+    rate_limited: int = 0
 
 
 def _name_of(notifier: Notifier) -> str:
@@ -208,9 +222,41 @@ class _Lane(_Worker):
         self.failed = 0
         self.tries = 0
         self._closing = threading.Event()
+        self.per_minute = rate_per_minute(getattr(notifier, "max_per_minute", DEFAULT_MAX_PER_MINUTE))
+        self._tokens = self.per_minute or 0.0
+        self._filled = time.monotonic()
+        self._bucket_lock = threading.Lock()
+        self.rate_limited = 0
 
     def wants(self, event: Event) -> bool:
         return self.kinds is None or event.kind in self.kinds
+
+    def offer(self, event: Event) -> None:
+        """Queue `event` unless this notifier is over its rate (a token bucket of `max_per_minute`)."""
+        if self.per_minute is not None:
+            with self._bucket_lock:
+                now = time.monotonic()
+                self._tokens = min(self.per_minute, self._tokens + (now - self._filled) * self.per_minute / 60.0)
+                self._filled = now
+                allowed = self._tokens >= 1.0
+                if allowed:
+                    self._tokens -= 1.0
+                else:
+                    self.rate_limited += 1
+                    limited = self.rate_limited
+            if not allowed:
+                level = logging.WARNING if limited == 1 or limited % 100 == 0 else logging.DEBUG
+                log.log(
+                    level,
+                    "costguard: the %s notifier is over its rate limit (%g a minute): a %s event was dropped "
+                    "(%d so far)",
+                    self.label,
+                    self.per_minute,
+                    event.kind,
+                    limited,
+                )
+                return
+        self._put(event)
 
     def _wait(self, state: RetryCallState) -> float:
         delay = wait_random_exponential(multiplier=self.backoff_s, max=30.0)(state)
@@ -274,25 +320,43 @@ class _Lane(_Worker):
 
 
 class Dispatcher:
-    """Delivers events to every notifier that wants them, each in its own lane."""
+    """Delivers events to every notifier that wants them, each in its own lane; alerts of per-instance
+    ceilings are aggregated over `group_s` seconds first (None: each goes out on its own)."""
 
-    def __init__(self, notifiers: Iterable[Notifier], *, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+    def __init__(
+        self,
+        notifiers: Iterable[Notifier],
+        *,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        group_s: float | None = DEFAULT_GROUP_S,
+    ) -> None:
         self._lanes = [_Lane(n, queue_size) for n in notifiers]
+        self._groups = Grouper(self._send, group_s) if group_s is not None and self._lanes else None
 
     def dispatch(self, event: Event) -> None:
         """Queue `event` for each interested notifier; never blocks, never raises."""
+        if self._groups is not None and self._groups.add(event):
+            return
+        self._send(event)
+
+    def _send(self, event: Event) -> None:
         for lane in self._lanes:
             if lane.wants(event):
-                lane._put(event)
+                lane.offer(event)
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait (up to `timeout` in all) until every queued event was delivered or given up on."""
+        """Deliver held alert summaries now, then wait (up to `timeout` in all) until every queued event
+        was delivered or given up on."""
+        if self._groups is not None:
+            self._groups.flush()
         deadline = time.monotonic() + timeout
         flushed = [lane.flush(max(0.0, deadline - time.monotonic())) for lane in self._lanes]  # every lane
         return all(flushed)
 
     def close(self, timeout: float = 5.0) -> bool:
-        """Deliver what is queued (up to `timeout` in all), then stop the lanes."""
+        """Deliver held summaries and what is queued (up to `timeout` in all), then stop the lanes."""
+        if self._groups is not None:
+            self._groups.close()
         deadline = time.monotonic() + timeout
         closed = [lane.close(max(0.0, deadline - time.monotonic())) for lane in self._lanes]  # every lane
         return all(closed)
@@ -302,9 +366,23 @@ class Dispatcher:
         """Events dropped because a queue was full or the guard closed."""
         return sum(lane.dropped for lane in self._lanes)
 
+    @property
+    def grouped(self) -> int:
+        """Per-instance alerts folded into summaries instead of going out one by one."""
+        return 0 if self._groups is None else self._groups.grouped
+
     def stats(self) -> list[LaneStats]:
-        """Per notifier: delivered, failed (gave up after retries), dropped, attempts, still queued."""
+        """Per notifier: delivered, failed (gave up after retries), dropped, attempts, still queued, and
+        dropped over its rate limit."""
         return [
-            LaneStats(lane.label, lane.delivered, lane.failed, lane.dropped, lane.tries, lane._queue.qsize())
+            LaneStats(
+                lane.label,
+                lane.delivered,
+                lane.failed,
+                lane.dropped,
+                lane.tries,
+                lane._queue.qsize(),
+                lane.rate_limited,
+            )
             for lane in self._lanes
         ]

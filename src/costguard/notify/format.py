@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from costguard.events import Event
 
@@ -60,8 +61,29 @@ def _limit_name(event: Event) -> str:
     return f"{event.period or ''} {unit} limit".strip()
 
 
+def _instance(event: Event) -> Event:
+    """An alert about one instance of a per-instance ceiling, told as that instance's own."""
+    if event.instances == 1 and event.top:
+        return replace(event, labels=event.top[0]["labels"], instances=None, top=())
+    return event
+
+
+def _grouped_headline(event: Event) -> str:
+    scope = scope_text(event.labels)
+    more = f"{event.instances} more"
+    if event.kind == "warn":
+        return f"{scope}: {more} reached {(event.threshold or 0) * 100:g} % of their {_limit_name(event)}"
+    if event.kind == "kill":
+        return f"{scope}: {more} hit their {_limit_name(event)}: their calls are blocked"
+    return f"{scope}: {more} are open again: {event.reason or 'the limit no longer blocks'}"
+
+
 def headline(event: Event) -> str:
-    """One line that says what happened, with the scope first."""
+    """One line that says what happened, with the scope first; a summary of a per-instance ceiling's
+    alerts says how many more instances it stands for."""
+    event = _instance(event)
+    if event.instances is not None:
+        return _grouped_headline(event)
     scope = scope_text(event.labels)
     if event.kind == "warn":
         pct = f"{(event.threshold or 0) * 100:g} %"
@@ -80,8 +102,22 @@ def headline(event: Event) -> str:
 
 
 def details(event: Event) -> list[str]:
-    """The numbers: spend against limit with a bar, who and why, when it resets."""
+    """The numbers: spend against limit with a bar, who and why, when it resets; for a summary, the
+    instances with the most spend."""
+    event = _instance(event)
     lines: list[str] = []
+    if event.instances is not None:
+        shown = ", ".join(
+            f"{scope_text({k: v for k, v in item['labels'].items() if event.labels.get(k) == '*'})} "
+            f"{money(item['spent'], event.unit)}"
+            for item in event.top
+        )
+        rest = event.instances - len(event.top)
+        lines.append(f"most spend: {shown}" + (f" and {rest} more" if rest > 0 else ""))
+        lines.append(f"limit {money(event.limit, event.unit)} each")
+        if event.resets_at is not None and event.kind in ("warn", "kill"):
+            lines.append(f"resets {event.resets_at:%Y-%m-%d %H:%M} UTC")
+        return lines
     ratio = ratio_of(event)
     if ratio is not None and event.kind in ("warn", "kill", "kill_cleared"):
         lines.append(f"{progress_bar(ratio)}  {money(event.spent, event.unit)} of {money(event.limit, event.unit)}")
@@ -95,6 +131,7 @@ def details(event: Event) -> list[str]:
 
 def next_step(event: Event) -> str:
     """What happens now, and what an operator can do about it."""
+    event = _instance(event)
     scope = scope_text(event.labels)
     if event.kind == "warn":
         if event.enforcement == "soft":

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable
 
 from costguard.events import Event
+from costguard.notify.dispatcher import DEFAULT_MAX_PER_MINUTE, rate_per_minute
 from costguard.notify.format import details, headline
 
 __all__ = ["LogNotifier"]
@@ -22,7 +23,11 @@ class LogNotifier:
     attempts = 1
 
     def __init__(
-        self, logger: str = "costguard.alerts", level: str | int = "WARNING", on: Iterable[str] | None = None
+        self,
+        logger: str = "costguard.alerts",
+        level: str | int = "WARNING",
+        on: Iterable[str] | None = None,
+        max_per_minute: float | None = DEFAULT_MAX_PER_MINUTE,
     ) -> None:
         self.logger = logging.getLogger(logger)
         resolved = logging.getLevelName(level.upper()) if isinstance(level, str) else int(level)
@@ -30,6 +35,7 @@ class LogNotifier:
             raise ValueError(f"unknown log level {level!r}; use DEBUG, INFO, WARNING, ERROR or CRITICAL")
         self.level = resolved
         self.on = frozenset(on) if on else None
+        self.max_per_minute = rate_per_minute(max_per_minute)
 
     def __call__(self, event: Event) -> None:
         if self.on is not None and event.kind not in self.on:

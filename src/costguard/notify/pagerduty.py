@@ -7,8 +7,14 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from costguard.events import Event
-from costguard.notify.dispatcher import DEFAULT_ATTEMPTS, DEFAULT_BACKOFF_S, DEFAULT_MAX_DELAY_S
+from costguard.events import NEW_PERIOD, Event
+from costguard.notify.dispatcher import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_BACKOFF_S,
+    DEFAULT_MAX_DELAY_S,
+    DEFAULT_MAX_PER_MINUTE,
+    rate_per_minute,
+)
 from costguard.notify.format import headline, money, next_step, scope_text
 from costguard.notify.http import check_url, post
 
@@ -21,7 +27,11 @@ _SEVERITY = {"kill": "critical", "killswitch_activated": "critical", "warn": "wa
 
 
 def dedup_key(event: Event) -> str:
-    """Pairs a trigger with its resolve; warn alerts get their own key per threshold (never auto-resolved)."""
+    """Pairs a trigger with its resolve; warn alerts get their own key per threshold (never auto-resolved).
+
+    A per-instance ceiling's alerts (`event.instances` set) share one key per ceiling and period
+    bucket: 200 customers over their cap are one incident, resolved by the first call of the next
+    period (a kill cleared there names the bucket that ended)."""
     key = event.dedup_key
     if event.kind == "warn":
         key += f"/warn-{event.threshold:g}"
@@ -53,6 +63,7 @@ class PagerDutyNotifier:
         attempts: int = DEFAULT_ATTEMPTS,
         max_delay_s: float = DEFAULT_MAX_DELAY_S,
         backoff_s: float = DEFAULT_BACKOFF_S,
+        max_per_minute: float | None = DEFAULT_MAX_PER_MINUTE,
     ) -> None:
         if not routing_key:
             raise ValueError("routing_key is required (the integration key of a PagerDuty Events API v2 service)")
@@ -64,6 +75,7 @@ class PagerDutyNotifier:
         self.attempts = attempts
         self.max_delay_s = max_delay_s
         self.backoff_s = backoff_s
+        self.max_per_minute = rate_per_minute(max_per_minute)
 
     def message(self, event: Event) -> dict[str, Any]:
         """The Events API v2 body for `event`."""
@@ -91,6 +103,10 @@ class PagerDutyNotifier:
         return body
 
     def __call__(self, event: Event) -> None:
+        if event.kind == "kill_cleared" and event.instances is not None and event.reason != NEW_PERIOD:
+            # One instance of a per-instance ceiling opened by a raised limit: others may still be
+            # blocked, so the ceiling's incident stays; it resolves when its period ends.
+            return
         body = json.dumps(self.message(event)).encode()
         post(self.events_url, body, {"Content-Type": "application/json"}, self.timeout_s)
 

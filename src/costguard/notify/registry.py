@@ -7,7 +7,14 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from costguard.events import Event
-from costguard.notify.dispatcher import DEFAULT_ATTEMPTS, DEFAULT_BACKOFF_S, DEFAULT_MAX_DELAY_S, Notifier
+from costguard.notify.dispatcher import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_BACKOFF_S,
+    DEFAULT_MAX_DELAY_S,
+    DEFAULT_MAX_PER_MINUTE,
+    Notifier,
+    rate_per_minute,
+)
 
 __all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "build_notifier", "installed"]
 
@@ -32,6 +39,7 @@ class _Plugin:
         self.attempts = attempts
         self.max_delay_s = max_delay_s
         self.backoff_s = float(getattr(notifier, "backoff_s", DEFAULT_BACKOFF_S))
+        self.max_per_minute: float | None = DEFAULT_MAX_PER_MINUTE
 
     def __call__(self, event: Event) -> object:
         return self.notifier(event)
@@ -68,10 +76,12 @@ def build_notifier(kind: str, options: Mapping[str, Any]) -> Notifier:
     attempts = int(options.pop("attempts", DEFAULT_ATTEMPTS))
     max_delay_s = float(options.pop("max_delay_s", DEFAULT_MAX_DELAY_S))
     backoff_s = options.pop("backoff_s", None)
+    max_per_minute = options.pop("max_per_minute", DEFAULT_MAX_PER_MINUTE)
     notifier = factory(**options)
     if not callable(notifier):
         raise TypeError(f"the {kind!r} entry point built {notifier!r}, which is not callable with an Event")
     plugin = _Plugin(kind, notifier, on, attempts, max_delay_s)
     if backoff_s is not None:
         plugin.backoff_s = float(backoff_s)
+    plugin.max_per_minute = rate_per_minute(max_per_minute)
     return plugin

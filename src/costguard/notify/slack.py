@@ -13,7 +13,9 @@ from costguard.notify.dispatcher import (
     DEFAULT_ATTEMPTS,
     DEFAULT_BACKOFF_S,
     DEFAULT_MAX_DELAY_S,
+    DEFAULT_MAX_PER_MINUTE,
     DeliveryError,
+    rate_per_minute,
     retry_after_seconds,
 )
 from costguard.notify.format import details, emoji, headline, next_step, plain_text
@@ -66,6 +68,7 @@ class SlackNotifier:
         attempts: int = DEFAULT_ATTEMPTS,
         max_delay_s: float = DEFAULT_MAX_DELAY_S,
         backoff_s: float = DEFAULT_BACKOFF_S,
+        max_per_minute: float | None = DEFAULT_MAX_PER_MINUTE,
         min_interval_s: float = 1.0,
     ) -> None:
         try:
@@ -99,6 +102,7 @@ class SlackNotifier:
         self.attempts = attempts
         self.max_delay_s = max_delay_s
         self.backoff_s = backoff_s
+        self.max_per_minute = rate_per_minute(max_per_minute)
         self.min_interval_s = min_interval_s
 
     @staticmethod

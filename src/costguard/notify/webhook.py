@@ -9,7 +9,13 @@ import time
 from collections.abc import Iterable, Mapping
 
 from costguard.events import Event
-from costguard.notify.dispatcher import DEFAULT_ATTEMPTS, DEFAULT_BACKOFF_S, DEFAULT_MAX_DELAY_S
+from costguard.notify.dispatcher import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_BACKOFF_S,
+    DEFAULT_MAX_DELAY_S,
+    DEFAULT_MAX_PER_MINUTE,
+    rate_per_minute,
+)
 from costguard.notify.http import check_url, post
 
 __all__ = ["DEFAULT_TOLERANCE_S", "WebhookNotifier", "sign", "verify"]
@@ -82,6 +88,7 @@ class WebhookNotifier:
         attempts: int = DEFAULT_ATTEMPTS,
         max_delay_s: float = DEFAULT_MAX_DELAY_S,
         backoff_s: float = DEFAULT_BACKOFF_S,
+        max_per_minute: float | None = DEFAULT_MAX_PER_MINUTE,
     ) -> None:
         self.url = check_url(url, "webhook url")
         self.secret = secret or None
@@ -91,6 +98,7 @@ class WebhookNotifier:
         self.attempts = attempts
         self.max_delay_s = max_delay_s
         self.backoff_s = backoff_s
+        self.max_per_minute = rate_per_minute(max_per_minute)
 
     def body(self, event: Event) -> bytes:
         """The exact bytes sent (and signed)."""

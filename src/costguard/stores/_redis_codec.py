@@ -199,7 +199,9 @@ class Codec:
             keys += encoded.reserve_keys
             args.append(amount)
             args += encoded.reserve_tail
-            ops_json.append(encoded.json_head + amount + encoded.json_tail)
+            args.append(str(op.counts_new + 1))  # a registry counter of max_instances: what it watches
+            if op.counts_new < 0:  # a registry is never settled: the reservation doesn't keep it
+                ops_json.append(encoded.json_head + amount + encoded.json_tail)
         args[3] = "[" + ",".join(ops_json) + "]"
         return keys, args
 

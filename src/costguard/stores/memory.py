@@ -95,17 +95,31 @@ class MemoryStore(Store):
                     return ReserveOutcome(True, ())
                 return ReserveOutcome(True, tuple(self._total(op.key) for op in plan.counters))
             known = self._counters
-            cleared = self._clear_previous(plan.counters) if any(op.key not in known for op in plan.counters) else None
+            new = [op.key not in known for op in plan.counters]
+            cleared = self._clear_previous(plan.counters) if any(new) else None
             counters = [known.get(op.key) or self._counter(op) for op in plan.counters]
             # The fired sets are claimed in place: this store is where they live.
-            outcome = evaluate_reserve(plan, [c.committed + c.reserved for c in counters], [c.fired for c in counters])
+            outcome = evaluate_reserve(
+                plan, [c.committed + c.reserved for c in counters], [c.fired for c in counters], new
+            )
             if cleared:
                 outcome = replace(outcome, crossings=(*cleared, *outcome.crossings))
             if outcome.allowed:
-                for counter, op in zip(counters, plan.counters, strict=True):
-                    counter.reserved += op.amount
+                held = []
+                for counter, op, amount in zip(counters, plan.counters, outcome.amounts, strict=True):
                     counter.op = op
-                self._reservations[plan.reservation_id] = _Reservation(plan.counters, at=plan.at, held=counters)
+                    if op.counts_new >= 0:
+                        counter.committed += amount  # a registry counts instances for good
+                    else:
+                        counter.reserved += amount
+                        held.append(counter)
+                self._reservations[plan.reservation_id] = _Reservation(plan.settled_counters, at=plan.at, held=held)
+            else:
+                # A refusal leaves no counter behind but the one that refused (its kill is claimed there):
+                # ids minted for each request add nothing to the store.
+                for op, created, index in zip(plan.counters, new, range(len(new)), strict=True):
+                    if created and index != outcome.blocked:
+                        del known[op.key]
             self._append(None if record is None else reserve_record(plan, outcome, record))
             return outcome
 

@@ -216,7 +216,7 @@ class RedisStore(Store):
         outcome = self.codec.reserve_outcome(plan, reply)
         if outcome.allowed:
             with self._lock:
-                self._open[plan.reservation_id] = plan.counters
+                self._open[plan.reservation_id] = plan.settled_counters
                 if len(self._open) > _OPEN_CACHE:
                     self._open.popitem(last=False)
         return outcome

@@ -324,6 +324,7 @@ def _op_doc(op: CounterOp) -> dict[str, Any]:
         "levels": [[fired_name(t), level, t >= 1.0] for t, level in op.levels],
         "expires_at": op.expires_at,
         "previous_key": op.previous_key,
+        "counts_new": op.counts_new + 1,  # from 1, as the function counts; 0: an ordinary counter
     }
 
 
@@ -760,31 +761,45 @@ class SQLStore(Store):
                 cleared = self._clear_previous(conn, [op for op in plan.counters if op.key in created])
                 current = [state[op.key] for op in plan.counters]
                 fired = [set(s[2]) for s in current]
-                outcome = evaluate_reserve(plan, [s[0] + s[1] for s in current], fired)
+                new = [op.key in created for op in plan.counters]
+                outcome = evaluate_reserve(plan, [s[0] + s[1] for s in current], fired, new)
                 if cleared:
                     outcome = replace(outcome, crossings=(*cleared, *outcome.crossings))
+                added = outcome.amounts if outcome.allowed else (0,) * len(plan.counters)
                 writes = [
                     (
                         op.key,
-                        committed,
-                        reserved + (op.amount if outcome.allowed else 0),
+                        committed + (amount if op.counts_new >= 0 else 0),  # a registry counts for good
+                        reserved + (amount if op.counts_new < 0 else 0),
                         ",".join(sorted(claimed)),
                         op.expires_at,
                     )
-                    for op, (committed, reserved, before), claimed in zip(plan.counters, current, fired, strict=True)
+                    for op, (committed, reserved, before), claimed, amount in zip(
+                        plan.counters, current, fired, added, strict=True
+                    )
                     if outcome.allowed or claimed != before
                 ]
+                if not outcome.allowed:
+                    # A refusal leaves no counter behind but the one that refused (its kill is claimed there).
+                    self._drop_created(
+                        conn, [op.key for i, op in enumerate(plan.counters) if new[i] and i != outcome.blocked]
+                    )
             reservation = (
                 {
                     "r_id": plan.reservation_id,
                     "r_at": plan.at,
-                    "r_counters": _dumps([_op_row(op) for op in plan.counters]),
+                    "r_counters": _dumps([_op_row(op) for op in plan.settled_counters]),
                 }
                 if outcome.allowed
                 else None
             )
             self._write(conn, writes, [reserve_record(plan, outcome, record)] if record else [], reservation)
             return outcome
+
+    def _drop_created(self, conn: Connection, keys: Sequence[str]) -> None:
+        if keys:
+            c = self.t["counters"]
+            conn.execute(sa.delete(c).where(c.c.key.in_(list(keys))))
 
     def _pg_reserve(self, plan: ReservePlan, record: AuditRecord | None) -> ReserveOutcome:
         reply = self._call(
@@ -793,7 +808,7 @@ class SQLStore(Store):
                 "id": plan.reservation_id,
                 "at": plan.at,
                 "force": plan.force,
-                "ops": _dumps([_op_row(op) for op in plan.counters]),
+                "ops": _dumps([_op_row(op) for op in plan.settled_counters]),
                 "record": None if record is None else _record_row(record),
                 "counters": [_op_doc(op) for op in plan.counters],
             },

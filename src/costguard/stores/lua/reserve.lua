@@ -3,18 +3,19 @@
 -- KEYS: reservation, audit stream, audit sequence, expiry index,
 --       then 3 per counter: counter, previous period's counter (the counter again if none), bucket index
 -- ARGV: force, counters, at (epoch seconds), reservation ops JSON, audit record JSON ('' none), stream maxlen,
---       then 10 per counter: amount, limit, hard, has previous, expires_at ('' never), bucket expires,
---       expiry member, meta JSON, lowest level ('' none), levels
+--       then 11 per counter: amount, limit, hard, has previous, expires_at ('' never), bucket expires,
+--       expiry member, meta JSON, lowest level ('' none), levels, and for a registry counter of
+--       max_instances the index (from 1) of the instance counter it watches (0 otherwise)
 -- Returns {2} for a repeated forced plan, else {allowed, blocked counter (0 none), n, n totals...,
 --       crossing quadruples...}.
 local force = ARGV[1] == '1'
 local n = tonumber(ARGV[2])
 local at = tonumber(ARGV[3])
 local exp_index = KEYS[4]
--- Counter i: its keys are KEYS[k + 1..3] and its arguments ARGV[a + 1..10] (no table per counter:
+-- Counter i: its keys are KEYS[k + 1..3] and its arguments ARGV[a + 1..11] (no table per counter:
 -- this runs on every guarded call).
 local function k_of(i) return 4 + (i - 1) * 3 end
-local function a_of(i) return 6 + (i - 1) * 10 end
+local function a_of(i) return 6 + (i - 1) * 11 end
 
 if redis.call('EXISTS', KEYS[1]) == 1 then
   -- Asked again (a reply lost to a timeout, a spooled cost written twice), or released before it
@@ -36,6 +37,16 @@ for i = 1, n do
   local row = redis.call('HMGET', KEYS[k_of(i) + 1], 'c', 'r', 'f', 'e')
   rows[i] = row -- row[4] false: the counter does not exist yet
   current[i] = (tonumber(row[1]) or 0) + (tonumber(row[2]) or 0)
+end
+-- engine.effective_amounts: a registry counter adds 1 when the counter it watches is new, else 0.
+local amounts = {}
+for i = 1, n do
+  local watch = tonumber(ARGV[a_of(i) + 11])
+  if watch > 0 then
+    amounts[i] = rows[watch][4] and 0 or 1
+  else
+    amounts[i] = tonumber(ARGV[a_of(i) + 1])
+  end
 end
 -- Every read before the first write: Redis keeps a failed script's earlier writes.
 local previous = {}
@@ -68,9 +79,10 @@ local blocked = 0
 if not force then
   for i = 1, n do
     local a = a_of(i)
-    if ARGV[a + 3] == '1' then
+    -- A registry counter checks only a new instance: known instances pass a full registry.
+    if ARGV[a + 3] == '1' and (ARGV[a + 11] == '0' or amounts[i] > 0) then
       local total, limit = current[i], tonumber(ARGV[a + 2])
-      if not (total + tonumber(ARGV[a + 1]) <= limit and total < limit) then
+      if not (total + amounts[i] <= limit and total < limit) then
         blocked = i
         break
       end
@@ -82,7 +94,9 @@ local keep = 2 * 86400000 -- an open reservation outlives its counters, and at l
 for i = 1, n do
   local a, k = a_of(i), k_of(i)
   local expires = ARGV[a + 5]
-  if not rows[i][4] then
+  -- A refusal creates no counter but the one that refused (its kill is claimed there): ids minted
+  -- for each request add no keys.
+  if not rows[i][4] and (blocked == 0 or blocked == i) then
     create_counter(exp_index, KEYS[k + 1], KEYS[k + 3], expires, at, ARGV[a + 6], ARGV[a + 7], ARGV[a + 8])
   end
   if expires ~= '' then
@@ -103,11 +117,12 @@ else
   totals = {}
   for i = 1, n do
     local a, key, row = a_of(i), KEYS[k_of(i) + 1], rows[i]
-    local amount, expires = ARGV[a + 1], ARGV[a + 5]
-    if amount ~= '0' then
-      redis.call('HINCRBY', key, 'r', amount)
+    local amount, expires = amounts[i], ARGV[a + 5]
+    if amount ~= 0 then
+      -- A registry counts instances for good: committed at once, never settled.
+      redis.call('HINCRBY', key, ARGV[a + 11] ~= '0' and 'c' or 'r', integer(amount))
     end
-    local total = current[i] + tonumber(amount)
+    local total = current[i] + amount
     totals[i] = total
     if not quiet(row[3], ARGV[a + 9], total) then
       local set = fired_set(row[3])

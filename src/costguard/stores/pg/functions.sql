@@ -119,6 +119,7 @@ DECLARE
   a_reserved bigint[] := '{}';
   a_fired text[] := '{}';
   a_created boolean[] := '{}';
+  a_amount bigint[] := '{}';
   totals bigint[] := '{}';
   crossings jsonb := '[]'::jsonb;
   blocked integer := 0;
@@ -144,7 +145,10 @@ BEGIN
       a_fired := a_fired || v_fired;
       IF blocked = 0 AND (op->>'hard')::boolean THEN
         total := v_committed + v_reserved;
-        IF NOT (total + (op->>'amount')::bigint <= (op->>'limit')::bigint AND total < (op->>'limit')::bigint) THEN
+        -- Every counter exists on this path: a registry counter adds nothing (no new instance) and
+        -- so never refuses; a known instance passes a full registry.
+        IF (op->>'counts_new')::integer <= 0 AND NOT (total + (op->>'amount')::bigint <= (op->>'limit')::bigint
+                                                     AND total < (op->>'limit')::bigint) THEN
           blocked := i;
         END IF;
       END IF;
@@ -224,15 +228,27 @@ BEGIN
     END IF;
   END LOOP;
 
+  -- engine.effective_amounts: a registry counter (max_instances) adds 1 when the instance counter it
+  -- watches was created just now, else 0.
+  FOR i IN 1..n LOOP
+    op := ops->(i - 1);
+    IF (op->>'counts_new')::integer > 0 THEN
+      a_amount := a_amount || (CASE WHEN a_created[(op->>'counts_new')::integer] THEN 1 ELSE 0 END)::bigint;
+    ELSE
+      a_amount := a_amount || (op->>'amount')::bigint;
+    END IF;
+  END LOOP;
+
   -- engine.evaluate_reserve: every hard counter must fit, else nothing changes.
   IF NOT force THEN
     FOR i IN 1..n LOOP
       op := ops->(i - 1);
       IF (op->>'hard')::boolean THEN
         total := a_committed[i] + a_reserved[i];
-        amount := (op->>'amount')::bigint;
+        amount := a_amount[i];
         lim := (op->>'limit')::bigint;
-        IF NOT (total + amount <= lim AND total < lim) THEN
+        -- A registry counter checks only a new instance: known instances pass a full registry.
+        IF ((op->>'counts_new')::integer <= 0 OR amount > 0) AND NOT (total + amount <= lim AND total < lim) THEN
           blocked := i;
           EXIT;
         END IF;
@@ -251,12 +267,16 @@ BEGIN
     END IF;
     FOR i IN 1..n LOOP
       totals := totals || (a_committed[i] + a_reserved[i]);
+      -- A refusal leaves no counter behind but the one that refused (its kill is claimed there).
+      IF a_created[i] AND i <> blocked THEN
+        DELETE FROM {p}counters WHERE key = ops->(i - 1)->>'key';
+      END IF;
     END LOOP;
     DELETE FROM {p}reservations WHERE id = rid;
   ELSE
     FOR i IN 1..n LOOP
       op := ops->(i - 1);
-      amount := (op->>'amount')::bigint;
+      amount := a_amount[i];
       total := a_committed[i] + a_reserved[i] + amount;
       totals := totals || total;
       v_fired := a_fired[i];
@@ -269,8 +289,16 @@ BEGIN
           v_fired := {p}fired_text(claimed.new_fired);
         END IF;
       END IF;
-      UPDATE {p}counters SET reserved = reserved + amount, fired = v_fired, expires_at = (op->>'expires_at')::float8
-        WHERE key = op->>'key';
+      IF (op->>'counts_new')::integer > 0 THEN
+        -- A registry counts instances for good: committed at once, never settled.
+        UPDATE {p}counters SET committed = committed + amount, fired = v_fired,
+                               expires_at = (op->>'expires_at')::float8
+          WHERE key = op->>'key';
+      ELSE
+        UPDATE {p}counters SET reserved = reserved + amount, fired = v_fired,
+                               expires_at = (op->>'expires_at')::float8
+          WHERE key = op->>'key';
+      END IF;
     END LOOP;
   END IF;
 
