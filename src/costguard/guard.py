@@ -21,9 +21,8 @@ from costguard import engine
 from costguard.current import current_labels
 from costguard.decision import Decision
 from costguard.errors import Blocked, BudgetExceeded, KillSwitchActive, StoreError
-from costguard.estimators import LearnedEstimator, LearnSettings
+from costguard.estimators import LearnedEstimator
 from costguard.events import NEW_PERIOD, AuditQuery, AuditRecord, Event, EventKind
-from costguard.fallback import Fallback
 from costguard.forecast import Forecast
 from costguard.killswitch import KillSwitch, blocking_switch
 from costguard.model import (
@@ -43,6 +42,14 @@ from costguard.notify.dispatcher import DEFAULT_GROUP_S, Background, Dispatcher,
 from costguard.periods import bucket_for
 from costguard.pricing import Pricing
 from costguard.reservation import AsyncReserveContext, Reservation
+from costguard.settings import (
+    DEFAULT_FEATURE,
+    CallErrorPolicy,
+    CommitMode,
+    FeatureSettings,
+    GuardSettings,
+    StoreErrorPolicy,
+)
 from costguard.settlement import Settlement
 from costguard.spool import Spool, default_spool_dir
 from costguard.status import CeilingStatus, Status
@@ -56,10 +63,6 @@ __all__ = ["FeatureSettings", "Guard"]
 
 log = logging.getLogger("costguard")
 
-StoreErrorPolicy = Literal["open", "closed"]
-CallErrorPolicy = Literal["release", "keep"]
-CommitMode = Literal["sync", "background"]
-
 _PURGE_EVERY_S = 600.0
 _ORPHANS_EVERY_S = 30.0
 _STORE_ERROR_EVENT_EVERY_S = 60.0
@@ -68,26 +71,6 @@ _STORE_ERROR_EVENT_EVERY_S = 60.0
 # 1 % of the tightest hard USD ceiling the call falls under.
 _ALLOWANCE_CAP = 1_000_000
 _ALLOWANCE_SHARE = 100
-
-
-@dataclass(frozen=True)
-class FeatureSettings:
-    """Per-feature behaviour (limits themselves live in ceilings)."""
-
-    estimate_usd: int = 0
-    estimate_tokens: int = 0
-    degrade_at: float | None = None
-    fallback: Fallback | None = None
-    on_store_error: StoreErrorPolicy | None = None
-    on_call_error: CallErrorPolicy | None = None
-    commit: CommitMode | None = None
-    max_call_usd: int | None = None
-    estimator: Literal["fixed", "learned"] = "fixed"
-    learn: LearnSettings = field(default_factory=LearnSettings)
-    outage_allowance_usd: int | None = None
-
-
-_DEFAULT_SETTINGS = FeatureSettings()
 
 
 @dataclass
@@ -212,9 +195,45 @@ class Guard:
 
         return load_config(path).build(notifiers=notifiers, clock=clock)
 
+    @classmethod
+    def from_settings(
+        cls,
+        settings: GuardSettings,
+        *,
+        notifiers: Iterable[Notifier] = (),
+        clock: Callable[[], float] | None = None,
+    ) -> Guard:
+        """Build a guard from `GuardSettings` (what `costguard.config` makes of a YAML file); `notifiers`
+        are added before the settings' own."""
+        guard = cls(
+            settings.store,
+            ceilings=settings.ceilings,
+            features=settings.features,
+            timezone=settings.timezone,
+            thresholds=settings.thresholds,
+            on_store_error=settings.on_store_error,
+            on_call_error=settings.on_call_error,
+            commit=settings.commit,
+            pricing=settings.pricing,
+            notifiers=[*notifiers, *settings.notifiers],
+            alert_group_s=settings.alert_group_s,
+            killswitch_cache_ms=settings.killswitch_cache_ms,
+            exempt_features=settings.exempt_features,
+            exempt_paths=settings.exempt_paths,
+            max_label_length=settings.max_label_length,
+            clock=clock,
+            store_options=settings.store_options,
+            store_deadline_ms=settings.store_deadline_ms,
+            outage_allowance_usd=settings.outage_allowance_usd,
+            spool_dir=settings.spool_dir,
+            labels=settings.labels,
+        )
+        guard.admin = settings.admin
+        return guard
+
     def feature(self, name: str) -> FeatureSettings:
         """The settings of a feature (defaults from `"*"`, else built-in defaults)."""
-        return self.features.get(name) or self.features.get("*") or _DEFAULT_SETTINGS
+        return self.features.get(name) or self.features.get("*") or DEFAULT_FEATURE
 
     # ----------------------------------------------------------------- labels and amounts
     def known_labels(self) -> list[str]:
