@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import costguard.guard
+import costguard.wiring
 from costguard.stores import Store, open_store
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -165,7 +166,7 @@ class RedisURLs:
 @pytest.fixture
 def redis_urls(monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisURLs]:
     """Make fresh Redis namespaces; guards built from their URLs get fakeredis clients where needed."""
-    monkeypatch.setattr(costguard.guard, "open_store", open_test_store)
+    monkeypatch.setattr(costguard.wiring, "open_store", open_test_store)
     urls = RedisURLs()
     yield urls
     urls.cleanup()
@@ -176,7 +177,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytes
     """Each store kind in turn, isolated per test (guards built from a fakeredis URL get its clients)."""
     url = store_url_for(request.param, tmp_path)
     if request.param == "fakeredis":
-        monkeypatch.setattr(costguard.guard, "open_store", open_test_store)
+        monkeypatch.setattr(costguard.wiring, "open_store", open_test_store)
     yield url
     _cleanup(request.param, url)
 

@@ -241,13 +241,13 @@ def test_config_sets_the_group_window_and_rate_limits(tmp_path: Path) -> None:
         return Guard.from_yaml(path)
 
     guard = load("alert_group_s: 5\nnotifiers:\n  - log: {max_per_minute: 12}\n  - log: {max_per_minute: null}\n")
-    assert guard._alerts._groups is not None and guard._alerts._groups.window_s == 5
-    assert [lane.per_minute for lane in guard._alerts._lanes] == [12.0, None]
+    assert guard._reporter.alerts._groups is not None and guard._reporter.alerts._groups.window_s == 5
+    assert [lane.per_minute for lane in guard._reporter.alerts._lanes] == [12.0, None]
     guard.close()
     with pytest.raises(ConfigError, match="alert_group_s"):
         load("alert_group_s: 0\n")
     with pytest.raises(ConfigError, match=r"notifiers\[0\]\.log\.max_per_minute"):
         load("notifiers:\n  - log: {max_per_minute: 0}\n")
     off = load("alert_group_s: null\nnotifiers:\n  - log: {}\n")
-    assert off._alerts._groups is None
+    assert off._reporter.alerts._groups is None
     off.close()

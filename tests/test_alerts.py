@@ -331,7 +331,7 @@ def test_a_hung_receiver_never_blocks_calls_and_full_queues_drop(
         # The guarded call itself never waits on a notifier.
         with guard.reserve("f", estimate_usd=0.01):
             pass
-        assert guard._alerts.flush(0.1) is False  # the hung lane cannot drain
+        assert guard._reporter.alerts.flush(0.1) is False  # the hung lane cannot drain
         deadline = time.monotonic() + 5
         while guard.alert_stats()[1].delivered < 6 and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from costguard import fallback
+from costguard._version import __version__
 from costguard.current import Priced, charge, charge_unit, context, current_decision
 from costguard.decision import Decision
 from costguard.defaults import configure, default_guard
@@ -63,7 +64,6 @@ __all__ = [
     "with_kill_switch",
 ]
 
-__version__ = "0.1.0"
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from costguard import current as _ctx
 from costguard.errors import Blocked, KillSwitchActive, LabelError
-from costguard.killswitch import blocking_switch
 from costguard.model import normalize_labels
 
 if TYPE_CHECKING:
-    from costguard.guard import Guard, _ControlView
+    from costguard.guard import Guard
     from costguard.stores.base import KillSwitchState
 
 __all__ = [
@@ -154,7 +153,7 @@ def switch_reply(switch: KillSwitchState) -> Reply:
 def blocked_reply(guard: Guard | None, exc: Blocked) -> Reply:
     """The response for a `Blocked` raised by guarded code: 429 for a full ceiling, 503 for a kill switch or store."""
     if isinstance(exc, KillSwitchActive):
-        return _killswitch_reply(exc.scope, _switch_reason(guard, exc))
+        return _killswitch_reply(exc.scope, exc.reason or str(exc))
     decision = exc.decision
     if decision.reason == "store_error":
         return Reply(503, {"code": "store_unavailable", "reason": str(exc)})
@@ -172,16 +171,6 @@ def blocked_reply(guard: Guard | None, exc: Blocked) -> Reply:
         "message": str(exc),
     }
     return Reply(429, body, () if after is None else (("Retry-After", after),))
-
-
-def _switch_reason(guard: Guard | None, exc: KillSwitchActive) -> str:
-    """The operator's reason, read from the guard's cached view (no store I/O); else the error's message."""
-    wanted = tuple(sorted(exc.scope.items()))
-    control = guard._view.control if guard is not None else None
-    for switch in control.killswitches if control is not None else ():
-        if switch.scope == wanted:
-            return switch.reason
-    return str(exc)
 
 
 def label_error_reply(exc: LabelError) -> Reply:
@@ -268,22 +257,20 @@ class Request:
         """Labels, and the reply that refuses the request (bad label, kill switch) if any; sync."""
         labels, reply, check = self.admit(guard)
         if check:
-            reply = _switch_check(guard, guard._refresh(guard.clock()), labels)
+            reply = _switch_check(guard.killswitch.covering(labels))
         return labels, reply
 
     async def agate(self, guard: Guard) -> tuple[dict[str, str], Reply | None]:
         """Async `gate`: store I/O (only when the kill-switch cache is stale) never blocks the event loop."""
         labels, reply, check = self.admit(guard)
         if check:
-            reply = _switch_check(guard, await guard._arefresh(guard.clock()), labels)
+            reply = _switch_check(await guard.killswitch.acovering(labels))
         return labels, reply
 
 
-def _switch_check(guard: Guard, view: _ControlView, labels: Mapping[str, str]) -> Reply | None:
+def _switch_check(switch: KillSwitchState | None) -> Reply | None:
     # The request has no feature yet: global switches and switches on its own labels (customer, tenant…) apply;
     # feature switches are enforced when the guarded call runs and come back as KillSwitchActive.
-    switches = view.control.killswitches if view.control is not None else ()
-    switch = blocking_switch(switches, labels, guard.exempt_features)
     return None if switch is None else switch_reply(switch)
 
 

@@ -77,4 +77,8 @@ class BudgetExceeded(Blocked):
 
 
 class KillSwitchActive(Blocked):
-    """An operator's kill switch covers this call."""
+    """An operator's kill switch covers this call; `reason` is the operator's reason for it."""
+
+    def __init__(self, decision: Decision, reason: str = "") -> None:
+        super().__init__(decision)
+        self.reason = reason

@@ -10,14 +10,13 @@ import logging
 import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from costguard.errors import Blocked
-
-if TYPE_CHECKING:
-    from costguard.guard import Guard
+from costguard.steps import Io, Steps, arun, run
 
 __all__ = [
+    "Cache",
     "Cached",
     "Call",
     "Codec",
@@ -37,20 +36,32 @@ __all__ = [
 log = logging.getLogger("costguard")
 
 
+class Cache(Protocol):
+    """What a fallback may use of its guard: the store's cache (`costguard.cache.StoreCache`)."""
+
+    def read(self, key: str) -> Steps[bytes | None]:
+        """Steps: the value under `key`, or None (nothing there, expired, or the store failed)."""
+        ...
+
+    def write_later(self, key: str, value: bytes, ttl_s: float) -> None:
+        """Keep `value` under `key` for `ttl_s` seconds, written off the request path."""
+        ...
+
+
 class Fallback(ABC):
     """Serves a blocked call; `costguard.current_decision()` says why inside it."""
 
     kind: str = "fallback"
 
     @abstractmethod
-    def serve(self, guard: Guard, feature: str, blocked: Blocked, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def serve(self, cache: Cache, feature: str, blocked: Blocked, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The value the caller gets instead of the guarded function's."""
 
     async def aserve(
-        self, guard: Guard, feature: str, blocked: Blocked, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, cache: Cache, feature: str, blocked: Blocked, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         """Async `serve`; awaits the result when it is awaitable."""
-        value = self.serve(guard, feature, blocked, args, kwargs)
+        value = self.serve(cache, feature, blocked, args, kwargs)
         return await value if inspect.isawaitable(value) else value
 
 
@@ -62,7 +73,7 @@ class Static(Fallback):
     def __init__(self, value: Any) -> None:
         self.value = value
 
-    def serve(self, guard: Guard, feature: str, blocked: Blocked, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def serve(self, cache: Cache, feature: str, blocked: Blocked, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return self.value
 
 
@@ -74,7 +85,7 @@ class Call(Fallback):
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
 
-    def serve(self, guard: Guard, feature: str, blocked: Blocked, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def serve(self, cache: Cache, feature: str, blocked: Blocked, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return self.fn(*args, **kwargs)
 
 
@@ -83,7 +94,7 @@ class Raise(Fallback):
 
     kind = "raise"
 
-    def serve(self, guard: Guard, feature: str, blocked: Blocked, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def serve(self, cache: Cache, feature: str, blocked: Blocked, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         raise blocked
 
 
@@ -211,7 +222,7 @@ class Cached(Fallback):
 
     def remember(
         self,
-        guard: Guard,
+        cache: Cache,
         feature: str,
         labels: Mapping[str, str],
         args: tuple[Any, ...],
@@ -224,9 +235,7 @@ class Cached(Fallback):
         except Exception as exc:  # noqa: BLE001 - a value the codec can't hold is just not cached
             log.debug("costguard: result of %s not cached (%s): %s", feature, type(self.codec).__name__, exc)
             return
-        key = self.cache_key(feature, labels, args, kwargs)
-        expires = guard.clock() + self.ttl_s
-        guard._background.submit(lambda: guard.store.cache_set(key, blob, expires))
+        cache.write_later(self.cache_key(feature, labels, args, kwargs), blob, self.ttl_s)
 
     def _lookup(self, blob: bytes | None) -> tuple[bool, Any]:
         if blob is None:
@@ -239,25 +248,31 @@ class Cached(Fallback):
             )
             return False, None
 
-    def serve(self, guard: Guard, feature: str, blocked: Blocked, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        key = self.cache_key(feature, blocked.decision.labels, args, kwargs)
-        found, value = self._lookup(guard._cache_get(key))
-        if found:
-            return value
-        if self.otherwise is not None:
-            return self.otherwise.serve(guard, feature, blocked, args, kwargs)
-        raise blocked
+    def serve(self, cache: Cache, feature: str, blocked: Blocked, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return run(self._steps(cache, feature, blocked, args, kwargs))
 
     async def aserve(
-        self, guard: Guard, feature: str, blocked: Blocked, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, cache: Cache, feature: str, blocked: Blocked, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        key = self.cache_key(feature, blocked.decision.labels, args, kwargs)
-        found, value = self._lookup(await guard._acache_get(key))
+        return await arun(self._steps(cache, feature, blocked, args, kwargs))
+
+    def _steps(
+        self, cache: Cache, feature: str, blocked: Blocked, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Steps[Any]:
+        found, value = self._lookup(
+            (yield from cache.read(self.cache_key(feature, blocked.decision.labels, args, kwargs)))
+        )
         if found:
             return value
-        if self.otherwise is not None:
-            return await self.otherwise.aserve(guard, feature, blocked, args, kwargs)
-        raise blocked
+        otherwise = self.otherwise
+        if otherwise is None:
+            raise blocked
+        return (
+            yield Io(
+                lambda: otherwise.serve(cache, feature, blocked, args, kwargs),
+                lambda: otherwise.aserve(cache, feature, blocked, args, kwargs),
+            )
+        )
 
 
 def static(value: Any) -> Static:

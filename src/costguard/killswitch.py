@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from costguard.control import ControlView, blocking_switch
 from costguard.events import AuditQuery, AuditRecord, Event, EventKind
 from costguard.model import normalize_labels
-from costguard.stores.base import KillSwitchState
-
-if TYPE_CHECKING:
-    from costguard.guard import Guard
+from costguard.reporting import Reporter
+from costguard.steps import Steps, arun, run
+from costguard.stores.base import KillSwitchState, Store
 
 __all__ = ["KillSwitch", "KillSwitchStatus", "Scope", "blocking_switch", "parse_scope"]
 
@@ -32,21 +32,6 @@ def parse_scope(scope: Scope) -> tuple[tuple[str, str], ...]:
             )
         scope = {name: value}
     return tuple(sorted(normalize_labels(scope, max_length=10_000).items()))
-
-
-def blocking_switch(
-    switches: Collection[KillSwitchState], labels: Mapping[str, str], exempt_features: Collection[str]
-) -> KillSwitchState | None:
-    """The active switch that covers a call, if any; exempt features only escape switches not naming them."""
-    feature = labels.get("feature")
-    for switch in switches:
-        if not all(labels.get(name) == value for name, value in switch.scope):
-            continue
-        names_feature = any(name == "feature" for name, _ in switch.scope)
-        if feature in exempt_features and not names_feature:
-            continue
-        return switch
-    return None
 
 
 @dataclass(frozen=True)
@@ -80,8 +65,11 @@ class KillSwitchStatus:
 class KillSwitch:
     """`guard.killswitch`: activate, deactivate, status. Changes reach every process within `cache_ms`."""
 
-    def __init__(self, guard: Guard) -> None:
-        self._guard = guard
+    def __init__(self, store: Store, control: ControlView, reporter: Reporter, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.control = control
+        self.reporter = reporter
+        self.clock = clock
 
     def activate(self, reason: str, actor: str | None = None, scope: Scope = None) -> bool:
         """Stop every guarded call in `scope` (None = everything); returns False if it was already on."""
@@ -93,21 +81,33 @@ class KillSwitch:
 
     def status(self, history: int = 20) -> KillSwitchStatus:
         """Active switches (read from the store, not the cache) and the latest changes."""
-        guard = self._guard
-        control = guard.store.control()
+        control = self.store.control()
         records: list[AuditRecord] = []
         for decision in ("killswitch_activated", "killswitch_deactivated"):
-            records.extend(guard.store.audit(AuditQuery(decision=decision, limit=history)))
+            records.extend(self.store.audit(AuditQuery(decision=decision, limit=history)))
         records.sort(key=lambda r: (r.at, r.id or 0), reverse=True)
         return KillSwitchStatus(control.killswitches, tuple(records[:history]))
+
+    def covering(self, labels: Mapping[str, str]) -> KillSwitchState | None:
+        """The active switch that covers a request with these labels (from this process's cached view,
+        read from the store only when stale); None when none does. Web integrations check it before the
+        handler runs."""
+        return run(self._covering(labels))
+
+    async def acovering(self, labels: Mapping[str, str]) -> KillSwitchState | None:
+        """Async `covering`: a stale view is read without blocking the event loop."""
+        return await arun(self._covering(labels))
+
+    def _covering(self, labels: Mapping[str, str]) -> Steps[KillSwitchState | None]:
+        state = yield from self.control.refresh(self.clock())
+        return self.control.switch_for(state, labels)
 
     def _set(self, active: bool, reason: str, actor: str | None, scope: Scope) -> bool:
         if active and (not isinstance(reason, str) or not reason.strip()):
             raise ValueError("a reason is required to activate the kill switch (it goes in the audit log)")
-        guard = self._guard
         parsed = parse_scope(scope)
-        guard.require_known_labels(dict(parsed), "a kill switch")
-        now = guard.clock()
+        self.control.require_known_labels(dict(parsed), "a kill switch")
+        now = self.clock()
         kind: EventKind = "killswitch_activated" if active else "killswitch_deactivated"
         record = AuditRecord(
             at=now,
@@ -115,10 +115,10 @@ class KillSwitch:
             labels=dict(parsed),
             data={"scope": dict(parsed), "reason": reason, "actor": actor},
         )
-        changed = guard.store.set_killswitch(KillSwitchState(parsed, reason, actor, now), active, record)
-        guard._invalidate_control()
+        changed = self.store.set_killswitch(KillSwitchState(parsed, reason, actor, now), active, record)
+        self.control.invalidate()
         if changed:
-            guard._notify(
+            self.reporter.notify(
                 Event(
                     kind=kind,
                     labels=dict(parsed),

@@ -1,35 +1,50 @@
-"""A reservation held while the guarded call runs; settles once by commit or release."""
+"""A reservation held while the guarded call runs; settles once, by commit or release, through its settler."""
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator
 from contextvars import Token
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from costguard import current as _ctx
 from costguard.decision import Decision
 from costguard.engine import ReservePlan
 from costguard.model import Money, Unit, to_micros
+from costguard.pricing import Pricing
+from costguard.settings import CallErrorPolicy, FeatureSettings
+from costguard.steps import Steps, arun, run
 
-if TYPE_CHECKING:
-    from costguard.guard import FeatureSettings, Guard
+__all__ = ["AsyncReserveContext", "Reservation", "Settles"]
 
-__all__ = ["AsyncReserveContext", "Reservation"]
+
+class Settles(Protocol):
+    """What a reservation settles through (`costguard.settler.Settler`)."""
+
+    pricing: Pricing
+    on_call_error: CallErrorPolicy
+
+    def commit(self, reservation: Reservation, usd_micros: int | None, tokens: int | None) -> Steps[None]:
+        """Steps: record the actual cost (None: the estimate) plus what the call `charge()`d."""
+        ...
+
+    def release(self, reservation: Reservation, why: str) -> Steps[None]:
+        """Steps: give the reservation back (what was `charge()`d is kept)."""
+        ...
 
 
 class Reservation:
     """Returned by `guard.reserve(...)`: commit the actual cost, or release; settling twice is a no-op."""
 
     def __init__(
-        self, guard: Guard, plan: ReservePlan, decision: Decision, settings: FeatureSettings, *, stored: bool = True
+        self, plan: ReservePlan, decision: Decision, settings: FeatureSettings, settler: Settles, *, stored: bool = True
     ) -> None:
-        self.guard = guard
         self.plan = plan
         self.decision = decision
         self.settings = settings
+        self.settler = settler
         self.stored = stored
-        self.cost = _ctx.CallCost(pricing=guard.pricing)
+        self.cost = _ctx.CallCost(pricing=settler.pricing)
         self.settled = False
         self._tokens: list[tuple[Token[Decision | None], Token[_ctx.CallCost | None]]] = []
 
@@ -42,57 +57,46 @@ class Reservation:
         """What was reserved in `unit` (the largest across counters; all counters of a unit hold the same)."""
         return max((op.amount for op in self.plan.counters if op.unit is unit), default=0)
 
+    # ----------------------------------------------------------------- settling, written once as steps
+    def commit_steps(self, usd_micros: int | None = None, tokens: int | None = None) -> Steps[None]:
+        """Steps of `commit` with the cost in micro-dollars (None: the estimate)."""
+        if self.settled:
+            return
+        self.settled = True
+        yield from self.settler.commit(self, usd_micros, tokens)
+
+    def release_steps(self, why: str = "released") -> Steps[None]:
+        """Steps of `release`."""
+        if self.settled:
+            return
+        self.settled = True
+        yield from self.settler.release(self, why)
+
+    def failed_steps(self) -> Steps[None]:
+        """Steps for a call that raised: released, or committed when the feature's `on_call_error` is `keep`."""
+        if (self.settings.on_call_error or self.settler.on_call_error) == "keep":
+            yield from self.commit_steps()
+        else:
+            yield from self.release_steps("call raised")
+
+    # ----------------------------------------------------------------- the public faces
     def commit(self, usd: Money | None = None, *, tokens: int | None = None) -> None:
         """Record the actual cost (default: the estimate) plus anything `charge()`d; once only."""
-        if self.settled:
-            return
-        self._commit_micros(None if usd is None else to_micros(usd, round_up=False, what="actual cost"), tokens)
-
-    def _commit_micros(self, usd_micros: int | None, tokens: int | None) -> None:
-        if self.settled:
-            return
-        self.settled = True
-        actual, record = self.guard._settle_args(self, usd_micros, tokens, self.cost.charged_micros)
-        self.guard._settle(self, actual, record)
-
-    def release(self, why: str = "released") -> None:
-        """Give the reservation back without charging; once only."""
-        if self.settled:
-            return
-        self.settled = True
-        if self.cost.charged_micros:
-            # Money already spent through charge() is never given back.
-            actual, record = self.guard._settle_args(self, 0, 0, self.cost.charged_micros)
-            self.guard._settle(self, actual, record)
-            return
-        self.guard._settle(self, None, self.guard._release_record(self, why))
+        if not self.settled:
+            run(self.commit_steps(_micros(usd), tokens))
 
     async def acommit(self, usd: Money | None = None, *, tokens: int | None = None) -> None:
         """Async `commit`."""
-        if self.settled:
-            return
-        await self._acommit_micros(None if usd is None else to_micros(usd, round_up=False, what="actual cost"), tokens)
+        if not self.settled:
+            await arun(self.commit_steps(_micros(usd), tokens))
 
-    async def _acommit_micros(self, usd_micros: int | None, tokens: int | None) -> None:
-        if self.settled:
-            return
-        self.settled = True
-        actual, record = self.guard._settle_args(self, usd_micros, tokens, self.cost.charged_micros)
-        await self.guard._asettle(self, actual, record)
+    def release(self, why: str = "released") -> None:
+        """Give the reservation back without charging; once only."""
+        run(self.release_steps(why))
 
     async def arelease(self, why: str = "released") -> None:
         """Async `release`."""
-        if self.settled:
-            return
-        self.settled = True
-        if self.cost.charged_micros:
-            actual, record = self.guard._settle_args(self, 0, 0, self.cost.charged_micros)
-            await self.guard._asettle(self, actual, record)
-            return
-        await self.guard._asettle(self, None, self.guard._release_record(self, why))
-
-    def _failed_policy(self) -> str:
-        return self.settings.on_call_error or self.guard.on_call_error
+        await arun(self.release_steps(why))
 
     # A `with` block makes the reservation current, so charge() and current_decision() see it.
     def _push(self) -> None:
@@ -103,6 +107,10 @@ class Reservation:
         _ctx._call.reset(call_token)
         _ctx._decision.reset(decision_token)
 
+    def _exit_steps(self, failed: bool) -> Steps[None]:
+        self._pop()
+        yield from self.failed_steps() if failed else self.commit_steps()
+
     def __enter__(self) -> Reservation:
         self._push()
         return self
@@ -110,11 +118,7 @@ class Reservation:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._pop()
-        if exc_type is None or self._failed_policy() == "keep":
-            self.commit()
-        else:
-            self.release("call raised")
+        run(self._exit_steps(exc_type is not None))
 
     async def __aenter__(self) -> Reservation:
         self._push()
@@ -123,34 +127,25 @@ class Reservation:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._pop()
-        if exc_type is None or self._failed_policy() == "keep":
-            await self.acommit()
-        else:
-            await self.arelease("call raised")
+        await arun(self._exit_steps(exc_type is not None))
+
+
+def _micros(usd: Money | None) -> int | None:
+    return None if usd is None else to_micros(usd, round_up=False, what="actual cost")
 
 
 class AsyncReserveContext:
     """`async with guard.areserve(...) as r:` — reserves on entry without blocking the event loop."""
 
-    def __init__(
-        self,
-        guard: Guard,
-        feature: str,
-        labels: Mapping[str, object],
-        estimate_usd: Money | None,
-        estimate_tokens: int | None,
-    ) -> None:
-        self._args = (guard, feature, labels, estimate_usd, estimate_tokens)
+    def __init__(self, reserve: Callable[[], Steps[Reservation]]) -> None:
+        self._reserve = reserve
         self.reservation: Reservation | None = None
 
     def __await__(self) -> Generator[Any, None, Reservation]:
-        guard, feature, labels, estimate_usd, estimate_tokens = self._args
-        return guard._areserve(feature, labels, estimate_usd, estimate_tokens).__await__()
+        return arun(self._reserve()).__await__()
 
     async def __aenter__(self) -> Reservation:
-        guard, feature, labels, estimate_usd, estimate_tokens = self._args
-        self.reservation = await guard._areserve(feature, labels, estimate_usd, estimate_tokens)
+        self.reservation = await arun(self._reserve())
         return await self.reservation.__aenter__()
 
     async def __aexit__(

@@ -24,6 +24,7 @@ from costguard.errors import StoreError
 from costguard.events import AuditRecord
 from costguard.model import Unit
 from costguard.spool import Entry, Spool
+from costguard.steps import Io, Steps
 from costguard.stores.base import Store
 
 __all__ = ["OnWritten", "Settlement"]
@@ -176,46 +177,19 @@ class Settlement:
         record: AuditRecord | None,
         *,
         background: bool,
-    ) -> None:
-        """Commit (`actual`) or release (None) now; what can't be written now is queued and spooled."""
+    ) -> Steps[None]:
+        """Steps: commit (`actual`) or release (None) now; what can't be written now is queued and spooled."""
         # A call admitted without a reservation: its forced reserve is still queued, the settle follows it.
         if background or reservation_id in self._plans_queued:
             self._enqueue([self._settle_entry(reservation_id, actual, at, record)], "a commit")
             return
+        store = self.store
         try:
-            if self.store.remote:
-                outcome = dl.call(
-                    lambda: self.store.settle(reservation_id, actual, at, record), dl.Deadline(self.deadline_s)
-                )
-            else:
-                outcome = self.store.settle(reservation_id, actual, at, record)
-        except StoreError as exc:
-            self._on_error(exc, "commit")
-            self._enqueue([self._settle_entry(reservation_id, actual, at, record)], "a commit")
-            return
-        self._report(outcome, at, reservation_id)
-        if self._queue:
-            self._wake()
-
-    async def asettle(
-        self,
-        reservation_id: str,
-        actual: Mapping[Unit, int] | None,
-        at: float,
-        record: AuditRecord | None,
-        *,
-        background: bool,
-    ) -> None:
-        """Async `settle`."""
-        if background or reservation_id in self._plans_queued:
-            self._enqueue([self._settle_entry(reservation_id, actual, at, record)], "a commit")
-            return
-
-        async def write() -> CommitOutcome:
-            return await self.store.asettle(reservation_id, actual, at, record)
-
-        try:
-            outcome = await (dl.acall(write, dl.Deadline(self.deadline_s)) if self.store.remote else write())
+            outcome: CommitOutcome = yield Io(
+                lambda: store.settle(reservation_id, actual, at, record),
+                lambda: store.asettle(reservation_id, actual, at, record),
+                dl.Deadline(self.deadline_s) if store.remote else None,
+            )
         except StoreError as exc:
             self._on_error(exc, "commit")
             self._enqueue([self._settle_entry(reservation_id, actual, at, record)], "a commit")

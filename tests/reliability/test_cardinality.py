@@ -315,12 +315,12 @@ def memory_days(n: int) -> dict[str, float]:
     guard = make_guard(FEATURE, PER_CUSTOMER, store=store, clock=clock)
     drive(guard, ["aaaa0000000"])  # the guard's first call reads its control state, plans, starts threads
     guard.flush()
-    bound = guard._plans.maxsize
+    bound = guard.calls.plans.maxsize
     for customer in customers("warm", bound):
         # Fill the guard's plan cache (an LRU of planned counters per label set) to its bound first:
         # the RSS measured below is then the store's, not the cache's (read-only calls: no counters).
         guard.check("chat", estimate_usd=0.002, customer=customer)
-    assert len(guard._plans._entries) == bound, "the plan cache did not fill"
+    assert len(guard.calls.plans._entries) == bound, "the plan cache did not fill"
     day_1, day_2 = epoch(START), epoch(DAY_2)
 
     rss_0 = rss_kb()
@@ -346,7 +346,7 @@ def memory_days(n: int) -> dict[str, float]:
     guard.flush()
     rss_2 = rss_kb()
     _check_memory_store(store, customers("bbbb", n + 1), day_2, allowed_2 + 1)
-    assert len(guard._plans._entries) == bound, "the plan cache outgrew its bound"
+    assert len(guard.calls.plans._entries) == bound, "the plan cache outgrew its bound"
     guard.close()
     return {
         "rss_0": rss_0,

@@ -12,15 +12,14 @@ import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from costguard import current as _ctx
-from costguard.errors import Blocked
 from costguard.fallback import Cached, Fallback, JSONCodec, as_fallback
+from costguard.guarded import invoke
 from costguard.integrations._request import Endpoint, EstimateSpec, RequestEstimate, estimate_request, given
 from costguard.integrations._streams import AsyncGuardedStream, GuardedStream, Meter
 from costguard.pricing import resolve_cost
+from costguard.steps import Io, Steps, arun, run
 
 if TYPE_CHECKING:
     from costguard.guard import Guard
@@ -174,21 +173,6 @@ def _cacheable(fallback: Fallback | None, endpoint: Endpoint) -> None:
         return  # not that SDK (a duck-typed client): plain JSON values only
 
 
-def _commit_args(
-    call: _Call,
-    result: Any,
-    settings: Settings,
-    labels: Mapping[str, str],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> tuple[Decimal | None, int | None]:
-    priced = resolve_cost(result, None, call.guard.pricing)
-    if isinstance(call.fallback, Cached):
-        call.fallback.remember(call.guard, settings.feature, labels, args, kwargs, result)
-    usd = None if priced.usd_micros is None else Decimal(priced.usd_micros).scaleb(-6)
-    return usd, priced.tokens
-
-
 def _meter(call: _Call, reservation: Reservation, endpoint: Endpoint) -> Meter:
     return Meter(
         reservation,
@@ -203,60 +187,38 @@ def _guarded(create: Callable[..., Any], endpoint: Endpoint, settings: Settings)
     """`create`, guarded: reserve, call, commit the usage's price (or settle the stream when it ends)."""
     feature = settings.feature
 
+    def steps(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Steps[Any]:
+        call = _prepare(settings, endpoint, kwargs)
+        calls, est, fallback = call.guard.calls, call.estimate, call.fallback
+
+        def target(reservation: Reservation) -> Io[Any]:
+            return Io(lambda: create(*args, **call.send), lambda: create(*args, **call.send))
+
+        def finish(reservation: Reservation, result: Any) -> tuple[Any, tuple[int | None, int | None] | None]:
+            if call.stream:
+                meter = _meter(call, reservation, endpoint)
+                return (AsyncGuardedStream(result, meter) if _is_async(create) else GuardedStream(result, meter)), None
+            priced = resolve_cost(result, None, calls.pricing)
+            if isinstance(fallback, Cached):
+                fallback.remember(calls.cache, feature, reservation.decision.labels, args, kwargs, result)
+            return result, (priced.usd_micros, priced.tokens)
+
+        return (
+            yield from invoke(
+                calls, feature, call.labels, (est.usd, est.tokens), fallback, target, finish, args, kwargs
+            )
+        )
+
     if _is_async(create):
 
         @functools.wraps(create)
         async def acall(*args: Any, **kwargs: Any) -> Any:
-            call = _prepare(settings, endpoint, kwargs)
-            g, est = call.guard, call.estimate
-            kind = call.fallback.kind if call.fallback else None
-            try:
-                reservation = await g._areserve(feature, call.labels, est.usd, est.tokens, kind)
-            except Blocked as blocked:
-                if call.fallback is None:
-                    raise
-                with _ctx._scoped(blocked.decision, None):
-                    return await call.fallback.aserve(g, feature, blocked, args, kwargs)
-            try:
-                result = await create(*args, **call.send)
-            except BaseException:
-                if reservation._failed_policy() == "keep":
-                    await reservation.acommit()
-                else:
-                    await reservation.arelease("call raised")
-                raise
-            if call.stream:
-                return AsyncGuardedStream(result, _meter(call, reservation, endpoint))
-            usd, tokens = _commit_args(call, result, settings, reservation.decision.labels, args, kwargs)
-            await reservation.acommit(usd, tokens=tokens)
-            return result
+            return await arun(steps(args, kwargs))
 
         return acall
 
     @functools.wraps(create)
     def sync_call(*args: Any, **kwargs: Any) -> Any:
-        call = _prepare(settings, endpoint, kwargs)
-        g, est = call.guard, call.estimate
-        kind = call.fallback.kind if call.fallback else None
-        try:
-            reservation = g._reserve(feature, call.labels, est.usd, est.tokens, kind)
-        except Blocked as blocked:
-            if call.fallback is None:
-                raise
-            with _ctx._scoped(blocked.decision, None):
-                return call.fallback.serve(g, feature, blocked, args, kwargs)
-        try:
-            result = create(*args, **call.send)
-        except BaseException:
-            if reservation._failed_policy() == "keep":
-                reservation.commit()
-            else:
-                reservation.release("call raised")
-            raise
-        if call.stream:
-            return GuardedStream(result, _meter(call, reservation, endpoint))
-        usd, tokens = _commit_args(call, result, settings, reservation.decision.labels, args, kwargs)
-        reservation.commit(usd, tokens=tokens)
-        return result
+        return run(steps(args, kwargs))
 
     return sync_call

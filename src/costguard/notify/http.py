@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from costguard import __version__
+from costguard._version import __version__
 from costguard.notify.dispatcher import DeliveryError, retry_after_seconds
 
 __all__ = ["Response", "check_url", "post"]

@@ -1,0 +1,328 @@
+"""The guarded call: labels → plan → reserve → decision, written once (as steps) for sync and async.
+
+    labels   the call's labels: context, arguments, `feature`
+    amounts  what it reserves (`Estimates`), refused at once above `max_call_usd`
+    control  kill switches and overrides (`ControlView`), refreshed when stale
+    plan     every counter of every ceiling that applies (`engine.PlanCache`)
+    reserve  one atomic store call; an overflow instance takes a second
+    decide   `engine.decide`: allowed, degraded, or `BudgetExceeded`
+
+When the store can't be reached the call follows `on_store_error`: `closed` refuses, `open` admits
+up to the outage allowance, spooled by `Settlement` until the store answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Mapping
+from datetime import tzinfo
+
+from costguard import deadline as dl
+from costguard import engine
+from costguard.cache import StoreCache
+from costguard.control import ControlState, ControlView
+from costguard.current import current_labels
+from costguard.decision import Decision
+from costguard.errors import Blocked, BudgetExceeded, KillSwitchActive, StoreError
+from costguard.estimates import Estimates
+from costguard.events import AuditRecord
+from costguard.model import Money, Unit, encode_scope, micros_to_usd, normalize_labels
+from costguard.pricing import Pricing
+from costguard.reporting import Reporter
+from costguard.reservation import Reservation
+from costguard.settings import DEFAULT_FEATURE, FeatureSettings, StoreErrorPolicy
+from costguard.settlement import Settlement
+from costguard.settler import Settler
+from costguard.steps import Io, Steps
+from costguard.stores.base import Store
+
+__all__ = ["CallPath"]
+
+_PURGE_EVERY_S = 600.0
+_ORPHANS_EVERY_S = 30.0
+# While the store can't be reached, `on_store_error: open` admits at most this much per process and
+# feature without a reservation (unless `outage_allowance_usd` says otherwise): the smaller of $1 and
+# 1 % of the tightest hard USD ceiling the call falls under.
+_ALLOWANCE_CAP = 1_000_000
+_ALLOWANCE_SHARE = 100
+
+
+class CallPath:
+    """Reserves for guarded calls and answers `check`; one per guard."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        control: ControlView,
+        estimates: Estimates,
+        settler: Settler,
+        settlement: Settlement,
+        reporter: Reporter,
+        cache: StoreCache,
+        features: Mapping[str, FeatureSettings],
+        tz: tzinfo,
+        thresholds: tuple[float, ...],
+        on_store_error: StoreErrorPolicy,
+        max_label_length: int,
+        deadline_s: float,
+        outage_allowance: int | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.control = control
+        self.estimates = estimates
+        self.settler = settler
+        self.settlement = settlement
+        self.reporter = reporter
+        self.cache = cache
+        self.features = features
+        self.tz = tz
+        self.thresholds = thresholds
+        self.on_store_error: StoreErrorPolicy = on_store_error
+        self.max_label_length = max_label_length
+        self.deadline_s = deadline_s
+        self.outage_allowance = outage_allowance
+        self.clock = clock
+        self.plans = engine.PlanCache()
+        self._last_purge = clock()
+        self._next_orphan_scan = 0.0
+
+    @property
+    def pricing(self) -> Pricing:
+        """The guard's token prices (what `cost=` callables and client wrappers price usage with)."""
+        return self.settler.pricing
+
+    def feature(self, name: str) -> FeatureSettings:
+        """The settings of a feature (defaults from `"*"`, else built-in defaults)."""
+        return self.features.get(name) or self.features.get("*") or DEFAULT_FEATURE
+
+    def labels(self, feature: str, labels: Mapping[str, object]) -> dict[str, str]:
+        """The call's labels: the context's, then the call's own, then `feature`."""
+        merged: dict[str, object] = {**current_labels(), **labels, "feature": feature}
+        return normalize_labels(merged, max_length=self.max_label_length)
+
+    # ----------------------------------------------------------------- reserve
+    def reserve(
+        self,
+        feature: str,
+        labels: Mapping[str, object],
+        estimate_usd: Money | None,
+        estimate_tokens: int | None,
+        fallback: str | None = None,
+    ) -> Steps[Reservation]:
+        """Steps: reserve the call's estimate against every ceiling that applies; raises `Blocked`."""
+        now = self.clock()
+        call_labels = self.labels(feature, labels)
+        settings = self.feature(feature)
+        amounts = self._amounts(feature, settings, estimate_usd, estimate_tokens, audit=True)
+        deadline = dl.Deadline(self.deadline_s) if self.store.remote else None
+        state = yield from self.control.refresh(now, deadline)
+        self._pre_check(state, call_labels, settings, now)
+        plan = self._plan(state, call_labels, amounts, now)
+        record = AuditRecord(
+            plan.at,
+            "reserve",
+            dict(plan.labels),
+            plan.reservation_id,
+            {"estimate_usd": micros_to_usd(plan.estimate_usd), "fallback": fallback},
+        )
+        try:
+            outcome = yield self._reserve_io(plan, record, deadline)
+            moved = self._overflow(state, plan, outcome)
+            if moved is not None:  # a new instance past max_instances: into the shared one
+                plan = moved
+                outcome = yield self._reserve_io(plan, record, deadline)
+        except StoreError as exc:
+            return self._unreserved(plan, call_labels, settings, exc, deadline, now)
+        self._maintain(now)
+        self.reporter.crossings(outcome.crossings, now)
+        decision = engine.decide(plan, outcome, now=now, degrade_at=settings.degrade_at)
+        if not decision.allowed:
+            if deadline is not None and deadline.unknown:
+                # An earlier attempt timed out and may still be applied after this refusal: release it.
+                self.settlement.abandon(plan.reservation_id, now)
+            raise BudgetExceeded(decision)
+        return Reservation(plan, decision, settings, self.settler)
+
+    def _reserve_io(
+        self, plan: engine.ReservePlan, record: AuditRecord, deadline: dl.Deadline | None
+    ) -> Io[engine.ReserveOutcome]:
+        store = self.store
+        return Io(lambda: store.reserve(plan, record), lambda: store.areserve(plan, record), deadline)
+
+    def check(
+        self, feature: str, labels: Mapping[str, object], estimate_usd: Money | None, estimate_tokens: int | None
+    ) -> Steps[Decision]:
+        """Steps: would a call be allowed now? Reads only; reserves nothing."""
+        now = self.clock()
+        call_labels = self.labels(feature, labels)
+        settings = self.feature(feature)
+        try:
+            amounts = self._amounts(feature, settings, estimate_usd, estimate_tokens, audit=False)
+        except Blocked as blocked:
+            return blocked.decision
+        state = yield from self.control.refresh(now)
+        try:
+            self._pre_check(state, call_labels, settings, now)
+        except Blocked as blocked:
+            return blocked.decision
+        plan = self._plan(state, call_labels, amounts, now)
+        keys = [op.key for op in plan.counters]
+        store = self.store
+        totals = yield Io(
+            lambda: store.totals(keys), lambda: asyncio.to_thread(store.totals, keys), dl.Deadline(self.deadline_s)
+        )
+        outcome = engine.evaluate_reserve(plan, totals, [set() for _ in totals])
+        return engine.decide(plan, outcome, now=now, degrade_at=settings.degrade_at)
+
+    # ----------------------------------------------------------------- the decisions on the way
+    def _amounts(
+        self,
+        feature: str,
+        settings: FeatureSettings,
+        estimate_usd: Money | None,
+        estimate_tokens: int | None,
+        *,
+        audit: bool,
+    ) -> dict[Unit, int]:
+        amounts = self.estimates.amounts(feature, settings, estimate_usd, estimate_tokens)
+        usd, cap = amounts[Unit.USD], settings.max_call_usd
+        if cap is None or usd <= cap:
+            return amounts
+        labels = self.labels(feature, {})
+        decision = Decision(
+            allowed=False,
+            reason="max_call_usd",
+            labels=labels,
+            scope={"feature": feature},
+            period="call",
+            unit="usd",
+            spent=micros_to_usd(usd),
+            limit=micros_to_usd(cap),
+            message=(
+                f"this call's estimate ${micros_to_usd(usd):g} is more than {feature}'s max_call_usd "
+                f"${micros_to_usd(cap):g}; a single call may not cost that much"
+            ),
+        )
+        if audit:
+            data = {"reason": "max_call_usd", "estimate_usd": micros_to_usd(usd), "limit": micros_to_usd(cap)}
+            self.reporter.audit_later(AuditRecord(self.clock(), "blocked", labels, None, data))
+        raise BudgetExceeded(decision)
+
+    def _pre_check(self, state: ControlState, labels: Mapping[str, str], settings: FeatureSettings, now: float) -> None:
+        """Raise when a kill switch covers the call, or when the store is down and the policy is closed."""
+        switch = self.control.switch_for(state, labels)
+        if switch is not None:
+            scope = dict(switch.scope)
+            self.reporter.audit_later(
+                AuditRecord(now, "blocked", labels, data={"reason": "kill_switch", "scope": scope})
+            )
+            decision = Decision(
+                allowed=False,
+                reason="kill_switch",
+                labels=dict(labels),
+                scope=scope,
+                message=f"kill switch active for {encode_scope(scope) or 'everything'}: {switch.reason}",
+            )
+            raise KillSwitchActive(decision, reason=switch.reason)
+        if not state.ok and state.control is None and self._policy(settings) == "closed":
+            self._refuse(labels, now)
+
+    def _policy(self, settings: FeatureSettings) -> StoreErrorPolicy:
+        return settings.on_store_error or self.on_store_error
+
+    def _refuse(
+        self,
+        labels: Mapping[str, str],
+        now: float,
+        message: str = "the costguard store can't be reached and on_store_error is 'closed'",
+    ) -> None:
+        self.reporter.audit_later(AuditRecord(now, "blocked", labels, data={"reason": "store_error"}))
+        raise Blocked(Decision(allowed=False, reason="store_error", labels=dict(labels), message=message))
+
+    def _plan(
+        self, state: ControlState, labels: Mapping[str, str], amounts: Mapping[Unit, int], now: float
+    ) -> engine.ReservePlan:
+        return self.plans.plan(
+            reservation_id=os.urandom(16).hex(),
+            ceilings=state.ceilings,
+            overrides=state.overrides,
+            labels=labels,
+            amounts=amounts,
+            now=now,
+            tz=self.tz,
+            thresholds=self.thresholds,
+        )
+
+    @staticmethod
+    def _overflow(
+        state: ControlState, plan: engine.ReservePlan, outcome: engine.ReserveOutcome
+    ) -> engine.ReservePlan | None:
+        """The plan moved to a ceiling's shared overflow instance, when a registry counter refused a new
+        instance of a ceiling with `overflow: share`; else None."""
+        if outcome.allowed or outcome.blocked is None or plan.counters[outcome.blocked].counts_new < 0:
+            return None
+        registry = plan.counters[outcome.blocked].ceiling_id
+        for ceiling in state.ceilings:
+            if engine.INSTANCES_PREFIX + ceiling.id == registry:
+                return engine.overflow_plan(plan, ceiling) if ceiling.overflow == "share" else None
+        return None
+
+    # ----------------------------------------------------------------- the store can't be reached
+    def _allowance(self, plan: engine.ReservePlan, settings: FeatureSettings) -> int:
+        """Micro-dollars this process may admit for the feature without a reservation while the store is
+        unreachable: as configured, else the smaller of $1 and 1 % of the tightest hard USD ceiling."""
+        if settings.outage_allowance_usd is not None:
+            return settings.outage_allowance_usd
+        if self.outage_allowance is not None:
+            return self.outage_allowance
+        limits = [op.limit for op in plan.counters if op.hard and op.unit is Unit.USD]
+        return min([_ALLOWANCE_CAP, *(limit // _ALLOWANCE_SHARE for limit in limits)])
+
+    def _unreserved(
+        self,
+        plan: engine.ReservePlan,
+        labels: Mapping[str, str],
+        settings: FeatureSettings,
+        exc: StoreError,
+        deadline: dl.Deadline | None,
+        now: float,
+    ) -> Reservation:
+        """The store could not be reached for the reserve: `closed` serves the fallback; `open` admits the
+        call without a reservation (spooled, recorded when the store answers) up to the outage allowance."""
+        self.reporter.store_error(exc, "reserve")
+        feature = labels.get("feature", "")
+        if self._policy(settings) == "open":
+            allowance = self._allowance(plan, settings)
+            if self.settlement.admit_unreserved(plan, feature, allowance) is not None:
+                self.reporter.outage(feature, allowance)
+                decision = Decision(
+                    allowed=True,
+                    reason="store_error",
+                    labels=dict(labels),
+                    reservation_id=plan.reservation_id,
+                    message="allowed without a reservation: the costguard store can't be reached "
+                    "(on_store_error: open); the cost is spooled and recorded when it answers",
+                )
+                return Reservation(plan, decision, settings, self.settler, stored=False)
+            message = (
+                f"the costguard store can't be reached and {feature}'s outage allowance "
+                f"(${micros_to_usd(allowance):g} per process) is used up"
+            )
+        else:
+            message = "the costguard store can't be reached and on_store_error is 'closed'"
+        if deadline is not None and deadline.unknown:
+            self.settlement.abandon(plan.reservation_id, now)  # it may have been applied: give it back
+        self._refuse(labels, now, message)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _maintain(self, now: float) -> None:
+        if now - self._last_purge >= _PURGE_EVERY_S:
+            self._last_purge = now
+            self.reporter.later(lambda: self.store.purge(now))
+        if now >= self._next_orphan_scan:
+            # A process that died with costs in its spool: this one writes them.
+            self._next_orphan_scan = now + _ORPHANS_EVERY_S
+            self.settlement.scan_orphans()

@@ -1,0 +1,145 @@
+"""The control view: kill switches and run-time limit overrides as this process sees them.
+
+The store holds the control state; each process keeps a copy for `killswitch_cache_ms` and asks
+again when it is older. When the store can't be read the last known state stays in force (a process
+that saw a switch on keeps blocking: fail-closed from known-active); before the first read, calls are
+planned with the config's own ceilings.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from costguard import deadline as dl
+from costguard import engine
+from costguard.errors import StoreError
+from costguard.model import STANDARD_LABELS, Ceiling, Period, Unit
+from costguard.reporting import Reporter
+from costguard.steps import Io, Steps
+from costguard.stores.base import Control, KillSwitchState, Store
+
+__all__ = ["ControlState", "ControlView", "blocking_switch"]
+
+
+def blocking_switch(
+    switches: Collection[KillSwitchState], labels: Mapping[str, str], exempt_features: Collection[str]
+) -> KillSwitchState | None:
+    """The active switch that covers a call, if any; exempt features only escape switches not naming them."""
+    feature = labels.get("feature")
+    for switch in switches:
+        if not all(labels.get(name) == value for name, value in switch.scope):
+            continue
+        names_feature = any(name == "feature" for name, _ in switch.scope)
+        if feature in exempt_features and not names_feature:
+            continue
+        return switch
+    return None
+
+
+@dataclass
+class ControlState:
+    """One reading of the control state: switches, the ceilings with overrides applied, and when."""
+
+    control: Control | None = None
+    ceilings: tuple[Ceiling, ...] = ()
+    overrides: dict[str, dict[tuple[Period, Unit], int]] = field(default_factory=dict)
+    fetched_at: float = float("-inf")
+    ok: bool = False
+
+    @property
+    def killswitches(self) -> tuple[KillSwitchState, ...]:
+        """The active kill switches (none before the first successful read)."""
+        return self.control.killswitches if self.control is not None else ()
+
+    def limit(self, scope: Mapping[str, str], period: Period, unit: Unit) -> int | None:
+        """The limit in force for a ceiling scope and period (override, else config); None if no ceiling has it."""
+        for ceiling in self.ceilings:
+            if ceiling.match_dict == scope or (
+                set(ceiling.match_dict) == set(scope) and ceiling.bind(scope) is not None
+            ):
+                for limit in engine.effective_limits(ceiling, scope, self.overrides):
+                    if limit.period is period and limit.unit is unit:
+                        return limit.amount
+        return None
+
+
+class ControlView:
+    """This process's cached view of the control state, refreshed at most every `ttl_s`."""
+
+    def __init__(
+        self,
+        store: Store,
+        ceilings: Sequence[Ceiling],
+        reporter: Reporter,
+        *,
+        ttl_s: float,
+        deadline_s: float,
+        declared_labels: Collection[str] = (),
+        exempt_features: Collection[str] = (),
+    ) -> None:
+        self.store = store
+        self.ceilings = tuple(ceilings)
+        self.reporter = reporter
+        self.ttl_s = ttl_s
+        self.deadline_s = deadline_s
+        self.declared_labels = frozenset(declared_labels)
+        self.exempt_features = frozenset(exempt_features)
+        self._state = ControlState()
+        self._lock = threading.Lock()
+
+    def invalidate(self) -> None:
+        """Read the store again at the next use (after this process changed a switch or a limit)."""
+        with self._lock:
+            self._state.fetched_at = float("-inf")
+
+    def state(self) -> ControlState:
+        """The current reading, without I/O (the config's ceilings before the first one)."""
+        state = self._state
+        if state.control is None:
+            return ControlState(None, self.ceilings, {}, state.fetched_at, False)
+        return state
+
+    def refresh(self, now: float, deadline: dl.Deadline | None = None) -> Steps[ControlState]:
+        """Steps: read the store when the copy is older than `ttl_s`; the reading in force after."""
+        if now - self._state.fetched_at >= self.ttl_s:
+            try:
+                control = yield Io(self.store.control, self.store.acontrol, deadline or dl.Deadline(self.deadline_s))
+            except StoreError as exc:
+                # Keep the last known state: a process that saw a switch on keeps blocking (fail-closed).
+                with self._lock:
+                    self._state.fetched_at = now
+                    self._state.ok = False
+                self.reporter.store_error(exc, "control")
+            else:
+                ceilings = engine.apply_overrides(self.ceilings, control.overrides)
+                overrides = engine.index_overrides(control.overrides)
+                with self._lock:
+                    self._state = ControlState(control, ceilings, overrides, now, True)
+        return self.state()
+
+    def switch_for(self, state: ControlState, labels: Mapping[str, str]) -> KillSwitchState | None:
+        """The active switch that covers a call with `labels`, if any (exempt features escape global ones)."""
+        return blocking_switch(state.killswitches, labels, self.exempt_features)
+
+    # ----------------------------------------------------------------- label names
+    def known_labels(self) -> list[str]:
+        """Label names a kill switch or limit scope may use: the standard ones, every name a ceiling
+        matches on (config and run time), and the config's declared `labels:`."""
+        names = set(STANDARD_LABELS) | self.declared_labels
+        for ceiling in self._state.ceilings or self.ceilings:
+            names.update(name for name, _ in ceiling.match)
+        return sorted(names)
+
+    def require_known_labels(self, scope: Mapping[str, object], what: str) -> None:
+        """Raise `ValueError` for a scope naming a label nothing knows (a typo would make a kill switch
+        or a limit that matches no call, and answer as if it had worked)."""
+        known = self.known_labels()
+        unknown = sorted(name for name in scope if name not in known)
+        if unknown:
+            raise ValueError(
+                f"unknown label {', '.join(map(repr, unknown))} in the scope of {what}: no ceiling, standard "
+                f"label or declared `labels:` entry has it, so it would match no call. Known labels: "
+                f"{', '.join(known)} (declare others under `labels:` in costguard.yaml)"
+            )

@@ -1,0 +1,127 @@
+"""A guarded invocation, written once for sync and async: reserve, run, settle — or serve the fallback.
+
+`invoke` is the whole life of one guarded call as steps; `decorate` turns a function into a guarded
+one (what `with_kill_switch` and `Guard.with_kill_switch` return). The OpenAI and Anthropic client
+wrappers use `invoke` with their own way of estimating a request and pricing a response.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, cast
+
+from costguard import current as _ctx
+from costguard.callpath import CallPath
+from costguard.errors import Blocked
+from costguard.fallback import Cached, Fallback, as_fallback
+from costguard.model import Money
+from costguard.pricing import CostSpec, resolve_cost
+from costguard.reservation import Reservation
+from costguard.steps import Io, Steps, arun, run
+
+__all__ = ["Decorated", "decorate", "invoke"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+Decorated = Callable[..., Any]
+LabelsSpec = Mapping[str, object] | Callable[..., Mapping[str, object]] | None
+EstimateSpec = Money | Callable[..., Money] | None
+# What a successful call settles: (value returned to the caller, (USD micro-dollars, tokens) to commit,
+# or None when something else settles later — a stream, when it ends).
+Finish = Callable[[Reservation, Any], tuple[Any, tuple[int | None, int | None] | None]]
+
+
+def invoke(
+    calls: CallPath,
+    feature: str,
+    labels: Mapping[str, object],
+    estimate: tuple[Money | None, int | None],
+    fallback: Fallback | None,
+    target: Callable[[Reservation], Io[Any]],
+    finish: Finish,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Steps[Any]:
+    """Steps of one guarded call: reserve `estimate` (USD, tokens), run `target`, settle what `finish`
+    says; refused, serve `fallback` (or raise `Blocked`); raised, release (or keep, by `on_call_error`)."""
+    try:
+        reservation = yield from calls.reserve(
+            feature, labels, estimate[0], estimate[1], fallback.kind if fallback is not None else None
+        )
+    except Blocked as blocked:
+        if fallback is None:
+            raise
+        refused = blocked
+        with _ctx._scoped(refused.decision, None):
+            return (
+                yield Io(
+                    lambda: fallback.serve(calls.cache, feature, refused, args, kwargs),
+                    lambda: fallback.aserve(calls.cache, feature, refused, args, kwargs),
+                )
+            )
+    with _ctx._scoped(reservation.decision, reservation.cost):
+        try:
+            result = yield target(reservation)
+        except BaseException:
+            yield from reservation.failed_steps()
+            raise
+    value, settle = finish(reservation, result)
+    if settle is not None:
+        yield from reservation.commit_steps(*settle)
+    return value
+
+
+def decorate(
+    feature: str,
+    resolve: Callable[[], CallPath],
+    *,
+    fallback: Any = None,
+    estimate: EstimateSpec = None,
+    estimate_tokens: int | Callable[..., int] | None = None,
+    cost: CostSpec = None,
+    labels: LabelsSpec = None,
+    degrade: Callable[..., Any] | None = None,
+) -> Callable[[F], F]:
+    """Guard functions as `feature` on the call path `resolve()` gives at call time; see `with_kill_switch`."""
+    if not isinstance(feature, str) or not feature:
+        raise ValueError("with_kill_switch needs a feature name, e.g. @with_kill_switch('support_agent')")
+    explicit = as_fallback(fallback)
+
+    def wrap(fn: F) -> F:
+        def steps(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Steps[Any]:
+            calls = resolve()
+            extra = labels(*args, **kwargs) if callable(labels) else (labels or {})
+            est = estimate(*args, **kwargs) if callable(estimate) else estimate
+            est_tokens = estimate_tokens(*args, **kwargs) if callable(estimate_tokens) else estimate_tokens
+            chosen = explicit if explicit is not None else calls.feature(feature).fallback
+
+            def target(reservation: Reservation) -> Io[Any]:
+                chosen_fn = degrade if degrade is not None and reservation.decision.degraded else fn
+                return Io(lambda: chosen_fn(*args, **kwargs), lambda: chosen_fn(*args, **kwargs))
+
+            def finish(reservation: Reservation, result: Any) -> tuple[Any, tuple[int | None, int | None]]:
+                priced = resolve_cost(result, cost, calls.pricing)
+                if isinstance(chosen, Cached):
+                    chosen.remember(calls.cache, feature, reservation.decision.labels, args, kwargs, priced.value)
+                return priced.value, (priced.usd_micros, priced.tokens)
+
+            return (
+                yield from invoke(calls, feature, dict(extra), (est, est_tokens), chosen, target, finish, args, kwargs)
+            )
+
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                return await arun(steps(args, kwargs))
+
+            return cast("F", async_wrapper)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return run(steps(args, kwargs))
+
+        return cast("F", wrapper)
+
+    return wrap

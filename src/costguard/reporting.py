@@ -1,0 +1,193 @@
+"""Reporting: what a guard tells the world besides its answer — alerts, audit records, store errors.
+
+Everything here runs beside the call and never raises into it: events go to the notifier lanes,
+audit records of refused calls and cache writes to a background worker, and store errors are
+logged and alerted at most once a minute per topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timezone
+
+from costguard import engine
+from costguard.errors import StoreError
+from costguard.events import NEW_PERIOD, AuditRecord, Event, EventKind
+from costguard.model import encode_scope, micros_to_usd
+from costguard.notify.dispatcher import Background, Dispatcher, LaneStats, Notifier
+from costguard.stores.base import Store
+
+__all__ = ["Reporter"]
+
+log = logging.getLogger("costguard")
+
+_STORE_ERROR_EVENT_EVERY_S = 60.0
+
+
+def _bucket_of(crossing: engine.Crossing) -> str:
+    """The period bucket a crossing is about: for a kill cleared by a new period, the one that ended."""
+    op = crossing.counter
+    if crossing.cleared and crossing.reason == NEW_PERIOD and op.previous_key:
+        return op.previous_key.rpartition("|")[2]
+    return op.bucket
+
+
+class Reporter:
+    """Alerts, background audit writes and throttled store-error reports of one guard."""
+
+    def __init__(
+        self,
+        store: Store,
+        notifiers: Iterable[Notifier],
+        *,
+        clock: Callable[[], float],
+        queue_size: int,
+        group_s: float | None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.notifiers: list[Notifier] = list(notifiers)
+        self.alerts = Dispatcher(self.notifiers, queue_size=queue_size, group_s=group_s)
+        self.background = Background()
+        self.unrecorded: Callable[[], int] = lambda: 0  # set by the guard: USD admitted, not yet recorded
+        self._error_lock = threading.Lock()
+        self._error_reports: dict[str, tuple[float, int]] = {}  # topic -> (last report, reports held back)
+        self._outage_logged = False
+
+    # ----------------------------------------------------------------- events
+    def notify(self, event: Event) -> None:
+        """Hand an event to every notifier's lane (never blocks, never raises)."""
+        self.alerts.dispatch(event)
+
+    def crossings(self, crossings: Sequence[engine.Crossing], now: float) -> None:
+        """Alert on the thresholds a reserve or commit crossed (warn, kill, kill cleared)."""
+        if not crossings:
+            return
+        at = datetime.fromtimestamp(now, timezone.utc)
+        for crossing in crossings:
+            op = crossing.counter
+            kind: EventKind
+            if crossing.cleared:
+                if not op.hard:
+                    continue  # a soft ceiling never killed anything
+                kind = "kill_cleared"
+            else:
+                kind = "kill" if crossing.threshold >= 1.0 and op.hard else "warn"
+            self.notify(
+                Event(
+                    kind=kind,
+                    labels=dict(op.scope),
+                    at=at,
+                    threshold=crossing.threshold,
+                    period=op.period.value,
+                    unit=op.unit.value,
+                    spent=op.display(crossing.total),
+                    limit=op.display(op.limit),
+                    reason=crossing.reason or None,
+                    ceiling=op.ceiling_id,
+                    resets_at=None if op.resets_at is None else datetime.fromtimestamp(op.resets_at, timezone.utc),
+                    enforcement="hard" if op.hard else "soft",
+                    bucket=_bucket_of(crossing),
+                )
+            )
+
+    def settled(self, outcome: engine.CommitOutcome, at: float, forced: bool) -> None:
+        """A settle the store applied: its crossings, and a warning for every hard ceiling left over its limit."""
+        self.crossings(outcome.crossings, at)
+        for op, total in zip(outcome.counters, outcome.totals, strict=True):
+            if op.hard and total > op.limit:
+                log.warning(
+                    "costguard: %s %s ceiling %s is over its limit after commit: %g of %g (%s)",
+                    op.period.value,
+                    op.unit.value,
+                    encode_scope(dict(op.scope)) or "(all)",
+                    op.display(total),
+                    op.display(op.limit),
+                    "a call admitted while the store could not be reached, now recorded"
+                    if forced
+                    else "the actual cost exceeded the estimate",
+                )
+
+    # ----------------------------------------------------------------- background writes
+    def audit_later(self, record: AuditRecord) -> None:
+        """Append an audit record from the background worker (dropped, with a debug line, if the store is down)."""
+
+        def write() -> None:
+            try:
+                self.store.append([record])
+            except StoreError:
+                log.debug("costguard: audit record dropped, the store is unavailable")
+
+        self.background.submit(write)
+
+    def later(self, task: Callable[[], object]) -> None:
+        """Run `task` on the background worker (cache writes, purges)."""
+        self.background.submit(task)
+
+    # ----------------------------------------------------------------- store errors
+    def store_error(self, exc: StoreError, during: str, *, topic: str = "store") -> None:
+        """Log and alert, at most once a minute per topic (an outage fails every call: one report, with
+        a count of the rest, is what an operator can use)."""
+        now = self.clock()
+        with self._error_lock:
+            last, suppressed = self._error_reports.get(topic, (float("-inf"), 0))
+            if now - last < _STORE_ERROR_EVENT_EVERY_S:
+                self._error_reports[topic] = (last, suppressed + 1)
+                log.debug("costguard: store error during %s: %s", during, exc)
+                return
+            self._error_reports[topic] = (now, 0)
+        unrecorded = self.unrecorded()
+        more = f" ({suppressed} more since the last report)" if suppressed else ""
+        admitted = (
+            f"; ${micros_to_usd(unrecorded):g} admitted without a reservation, not yet recorded" if unrecorded else ""
+        )
+        log.warning("costguard: store error during %s: %s%s%s", during, exc, more, admitted)
+        self.notify(
+            Event(
+                kind="store_error",
+                labels={},
+                at=datetime.fromtimestamp(now, timezone.utc),
+                reason=f"{during}: {exc}{more}",
+                unrecorded_usd=micros_to_usd(unrecorded),
+            )
+        )
+
+    def write_error(self, exc: Exception, during: str) -> None:
+        """A background write failed (settlement's writer, the spool)."""
+        if during.startswith("spool"):  # the spool itself is full or the disk refused: its own report
+            error = exc if isinstance(exc, StoreError) else StoreError(f"{type(exc).__name__}: {exc}")
+            self.store_error(error, during, topic="spool")
+        elif isinstance(exc, StoreError):
+            self.store_error(exc, during)
+
+    def outage(self, feature: str, allowance: int) -> None:
+        """Say once per process that calls are being admitted without a reservation."""
+        if not self._outage_logged:
+            self._outage_logged = True
+            log.warning(
+                "costguard: the store can't be reached; admitting calls without a reservation "
+                "(on_store_error: open), at most $%g per feature in this process (%s), spooled until the "
+                "store answers",
+                micros_to_usd(allowance),
+                feature,
+            )
+
+    # ----------------------------------------------------------------- lifecycle
+    def stats(self) -> list[LaneStats]:
+        """Per notifier: delivered, failed, dropped, queued, rate-limited."""
+        return self.alerts.stats()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait for background work, then for alert delivery, within `timeout` in all."""
+        deadline = time.monotonic() + timeout
+        done = self.background.flush(timeout)
+        delivered = self.alerts.flush(max(0.0, deadline - time.monotonic()))
+        return done and delivered
+
+    def close(self, timeout: float) -> None:
+        """Finish background work and deliver queued alerts (each waits up to `timeout`)."""
+        self.background.close(timeout)
+        self.alerts.close(timeout)

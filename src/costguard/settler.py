@@ -1,0 +1,102 @@
+"""The settler: what a reservation settles through — commit, release, and commits by id.
+
+It turns "this call cost X" into the amounts and the audit record, feeds learned estimates, and hands
+the write to `Settlement` (at once, or in a background batch, or spooled). A reservation carries its
+settler, so settling never goes back through the `Guard`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from costguard import deadline as dl
+from costguard.engine import CommitOutcome
+from costguard.estimates import Estimates
+from costguard.events import AuditRecord
+from costguard.model import Unit, check_count, micros_to_usd
+from costguard.pricing import Pricing
+from costguard.reporting import Reporter
+from costguard.reservation import Reservation
+from costguard.settings import CallErrorPolicy, CommitMode
+from costguard.settlement import Settlement
+from costguard.steps import Io, Steps
+
+__all__ = ["Settler"]
+
+
+class Settler:
+    """Settles reservations of one guard."""
+
+    def __init__(
+        self,
+        settlement: Settlement,
+        estimates: Estimates,
+        reporter: Reporter,
+        *,
+        pricing: Pricing,
+        clock: Callable[[], float],
+        commit_mode: CommitMode,
+        on_call_error: CallErrorPolicy,
+        deadline_s: float,
+    ) -> None:
+        self.settlement = settlement
+        self.estimates = estimates
+        self.reporter = reporter
+        self.pricing = pricing
+        self.clock = clock
+        self.commit_mode: CommitMode = commit_mode
+        self.on_call_error: CallErrorPolicy = on_call_error
+        self.deadline_s = deadline_s
+
+    def commit(self, reservation: Reservation, usd_micros: int | None, tokens: int | None) -> Steps[None]:
+        """Steps: record the actual cost (None: the estimate) plus what the call `charge()`d."""
+        plan = reservation.plan
+        charged = reservation.cost.charged_micros
+        actual_usd = (plan.estimate_usd if usd_micros is None else usd_micros) + charged
+        actual_tokens = check_count(tokens, what="tokens") if tokens is not None else reservation.amount(Unit.TOKENS)
+        if usd_micros is not None:
+            self.estimates.learn(dict(plan.labels).get("feature", ""), reservation.settings, actual_usd)
+        record = AuditRecord(
+            self.clock(),
+            "commit",
+            dict(plan.labels),
+            plan.reservation_id,
+            {
+                "estimate_usd": micros_to_usd(plan.estimate_usd),
+                "actual_usd": micros_to_usd(actual_usd),
+                "tokens": actual_tokens,
+            },
+        )
+        actual = {Unit.USD: actual_usd, Unit.CALLS: 1, Unit.TOKENS: actual_tokens}
+        yield from self._settle(reservation, actual, record)
+
+    def release(self, reservation: Reservation, why: str) -> Steps[None]:
+        """Steps: give the reservation back; money already spent through `charge()` is never given back."""
+        if reservation.cost.charged_micros:
+            yield from self.commit(reservation, 0, 0)
+            return
+        plan = reservation.plan
+        record = AuditRecord(
+            self.clock(),
+            "release",
+            dict(plan.labels),
+            plan.reservation_id,
+            {"estimate_usd": micros_to_usd(plan.estimate_usd), "why": why},
+        )
+        yield from self._settle(reservation, None, record)
+
+    def _settle(self, reservation: Reservation, actual: Mapping[Unit, int] | None, record: AuditRecord) -> Steps[None]:
+        background = (reservation.settings.commit or self.commit_mode) == "background"
+        yield from self.settlement.settle(reservation.id, actual, record.at, record, background=background)
+
+    def by_id(self, reservation_id: str, actual: Mapping[Unit, int] | None, record: AuditRecord) -> Steps[bool]:
+        """Steps: settle a reservation made elsewhere, by id, now (raises `StoreError`); False on a repeat."""
+        store = self.settlement.store
+        outcome: CommitOutcome = yield Io(
+            lambda: store.settle(reservation_id, actual, record.at, record),
+            lambda: store.asettle(reservation_id, actual, record.at, record),
+            dl.Deadline(self.deadline_s),
+        )
+        if actual is not None:
+            self.reporter.settled(outcome, record.at, False)
+        return outcome.applied

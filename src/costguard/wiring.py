@@ -1,0 +1,200 @@
+"""Wiring: a guard's parts, built from its options and connected (the `Guard` facade only holds them).
+
+Reporter ← Settlement ← Settler ← CallPath
+    ↖ ControlView ← KillSwitch, Limits, Queries
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import tzinfo
+from pathlib import Path
+from typing import Any, Literal, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+from costguard.cache import StoreCache
+from costguard.callpath import CallPath
+from costguard.control import ControlView
+from costguard.estimates import Estimates
+from costguard.killswitch import KillSwitch
+from costguard.limits import Limits
+from costguard.model import Ceiling
+from costguard.notify.dispatcher import Notifier
+from costguard.pricing import Pricing
+from costguard.queries import Queries
+from costguard.reporting import Reporter
+from costguard.settings import CallErrorPolicy, CommitMode, FeatureSettings, StoreErrorPolicy
+from costguard.settlement import Settlement
+from costguard.settler import Settler
+from costguard.spool import Spool, default_spool_dir
+from costguard.stores import Store, open_store
+
+__all__ = ["Options", "Parts", "check_options", "close_at_exit", "open_store_within", "wire"]
+
+log = logging.getLogger("costguard")
+
+
+class Options(Protocol):
+    """The guard options the parts are built from (the `Guard`'s public attributes)."""
+
+    store: Store
+    clock: Callable[[], float]
+    tz: tzinfo
+    ceilings: tuple[Ceiling, ...]
+    features: dict[str, FeatureSettings]
+    declared_labels: frozenset[str]
+    thresholds: tuple[float, ...]
+    on_store_error: StoreErrorPolicy
+    on_call_error: CallErrorPolicy
+    commit_mode: CommitMode
+    commit_batch: int
+    pricing: Pricing
+    notifiers: list[Notifier]
+    killswitch_cache_s: float
+    exempt_features: frozenset[str]
+    max_label_length: int
+    deadline_s: float
+    outage_allowance: int | None
+
+
+@dataclass(frozen=True)
+class Parts:
+    """A guard's parts, connected."""
+
+    reporter: Reporter
+    settlement: Settlement
+    control: ControlView
+    estimates: Estimates
+    settler: Settler
+    calls: CallPath
+    killswitch: KillSwitch
+    limits: Limits
+    queries: Queries
+
+
+def wire(
+    o: Options,
+    *,
+    queue_size: int,
+    group_s: float | None,
+    buffer_size: int,
+    spool_dir: str | Path | Literal[False] | None,
+) -> Parts:
+    """Build and connect the parts of a guard with options `o`."""
+    store, clock, deadline_s = o.store, o.clock, o.deadline_s
+    reporter = Reporter(store, o.notifiers, clock=clock, queue_size=queue_size, group_s=group_s)
+    settlement = Settlement(
+        store,
+        _spool_for(store, spool_dir),
+        deadline_s=deadline_s,
+        batch=o.commit_batch,
+        max_items=buffer_size,
+        on_written=reporter.settled,
+        on_error=reporter.write_error,
+    )
+    reporter.unrecorded = settlement.unrecorded
+    control = ControlView(
+        store,
+        o.ceilings,
+        reporter,
+        ttl_s=o.killswitch_cache_s,
+        deadline_s=deadline_s,
+        declared_labels=o.declared_labels,
+        exempt_features=o.exempt_features,
+    )
+    estimates = Estimates(store, reporter, clock)
+    settler = Settler(
+        settlement,
+        estimates,
+        reporter,
+        pricing=o.pricing,
+        clock=clock,
+        commit_mode=o.commit_mode,
+        on_call_error=o.on_call_error,
+        deadline_s=deadline_s,
+    )
+    calls = CallPath(
+        store,
+        control=control,
+        estimates=estimates,
+        settler=settler,
+        settlement=settlement,
+        reporter=reporter,
+        cache=StoreCache(store, reporter, clock),
+        features=o.features,
+        tz=o.tz,
+        thresholds=o.thresholds,
+        on_store_error=o.on_store_error,
+        max_label_length=o.max_label_length,
+        deadline_s=deadline_s,
+        outage_allowance=o.outage_allowance,
+        clock=clock,
+    )
+    return Parts(
+        reporter=reporter,
+        settlement=settlement,
+        control=control,
+        estimates=estimates,
+        settler=settler,
+        calls=calls,
+        killswitch=KillSwitch(store, control, reporter, clock),
+        limits=Limits(store, control, reporter, clock=clock, max_label_length=o.max_label_length),
+        queries=Queries(store, control, settlement, reporter, tz=o.tz, clock=clock, deadline_s=deadline_s),
+    )
+
+
+def check_options(on_store_error: str, on_call_error: str, commit: str, commit_batch: int, deadline_ms: float) -> None:
+    """Raise `ValueError` for a policy, commit mode, batch size or deadline a guard can't use."""
+    if on_store_error not in ("open", "closed"):
+        raise ValueError(f"on_store_error must be 'open' or 'closed', got {on_store_error!r}")
+    if on_call_error not in ("release", "keep"):
+        raise ValueError(f"on_call_error must be 'release' or 'keep', got {on_call_error!r}")
+    if commit not in ("sync", "background"):
+        raise ValueError(f"commit must be 'sync' or 'background', got {commit!r}")
+    if commit_batch < 1:
+        raise ValueError(f"commit_batch must be at least 1, got {commit_batch!r}")
+    if not deadline_ms > 0:
+        raise ValueError(f"store_deadline_ms must be more than 0, got {deadline_ms!r}")
+
+
+def open_store_within(url: str, deadline_ms: float, options: Mapping[str, Any] | None) -> Store:
+    """The store for `url`; each attempt's timeout defaults to the deadline unless the URL or options set one."""
+    given = dict(options or {})
+    if "timeout_ms" not in given and "timeout_ms" not in parse_qs(urlsplit(url).query):
+        given["timeout_ms"] = deadline_ms
+    return open_store(url, **given)
+
+
+def _spool_for(store: Store, spool_dir: str | Path | Literal[False] | None) -> Spool | None:
+    """The spool of a store that outlives this process (none for `memory://` or `spool_dir=False`)."""
+    if spool_dir is False or not store.identity:
+        return None
+    return Spool(spool_dir if spool_dir is not None else default_spool_dir(store.identity))
+
+
+class _Closable(Protocol):
+    def close(self, timeout: float = 5.0) -> None: ...
+
+
+_live: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def close_at_exit(guard: _Closable, *, done: bool = False) -> None:
+    """Close `guard` when the interpreter exits (`done=True`: it was closed, forget it)."""
+    if done:
+        _live.discard(guard)
+    else:
+        _live.add(guard)
+
+
+@atexit.register
+def _close_all() -> None:
+    for guard in list(_live):
+        try:
+            guard.close()
+        except Exception:
+            log.exception("costguard: closing a guard at exit failed")
