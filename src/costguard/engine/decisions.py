@@ -1,0 +1,111 @@
+"""A store's reserve outcome turned into what the caller and the audit log see: a `Decision`
+(allowed, degraded, or why not) and the reserve's audit record."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from costguard.decision import Decision
+from costguard.engine.counters import CounterOp, ReservePlan
+from costguard.engine.evaluate import ReserveOutcome
+from costguard.engine.keys import INSTANCES_PREFIX
+from costguard.events import AuditRecord
+from costguard.model import Unit, encode_scope
+
+__all__ = ["decide", "reserve_record"]
+
+
+def _ratio(total: int, limit: int) -> float:
+    if limit <= 0:
+        return math.inf if total > 0 else 1.0
+    return total / limit
+
+
+def decide(plan: ReservePlan, outcome: ReserveOutcome, *, now: float, degrade_at: float | None) -> Decision:
+    """Turn a store's outcome into the decision the caller, the fallback and the audit log see."""
+    labels = dict(plan.labels)
+    if not outcome.allowed:
+        assert outcome.blocked is not None
+        op = plan.counters[outcome.blocked]
+        total = outcome.totals[outcome.blocked]
+        if op.counts_new >= 0:
+            return _too_many_instances(plan, op, total, labels, now)
+        scope = dict(op.scope)
+        retry = max(0.0, op.resets_at - now) if op.resets_at is not None else None
+        unit = "USD" if op.unit is Unit.USD else op.unit.value
+        return Decision(
+            allowed=False,
+            reason="budget_exceeded",
+            labels=labels,
+            scope=scope,
+            period=op.period.value,
+            unit=op.unit.value,
+            spent=op.display(total),
+            limit=op.display(op.limit),
+            retry_after_s=round(retry, 3) if retry is not None else None,
+            ratio=_ratio(total, op.limit),
+            reservation_id=None,
+            message=(
+                f"{op.period.value} {unit} ceiling of {encode_scope(scope) or 'everything'} is "
+                f"exhausted: {op.display(total):g} of {op.display(op.limit):g} spent, this call needs "
+                f"{op.display(op.amount):g}"
+            ),
+        )
+    ratio = 0.0
+    soft_over = False
+    for op, total in zip(plan.counters, outcome.totals, strict=True):
+        value = _ratio(total, op.limit)
+        if op.hard:
+            ratio = max(ratio, value)
+        elif value >= 1.0:
+            soft_over = True
+    degraded = soft_over or (degrade_at is not None and ratio >= degrade_at)
+    return Decision(
+        allowed=True,
+        reason="allowed",
+        labels=labels,
+        ratio=ratio,
+        degraded=degraded,
+        reservation_id=plan.reservation_id,
+        message="allowed (degraded)" if degraded else "allowed",
+    )
+
+
+def _too_many_instances(plan: ReservePlan, op: CounterOp, total: int, labels: dict[str, str], now: float) -> Decision:
+    instance = plan.counters[op.counts_new]
+    ceiling = op.ceiling_id.removeprefix(INSTANCES_PREFIX)
+    retry = max(0.0, op.resets_at - now) if op.resets_at is not None else None
+    return Decision(
+        allowed=False,
+        reason="max_instances",
+        labels=labels,
+        scope=dict(instance.scope),
+        period=op.period.value,
+        unit=Unit.CALLS.value,
+        spent=float(total),
+        limit=float(op.limit),
+        retry_after_s=round(retry, 3) if retry is not None else None,
+        ratio=_ratio(total, op.limit),
+        message=(
+            f"ceiling {ceiling} already has {total} distinct instances this {op.period.value} (max_instances "
+            f"{op.limit}); new ones are refused (overflow: refuse)"
+        ),
+    )
+
+
+def reserve_record(plan: ReservePlan, outcome: ReserveOutcome, record: AuditRecord) -> AuditRecord:
+    """The audit line of a reserve: a refusal is written as `blocked` with the ceiling that refused it."""
+    if outcome.allowed or outcome.blocked is None:
+        return record
+    op = plan.counters[outcome.blocked]
+    data = {
+        **dict(record.data),
+        "reason": "budget_exceeded",
+        "scope": dict(op.scope),
+        "period": op.period.value,
+        "unit": op.unit.value,
+        "spent": op.display(outcome.totals[outcome.blocked]),
+        "limit": op.display(op.limit),
+    }
+    return replace(record, decision="blocked", data=data)
