@@ -81,6 +81,13 @@ def _provider_of(result: Any, usage: Any, model: str | None) -> str:
     return "openai"
 
 
+# The OpenAI usage shapes, tried in order: (input, output, input details, output details) field names.
+_OPENAI_SHAPES = (
+    ("prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details"),  # chat completions
+    ("input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details"),  # responses API
+)
+
+
 def usage_from(usage: Any, model: str | None, provider: str) -> TokenUsage | None:
     """A `usage` object or dict of the given provider's shape, normalised."""
     if usage is None:
@@ -98,24 +105,16 @@ def usage_from(usage: Any, model: str | None, provider: str) -> TokenUsage | Non
             cache_read_tokens=cache_read,
             cache_write_tokens=cache_write,
         )
-    if _has(usage, "prompt_tokens") or _has(usage, "completion_tokens"):  # chat completions
-        return TokenUsage(
-            model,
-            provider,
-            input_tokens=_int(_get(usage, "prompt_tokens")),
-            output_tokens=_int(_get(usage, "completion_tokens")),
-            cache_read_tokens=_int(_get(_get(usage, "prompt_tokens_details"), "cached_tokens")),
-            reasoning_tokens=_int(_get(_get(usage, "completion_tokens_details"), "reasoning_tokens")),
-        )
-    if _has(usage, "input_tokens") or _has(usage, "output_tokens"):  # responses API
-        return TokenUsage(
-            model,
-            provider,
-            input_tokens=_int(_get(usage, "input_tokens")),
-            output_tokens=_int(_get(usage, "output_tokens")),
-            cache_read_tokens=_int(_get(_get(usage, "input_tokens_details"), "cached_tokens")),
-            reasoning_tokens=_int(_get(_get(usage, "output_tokens_details"), "reasoning_tokens")),
-        )
+    for input_name, output_name, input_details, output_details in _OPENAI_SHAPES:
+        if _has(usage, input_name) or _has(usage, output_name):
+            return TokenUsage(
+                model,
+                provider,
+                input_tokens=_int(_get(usage, input_name)),
+                output_tokens=_int(_get(usage, output_name)),
+                cache_read_tokens=_int(_get(_get(usage, input_details), "cached_tokens")),
+                reasoning_tokens=_int(_get(_get(usage, output_details), "reasoning_tokens")),
+            )
     return None
 
 
