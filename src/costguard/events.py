@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -113,6 +114,27 @@ class AuditRecord:
     reservation_id: str | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
     id: int | None = None
+
+    @classmethod
+    def from_stored(
+        cls,
+        record_id: int,
+        at: float,
+        decision: str,
+        labels: str | Mapping[str, str],
+        reservation_id: str | None,
+        data: str | Mapping[str, Any],
+    ) -> AuditRecord:
+        """A record read back from a store's audit log: `labels` and `data` as the store keeps them,
+        JSON text (SQL columns) or already decoded (a Redis stream entry)."""
+        return cls(
+            at=float(at),
+            decision=decision,
+            labels=json.loads(labels) if isinstance(labels, str) else labels,
+            reservation_id=reservation_id,
+            data=json.loads(data) if isinstance(data, str) else data,
+            id=int(record_id),
+        )
 
     @property
     def when(self) -> datetime:

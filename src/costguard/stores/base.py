@@ -15,7 +15,7 @@ from costguard.errors import StoreError
 from costguard.events import AuditQuery, AuditRecord
 from costguard.model import Period, Unit
 
-__all__ = ["Control", "CounterRow", "KillSwitchState", "Store", "redacted"]
+__all__ = ["Control", "CounterRow", "KillSwitchState", "Store", "killswitch_entry", "override_entry", "redacted"]
 
 _SECRET_QUERY = re.compile(r"(?i)^(password|passwd|pwd|pass|secret|token|access_token|api_key|sslpassword)$")
 
@@ -75,6 +75,29 @@ class Control:
                     )
                 )
         return cls(tuple(switches), tuple(overrides))
+
+
+def killswitch_entry(state: KillSwitchState) -> dict[str, Any]:
+    """A kill switch as a store keeps it: the JSON data `Control.from_entries` reads back as `killswitch`."""
+    return {
+        "scope": [list(item) for item in state.scope],
+        "reason": state.reason,
+        "actor": state.actor,
+        "since": state.since,
+    }
+
+
+def override_entry(override: LimitOverride) -> dict[str, Any]:
+    """A limit override as a store keeps it: the JSON data `Control.from_entries` reads back as `override`."""
+    return {
+        "scope": [list(item) for item in override.scope],
+        "period": override.period.value,
+        "unit": override.unit.value,
+        "amount": override.amount,
+        "reason": override.reason,
+        "actor": override.actor,
+        "at": override.at,
+    }
 
 
 @dataclass(frozen=True)
