@@ -319,5 +319,4 @@ def record_from(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> AuditRe
             "spent": display(int(fields[b"bs"])),
             "limit": display(int(fields[b"bl"])),
         }
-    entry = int(text(entry_id).partition("-")[0])
-    return AuditRecord(at=float(at), decision=decision, labels=labels, reservation_id=rid, data=data, id=entry)
+    return AuditRecord.from_stored(int(text(entry_id).partition("-")[0]), at, decision, labels, rid, data)

@@ -20,95 +20,37 @@ Keys (all under `{namespace}:`):
 Money is integer micro-dollars. Counters change only through HINCRBY (exact 64-bit integers);
 the scripts compare totals as Lua doubles, exact below 2^53 micro-dollars (about $9 billion) per
 counter. Integers travel to the scripts as strings.
+
+The parts: `_redis_conn` (URL options, clients that never retry, scripts, circuit breaker, errors),
+`_redis_clients` (the store's connections and its error boundary) and `_redis_codec` (keys, script
+arguments and replies; no I/O).
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import logging
-import threading
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from costguard.engine import CommitOutcome, CounterOp, LimitOverride, ReserveOutcome, ReservePlan
 from costguard.errors import StoreError
 from costguard.events import AuditQuery, AuditRecord
 from costguard.model import Period, Unit, encode_scope
-from costguard.stores._redis_codec import (
-    MAX_SEQ,
-    Codec,
-    config_value,
-    hash_reply,
-    previous_id,
-    record_from,
-    record_json,
-    text,
-)
-from costguard.stores._redis_conn import (
-    SCRIPTS,
-    AsyncClient,
-    Breaker,
-    RedisOptions,
-    Script,
-    SyncClient,
-    async_client,
-    map_error,
-    parse_options,
-    redacted,
-    redis_errors,
-    sync_client,
-)
-from costguard.stores.base import Control, CounterRow, KillSwitchState, Store
+from costguard.stores._redis_clients import RedisClients, amapped, mapped, noscript
+from costguard.stores._redis_codec import MAX_SEQ, Codec, hash_reply, previous_id, record_from, record_json, text
+from costguard.stores._redis_conn import SCRIPTS, map_error, parse_options, redacted, redis_errors
+from costguard.stores.base import Control, CounterRow, KillSwitchState, Store, killswitch_entry, override_entry
 
 __all__ = ["RedisStore"]
 
-log = logging.getLogger("costguard")
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
 _OPEN_CACHE = 100_000  # reservations this process made, kept to settle them in one round trip
 _TOMBSTONE_MS = 86_400_000  # as long as a settled reservation is kept
+# Asked here too, not only in `_redis_clients`: without redis-py importing this module fails (and
+# `open_store` names the extra to install) even when the other modules were imported before.
 _ERRORS = redis_errors()
 
 
-def _mapped(method: Callable[Concatenate[RedisStore, P], T]) -> Callable[Concatenate[RedisStore, P], T]:
-    """The one boundary where redis-py errors become costguard's, behind the circuit breaker."""
-
-    def wrapper(self: RedisStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        self._breaker.check()
-        try:
-            result = method(self, *args, **kwargs)
-        except _ERRORS as exc:
-            raise map_error(exc, self._breaker, method.__name__, self.where) from exc
-        self._breaker.succeeded()
-        return result
-
-    functools.update_wrapper(wrapper, method)
-    return wrapper
-
-
-def _amapped(
-    method: Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, T]],
-) -> Callable[Concatenate[RedisStore, P], Coroutine[Any, Any, T]]:
-    """`_mapped` for the native async methods."""
-
-    async def wrapper(self: RedisStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        self._breaker.check()
-        try:
-            result = await method(self, *args, **kwargs)
-        except _ERRORS as exc:
-            raise map_error(exc, self._breaker, method.__name__.lstrip("a"), self.where) from exc
-        self._breaker.succeeded()
-        return result
-
-    functools.update_wrapper(wrapper, method)
-    return wrapper
-
-
-class RedisStore(Store):
+class RedisStore(RedisClients, Store):
     """The Redis store. URL options: `namespace`, `timeout_ms`, `connect_timeout_ms`, `breaker_s`, `maxlen`.
 
     `client` / `async_client_factory` inject ready clients (e.g. fakeredis in tests); by default the
@@ -128,7 +70,7 @@ class RedisStore(Store):
         async_client_factory: Callable[[], Any] | None = None,
     ) -> None:
         self.url = redacted(url)  # shown in reprs and logs: never the password
-        self.options: RedisOptions = parse_options(
+        options = parse_options(
             url,
             namespace=namespace,
             timeout_ms=timeout_ms,
@@ -136,80 +78,12 @@ class RedisStore(Store):
             breaker_s=breaker_s,
             maxlen=maxlen,
         )
-        self.namespace = self.options.namespace
-        self.where = f"{self.options.where} (namespace {self.namespace!r})"
-        self.codec = Codec(self.namespace, self.options.maxlen)
+        self.namespace = options.namespace
+        super().__init__(options, f"{options.where} (namespace {self.namespace!r})", client, async_client_factory)
+        self.codec = Codec(self.namespace, options.maxlen)
         self.prefix = self.codec.prefix
-        self._breaker = Breaker(self.options.breaker_s, self.where)
-        self._lock = threading.Lock()
-        self._client_obj: SyncClient | None = client
-        self._async_factory: Callable[[], Any] = async_client_factory or (lambda: async_client(self.options))
-        self._async: dict[asyncio.AbstractEventLoop, AsyncClient] = {}
         self._open: OrderedDict[str, tuple[CounterOp, ...]] = OrderedDict()
         self._startup()
-
-    # ----------------------------------------------------------------- connections and scripts
-    def _client(self) -> SyncClient:
-        client = self._client_obj
-        if client is None:
-            with self._lock:
-                if self._client_obj is None:
-                    self._client_obj = sync_client(self.options)  # a cluster client connects here
-                client = self._client_obj
-        return client
-
-    def _aclient(self) -> AsyncClient:
-        loop = asyncio.get_running_loop()
-        client = self._async.get(loop)
-        if client is None:
-            with self._lock:
-                for old in [old for old in self._async if old.is_closed()]:
-                    del self._async[old]  # its connections died with it
-                client = self._async[loop] = self._async_factory()
-        return client
-
-    def _startup(self) -> None:
-        """Load the scripts once and check the eviction policy; an outage here only opens the breaker."""
-        try:
-            client = self._client()
-            for script in SCRIPTS.values():
-                client.execute_command("SCRIPT", "LOAD", script.source)
-        except _ERRORS as exc:
-            error = map_error(exc, self._breaker, "open", self.where)
-            log.warning("costguard: %s; calls follow on_store_error until it answers", error)
-            return
-        try:
-            reply = client.execute_command("CONFIG", "GET", "maxmemory-policy")
-        except _ERRORS:
-            return  # managed Redis often forbids CONFIG
-        policy = config_value(reply)
-        if policy.startswith("allkeys-"):
-            log.warning(
-                "costguard: Redis at %s evicts any key under memory pressure (maxmemory-policy %s): an evicted "
-                "counter is a budget silently reset to zero. Use maxmemory-policy noeviction (writes then fail "
-                "and calls follow on_store_error), or volatile-* where other data must stay evictable (only keys "
-                "with an expiry go, idle ones first), and give Redis the memory it needs.",
-                self.options.where,
-                policy,
-            )
-
-    def _eval(self, script: Script, keys: Sequence[str], args: Sequence[str | bytes]) -> Any:
-        client = self._client()
-        try:
-            return client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        except _noscript():
-            # The server lost its script cache (restart, failover, SCRIPT FLUSH): the script didn't
-            # run, so loading it and trying once more can't count anything twice.
-            client.execute_command("SCRIPT", "LOAD", script.source)
-            return client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-
-    async def _aeval(self, script: Script, keys: Sequence[str], args: Sequence[str | bytes]) -> Any:
-        client = self._aclient()
-        try:
-            return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        except _noscript():
-            await client.execute_command("SCRIPT", "LOAD", script.source)
-            return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
     # ----------------------------------------------------------------- encoding the engine's plans
     def _reserved(self, plan: ReservePlan, reply: Sequence[int]) -> ReserveOutcome:
@@ -231,17 +105,17 @@ class RedisStore(Store):
             return self._open.get(reservation_id)
 
     # ----------------------------------------------------------------- reserve / settle
-    @_mapped
+    @mapped
     def reserve(self, plan: ReservePlan, record: AuditRecord | None) -> ReserveOutcome:
         keys, args = self.codec.reserve_call(plan, record)
         return self._reserved(plan, self._eval(SCRIPTS["reserve"], keys, args))
 
-    @_amapped
+    @amapped
     async def areserve(self, plan: ReservePlan, record: AuditRecord | None) -> ReserveOutcome:
         keys, args = self.codec.reserve_call(plan, record)
         return self._reserved(plan, await self._aeval(SCRIPTS["reserve"], keys, args))
 
-    @_mapped
+    @mapped
     def settle(
         self, reservation_id: str, actual: Mapping[Unit, int] | None, at: float, record: AuditRecord | None
     ) -> CommitOutcome:
@@ -268,7 +142,7 @@ class RedisStore(Store):
         nothing. False when the reserve got there first (it is then read again and released)."""
         return bool(self._client().execute_command("SET", key, "1", "PX", _TOMBSTONE_MS, "NX"))
 
-    @_amapped
+    @amapped
     async def asettle(
         self, reservation_id: str, actual: Mapping[Unit, int] | None, at: float, record: AuditRecord | None
     ) -> CommitOutcome:
@@ -337,7 +211,7 @@ class RedisStore(Store):
                 pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             retry = {}
             for (index, (ops, call)), reply in zip(calls.items(), pipe.execute(raise_on_error=False), strict=True):
-                if isinstance(reply, _noscript()) and attempt == 0:
+                if isinstance(reply, noscript()) and attempt == 0:
                     retry[index] = (ops, call)  # it did not run: safe to send again
                 elif isinstance(reply, Exception):
                     out[index] = map_error(reply, self._breaker, "settle_many", self.where)
@@ -349,7 +223,7 @@ class RedisStore(Store):
         return out
 
     # ----------------------------------------------------------------- counters
-    @_mapped
+    @mapped
     def totals(self, keys: Sequence[str]) -> list[int]:
         if not keys:
             return []
@@ -358,7 +232,7 @@ class RedisStore(Store):
             pipe.execute_command("HMGET", self.codec.counter(key), "c", "r")
         return [int(c or 0) + int(r or 0) for c, r in pipe.execute()]
 
-    @_mapped
+    @mapped
     def list_counters(self, buckets: Mapping[Period, str]) -> list[CounterRow]:
         if not buckets:
             return []
@@ -378,7 +252,7 @@ class RedisStore(Store):
             if meta is not None  # expired: purge trims the index
         ]
 
-    @_mapped
+    @mapped
     def purge(self, now: float) -> int:
         client = self._client()
         removed = 0
@@ -392,49 +266,34 @@ class RedisStore(Store):
                 return removed
 
     # ----------------------------------------------------------------- control (kill switches, overrides)
-    @_mapped
+    @mapped
     def control(self) -> Control:
         return self.codec.control_from(hash_reply(self._client().execute_command("HGETALL", self.codec.ctl)))
 
-    @_amapped
+    @amapped
     async def acontrol(self) -> Control:
         return self.codec.control_from(hash_reply(await self._aclient().execute_command("HGETALL", self.codec.ctl)))
 
-    @_mapped
+    @mapped
     def set_killswitch(self, state: KillSwitchState, active: bool, record: AuditRecord) -> bool:
-        value = {
-            "scope": [list(item) for item in state.scope],
-            "reason": state.reason,
-            "actor": state.actor,
-            "since": state.since,
-        }
         field = "k|" + encode_scope(dict(state.scope))
-        keys, args = self.codec.control_call("on" if active else "off", field, value, record)
+        keys, args = self.codec.control_call("on" if active else "off", field, killswitch_entry(state), record)
         return bool(self._eval(SCRIPTS["control"], keys, args))
 
-    @_mapped
+    @mapped
     def set_override(self, override: LimitOverride, clear: bool, record: AuditRecord) -> None:
-        value = {
-            "scope": [list(item) for item in override.scope],
-            "period": override.period.value,
-            "unit": override.unit.value,
-            "amount": override.amount,
-            "reason": override.reason,
-            "actor": override.actor,
-            "at": override.at,
-        }
         field = f"o|{override.scope_key}|{override.period.value}|{override.unit.value}"
-        keys, args = self.codec.control_call("del" if clear else "set", field, value, record)
+        keys, args = self.codec.control_call("del" if clear else "set", field, override_entry(override), record)
         self._eval(SCRIPTS["control"], keys, args)
 
     # ----------------------------------------------------------------- audit log
-    @_mapped
+    @mapped
     def append(self, records: Sequence[AuditRecord]) -> None:
         for start in range(0, len(records), 500):
             args = [self.codec.maxlen, *map(record_json, records[start : start + 500])]
             self._eval(SCRIPTS["append"], [self.codec.stream, self.codec.seq], args)
 
-    @_mapped
+    @mapped
     def audit(self, query: AuditQuery) -> list[AuditRecord]:
         """Newest first; filters are applied while paging back through the stream (bounded by `maxlen`)."""
         if query.limit <= 0 or (query.before_id is not None and query.before_id <= 1):
@@ -458,86 +317,28 @@ class RedisStore(Store):
             end = previous_id(text(entries[-1][0]))
 
     # ----------------------------------------------------------------- fallback cache
-    @_mapped
+    @mapped
     def cache_get(self, key: str, now: float) -> bytes | None:
         return self.codec.cache_value(self._client().execute_command("GET", self.codec.cache(key)), now)
 
-    @_amapped
+    @amapped
     async def acache_get(self, key: str, now: float) -> bytes | None:
         return self.codec.cache_value(await self._aclient().execute_command("GET", self.codec.cache(key)), now)
 
-    @_mapped
+    @mapped
     def cache_set(self, key: str, value: bytes, expires_at: float) -> None:
         payload, px = self.codec.cache_payload(value, expires_at)
         self._client().execute_command("SET", self.codec.cache(key), payload, "PX", px)
 
-    @_amapped
+    @amapped
     async def acache_set(self, key: str, value: bytes, expires_at: float) -> None:
         payload, px = self.codec.cache_payload(value, expires_at)
         await self._aclient().execute_command("SET", self.codec.cache(key), payload, "PX", px)
 
     # ----------------------------------------------------------------- lifecycle
-    async def aclose(self) -> None:
-        """Close the connections of the running event loop's client (call before the loop ends)."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            client = self._async.pop(loop, None)
-        if client is not None:
-            await client.aclose()
-
-    def close(self) -> None:
-        """Disconnect the pool; async clients are closed on their loops where those still run."""
-        with self._lock:
-            client, self._client_obj = self._client_obj, None
-            clients, self._async = self._async, {}
-        if client is not None:
-            client.close()
-        for loop, aclient in clients.items():
-            _close_on_loop(loop, aclient)
-
     @property
     def identity(self) -> str:
         return f"{self.url}#{self.namespace}"
 
     def __repr__(self) -> str:
         return f"RedisStore({self.where})"
-
-
-def _noscript() -> type[Exception]:
-    from redis.exceptions import NoScriptError
-
-    return NoScriptError
-
-
-def _close_on_loop(loop: asyncio.AbstractEventLoop, client: AsyncClient) -> None:
-    """Close an async client from sync code, as far as its loop's state allows."""
-    if loop.is_closed():
-        return  # its sockets can no longer be closed cleanly; call `await store.aclose()` before the loop ends
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop:
-        # Inside the loop's own thread we can't wait, and a task may never run (asyncio.run cancels
-        # what is left when main returns): close the sockets now where redis-py lets us.
-        if not _close_connections_now(client):
-            loop.create_task(client.aclose())  # nothing can await it from sync code
-    elif loop.is_running():
-        asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(timeout=5)
-    else:
-        loop.run_until_complete(client.aclose())
-
-
-def _close_connections_now(client: object) -> bool:
-    """Close an asyncio client's pooled connections without awaiting (redis-py's `Connection._close`)."""
-    pool = getattr(client, "connection_pool", None)
-    available = getattr(pool, "_available_connections", None)
-    in_use = getattr(pool, "_in_use_connections", None)
-    if available is None or in_use is None:
-        return False  # not a plain redis.asyncio client (a cluster client, a test double)
-    for connection in [*available, *in_use]:
-        close = getattr(connection, "_close", None)
-        if close is None:
-            return False
-        close()
-    return True
