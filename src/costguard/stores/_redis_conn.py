@@ -131,21 +131,27 @@ def parse_options(url: str, **given: object) -> RedisOptions:
     )
 
 
-def sync_client(options: RedisOptions) -> SyncClient:
-    """A client with one connection pool, socket timeouts and no retries (a re-sent EVALSHA could count twice)."""
-    from redis import Redis
+def _no_retries(options: RedisOptions, retry: type[Any]) -> dict[str, Any]:
+    """Client options for both clients: socket timeouts and no retries (a re-sent EVALSHA could count
+    twice); `retry` is the client's own `Retry` class."""
     from redis.backoff import NoBackoff
+
+    return {
+        "socket_timeout": options.timeout_s,
+        "socket_connect_timeout": options.connect_timeout_s,
+        "retry": retry(NoBackoff(), 0),
+    }
+
+
+def sync_client(options: RedisOptions) -> SyncClient:
+    """A client with one connection pool, socket timeouts and no retries."""
+    from redis import Redis
     from redis.cluster import RedisCluster
     from redis.retry import Retry
 
-    kwargs: dict[str, Any] = {
-        "socket_timeout": options.timeout_s,
-        "socket_connect_timeout": options.connect_timeout_s,
-        "retry": Retry(NoBackoff(), 0),
-    }
     if options.cluster:
-        return cast("SyncClient", RedisCluster.from_url(options.client_url, **kwargs))
-    return cast("SyncClient", Redis.from_url(options.client_url, **kwargs))
+        return cast("SyncClient", RedisCluster.from_url(options.client_url, **_no_retries(options, Retry)))
+    return cast("SyncClient", Redis.from_url(options.client_url, **_no_retries(options, Retry)))
 
 
 def async_client(options: RedisOptions) -> AsyncClient:
@@ -153,16 +159,10 @@ def async_client(options: RedisOptions) -> AsyncClient:
     from redis.asyncio import Redis
     from redis.asyncio.cluster import RedisCluster
     from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
 
-    kwargs: dict[str, Any] = {
-        "socket_timeout": options.timeout_s,
-        "socket_connect_timeout": options.connect_timeout_s,
-        "retry": Retry(NoBackoff(), 0),
-    }
     if options.cluster:
-        return cast("AsyncClient", RedisCluster.from_url(options.client_url, **kwargs))
-    client = Redis.from_url(options.client_url, **kwargs)
+        return cast("AsyncClient", RedisCluster.from_url(options.client_url, **_no_retries(options, Retry)))
+    client = Redis.from_url(options.client_url, **_no_retries(options, Retry))
     pool = client.connection_pool
     pool.connection_class = _hiredis_packing(pool.connection_class)  # connections are made on first use
     return cast("AsyncClient", client)
