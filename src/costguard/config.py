@@ -389,15 +389,9 @@ class NotifierConfig(BaseModel):
                 f"got {', '.join(names) or 'nothing'}"
             )
         for name, value in (self.model_extra or {}).items():
-            from costguard.notify.registry import BUILTIN, ENTRY_POINT_GROUP, installed
+            from costguard.notify.registry import entry_point
 
-            plugins = installed()
-            if name not in plugins:
-                known = ", ".join([*BUILTIN, *sorted(plugins)])
-                raise ValueError(
-                    f"unknown notifier {name!r}; expected one of {known} "
-                    f"(third-party notifiers register in the {ENTRY_POINT_GROUP!r} entry-point group)"
-                )
+            entry_point(name)  # ValueError naming the known notifiers when `name` is none of them
             if value is not None and not isinstance(value, dict):
                 raise ValueError(f"the {name} notifier's options must be a mapping, got {_shown(value)}")
         return self

@@ -16,7 +16,7 @@ from costguard.notify.dispatcher import (
     rate_per_minute,
 )
 
-__all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "build_notifier", "installed"]
+__all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "build_notifier", "entry_point", "installed"]
 
 ENTRY_POINT_GROUP = "costguard.notifiers"
 BUILTIN = ("slack", "pagerduty", "webhook", "log")
@@ -25,6 +25,18 @@ BUILTIN = ("slack", "pagerduty", "webhook", "log")
 def installed() -> dict[str, Any]:
     """Third-party notifiers: entry-point name → entry point."""
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def entry_point(kind: str) -> Any:
+    """The installed entry point named `kind`; `ValueError` listing every known notifier when there is none."""
+    plugins = installed()
+    if kind not in plugins:
+        known = ", ".join([*BUILTIN, *sorted(plugins)])
+        raise ValueError(
+            f"unknown notifier {kind!r}; expected one of {known} "
+            f"(third-party notifiers register in the {ENTRY_POINT_GROUP!r} entry-point group)"
+        )
+    return plugins[kind]
 
 
 class _Plugin:
@@ -64,14 +76,7 @@ def build_notifier(kind: str, options: Mapping[str, Any]) -> Notifier:
         from costguard.notify.log import LogNotifier
 
         return LogNotifier(**options)
-    plugins = installed()
-    if kind not in plugins:
-        known = ", ".join([*BUILTIN, *sorted(plugins)])
-        raise ValueError(
-            f"unknown notifier {kind!r}; expected one of {known} "
-            f"(third-party notifiers register in the {ENTRY_POINT_GROUP!r} entry-point group)"
-        )
-    factory = plugins[kind].load()
+    factory = entry_point(kind).load()
     on = options.pop("on", None)
     attempts = int(options.pop("attempts", DEFAULT_ATTEMPTS))
     max_delay_s = float(options.pop("max_delay_s", DEFAULT_MAX_DELAY_S))
