@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import costguard
 from costguard import BudgetExceeded, ConfigError, Guard
+from costguard._config import load_settings
 from costguard.config import Config, load_config
 from costguard.fallback import Cached, Static
 from costguard.model import Ceiling, Limit, Period, Unit
-from costguard.testing import FakeClock
+from costguard.testing import FakeClock, RecordingNotifier
 
 # The design's section 1 sample without its `notifiers:` and `admin:` blocks (store swapped for a test one).
 SAMPLE = """\
@@ -938,3 +943,187 @@ def test_an_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="expands to more than 100,000 values"):
         load_config(path)
     assert time.monotonic() - started < 5.0
+
+
+# --------------------------------------------------------------------------- layers: the config below the guard
+
+PACKAGE = Path(costguard.__file__).parent
+ABOVE_THE_CONFIG = ("costguard.guard", "costguard.config")
+
+# The sample with a notifier and an admin block: every section `settings()` turns into something.
+FULL = (
+    SAMPLE.format(store="memory://")
+    + """\
+notifiers:
+  - log: {level: INFO}
+admin:
+  max_limit_usd: 5000
+  tokens:
+    - {name: ops, token: "0123456789abcdef", role: admin}
+labels: [team, run]
+outage_allowance_usd: 2.5
+store_timeout_ms: 300
+pricing:
+  models: {my-model: {input_per_mtok: 1.5}}
+"""
+)
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the package by dotted name."""
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path], *, type_checking: bool) -> set[str]:
+    """The package's modules `name` imports, function-level imports and parent packages included, the top
+    package left out (every submodule's import runs it); `if TYPE_CHECKING:` blocks only if `type_checking`."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped: set[int] = set()
+    if not type_checking:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                skipped.update(id(inner) for part in node.body for inner in ast.walk(part))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0 and node.module, f"{name}: a relative import"  # the package imports absolutely
+            base = node.module
+            found.update(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names)
+    with_parents = {".".join(m.split(".")[:n]) for m in found for n in range(2, m.count(".") + 2)}
+    return {m for m in with_parents if m in modules and m != name}
+
+
+def _reachable(start: str) -> dict[str, str | None]:
+    """Modules `start` imports at run time, directly or through others: module -> the one importing it.
+    `start`'s own package is read with its `if TYPE_CHECKING:` imports too."""
+    modules = _modules()
+    own = start + "."
+    seen: dict[str, str | None] = {m: None for m in modules if m == start or m.startswith(own)}
+    todo = list(seen)
+    while todo:
+        name = todo.pop()
+        inside = name == start or name.startswith(own)
+        for imported in _imports(name, modules[name], modules, type_checking=inside):
+            if imported not in seen:
+                seen[imported] = name
+                todo.append(imported)
+    return seen
+
+
+def _chain(reached: dict[str, str | None], name: str) -> str:
+    out = [name]
+    while (before := reached[out[-1]]) is not None:
+        out.append(before)
+    return " <- ".join(out)
+
+
+def test_the_config_layer_never_imports_the_guard_nor_the_public_config() -> None:
+    reached = _reachable("costguard._config")
+    assert {"costguard._config.schema", "costguard._config.document", "costguard.settings"} <= set(reached)
+    for name in ABOVE_THE_CONFIG:
+        assert name not in reached, _chain(reached, name)
+    # the walk does see imports: the public module sits on the guard, and the guard never reads it
+    assert "costguard.guard" in _reachable("costguard.config")
+    guard = _reachable("costguard.guard")
+    assert "costguard._config" in guard
+    assert "costguard.config" not in guard, _chain(guard, "costguard.config")
+
+
+def test_settings_load_without_importing_the_guard(tmp_path: Path) -> None:
+    """At run time too: with the package's `__init__` (which imports the guard) left out, the config layer
+    loads a file into `GuardSettings` and neither `costguard.guard` nor `costguard.config` is imported."""
+    path = write(tmp_path, FULL)
+    script = textwrap.dedent(
+        """\
+        import sys, types
+
+        package = types.ModuleType("costguard")
+        package.__path__ = [sys.argv[1]]
+        sys.modules["costguard"] = package  # the submodules alone: the package's __init__ imports the guard
+
+        from costguard._config import load_settings
+
+        settings = load_settings(sys.argv[2], env={})
+        loaded = sorted(name for name in sys.modules if name in ("costguard.guard", "costguard.config"))
+        print(type(settings).__name__, len(settings.ceilings), len(settings.features), len(settings.notifiers), loaded)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(PACKAGE), str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["GuardSettings", "9", "3", "1", "[]"], done.stdout
+
+
+def _described(guard: Guard) -> dict[str, Any]:
+    """What a guard was built with, comparable across two builds (fallbacks and notifiers by kind)."""
+    return {
+        "ceilings": guard.ceilings,
+        "features": {
+            name: (
+                type(f.fallback).__name__,
+                getattr(f.fallback, "value", None),
+                getattr(f.fallback, "ttl_s", None),
+                f.estimate_usd,
+                f.degrade_at,
+                f.learn,
+            )
+            for name, f in guard.features.items()
+        },
+        "notifiers": [type(n).__name__ for n in guard.notifiers],
+        "admin": guard.admin,
+        "store": type(guard.store).__name__,
+        "tz": guard.tz,
+        "thresholds": guard.thresholds,
+        "pricing": guard.pricing,
+        "killswitch": (guard.killswitch_cache_s, guard.exempt_features, guard.exempt_paths),
+        "limits": (guard.max_label_length, guard.deadline_s, guard.outage_allowance, guard.declared_labels),
+    }
+
+
+def test_from_yaml_and_load_config_build_the_same_guard(tmp_path: Path, guards: list[Guard]) -> None:
+    path = write(tmp_path, FULL)
+    mine = RecordingNotifier()
+    by_guard = Guard.from_yaml(path, notifiers=[mine], clock=FakeClock())
+    guards.append(by_guard)
+    by_config = load_config(path).build(notifiers=[mine], clock=FakeClock())
+    guards.append(by_config)
+    assert _described(by_guard) == _described(by_config)
+    assert by_guard.notifiers[0] is mine  # the caller's notifiers come before the file's
+    assert [type(n).__name__ for n in by_guard.notifiers[1:]] == ["LogNotifier"]
+    assert by_guard.admin.max_limit_usd == 5_000_000_000
+    assert [t.name for t in by_guard.admin.tokens] == ["ops"]
+    assert isinstance(by_guard.features["support_agent"].fallback, Static)
+    assert isinstance(by_guard.features["doc_search"].fallback, Cached)
+
+    settings = load_settings(path)
+    assert tuple(settings.ceilings) == by_guard.ceilings
+    assert len(settings.notifiers) == 1
+    assert settings.admin == by_guard.admin
+    assert settings.store_options == {"timeout_ms": 300.0}
+    assert load_config(path).config.settings().ceilings == settings.ceilings
+
+
+def test_load_settings_names_the_file_key_path_and_line(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        store: memory://
+        features:
+          f: {monthly_usd: 1}
+        ceilings:
+          - match: {feature: f}
+            daily_usd: 1
+        """,
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert_names(info.value, path, "ceilings[0]", "same match as features.f", 5)

@@ -135,9 +135,9 @@ class Guard:
         cls, path: str | Path, *, notifiers: Iterable[Notifier] = (), clock: Callable[[], float] | None = None
     ) -> Guard:
         """Build a guard from a YAML file; a bad file raises `ConfigError` naming the key path."""
-        from costguard.config import load_config
+        from costguard._config import load_settings
 
-        return load_config(path).build(notifiers=notifiers, clock=clock)
+        return cls.from_settings(load_settings(path), notifiers=notifiers, clock=clock)
 
     @classmethod
     def from_settings(

@@ -1,6 +1,6 @@
 """Settings: what a `Guard` is built from — per-feature behaviour and the guard's own options.
 
-`costguard.config` turns a YAML file into a `GuardSettings`; `Guard.from_settings` builds from it.
+`costguard._config` turns a YAML file into a `GuardSettings`; `Guard.from_settings` builds from it.
 Nothing here opens a store or knows the `Guard`.
 """
 
