@@ -3,8 +3,6 @@ reserve and settle (one `BEGIN IMMEDIATE` each; the file lock serializes writers
 and `settle_many`'s batch on both databases (three statements on PostgreSQL).
 """
 
-# ruff: noqa: S608 - raw statements name tables by the validated prefix; every value is a bound parameter
-
 from __future__ import annotations
 
 import json

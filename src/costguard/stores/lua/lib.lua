@@ -27,7 +27,7 @@ local function fired_text(set)
   return table.concat(list, ',')
 end
 
--- engine._fired_entries: threshold name -> {entry, limit it fired at}
+-- engine/crossings.py _fired_entries: threshold name -> {entry, limit it fired at}
 local function fired_entries(set)
   local out = {}
   for entry in pairs(set) do
