@@ -7,6 +7,7 @@ background worker and never hold up a call.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from costguard.errors import StoreError
 from costguard.reporting import Reporter
@@ -16,13 +17,13 @@ from costguard.stores.base import Store
 __all__ = ["StoreCache"]
 
 
+@dataclass(eq=False, repr=False)
 class StoreCache:
     """`read` (steps, so sync and async callers share it) and `write_later` on a guard's store."""
 
-    def __init__(self, store: Store, reporter: Reporter, clock: Callable[[], float]) -> None:
-        self.store = store
-        self.reporter = reporter
-        self.clock = clock
+    store: Store
+    reporter: Reporter
+    clock: Callable[[], float]
 
     def read(self, key: str) -> Steps[bytes | None]:
         """Steps: the value under `key`, or None when there is none, it expired, or the store failed."""

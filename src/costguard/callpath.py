@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import tzinfo
 
 from costguard import deadline as dl
@@ -48,46 +49,31 @@ _ALLOWANCE_CAP = 1_000_000
 _ALLOWANCE_SHARE = 100
 
 
+@dataclass(eq=False, kw_only=True, repr=False)
 class CallPath:
     """Reserves for guarded calls and answers `check`; one per guard."""
 
-    def __init__(
-        self,
-        store: Store,
-        *,
-        control: ControlView,
-        estimates: Estimates,
-        settler: Settler,
-        settlement: Settlement,
-        reporter: Reporter,
-        cache: StoreCache,
-        features: Mapping[str, FeatureSettings],
-        tz: tzinfo,
-        thresholds: tuple[float, ...],
-        on_store_error: StoreErrorPolicy,
-        max_label_length: int,
-        deadline_s: float,
-        outage_allowance: int | None,
-        clock: Callable[[], float],
-    ) -> None:
-        self.store = store
-        self.control = control
-        self.estimates = estimates
-        self.settler = settler
-        self.settlement = settlement
-        self.reporter = reporter
-        self.cache = cache
-        self.features = features
-        self.tz = tz
-        self.thresholds = thresholds
-        self.on_store_error: StoreErrorPolicy = on_store_error
-        self.max_label_length = max_label_length
-        self.deadline_s = deadline_s
-        self.outage_allowance = outage_allowance
-        self.clock = clock
-        self.plans = engine.PlanCache()
-        self._last_purge = clock()
-        self._next_orphan_scan = 0.0
+    store: Store
+    control: ControlView
+    estimates: Estimates
+    settler: Settler
+    settlement: Settlement
+    reporter: Reporter
+    cache: StoreCache
+    features: Mapping[str, FeatureSettings]
+    tz: tzinfo
+    thresholds: tuple[float, ...]
+    on_store_error: StoreErrorPolicy
+    max_label_length: int
+    deadline_s: float
+    outage_allowance: int | None
+    clock: Callable[[], float]
+    plans: engine.PlanCache = field(default_factory=engine.PlanCache, init=False)
+    _last_purge: float = field(default=0.0, init=False)
+    _next_orphan_scan: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        self._last_purge = self.clock()
 
     @property
     def pricing(self) -> Pricing:

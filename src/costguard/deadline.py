@@ -110,64 +110,60 @@ def _retrying_options(deadline: Deadline) -> dict[str, object]:
     }
 
 
+class _Marking:
+    """Inside it, an attempt that times out marks the deadline's outcome unknown."""
+
+    __slots__ = ("deadline",)
+
+    def __init__(self, deadline: Deadline) -> None:
+        self.deadline = deadline
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if kind is not None and issubclass(kind, StoreTimeout):
+            self.deadline.unknown = True
+
+
+def _first_failed(exc: StoreUnavailable, deadline: Deadline) -> StoreUnavailable:
+    """The first attempt failed: raise it when no time is left, else hand it to the rule."""
+    if deadline.remaining() <= 0:
+        raise exc
+    return exc
+
+
+@contextmanager
+def _replayed(first: StoreUnavailable, number: int) -> Iterator[None]:
+    """Attempt 1 is the one already made: raise its error again so the rule judges it."""
+    if number == 1:
+        raise first
+    yield
+
+
 def call(fn: Callable[[], T], deadline: Deadline) -> T:
     """`fn()` within `deadline`, asking again as the rule says; raises the last `StoreError`."""
-    token = _current.set(deadline)
     try:
-        return fn()  # the common case: one attempt, no retry machinery at all
+        with bounded(deadline), _Marking(deadline):
+            return fn()  # the common case: one attempt, no retry machinery at all
     except StoreUnavailable as exc:
-        if isinstance(exc, StoreTimeout):
-            deadline.unknown = True
-        if deadline.remaining() <= 0:
-            raise
-        first = exc
-    finally:
-        _current.reset(token)
-    return _again(fn, deadline, first)
-
-
-def _again(fn: Callable[[], T], deadline: Deadline, first: StoreUnavailable) -> T:
-    def once() -> T:
-        try:
-            return fn()
-        except StoreTimeout:
-            deadline.unknown = True
-            raise
-
+        first = _first_failed(exc, deadline)
     with bounded(deadline):
         for attempt in Retrying(**_retrying_options(deadline)):  # type: ignore[arg-type]
-            with attempt:
-                if attempt.retry_state.attempt_number == 1:
-                    raise first  # the attempt already made: let the rule judge it
-                return once()
+            with attempt, _replayed(first, attempt.retry_state.attempt_number), _Marking(deadline):
+                return fn()
     raise AssertionError("unreachable")  # pragma: no cover - tenacity returns or raises
 
 
 async def acall(fn: Callable[[], Awaitable[T]], deadline: Deadline) -> T:
     """Async `call`: backoff sleeps never block the event loop."""
-    token = _current.set(deadline)
     try:
-        return await fn()
-    except StoreUnavailable as exc:
-        if isinstance(exc, StoreTimeout):
-            deadline.unknown = True
-        if deadline.remaining() <= 0:
-            raise
-        first = exc
-    finally:
-        _current.reset(token)
-
-    async def once() -> T:
-        try:
+        with bounded(deadline), _Marking(deadline):
             return await fn()
-        except StoreTimeout:
-            deadline.unknown = True
-            raise
-
+    except StoreUnavailable as exc:
+        first = _first_failed(exc, deadline)
     with bounded(deadline):
         async for attempt in AsyncRetrying(**_retrying_options(deadline)):  # type: ignore[arg-type]
-            with attempt:
-                if attempt.retry_state.attempt_number == 1:
-                    raise first
-                return await once()
+            with attempt, _replayed(first, attempt.retry_state.attempt_number), _Marking(deadline):
+                return await fn()
     raise AssertionError("unreachable")  # pragma: no cover

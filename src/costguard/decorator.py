@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from typing_extensions import Unpack
+
 from costguard.defaults import default_guard
-from costguard.guarded import Decorated, EstimateSpec, LabelsSpec, decorate
-from costguard.pricing import CostSpec
+from costguard.guarded import Decorated, GuardOptions, decorate
 
 if TYPE_CHECKING:
     from costguard.callpath import CallPath
@@ -18,17 +19,7 @@ __all__ = ["Decorated", "with_kill_switch"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def with_kill_switch(
-    feature: str,
-    *,
-    fallback: Any = None,
-    estimate: EstimateSpec = None,
-    estimate_tokens: int | Callable[..., int] | None = None,
-    cost: CostSpec = None,
-    labels: LabelsSpec = None,
-    degrade: Callable[..., Any] | None = None,
-    guard: Guard | None = None,
-) -> Callable[[F], F]:
+def with_kill_switch(feature: str, *, guard: Guard | None = None, **options: Unpack[GuardOptions]) -> Callable[[F], F]:
     """Guard `fn` as `feature`: kill switch, atomic reservation, fallback when denied, cost recorded after.
 
     `fallback`: a value (static), a callable (called with the same arguments), or a
@@ -43,13 +34,4 @@ def with_kill_switch(
     def resolve() -> CallPath:
         return (guard if guard is not None else default_guard()).calls
 
-    return decorate(
-        feature,
-        resolve,
-        fallback=fallback,
-        estimate=estimate,
-        estimate_tokens=estimate_tokens,
-        cost=cost,
-        labels=labels,
-        degrade=degrade,
-    )
+    return decorate(feature, resolve, **options)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from costguard.errors import StoreError
 from costguard.estimators import LearnedEstimator
@@ -24,15 +25,15 @@ log = logging.getLogger("costguard")
 _LEARNED_KEEP_S = 30 * 86400
 
 
+@dataclass(eq=False, repr=False)
 class Estimates:
     """The amounts a call reserves, and the learned estimators behind `estimator: learned`."""
 
-    def __init__(self, store: Store, reporter: Reporter, clock: Callable[[], float]) -> None:
-        self.store = store
-        self.reporter = reporter
-        self.clock = clock
-        self._learners: dict[str, LearnedEstimator] = {}
-        self._lock = threading.Lock()
+    store: Store
+    reporter: Reporter
+    clock: Callable[[], float]
+    _learners: dict[str, LearnedEstimator] = field(default_factory=dict, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def amounts(
         self, feature: str, settings: FeatureSettings, estimate_usd: Money | None, estimate_tokens: int | None

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from typing_extensions import Unpack
+
 from costguard import deadline as dl
 from costguard.decision import Decision
 from costguard.events import AuditQuery, AuditRecord
 from costguard.forecast import Forecast
-from costguard.guarded import Decorated, decorate
+from costguard.guarded import Decorated, GuardOptions, decorate
 from costguard.limits import limit_amount
 from costguard.model import (
     DEFAULT_MAX_LABEL_LENGTH,
@@ -186,7 +188,9 @@ class Guard:
         """Would a call be allowed now? Reads only; reserves nothing."""
         return run(self.calls.check(feature, labels, estimate_usd, estimate_tokens))
 
-    def with_kill_switch(self, feature: str, **options: Any) -> Callable[[Callable[..., Any]], Decorated]:
+    def with_kill_switch(
+        self, feature: str, **options: Unpack[GuardOptions]
+    ) -> Callable[[Callable[..., Any]], Decorated]:
         """Guard a function (sync or async) as `feature`; see `costguard.with_kill_switch`."""
         return decorate(feature, lambda: self.calls, **options)
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, cast
+from typing import Any, TypedDict, TypeVar, cast
+
+from typing_extensions import Unpack
 
 from costguard import current as _ctx
 from costguard.callpath import CallPath
@@ -21,7 +23,7 @@ from costguard.pricing import CostSpec, resolve_cost
 from costguard.reservation import Reservation
 from costguard.steps import Io, Steps, arun, run
 
-__all__ = ["Decorated", "decorate", "invoke"]
+__all__ = ["Decorated", "GuardOptions", "decorate", "invoke"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 Decorated = Callable[..., Any]
@@ -29,6 +31,19 @@ LabelsSpec = Mapping[str, object] | Callable[..., Mapping[str, object]] | None
 EstimateSpec = Money | Callable[..., Money] | None
 # What a successful call settles: (value returned to the caller, (USD micro-dollars, tokens) to commit,
 # or None when something else settles later — a stream, when it ends).
+
+
+class GuardOptions(TypedDict, total=False):
+    """How `with_kill_switch` guards a function (see its docstring for each option)."""
+
+    fallback: Any
+    estimate: EstimateSpec
+    estimate_tokens: int | Callable[..., int] | None
+    cost: CostSpec
+    labels: LabelsSpec
+    degrade: Callable[..., Any] | None
+
+
 Finish = Callable[[Reservation, Any], tuple[Any, tuple[int | None, int | None] | None]]
 
 
@@ -72,21 +87,16 @@ def invoke(
     return value
 
 
-def decorate(
-    feature: str,
-    resolve: Callable[[], CallPath],
-    *,
-    fallback: Any = None,
-    estimate: EstimateSpec = None,
-    estimate_tokens: int | Callable[..., int] | None = None,
-    cost: CostSpec = None,
-    labels: LabelsSpec = None,
-    degrade: Callable[..., Any] | None = None,
-) -> Callable[[F], F]:
+def decorate(feature: str, resolve: Callable[[], CallPath], **options: Unpack[GuardOptions]) -> Callable[[F], F]:
     """Guard functions as `feature` on the call path `resolve()` gives at call time; see `with_kill_switch`."""
     if not isinstance(feature, str) or not feature:
         raise ValueError("with_kill_switch needs a feature name, e.g. @with_kill_switch('support_agent')")
-    explicit = as_fallback(fallback)
+    unknown = sorted(set(options) - set(GuardOptions.__annotations__))
+    if unknown:
+        raise TypeError(f"with_kill_switch got unexpected option(s) {', '.join(unknown)}")
+    explicit = as_fallback(options.get("fallback"))
+    estimate, estimate_tokens = options.get("estimate"), options.get("estimate_tokens")
+    cost, labels, degrade = options.get("cost"), options.get("labels"), options.get("degrade")
 
     def wrap(fn: F) -> F:
         def steps(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Steps[Any]:

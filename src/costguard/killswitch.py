@@ -49,27 +49,19 @@ class KillSwitchStatus:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""
         return {
-            "active": [
-                {
-                    "scope": dict(s.scope),
-                    "reason": s.reason,
-                    "actor": s.actor,
-                    "since": datetime.fromtimestamp(s.since, timezone.utc).isoformat(),
-                }
-                for s in self.active
-            ],
+            "active": [s.to_dict() for s in self.active],
             "history": [r.to_dict() for r in self.history],
         }
 
 
+@dataclass(eq=False, repr=False)
 class KillSwitch:
     """`guard.killswitch`: activate, deactivate, status. Changes reach every process within `cache_ms`."""
 
-    def __init__(self, store: Store, control: ControlView, reporter: Reporter, clock: Callable[[], float]) -> None:
-        self.store = store
-        self.control = control
-        self.reporter = reporter
-        self.clock = clock
+    store: Store
+    control: ControlView
+    reporter: Reporter
+    clock: Callable[[], float]
 
     def activate(self, reason: str, actor: str | None = None, scope: Scope = None) -> bool:
         """Stop every guarded call in `scope` (None = everything); returns False if it was already on."""

@@ -8,6 +8,7 @@ new value, reason, actor) and announced as a `limit_changed` event.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from costguard import engine
@@ -32,23 +33,15 @@ def limit_amount(usd: Money | None, calls: int | None, tokens: int | None) -> tu
     return unit, check_count(value, what=unit.value)
 
 
+@dataclass(eq=False, kw_only=True, repr=False)
 class Limits:
     """Set, clear and read run-time limits of one guard."""
 
-    def __init__(
-        self,
-        store: Store,
-        control: ControlView,
-        reporter: Reporter,
-        *,
-        clock: Callable[[], float],
-        max_label_length: int,
-    ) -> None:
-        self.store = store
-        self.control = control
-        self.reporter = reporter
-        self.clock = clock
-        self.max_label_length = max_label_length
+    store: Store
+    control: ControlView
+    reporter: Reporter
+    clock: Callable[[], float]
+    max_label_length: int
 
     def change(
         self,

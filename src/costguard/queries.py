@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 
 from costguard import deadline as dl
@@ -23,27 +24,17 @@ __all__ = ["Queries"]
 _Seen = set[tuple[str, tuple[tuple[str, str], ...], Period, Unit]]
 
 
+@dataclass(eq=False, kw_only=True, repr=False)
 class Queries:
     """Read-only views of one guard's store."""
 
-    def __init__(
-        self,
-        store: Store,
-        control: ControlView,
-        settlement: Settlement,
-        reporter: Reporter,
-        *,
-        tz: tzinfo,
-        clock: Callable[[], float],
-        deadline_s: float,
-    ) -> None:
-        self.store = store
-        self.control = control
-        self.settlement = settlement
-        self.reporter = reporter
-        self.tz = tz
-        self.clock = clock
-        self.deadline_s = deadline_s
+    store: Store
+    control: ControlView
+    settlement: Settlement
+    reporter: Reporter
+    tz: tzinfo
+    clock: Callable[[], float]
+    deadline_s: float
 
     def status(self, wanted_labels: dict[str, str | None]) -> Status:
         """Spend against every ceiling in its current period whose labels match `wanted_labels`."""

@@ -8,6 +8,7 @@ settler, so settling never goes back through the `Guard`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from costguard import deadline as dl
 from costguard.engine import CommitOutcome
@@ -24,29 +25,18 @@ from costguard.steps import Io, Steps
 __all__ = ["Settler"]
 
 
+@dataclass(eq=False, kw_only=True, repr=False)
 class Settler:
     """Settles reservations of one guard."""
 
-    def __init__(
-        self,
-        settlement: Settlement,
-        estimates: Estimates,
-        reporter: Reporter,
-        *,
-        pricing: Pricing,
-        clock: Callable[[], float],
-        commit_mode: CommitMode,
-        on_call_error: CallErrorPolicy,
-        deadline_s: float,
-    ) -> None:
-        self.settlement = settlement
-        self.estimates = estimates
-        self.reporter = reporter
-        self.pricing = pricing
-        self.clock = clock
-        self.commit_mode: CommitMode = commit_mode
-        self.on_call_error: CallErrorPolicy = on_call_error
-        self.deadline_s = deadline_s
+    settlement: Settlement
+    estimates: Estimates
+    reporter: Reporter
+    pricing: Pricing
+    clock: Callable[[], float]
+    commit_mode: CommitMode
+    on_call_error: CallErrorPolicy
+    deadline_s: float
 
     def commit(self, reservation: Reservation, usd_micros: int | None, tokens: int | None) -> Steps[None]:
         """Steps: record the actual cost (None: the estimate) plus what the call `charge()`d."""

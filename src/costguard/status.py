@@ -100,13 +100,5 @@ class Status:
             "unrecorded_usd": self.unrecorded_usd,
             "spooled": self.spooled,
             "ceilings": [c.to_dict() for c in self.ceilings],
-            "killswitches": [
-                {
-                    "scope": dict(s.scope),
-                    "reason": s.reason,
-                    "actor": s.actor,
-                    "since": datetime.fromtimestamp(s.since, timezone.utc).isoformat(),
-                }
-                for s in self.killswitches
-            ],
+            "killswitches": [s.to_dict() for s in self.killswitches],
         }

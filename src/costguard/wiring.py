@@ -108,9 +108,9 @@ def wire(
     )
     estimates = Estimates(store, reporter, clock)
     settler = Settler(
-        settlement,
-        estimates,
-        reporter,
+        settlement=settlement,
+        estimates=estimates,
+        reporter=reporter,
         pricing=o.pricing,
         clock=clock,
         commit_mode=o.commit_mode,
@@ -118,7 +118,7 @@ def wire(
         deadline_s=deadline_s,
     )
     calls = CallPath(
-        store,
+        store=store,
         control=control,
         estimates=estimates,
         settler=settler,
@@ -135,15 +135,23 @@ def wire(
         clock=clock,
     )
     return Parts(
-        reporter=reporter,
-        settlement=settlement,
-        control=control,
-        estimates=estimates,
-        settler=settler,
-        calls=calls,
-        killswitch=KillSwitch(store, control, reporter, clock),
-        limits=Limits(store, control, reporter, clock=clock, max_label_length=o.max_label_length),
-        queries=Queries(store, control, settlement, reporter, tz=o.tz, clock=clock, deadline_s=deadline_s),
+        reporter,
+        settlement,
+        control,
+        estimates,
+        settler,
+        calls,
+        KillSwitch(store, control, reporter, clock),
+        Limits(store=store, control=control, reporter=reporter, clock=clock, max_label_length=o.max_label_length),
+        Queries(
+            store=store,
+            control=control,
+            settlement=settlement,
+            reporter=reporter,
+            tz=o.tz,
+            clock=clock,
+            deadline_s=deadline_s,
+        ),
     )
 
 

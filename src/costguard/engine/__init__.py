@@ -17,7 +17,7 @@ package re-exports the names the guard, the stores and the tests use:
 from __future__ import annotations
 
 from costguard.engine.cache import PlanCache
-from costguard.engine.counters import CounterOp, ReservePlan, all_expired, force, op_from_json, op_to_json
+from costguard.engine.counters import CounterId, CounterOp, ReservePlan, all_expired, force, op_from_json, op_to_json
 from costguard.engine.crossings import (
     CLEARED,
     Crossing,
@@ -57,6 +57,7 @@ __all__ = [
     "HISTORY_PREFIX",
     "INSTANCES_PREFIX",
     "CommitOutcome",
+    "CounterId",
     "CounterOp",
     "Crossing",
     "LimitOverride",

@@ -8,12 +8,12 @@ from dataclasses import dataclass, replace
 
 from costguard.model import Period, Unit, micros_to_usd
 
-__all__ = ["CounterOp", "ReservePlan", "all_expired", "force", "op_from_json", "op_to_json"]
+__all__ = ["CounterId", "CounterOp", "ReservePlan", "all_expired", "force", "op_from_json", "op_to_json"]
 
 
 @dataclass(frozen=True)
-class CounterOp:
-    """One counter a reservation touches, with everything a store needs to check and update it."""
+class CounterId:
+    """Which counter: its store key, and the ceiling, scope, period, unit and bucket it counts."""
 
     key: str
     ceiling_id: str
@@ -21,6 +21,12 @@ class CounterOp:
     period: Period
     unit: Unit
     bucket: str
+
+
+@dataclass(frozen=True)
+class CounterOp(CounterId):
+    """One counter a reservation touches, with everything a store needs to check and update it."""
+
     amount: int
     limit: int
     hard: bool

@@ -7,10 +7,11 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from costguard.engine import CommitOutcome, LimitOverride, ReserveOutcome, ReservePlan
+from costguard.engine import CommitOutcome, CounterId, LimitOverride, ReserveOutcome, ReservePlan
 from costguard.errors import StoreError
 from costguard.events import AuditQuery, AuditRecord
 from costguard.model import Period, Unit
@@ -44,6 +45,11 @@ class KillSwitchState:
     reason: str
     actor: str | None
     since: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view (`since` as ISO 8601 UTC)."""
+        since = datetime.fromtimestamp(self.since, timezone.utc).isoformat()
+        return {"scope": dict(self.scope), "reason": self.reason, "actor": self.actor, "since": since}
 
 
 @dataclass(frozen=True)
@@ -101,15 +107,9 @@ def override_entry(override: LimitOverride) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class CounterRow:
+class CounterRow(CounterId):
     """A stored counter as status reports it."""
 
-    key: str
-    ceiling_id: str
-    scope: tuple[tuple[str, str], ...]
-    period: Period
-    unit: Unit
-    bucket: str
     committed: int
     reserved: int
 
