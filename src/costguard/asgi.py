@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from costguard import _web
+from costguard._web_options import WebOptions
 from costguard.current import context
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class CostGuardMiddleware:
+class CostGuardMiddleware(WebOptions):
     """Per HTTP request: labels in the context, the kill switch before the app, `Blocked` → 429/503 JSON.
 
     The customer is `customer_from(scope)` when given — the documented way: who is signed in, not what
@@ -44,30 +45,15 @@ class CostGuardMiddleware:
         missing_customer: _web.MissingCustomer = "anonymous",
     ) -> None:
         self.app = app
-        self.customer_header = customer_header
-        self.labels = labels
-        self.customer_from = customer_from
-        self.missing_customer = _web.check_missing_customer(missing_customer)
-        self._guard = _web.GuardRef(guard)
+        super().__init__(guard, customer_header, labels, customer_from, missing_customer)
         self._header = customer_header.lower().encode("latin-1")
-
-    @property
-    def guard(self) -> Guard:
-        """The guard this middleware enforces (the default is loaded on first access)."""
-        return self._guard.get()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         guard = self._guard.get()
-        request = _web.Request(
-            scope.get("path", ""),
-            self._customer(scope),
-            self.labels(scope) if self.labels is not None else None,
-            self.missing_customer,
-            self.customer_header,
-        )
+        request = self._read(scope.get("path", ""), scope, lambda: self._header_value(scope))
         labels, reply = await request.agate(guard)
         if reply is not None:
             await _send_reply(send, reply)
@@ -97,12 +83,10 @@ class CostGuardMiddleware:
             if not state["ended"]:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    def _customer(self, scope: Scope) -> str | None:
-        if self.customer_from is not None:
-            return self.customer_from(scope)
+    def _header_value(self, scope: Scope) -> bytes | None:
         for name, value in scope.get("headers", ()):
             if name.lower() == self._header:
-                return _web.header_text(bytes(value))
+                return bytes(value)
         return None
 
 

@@ -27,6 +27,7 @@ except ImportError as exc:
     raise ImportError(f'costguard.django needs Django: pip install "costguard-ai[django]" ({exc})') from exc
 
 from costguard import _web
+from costguard._web_options import WebOptions
 
 if TYPE_CHECKING:
     from costguard.guard import Guard
@@ -38,7 +39,7 @@ _guards: dict[Path, Guard] = {}
 _guards_lock = threading.Lock()
 
 
-class CostGuardMiddleware:
+class CostGuardMiddleware(WebOptions):
     """Add `"costguard.django.CostGuardMiddleware"` to `MIDDLEWARE` (after security/session middleware)."""
 
     sync_capable = True
@@ -50,17 +51,15 @@ class CostGuardMiddleware:
         if self._async:
             markcoroutinefunction(self)
         options = _options()
-        self.customer_header: str = options.get("customer_header", _web.CUSTOMER_HEADER)
-        self.labels = _labels_fn(options.get("labels"), "labels")
-        self.customer_from = _labels_fn(options.get("customer_from"), "customer_from")
-        self.missing_customer: _web.MissingCustomer = options.get("missing_customer", "anonymous")
         config = options.get("config")
-        self._guard = _web.GuardRef(None, load=None if config is None else lambda: _guard_for(config))
-
-    @property
-    def guard(self) -> Guard:
-        """The guard this middleware enforces (loaded on first access)."""
-        return self._guard.get()
+        super().__init__(
+            None,
+            options.get("customer_header", _web.CUSTOMER_HEADER),
+            _labels_fn(options.get("labels"), "labels"),
+            _labels_fn(options.get("customer_from"), "customer_from"),
+            options.get("missing_customer", "anonymous"),
+            load=None if config is None else lambda: _guard_for(config),
+        )
 
     def __call__(self, request: Any) -> Any:
         if self._async:
@@ -97,18 +96,7 @@ class CostGuardMiddleware:
         return _response(_web.blocked_reply(self._guard.get(), blocked))
 
     def _request(self, request: Any) -> _web.Request:
-        customer: Any = (
-            self.customer_from(request)
-            if self.customer_from is not None
-            else _web.header_text(request.headers.get(self.customer_header))
-        )
-        return _web.Request(
-            request.path,
-            customer,
-            self.labels(request) if self.labels is not None else None,
-            self.missing_customer,
-            self.customer_header,
-        )
+        return self._read(request.path, request, lambda: request.headers.get(self.customer_header))
 
 
 def _options() -> Mapping[str, Any]:

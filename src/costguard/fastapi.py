@@ -11,6 +11,7 @@ except ImportError as exc:
     raise ImportError(f'costguard.fastapi needs FastAPI: pip install "costguard-ai[fastapi]" ({exc})') from exc
 
 from costguard import _web
+from costguard._web_options import WebOptions
 from costguard.errors import Blocked, LabelError
 from costguard.model import Money
 
@@ -46,20 +47,17 @@ def guarded(
     """
     if not isinstance(feature, str) or not feature:
         raise ValueError("guarded needs a feature name, e.g. Depends(guarded('chat'))")
-    _web.check_missing_customer(missing_customer)
-    default = _web.GuardRef(guard)
+    options = WebOptions(guard, customer_header, labels, customer_from, missing_customer)
 
     async def reserve_for_route(request: Request) -> AsyncIterator[Reservation]:
         behind_middleware: Guard | None = request.scope.get(_web.SCOPE_KEY)
-        chosen = guard or behind_middleware or default.get()
+        chosen = guard or behind_middleware or options.guard
         if behind_middleware is not None:  # the middleware put the customer in the context already
             customer, missing = None, "skip"
-        elif customer_from is not None:
-            customer, missing = customer_from(request), missing_customer
         else:
-            customer, missing = _web.header_text(request.headers.get(customer_header)), missing_customer
-        extra_labels = labels(request) if labels is not None else None
-        wanted = _web.Request(request.url.path, customer, extra_labels, missing, customer_header)  # type: ignore[arg-type]
+            customer = options._customer_of(request, lambda: request.headers.get(customer_header))
+            missing = missing_customer
+        wanted = _web.Request(request.url.path, customer, options._labels_of(request), missing, customer_header)  # type: ignore[arg-type]
         try:
             extra = wanted.labels(chosen)
         except LabelError as exc:

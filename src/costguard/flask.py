@@ -10,6 +10,7 @@ except ImportError as exc:
     raise ImportError(f'costguard.flask needs Flask: pip install "costguard-ai[flask]" ({exc})') from exc
 
 from costguard import _web
+from costguard._web_options import WebOptions
 from costguard.errors import Blocked
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ _LEAVE = "_costguard_leave"
 _LABELS = "_costguard_labels"
 
 
-class CostGuard:
+class CostGuard(WebOptions):
     """`CostGuard(app)` or `CostGuard()` then `init_app(app)`.
 
     Before each request: labels (the customer from `customer_from(flask.request)` — e.g. the signed-in
@@ -42,18 +43,9 @@ class CostGuard:
         customer_from: _web.CustomerFn | None = None,
         missing_customer: _web.MissingCustomer = "anonymous",
     ) -> None:
-        self.customer_header = customer_header
-        self.labels = labels
-        self.customer_from = customer_from
-        self.missing_customer = _web.check_missing_customer(missing_customer)
-        self._guard = _web.GuardRef(guard)
+        super().__init__(guard, customer_header, labels, customer_from, missing_customer)
         if app is not None:
             self.init_app(app)
-
-    @property
-    def guard(self) -> Guard:
-        """The guard this extension enforces (the default is loaded on first access)."""
-        return self._guard.get()
 
     def init_app(self, app: Flask) -> None:
         """Register the request hooks and the `Blocked` error handler on `app`."""
@@ -65,15 +57,7 @@ class CostGuard:
 
     def _before_request(self) -> Response | None:
         guard = self._guard.get()
-        wanted = _web.Request(
-            request.path,
-            self.customer_from(request)
-            if self.customer_from is not None
-            else _web.header_text(request.headers.get(self.customer_header)),
-            self.labels(request) if self.labels is not None else None,
-            self.missing_customer,
-            self.customer_header,
-        )
+        wanted = self._read(request.path, request, lambda: request.headers.get(self.customer_header))
         labels, reply = wanted.gate(guard)
         if reply is not None:
             return _response(reply)

@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from costguard import _web
+from costguard._web_options import WebOptions
 
 if TYPE_CHECKING:
     from costguard.errors import Blocked
@@ -30,7 +31,7 @@ class StartResponse(Protocol):
 WSGIApp = Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]
 
 
-class CostGuardMiddleware:
+class CostGuardMiddleware(WebOptions):
     """Per request: labels in the context, the kill switch before the app, `Blocked` → 429/503 JSON.
 
     The customer is `customer_from(environ)` when given, else the `customer_header` value (UTF-8);
@@ -51,29 +52,13 @@ class CostGuardMiddleware:
         missing_customer: _web.MissingCustomer = "anonymous",
     ) -> None:
         self.wsgi_app = wsgi_app
-        self.customer_header = customer_header
-        self.labels = labels
-        self.customer_from = customer_from
-        self.missing_customer = _web.check_missing_customer(missing_customer)
-        self._guard = _web.GuardRef(guard)
+        super().__init__(guard, customer_header, labels, customer_from, missing_customer)
         self._environ_key = "HTTP_" + customer_header.upper().replace("-", "_")
-
-    @property
-    def guard(self) -> Guard:
-        """The guard this middleware enforces (the default is loaded on first access)."""
-        return self._guard.get()
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         guard = self._guard.get()
-        request = _web.Request(
-            environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""),
-            self.customer_from(environ)
-            if self.customer_from is not None
-            else _web.header_text(environ.get(self._environ_key)),
-            self.labels(environ) if self.labels is not None else None,
-            self.missing_customer,
-            self.customer_header,
-        )
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        request = self._read(path, environ, lambda: environ.get(self._environ_key))
         labels, reply = request.gate(guard)
         if reply is not None:
             return _respond(start_response, reply)
