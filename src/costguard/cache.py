@@ -29,9 +29,7 @@ class StoreCache:
         """Steps: the value under `key`, or None when there is none, it expired, or the store failed."""
         now = self.clock()
         try:
-            value: bytes | None = yield Io(
-                lambda: self.store.cache_get(key, now), lambda: self.store.acache_get(key, now)
-            )
+            value: bytes | None = yield Io(self.store.cache_get, self.store.acache_get, (key, now))
         except StoreError as exc:
             self.reporter.store_error(exc, "cache read")
             return None

@@ -13,7 +13,6 @@ up to the outage allowance, spooled by `Settlement` until the store answers.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from costguard.steps import Io, Steps
 from costguard.stores.base import Store
 
 __all__ = ["CallPath"]
+
 
 _PURGE_EVERY_S = 600.0
 _ORPHANS_EVERY_S = 30.0
@@ -103,8 +103,9 @@ class CallPath:
         call_labels = self.labels(feature, labels)
         settings = self.feature(feature)
         amounts = self._amounts(feature, settings, estimate_usd, estimate_tokens, audit=True)
-        deadline = dl.Deadline(self.deadline_s) if self.store.remote else None
-        state = yield from self.control.refresh(now, deadline)
+        store = self.store
+        deadline = dl.Deadline(self.deadline_s) if store.remote else None
+        state = self.control.fresh(now) or (yield from self.control.refresh(now, deadline))
         self._pre_check(state, call_labels, settings, now)
         plan = self._plan(state, call_labels, amounts, now)
         record = AuditRecord(
@@ -115,11 +116,11 @@ class CallPath:
             {"estimate_usd": micros_to_usd(plan.estimate_usd), "fallback": fallback},
         )
         try:
-            outcome = yield self._reserve_io(plan, record, deadline)
+            outcome = yield Io(store.reserve, store.areserve, (plan, record), deadline=deadline)
             moved = self._overflow(state, plan, outcome)
             if moved is not None:  # a new instance past max_instances: into the shared one
                 plan = moved
-                outcome = yield self._reserve_io(plan, record, deadline)
+                outcome = yield Io(store.reserve, store.areserve, (plan, record), deadline=deadline)
         except StoreError as exc:
             return self._unreserved(plan, call_labels, settings, exc, deadline, now)
         self._maintain(now)
@@ -132,12 +133,6 @@ class CallPath:
             raise BudgetExceeded(decision)
         return Reservation(plan, decision, settings, self.settler)
 
-    def _reserve_io(
-        self, plan: engine.ReservePlan, record: AuditRecord, deadline: dl.Deadline | None
-    ) -> Io[engine.ReserveOutcome]:
-        store = self.store
-        return Io(lambda: store.reserve(plan, record), lambda: store.areserve(plan, record), deadline)
-
     def check(
         self, feature: str, labels: Mapping[str, object], estimate_usd: Money | None, estimate_tokens: int | None
     ) -> Steps[Decision]:
@@ -149,7 +144,7 @@ class CallPath:
             amounts = self._amounts(feature, settings, estimate_usd, estimate_tokens, audit=False)
         except Blocked as blocked:
             return blocked.decision
-        state = yield from self.control.refresh(now)
+        state = self.control.fresh(now) or (yield from self.control.refresh(now))
         try:
             self._pre_check(state, call_labels, settings, now)
         except Blocked as blocked:
@@ -157,9 +152,7 @@ class CallPath:
         plan = self._plan(state, call_labels, amounts, now)
         keys = [op.key for op in plan.counters]
         store = self.store
-        totals = yield Io(
-            lambda: store.totals(keys), lambda: asyncio.to_thread(store.totals, keys), dl.Deadline(self.deadline_s)
-        )
+        totals = yield Io(store.totals, None, (keys,), deadline=dl.Deadline(self.deadline_s))
         outcome = engine.evaluate_reserve(plan, totals, [set() for _ in totals])
         return engine.decide(plan, outcome, now=now, degrade_at=settings.degrade_at)
 

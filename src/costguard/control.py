@@ -101,11 +101,20 @@ class ControlView:
             return ControlState(None, self.ceilings, {}, state.fetched_at, False)
         return state
 
+    def fresh(self, now: float) -> ControlState | None:
+        """The current reading when it is younger than `ttl_s` (no I/O), else None: `refresh` it."""
+        state = self._state
+        if now - state.fetched_at >= self.ttl_s:
+            return None
+        return state if state.control is not None else self.state()
+
     def refresh(self, now: float, deadline: dl.Deadline | None = None) -> Steps[ControlState]:
         """Steps: read the store when the copy is older than `ttl_s`; the reading in force after."""
         if now - self._state.fetched_at >= self.ttl_s:
             try:
-                control = yield Io(self.store.control, self.store.acontrol, deadline or dl.Deadline(self.deadline_s))
+                control = yield Io(
+                    self.store.control, self.store.acontrol, deadline=deadline or dl.Deadline(self.deadline_s)
+                )
             except StoreError as exc:
                 # Keep the last known state: a process that saw a switch on keeps blocking (fail-closed).
                 with self._lock:

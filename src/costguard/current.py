@@ -87,12 +87,19 @@ class Priced(Generic[T]):
     cost_usd: Money
 
 
-@contextmanager
-def _scoped(decision: Decision | None, call: CallCost | None) -> Iterator[None]:
-    decision_token = _decision.set(decision)
-    call_token = _call.set(call)
-    try:
-        yield
-    finally:
+class _scoped:
+    """Make `decision` and `call` current inside the block (a class: this is on every guarded call)."""
+
+    __slots__ = ("_tokens", "call", "decision")
+
+    def __init__(self, decision: Decision | None, call: CallCost | None) -> None:
+        self.decision = decision
+        self.call = call
+
+    def __enter__(self) -> None:
+        self._tokens = (_decision.set(self.decision), _call.set(self.call))
+
+    def __exit__(self, *exc: object) -> None:
+        decision_token, call_token = self._tokens
         _call.reset(call_token)
         _decision.reset(decision_token)

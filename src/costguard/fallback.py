@@ -267,12 +267,7 @@ class Cached(Fallback):
         otherwise = self.otherwise
         if otherwise is None:
             raise blocked
-        return (
-            yield Io(
-                lambda: otherwise.serve(cache, feature, blocked, args, kwargs),
-                lambda: otherwise.aserve(cache, feature, blocked, args, kwargs),
-            )
-        )
+        return (yield Io(otherwise.serve, otherwise.aserve, (cache, feature, blocked, args, kwargs)))
 
 
 def static(value: Any) -> Static:

@@ -44,7 +44,14 @@ class GuardOptions(TypedDict, total=False):
     degrade: Callable[..., Any] | None
 
 
-Finish = Callable[[Reservation, Any], tuple[Any, tuple[int | None, int | None] | None]]
+# What to run once admitted: the reservation, the call's args and kwargs → its Io (the function, or a degraded one).
+Target = Callable[[Reservation, tuple[Any, ...], dict[str, Any]], Io[Any]]
+# What a successful call settles: (call path, reservation, result, fallback, args, kwargs) → (value returned to
+# the caller, (USD micro-dollars, tokens) to commit — or None when something else settles later: a stream).
+Finish = Callable[
+    [CallPath, Reservation, Any, Fallback | None, tuple[Any, ...], dict[str, Any]],
+    tuple[Any, tuple[int | None, int | None] | None],
+]
 
 
 def invoke(
@@ -53,7 +60,7 @@ def invoke(
     labels: Mapping[str, object],
     estimate: tuple[Money | None, int | None],
     fallback: Fallback | None,
-    target: Callable[[Reservation], Io[Any]],
+    target: Target,
     finish: Finish,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -69,19 +76,14 @@ def invoke(
             raise
         refused = blocked
         with _ctx._scoped(refused.decision, None):
-            return (
-                yield Io(
-                    lambda: fallback.serve(calls.cache, feature, refused, args, kwargs),
-                    lambda: fallback.aserve(calls.cache, feature, refused, args, kwargs),
-                )
-            )
+            return (yield Io(fallback.serve, fallback.aserve, (calls.cache, feature, refused, args, kwargs)))
     with _ctx._scoped(reservation.decision, reservation.cost):
         try:
-            result = yield target(reservation)
+            result = yield target(reservation, args, kwargs)
         except BaseException:
             yield from reservation.failed_steps()
             raise
-    value, settle = finish(reservation, result)
+    value, settle = finish(calls, reservation, result, fallback, args, kwargs)
     if settle is not None:
         yield from reservation.commit_steps(*settle)
     return value
@@ -98,27 +100,31 @@ def decorate(feature: str, resolve: Callable[[], CallPath], **options: Unpack[Gu
     estimate, estimate_tokens = options.get("estimate"), options.get("estimate_tokens")
     cost, labels, degrade = options.get("cost"), options.get("labels"), options.get("degrade")
 
+    def finish(
+        calls: CallPath,
+        reservation: Reservation,
+        result: Any,
+        chosen: Fallback | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[Any, tuple[int | None, int | None]]:
+        priced = resolve_cost(result, cost, calls.pricing)
+        if isinstance(chosen, Cached):
+            chosen.remember(calls.cache, feature, reservation.decision.labels, args, kwargs, priced.value)
+        return priced.value, (priced.usd_micros, priced.tokens)
+
     def wrap(fn: F) -> F:
+        def target(reservation: Reservation, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Io[Any]:
+            chosen_fn = degrade if degrade is not None and reservation.decision.degraded else fn
+            return Io(chosen_fn, chosen_fn, args, kwargs)
+
         def steps(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Steps[Any]:
             calls = resolve()
             extra = labels(*args, **kwargs) if callable(labels) else (labels or {})
             est = estimate(*args, **kwargs) if callable(estimate) else estimate
             est_tokens = estimate_tokens(*args, **kwargs) if callable(estimate_tokens) else estimate_tokens
             chosen = explicit if explicit is not None else calls.feature(feature).fallback
-
-            def target(reservation: Reservation) -> Io[Any]:
-                chosen_fn = degrade if degrade is not None and reservation.decision.degraded else fn
-                return Io(lambda: chosen_fn(*args, **kwargs), lambda: chosen_fn(*args, **kwargs))
-
-            def finish(reservation: Reservation, result: Any) -> tuple[Any, tuple[int | None, int | None]]:
-                priced = resolve_cost(result, cost, calls.pricing)
-                if isinstance(chosen, Cached):
-                    chosen.remember(calls.cache, feature, reservation.decision.labels, args, kwargs, priced.value)
-                return priced.value, (priced.usd_micros, priced.tokens)
-
-            return (
-                yield from invoke(calls, feature, dict(extra), (est, est_tokens), chosen, target, finish, args, kwargs)
-            )
+            return invoke(calls, feature, dict(extra), (est, est_tokens), chosen, target, finish, args, kwargs)
 
         if inspect.iscoroutinefunction(fn):
 

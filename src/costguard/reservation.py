@@ -55,29 +55,32 @@ class Reservation:
 
     def amount(self, unit: Unit) -> int:
         """What was reserved in `unit` (the largest across counters; all counters of a unit hold the same)."""
-        return max((op.amount for op in self.plan.counters if op.unit is unit), default=0)
+        most = 0
+        for op in self.plan.counters:  # a loop, not max(genexpr): this runs on every commit
+            if op.unit is unit and op.amount > most:
+                most = op.amount
+        return most
 
     # ----------------------------------------------------------------- settling, written once as steps
     def commit_steps(self, usd_micros: int | None = None, tokens: int | None = None) -> Steps[None]:
-        """Steps of `commit` with the cost in micro-dollars (None: the estimate)."""
+        """Steps of `commit` with the cost in micro-dollars (None: the estimate); settled from this call on."""
         if self.settled:
-            return
+            return _nothing()
         self.settled = True
-        yield from self.settler.commit(self, usd_micros, tokens)
+        return self.settler.commit(self, usd_micros, tokens)
 
     def release_steps(self, why: str = "released") -> Steps[None]:
-        """Steps of `release`."""
+        """Steps of `release`; settled from this call on."""
         if self.settled:
-            return
+            return _nothing()
         self.settled = True
-        yield from self.settler.release(self, why)
+        return self.settler.release(self, why)
 
     def failed_steps(self) -> Steps[None]:
         """Steps for a call that raised: released, or committed when the feature's `on_call_error` is `keep`."""
         if (self.settings.on_call_error or self.settler.on_call_error) == "keep":
-            yield from self.commit_steps()
-        else:
-            yield from self.release_steps("call raised")
+            return self.commit_steps()
+        return self.release_steps("call raised")
 
     # ----------------------------------------------------------------- the public faces
     def commit(self, usd: Money | None = None, *, tokens: int | None = None) -> None:
@@ -109,7 +112,7 @@ class Reservation:
 
     def _exit_steps(self, failed: bool) -> Steps[None]:
         self._pop()
-        yield from self.failed_steps() if failed else self.commit_steps()
+        return self.failed_steps() if failed else self.commit_steps()
 
     def __enter__(self) -> Reservation:
         self._push()
@@ -128,6 +131,12 @@ class Reservation:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await arun(self._exit_steps(exc_type is not None))
+
+
+def _nothing() -> Steps[None]:
+    """Steps that do nothing (a reservation settled already)."""
+    return
+    yield  # pragma: no cover - makes this a generator
 
 
 def _micros(usd: Money | None) -> int | None:

@@ -186,9 +186,10 @@ class Settlement:
         store = self.store
         try:
             outcome: CommitOutcome = yield Io(
-                lambda: store.settle(reservation_id, actual, at, record),
-                lambda: store.asettle(reservation_id, actual, at, record),
-                dl.Deadline(self.deadline_s) if store.remote else None,
+                store.settle,
+                store.asettle,
+                (reservation_id, actual, at, record),
+                deadline=dl.Deadline(self.deadline_s) if store.remote else None,
             )
         except StoreError as exc:
             self._on_error(exc, "commit")

@@ -39,12 +39,12 @@ class Settler:
     deadline_s: float
 
     def commit(self, reservation: Reservation, usd_micros: int | None, tokens: int | None) -> Steps[None]:
-        """Steps: record the actual cost (None: the estimate) plus what the call `charge()`d."""
+        """Steps: record the actual cost (None: the estimate) plus what the call `charge()`d (built now)."""
         plan = reservation.plan
         charged = reservation.cost.charged_micros
         actual_usd = (plan.estimate_usd if usd_micros is None else usd_micros) + charged
         actual_tokens = check_count(tokens, what="tokens") if tokens is not None else reservation.amount(Unit.TOKENS)
-        if usd_micros is not None:
+        if usd_micros is not None and reservation.settings.estimator == "learned":
             self.estimates.learn(dict(plan.labels).get("feature", ""), reservation.settings, actual_usd)
         record = AuditRecord(
             self.clock(),
@@ -58,13 +58,12 @@ class Settler:
             },
         )
         actual = {Unit.USD: actual_usd, Unit.CALLS: 1, Unit.TOKENS: actual_tokens}
-        yield from self._settle(reservation, actual, record)
+        return self._settle(reservation, actual, record)
 
     def release(self, reservation: Reservation, why: str) -> Steps[None]:
         """Steps: give the reservation back; money already spent through `charge()` is never given back."""
         if reservation.cost.charged_micros:
-            yield from self.commit(reservation, 0, 0)
-            return
+            return self.commit(reservation, 0, 0)
         plan = reservation.plan
         record = AuditRecord(
             self.clock(),
@@ -73,19 +72,20 @@ class Settler:
             plan.reservation_id,
             {"estimate_usd": micros_to_usd(plan.estimate_usd), "why": why},
         )
-        yield from self._settle(reservation, None, record)
+        return self._settle(reservation, None, record)
 
     def _settle(self, reservation: Reservation, actual: Mapping[Unit, int] | None, record: AuditRecord) -> Steps[None]:
         background = (reservation.settings.commit or self.commit_mode) == "background"
-        yield from self.settlement.settle(reservation.id, actual, record.at, record, background=background)
+        return self.settlement.settle(reservation.id, actual, record.at, record, background=background)
 
     def by_id(self, reservation_id: str, actual: Mapping[Unit, int] | None, record: AuditRecord) -> Steps[bool]:
         """Steps: settle a reservation made elsewhere, by id, now (raises `StoreError`); False on a repeat."""
         store = self.settlement.store
         outcome: CommitOutcome = yield Io(
-            lambda: store.settle(reservation_id, actual, record.at, record),
-            lambda: store.asettle(reservation_id, actual, record.at, record),
-            dl.Deadline(self.deadline_s),
+            store.settle,
+            store.asettle,
+            (reservation_id, actual, record.at, record),
+            deadline=dl.Deadline(self.deadline_s),
         )
         if actual is not None:
             self.reporter.settled(outcome, record.at, False)

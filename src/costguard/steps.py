@@ -15,8 +15,8 @@ only do I/O — the way tenacity's `Retrying` and `AsyncRetrying` share one `Bas
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Generator
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from costguard import deadline as dl
@@ -26,17 +26,39 @@ __all__ = ["Io", "Steps", "arun", "run"]
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
 class Io(Generic[T]):
-    """One I/O request of a step: `sync()` for the blocking driver, `async_()` for the async one.
+    """One I/O request of a step: `sync(*args, **kwargs)` for the blocking driver, `async_(...)` (awaited)
+    for the async one (None: `sync` in a worker thread).
 
     With a `deadline` the call is retried within it as `costguard.deadline.call` rules (a store call);
     without, it runs once (in-process stores, the guarded function itself, fallbacks).
     """
 
-    sync: Callable[[], T]
-    async_: Callable[[], Awaitable[T]]
-    deadline: dl.Deadline | None = None
+    __slots__ = ("args", "async_", "deadline", "kwargs", "sync")
+
+    def __init__(
+        self,
+        sync: Callable[..., T],
+        async_: Callable[..., Awaitable[T]] | None,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        deadline: dl.Deadline | None = None,
+    ) -> None:
+        self.sync = sync
+        self.async_ = async_
+        self.args = args
+        self.kwargs = kwargs
+        self.deadline = deadline
+
+    def call(self) -> T:
+        """The blocking call, once."""
+        return self.sync(*self.args, **self.kwargs) if self.kwargs else self.sync(*self.args)
+
+    def acall(self) -> Awaitable[T]:
+        """The awaitable, once (with no `async_`, the blocking call in a worker thread)."""
+        if self.async_ is None:
+            return asyncio.to_thread(self.call)
+        return self.async_(*self.args, **self.kwargs) if self.kwargs else self.async_(*self.args)
 
 
 Steps = Generator[Io[Any], Any, T]
@@ -48,7 +70,10 @@ def run(steps: Steps[T]) -> T:
         io = next(steps)
         while True:
             try:
-                result = io.sync() if io.deadline is None else dl.call(io.sync, io.deadline)
+                if io.deadline is not None:
+                    result = dl.call(io.call, io.deadline)
+                else:  # inline: this is every guarded call's path
+                    result = io.sync(*io.args, **io.kwargs) if io.kwargs else io.sync(*io.args)
             except BaseException as exc:  # noqa: BLE001 - thrown into the step: it handles it or lets it through
                 io = steps.throw(exc)
             else:
@@ -63,7 +88,7 @@ async def arun(steps: Steps[T]) -> T:
         io = next(steps)
         while True:
             try:
-                result = await (io.async_() if io.deadline is None else dl.acall(io.async_, io.deadline))
+                result = await (io.acall() if io.deadline is None else dl.acall(io.acall, io.deadline))
             except BaseException as exc:  # noqa: BLE001 - as in `run`
                 io = steps.throw(exc)
             else:

@@ -22,6 +22,7 @@ from costguard.pricing import resolve_cost
 from costguard.steps import Io, Steps, arun, run
 
 if TYPE_CHECKING:
+    from costguard.callpath import CallPath
     from costguard.guard import Guard
     from costguard.reservation import Reservation
 
@@ -189,12 +190,19 @@ def _guarded(create: Callable[..., Any], endpoint: Endpoint, settings: Settings)
 
     def steps(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Steps[Any]:
         call = _prepare(settings, endpoint, kwargs)
-        calls, est, fallback = call.guard.calls, call.estimate, call.fallback
+        est, fallback = call.estimate, call.fallback
 
-        def target(reservation: Reservation) -> Io[Any]:
-            return Io(lambda: create(*args, **call.send), lambda: create(*args, **call.send))
+        def target(reservation: Reservation, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Io[Any]:
+            return Io(create, create, args, call.send)
 
-        def finish(reservation: Reservation, result: Any) -> tuple[Any, tuple[int | None, int | None] | None]:
+        def finish(
+            calls: CallPath,
+            reservation: Reservation,
+            result: Any,
+            fallback: Fallback | None,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> tuple[Any, tuple[int | None, int | None] | None]:
             if call.stream:
                 meter = _meter(call, reservation, endpoint)
                 return (AsyncGuardedStream(result, meter) if _is_async(create) else GuardedStream(result, meter)), None
@@ -203,10 +211,8 @@ def _guarded(create: Callable[..., Any], endpoint: Endpoint, settings: Settings)
                 fallback.remember(calls.cache, feature, reservation.decision.labels, args, kwargs, result)
             return result, (priced.usd_micros, priced.tokens)
 
-        return (
-            yield from invoke(
-                calls, feature, call.labels, (est.usd, est.tokens), fallback, target, finish, args, kwargs
-            )
+        return invoke(
+            call.guard.calls, feature, call.labels, (est.usd, est.tokens), fallback, target, finish, args, kwargs
         )
 
     if _is_async(create):
