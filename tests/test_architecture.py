@@ -101,6 +101,11 @@ def test_no_module_is_over_400_lines(path: Path) -> None:
     assert lines <= MAX_LINES, f"{path.relative_to(SRC)} has {lines} lines; split it by what it does"
 
 
+def test_the_guard_is_a_facade_of_at_most_300_lines() -> None:
+    lines = len((SRC / "guard.py").read_text(encoding="utf-8").splitlines())
+    assert lines <= 300, f"guard.py has {lines} lines: move the logic into its parts (docs/architecture.md)"
+
+
 _PRIVATE_GUARD = re.compile(r"\b(?:guard|g|self\._guard|self\.guard)\._[a-z]\w*")
 
 

@@ -7,8 +7,7 @@
     limits      limits.Limits         run-time limits with reasons
     queries     queries.Queries       status, forecast, audit
     reporter    reporting.Reporter    alerts, background audit writes, store-error reports
-
-docs/architecture.md draws the layers and one guarded call's path through these files.
+(docs/architecture.md: the layers, and one guarded call's path through these files)
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import fields
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any, Literal
@@ -24,8 +24,9 @@ from zoneinfo import ZoneInfo
 from typing_extensions import Unpack
 
 from costguard import deadline as dl
+from costguard._config import load_settings
 from costguard.decision import Decision
-from costguard.events import AuditQuery, AuditRecord
+from costguard.events import AuditRecord
 from costguard.forecast import Forecast
 from costguard.guarded import Decorated, GuardOptions, decorate
 from costguard.limits import limit_amount
@@ -35,7 +36,6 @@ from costguard.model import (
     Money,
     Period,
     Unit,
-    check_count,
     micros_to_usd,
     to_micros,
 )
@@ -52,6 +52,8 @@ from costguard.wiring import check_options, close_at_exit, open_store_within, wi
 __all__ = ["FeatureSettings", "Guard"]
 
 log = logging.getLogger("costguard")
+
+_NOT_OPTIONS = ("store", "notifiers", "admin")  # GuardSettings fields that are not keyword options
 
 
 class Guard:
@@ -85,19 +87,13 @@ class Guard:
         spool_dir: str | Path | Literal[False] | None = None,
         labels: Iterable[str] = (),
     ) -> None:
-        check_options(on_store_error, on_call_error, commit, commit_batch, store_deadline_ms)
+        self.ceilings: tuple[Ceiling, ...] = tuple(ceilings)
+        names = tuple(labels)
+        check_options(on_store_error, on_call_error, commit, commit_batch, store_deadline_ms, self.ceilings, names)
+        self.declared_labels = frozenset(names)
         self.clock: Callable[[], float] = clock or time.time
         self.tz: tzinfo = ZoneInfo(timezone) if isinstance(timezone, str) else timezone
-        self.ceilings: tuple[Ceiling, ...] = tuple(ceilings)
-        ids = [c.id for c in self.ceilings]
-        if len(ids) != len(set(ids)):
-            dupes = sorted({i for i in ids if ids.count(i) > 1})
-            raise ValueError(f"two ceilings have the same match: {', '.join(dupes)}; merge their limits")
         self.features: dict[str, FeatureSettings] = dict(features or {})
-        declared = [name for name in labels if not isinstance(name, str) or not name]
-        if declared:
-            raise ValueError(f"labels must be label names, got {declared!r}")
-        self.declared_labels = frozenset(labels)
         self.thresholds = tuple(sorted(set(thresholds)))
         self.on_store_error: StoreErrorPolicy = on_store_error
         self.on_call_error: CallErrorPolicy = on_call_error
@@ -110,9 +106,8 @@ class Guard:
         self.exempt_paths = tuple(exempt_paths)
         self.max_label_length = max_label_length
         self.deadline_s = store_deadline_ms / 1000.0
-        self.outage_allowance: int | None = (
-            None if outage_allowance_usd is None else to_micros(outage_allowance_usd, what="outage_allowance_usd")
-        )
+        allowance = outage_allowance_usd
+        self.outage_allowance = None if allowance is None else to_micros(allowance, what="outage_allowance_usd")
         self.store: Store = (
             store if isinstance(store, Store) else open_store_within(store, store_deadline_ms, store_options)
         )
@@ -121,14 +116,9 @@ class Guard:
         parts = wire(
             self, queue_size=alert_queue_size, group_s=alert_group_s, buffer_size=buffer_size, spool_dir=spool_dir
         )
-        self._reporter, self._settlement, self._estimates = parts.reporter, parts.settlement, parts.estimates
-        self._limits, self._queries = parts.limits, parts.queries
-        self.control, self.settler, self.calls, self.killswitch = (
-            parts.control,
-            parts.settler,
-            parts.calls,
-            parts.killswitch,
-        )
+        self._parts, self._settlement, self._reporter = parts, parts.settlement, parts.reporter
+        self.calls, self.killswitch = parts.calls, parts.killswitch
+        self.control, self.settler = parts.control, parts.settler
         close_at_exit(self)
 
     # ----------------------------------------------------------------- construction
@@ -137,17 +127,14 @@ class Guard:
         cls, path: str | Path, *, notifiers: Iterable[Notifier] = (), clock: Callable[[], float] | None = None
     ) -> Guard:
         """Build a guard from a YAML file; a bad file raises `ConfigError` naming the key path."""
-        from costguard._config import load_settings
-
         return cls.from_settings(load_settings(path), notifiers=notifiers, clock=clock)
 
     @classmethod
     def from_settings(
         cls, settings: GuardSettings, *, notifiers: Iterable[Notifier] = (), clock: Callable[[], float] | None = None
     ) -> Guard:
-        """Build a guard from `GuardSettings` (what `costguard.config` makes of a YAML file); `notifiers`
-        are added before the settings' own."""
-        options = {name: getattr(settings, name) for name in _SETTING_NAMES}
+        """Build a guard from `GuardSettings` (a config file's content); `notifiers` go before its own."""
+        options = {f.name: getattr(settings, f.name) for f in fields(settings) if f.name not in _NOT_OPTIONS}
         guard = cls(settings.store, notifiers=[*notifiers, *settings.notifiers], clock=clock, **options)
         guard.admin = settings.admin
         return guard
@@ -157,8 +144,7 @@ class Guard:
         return self.calls.feature(name)
 
     def known_labels(self) -> list[str]:
-        """Label names a kill switch or limit scope may use: the standard ones, every name a ceiling
-        matches on (config and run time), and the config's declared `labels:`."""
+        """Label names a switch or limit may use: standard, matched by a ceiling, or declared in `labels:`."""
         return self.control.known_labels()
 
     def require_known_labels(self, scope: Mapping[str, object], what: str) -> None:
@@ -196,32 +182,24 @@ class Guard:
 
     def commit(self, reservation_id: str, usd: Money | None = None, *, tokens: int | None = None) -> bool:
         """Commit a reservation made elsewhere (by id); idempotent — a repeat returns False."""
-        actual = {Unit.USD: 0 if usd is None else to_micros(usd, round_up=False, what="actual cost"), Unit.CALLS: 1}
-        if tokens is not None:
-            actual[Unit.TOKENS] = check_count(tokens, what="tokens")
-        if usd is None:
-            actual.pop(Unit.USD)  # keep the estimate
-        data = {"actual_usd": None if usd is None else micros_to_usd(actual[Unit.USD])}
-        return run(
-            self.settler.by_id(reservation_id, actual, AuditRecord(self.clock(), "commit", {}, reservation_id, data))
-        )
+        return run(self.settler.commit_id(reservation_id, usd, tokens))
 
     def release(self, reservation_id: str) -> bool:
         """Release a reservation made elsewhere (by id); idempotent — a repeat returns False."""
-        return run(self.settler.by_id(reservation_id, None, AuditRecord(self.clock(), "release", {}, reservation_id)))
+        return run(self.settler.release_id(reservation_id))
 
     def learned_estimate(self, feature: str) -> float | None:
         """The learned estimate of a feature in USD (None while it has too little history)."""
-        return self._estimates.learned(feature)
+        return self._parts.estimates.learned(feature)
 
     # ----------------------------------------------------------------- queries
     def status(self, feature: str | None = None, customer: str | None = None, **labels: str) -> Status:
         """Spend against every ceiling in its current period; filter by feature, customer or any label."""
-        return self._queries.status({"feature": feature, "customer": customer, **labels})
+        return self._parts.queries.status({"feature": feature, "customer": customer, **labels})
 
     def forecast(self, feature: str | None = None, customer: str | None = None, **labels: str) -> Forecast:
         """Projected spend at each USD ceiling's period end, `on_track`, `depletion_at`, `confidence`."""
-        return self._queries.forecast(self.status(feature, customer, **labels))
+        return self._parts.queries.forecast(self.status(feature, customer, **labels))
 
     def audit(
         self,
@@ -235,10 +213,7 @@ class Guard:
         before_id: int | None = None,
     ) -> list[AuditRecord]:
         """Audit records, newest first. Page with `before_id=` the last record's `id`."""
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit!r}")
-        start, end = (v.timestamp() if isinstance(v, datetime) else v for v in (since, until))
-        return self._queries.audit(AuditQuery(start, end, feature, customer, decision, limit, before_id=before_id))
+        return self._parts.queries.audit(since, until, feature, customer, decision, limit, before_id)
 
     # ----------------------------------------------------------------- limits
     def set_limit(
@@ -253,8 +228,7 @@ class Guard:
         actor: str | None = None,
     ) -> None:
         """Set a ceiling's limit at run time (persisted; wins over the config; a reason is required)."""
-        unit, amount = limit_amount(usd, calls, tokens)
-        self._limits.change(scope, period, unit, amount, reason, actor)
+        self._parts.limits.change(scope, period, *limit_amount(usd, calls, tokens), reason, actor)
 
     def clear_limit(
         self,
@@ -266,12 +240,12 @@ class Guard:
         actor: str | None = None,
     ) -> None:
         """Remove a run-time limit so the config's value applies again."""
-        self._limits.change(scope, period, Unit(unit), None, reason, actor)
+        self._parts.limits.change(scope, period, Unit(unit), None, reason, actor)
 
     def current_limit(self, scope: Mapping[str, str], period: str | Period, unit: str | Unit = "usd") -> float | None:
         """The limit in force for a ceiling scope (run-time override, else config), fresh from the store;
         USD as a float, calls and tokens as counts; None when no ceiling has that scope and period."""
-        return self._limits.current(scope, Period(period), Unit(unit))
+        return self._parts.limits.current(scope, Period(period), Unit(unit))
 
     # ----------------------------------------------------------------- what is not written yet
     @property
@@ -295,8 +269,7 @@ class Guard:
         return self._settlement.spool
 
     def alert_stats(self) -> list[LaneStats]:
-        """Per notifier in this process: events delivered, given up on after retries, dropped, queued,
-        dropped over its rate limit."""
+        """Per notifier in this process: delivered, given up after retries, dropped, queued, rate-limited."""
         return self._reporter.stats()
 
     # ----------------------------------------------------------------- lifecycle
@@ -307,9 +280,8 @@ class Guard:
         return done and not self._settlement.pending
 
     def close(self, timeout: float = 5.0) -> None:
-        """Write queued costs and deliver queued alerts (waiting up to `timeout` for each), then release
-        the store's connections. Costs the store did not take stay in the spool for the next process;
-        alerts a receiver has not taken by then are dropped and logged."""
+        """Write queued costs and deliver queued alerts (up to `timeout` each), then release the store.
+        Costs the store did not take stay spooled for the next process; undelivered alerts are logged."""
         if self._closed:
             return
         self._closed = True
@@ -326,25 +298,3 @@ class Guard:
 
     def __repr__(self) -> str:
         return f"Guard(store={self.store.url!r}, ceilings={len(self.ceilings)})"
-
-
-_SETTING_NAMES = [
-    "ceilings",
-    "features",
-    "timezone",
-    "thresholds",
-    "on_store_error",
-    "on_call_error",
-    "commit",
-    "pricing",
-    "alert_group_s",
-    "killswitch_cache_ms",
-    "exempt_features",
-    "exempt_paths",
-    "max_label_length",
-    "store_options",
-    "store_deadline_ms",
-    "outage_allowance_usd",
-    "spool_dir",
-    "labels",
-]

@@ -97,7 +97,20 @@ class Queries:
             out.append(fc.build(row.ceiling, row.labels, row.period, row.spent, row.limit, hourly, now, resets))
         return fc.Forecast(status.at, tuple(out))
 
-    def audit(self, query: AuditQuery) -> list[AuditRecord]:
+    def audit(
+        self,
+        since: datetime | float | None,
+        until: datetime | float | None,
+        feature: str | None,
+        customer: str | None,
+        decision: str | None,
+        limit: int,
+        before_id: int | None,
+    ) -> list[AuditRecord]:
         """Audit records, newest first (after the background audit writes of this process)."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit!r}")
+        start, end = (v.timestamp() if isinstance(v, datetime) else v for v in (since, until))
+        query = AuditQuery(start, end, feature, customer, decision, limit, before_id=before_id)
         self.reporter.background.flush()
         return dl.call(lambda: self.store.audit(query), dl.Deadline(self.deadline_s))

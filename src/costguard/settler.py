@@ -14,7 +14,7 @@ from costguard import deadline as dl
 from costguard.engine import CommitOutcome
 from costguard.estimates import Estimates
 from costguard.events import AuditRecord
-from costguard.model import Unit, check_count, micros_to_usd
+from costguard.model import Money, Unit, check_count, micros_to_usd, to_micros
 from costguard.pricing import Pricing
 from costguard.reporting import Reporter
 from costguard.reservation import Reservation
@@ -77,6 +77,20 @@ class Settler:
     def _settle(self, reservation: Reservation, actual: Mapping[Unit, int] | None, record: AuditRecord) -> Steps[None]:
         background = (reservation.settings.commit or self.commit_mode) == "background"
         return self.settlement.settle(reservation.id, actual, record.at, record, background=background)
+
+    def commit_id(self, reservation_id: str, usd: Money | None, tokens: int | None) -> Steps[bool]:
+        """Steps: commit a reservation made elsewhere, by id (None: keep the estimate); False on a repeat."""
+        actual = {Unit.USD: 0 if usd is None else to_micros(usd, round_up=False, what="actual cost"), Unit.CALLS: 1}
+        if tokens is not None:
+            actual[Unit.TOKENS] = check_count(tokens, what="tokens")
+        if usd is None:
+            actual.pop(Unit.USD)  # keep the estimate
+        data = {"actual_usd": None if usd is None else micros_to_usd(actual[Unit.USD])}
+        return self.by_id(reservation_id, actual, AuditRecord(self.clock(), "commit", {}, reservation_id, data))
+
+    def release_id(self, reservation_id: str) -> Steps[bool]:
+        """Steps: release a reservation made elsewhere, by id; False on a repeat."""
+        return self.by_id(reservation_id, None, AuditRecord(self.clock(), "release", {}, reservation_id))
 
     def by_id(self, reservation_id: str, actual: Mapping[Unit, int] | None, record: AuditRecord) -> Steps[bool]:
         """Steps: settle a reservation made elsewhere, by id, now (raises `StoreError`); False on a repeat."""

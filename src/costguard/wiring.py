@@ -9,7 +9,7 @@ from __future__ import annotations
 import atexit
 import logging
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
 from pathlib import Path
@@ -155,8 +155,24 @@ def wire(
     )
 
 
-def check_options(on_store_error: str, on_call_error: str, commit: str, commit_batch: int, deadline_ms: float) -> None:
-    """Raise `ValueError` for a policy, commit mode, batch size or deadline a guard can't use."""
+def check_options(
+    on_store_error: str,
+    on_call_error: str,
+    commit: str,
+    commit_batch: int,
+    deadline_ms: float,
+    ceilings: Sequence[Ceiling],
+    labels: Iterable[object],
+) -> None:
+    """Raise `ValueError` for a policy, commit mode, batch size, deadline, ceilings or label names a guard
+    can't use."""
+    ids = [c.id for c in ceilings]
+    if len(ids) != len(set(ids)):
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"two ceilings have the same match: {', '.join(dupes)}; merge their limits")
+    declared = [name for name in labels if not isinstance(name, str) or not name]
+    if declared:
+        raise ValueError(f"labels must be label names, got {declared!r}")
     if on_store_error not in ("open", "closed"):
         raise ValueError(f"on_store_error must be 'open' or 'closed', got {on_store_error!r}")
     if on_call_error not in ("release", "keep"):
