@@ -83,7 +83,11 @@ def invoke(
         except BaseException:
             yield from reservation.failed_steps()
             raise
-    value, settle = finish(calls, reservation, result, fallback, args, kwargs)
+    try:
+        value, settle = finish(calls, reservation, result, fallback, args, kwargs)
+    except BaseException:
+        yield from reservation.commit_steps()  # a bad `cost=`: the call ran, its estimate stands (never $0)
+        raise
     if settle is not None:
         yield from reservation.commit_steps(*settle)
     return value

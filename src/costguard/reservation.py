@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from costguard import current as _ctx
 from costguard.decision import Decision
 from costguard.engine import ReservePlan
-from costguard.model import Money, Unit, to_micros
+from costguard.model import Money, Unit, check_count, to_micros
 from costguard.pricing import Pricing
 from costguard.settings import CallErrorPolicy, FeatureSettings
 from costguard.steps import Steps, arun, run
@@ -84,14 +84,27 @@ class Reservation:
 
     # ----------------------------------------------------------------- the public faces
     def commit(self, usd: Money | None = None, *, tokens: int | None = None) -> None:
-        """Record the actual cost (default: the estimate) plus anything `charge()`d; once only."""
+        """Record the actual cost (default: the estimate) plus anything `charge()`d; once only.
+
+        A cost that is not a valid amount (negative, NaN, not a number) records the estimate — the call
+        ran, it never costs $0 — and then raises `ValueError`.
+        """
         if not self.settled:
-            run(self.commit_steps(_micros(usd), tokens))
+            run(self._checked_commit(usd, tokens))
 
     async def acommit(self, usd: Money | None = None, *, tokens: int | None = None) -> None:
         """Async `commit`."""
         if not self.settled:
-            await arun(self.commit_steps(_micros(usd), tokens))
+            await arun(self._checked_commit(usd, tokens))
+
+    def _checked_commit(self, usd: Money | None, tokens: int | None) -> Steps[None]:
+        try:
+            micros = _micros(usd)
+            counted = None if tokens is None else check_count(tokens, what="tokens")
+        except (TypeError, ValueError):
+            yield from self.commit_steps()  # the estimate stands, then the caller hears of the bad value
+            raise
+        yield from self.commit_steps(micros, counted)
 
     def release(self, why: str = "released") -> None:
         """Give the reservation back without charging; once only."""

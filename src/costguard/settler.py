@@ -41,10 +41,14 @@ class Settler:
     def commit(self, reservation: Reservation, usd_micros: int | None, tokens: int | None) -> Steps[None]:
         """Steps: record the actual cost (None: the estimate) plus what the call `charge()`d (built now)."""
         plan = reservation.plan
-        charged = reservation.cost.charged_micros
-        actual_usd = (plan.estimate_usd if usd_micros is None else usd_micros) + charged
+        cost = reservation.cost
+        if usd_micros is None:
+            # Nothing priced the call: what it charge()d is its cost when it charged anything; only a call
+            # that reported nothing at all keeps its estimate (never $0 for a call that ran).
+            usd_micros = 0 if cost.items else None
+        actual_usd = (plan.estimate_usd if usd_micros is None else usd_micros) + cost.charged_micros
         actual_tokens = check_count(tokens, what="tokens") if tokens is not None else reservation.amount(Unit.TOKENS)
-        if usd_micros is not None and reservation.settings.estimator == "learned":
+        if usd_micros is not None and reservation.settings.estimator == "learned":  # a known cost, learned from
             self.estimates.learn(dict(plan.labels).get("feature", ""), reservation.settings, actual_usd)
         record = AuditRecord(
             self.clock(),
