@@ -442,7 +442,7 @@ def valid_limits(**extra: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str,
             "calls_per_day": valid_count,
             "tokens_per_month": valid_count,
             "enforcement": st.sampled_from(["hard", "soft"]),
-            "thresholds": st.lists(st.floats(0.01, 2.0), min_size=1, max_size=4),
+            "thresholds": st.lists(st.floats(0.01, 1.0), min_size=1, max_size=4),  # fractions in (0, 1]
             "expire_after": st.sampled_from(["7d", "12h", "30m", "1.5h", 3600, 0.5]),
             **extra,
         },
@@ -477,7 +477,7 @@ valid_configs = st.fixed_dictionaries(
     {"store": st.just("memory://")},
     optional={
         "timezone": st.sampled_from(["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"]),
-        "thresholds": st.lists(st.floats(0.05, 1.5), min_size=1, max_size=4),
+        "thresholds": st.lists(st.floats(0.05, 1.0), min_size=1, max_size=4),  # fractions in (0, 1]
         "on_store_error": st.sampled_from(["open", "closed"]),
         "on_call_error": st.sampled_from(["release", "keep"]),
         "max_label_length": st.integers(64, 2000),

@@ -89,7 +89,9 @@ class Guard:
     ) -> None:
         self.ceilings: tuple[Ceiling, ...] = tuple(ceilings)
         names = tuple(labels)
-        check_options(on_store_error, on_call_error, commit, commit_batch, store_deadline_ms, self.ceilings, names)
+        check_options(
+            on_store_error, on_call_error, commit, commit_batch, store_deadline_ms, self.ceilings, names, thresholds
+        )
         self.declared_labels = frozenset(names)
         self.clock: Callable[[], float] = clock or time.time
         self.tz: tzinfo = ZoneInfo(timezone) if isinstance(timezone, str) else timezone
@@ -247,7 +249,6 @@ class Guard:
         USD as a float, calls and tokens as counts; None when no ceiling has that scope and period."""
         return self._parts.limits.current(scope, Period(period), Unit(unit))
 
-    # ----------------------------------------------------------------- what is not written yet
     @property
     def pending(self) -> int:
         """Costs not yet written to the store (queued for a background batch, or spooled in an outage)."""
@@ -272,7 +273,6 @@ class Guard:
         """Per notifier in this process: delivered, given up after retries, dropped, queued, rate-limited."""
         return self._reporter.stats()
 
-    # ----------------------------------------------------------------- lifecycle
     def flush(self, timeout: float = 5.0) -> bool:
         """Write queued costs and wait for background work (alerts, audit); False if some remain."""
         self._settlement.flush()

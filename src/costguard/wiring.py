@@ -163,6 +163,7 @@ def check_options(
     deadline_ms: float,
     ceilings: Sequence[Ceiling],
     labels: Iterable[object],
+    thresholds: Iterable[float] = (),
 ) -> None:
     """Raise `ValueError` for a policy, commit mode, batch size, deadline, ceilings or label names a guard
     can't use."""
@@ -170,6 +171,9 @@ def check_options(
     if len(ids) != len(set(ids)):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         raise ValueError(f"two ceilings have the same match: {', '.join(dupes)}; merge their limits")
+    for threshold in (*thresholds, *(t for c in ceilings for t in c.thresholds or ())):
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+            raise ValueError(f"a threshold is a fraction of the limit in (0, 1], such as 0.8, got {threshold!r}")
     declared = [name for name in labels if not isinstance(name, str) or not name]
     if declared:
         raise ValueError(f"labels must be label names, got {declared!r}")

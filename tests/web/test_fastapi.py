@@ -194,7 +194,7 @@ def test_dependency_commits_what_the_route_reports_and_charges() -> None:
         assert fetch("/dep/actual", "a").status == 200
         assert spent(guard, "a") == (0.004, 0.0)
         assert fetch("/dep/sync", "b").status == 200
-        assert spent(guard, "b") == (0.012, 0.0)  # the estimate plus the charge() made in the route
+        assert spent(guard, "b") == (0.002, 0.0)  # nothing priced the call: the charge() made in the route is its cost
 
 
 def test_dependency_releases_when_the_route_raises() -> None:

@@ -24,7 +24,7 @@ from costguard._config.schema import (
     PricingConfig,
     StrictModel,
 )
-from costguard._config.values import Count, DeadlineMillis, Ratio, Usd, shown
+from costguard._config.values import Count, DeadlineMillis, Thresholds, Usd, shown
 from costguard.errors import ConfigError
 from costguard.estimators import LearnSettings
 from costguard.model import Ceiling, micros_to_usd
@@ -47,7 +47,7 @@ class ConfigDocument(StrictModel):
     spool_dir: str | Literal[False] | None = None
     labels: list[str] = Field(default_factory=list)
     timezone: str = "UTC"
-    thresholds: list[Ratio] = Field(default_factory=lambda: [0.8, 1.0])
+    thresholds: Thresholds = Field(default_factory=lambda: [0.8, 1.0])
     on_store_error: Literal["open", "closed"] = "open"
     on_call_error: Literal["release", "keep"] = "release"
     commit: Literal["sync", "background"] = "sync"

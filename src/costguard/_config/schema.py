@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from costguard._config.values import Count, Duration, HttpUrl, Millis, Price, Ratio, Usd, UsdEstimate, shown
+from costguard._config.values import Count, Duration, HttpUrl, Millis, Price, Ratio, Thresholds, Usd, UsdEstimate, shown
 from costguard.fallback import Fallback, Raise, Static, cached
 from costguard.model import Ceiling, Limit, Period, Unit, make_match
 
@@ -80,7 +80,7 @@ class Limits(StrictModel):
     tokens_per_month: Count | None = None
     tokens_total: Count | None = None
     enforcement: Literal["hard", "soft"] = "hard"
-    thresholds: list[Ratio] | None = None
+    thresholds: Thresholds | None = None
     expire_after: Duration | None = None
     max_instances: Annotated[int, Field(ge=1)] | None = None
     overflow: Literal["share", "refuse"] = "share"

@@ -11,7 +11,7 @@ import re
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import PlainValidator
+from pydantic import AfterValidator, PlainValidator
 
 from costguard.model import check_count, to_micros
 
@@ -23,8 +23,10 @@ __all__ = [
     "Millis",
     "Price",
     "Ratio",
+    "Thresholds",
     "Usd",
     "UsdEstimate",
+    "check_threshold",
     "shown",
 ]
 
@@ -131,7 +133,29 @@ def _http_url(value: str | None) -> str | None:
 Usd = Annotated[int, PlainValidator(_usd)]
 UsdEstimate = Annotated[int, PlainValidator(_usd_up)]
 Count = Annotated[int, PlainValidator(_count)]
+
+
+def _increasing(value: list[float]) -> list[float]:
+    return sorted(set(value))  # the order they fire in; a repeat is one threshold
+
+
+def _threshold(value: object) -> float:
+    return check_threshold(_as_float(value))
+
+
+def check_threshold(value: float) -> float:
+    """A threshold as a fraction of the limit in (0, 1]; `ValueError` naming the likely mistake otherwise."""
+    if not 0 < value <= 1:
+        hint = f" (for {value:g} % write {value / 100:g})" if 1 < value <= 100 else ""
+        raise ValueError(
+            f"a threshold is a fraction of the limit in (0, 1], such as 0.8 for 80 %, got {value:g}{hint}; "
+            "`kill` fires when a hard ceiling first blocks, listed or not"
+        )
+    return value
+
+
 Ratio = Annotated[float, PlainValidator(_ratio)]
+Thresholds = Annotated[list[Annotated[float, PlainValidator(_threshold)]], AfterValidator(_increasing)]
 Duration = Annotated[float, PlainValidator(_duration)]
 Millis = Annotated[float, PlainValidator(_millis)]
 DeadlineMillis = Annotated[float, PlainValidator(_deadline_millis)]

@@ -39,13 +39,14 @@ class Crossing:
 
 
 def threshold_levels(thresholds: Iterable[float], limit: int) -> tuple[tuple[float, int], ...]:
-    """Absolute counter levels at which each threshold fires."""
+    """Absolute counter levels at which each threshold fires. 1.0 is always one of them, listed or not:
+    a hard ceiling's `kill` fires when it first blocks, a soft one's `warn` at 100 %."""
     return _levels(tuple(thresholds), limit)
 
 
 @functools.lru_cache(maxsize=4096)
 def _levels(thresholds: tuple[float, ...], limit: int) -> tuple[tuple[float, int], ...]:
-    return tuple((t, math.ceil(t * limit - 1e-9)) for t in sorted(set(thresholds)))
+    return tuple((t, math.ceil(t * limit - 1e-9)) for t in sorted({*thresholds, 1.0}))
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,0 +1,79 @@
+"""Mistakes caught when the config loads, not at the first request (issue "Every mistake caught early")."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from costguard import Ceiling, ConfigError, Guard, Limit, Period, Unit
+from costguard.config import load_config
+from costguard.model import make_match
+from costguard.testing import FakeClock, RecordingNotifier
+from helpers import make_guard, usd_ceiling
+
+
+def _load(tmp_path: Path, text: str) -> Guard:
+    path = tmp_path / "costguard.yaml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return load_config(path, env={}).build(clock=FakeClock())
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "words"),
+    [
+        ("thresholds: [80, 100]\n", "thresholds[0]", "for 80 % write 0.8"),
+        ("thresholds: [0.8, 1.5]\n", "thresholds[1]", "fraction of the limit in (0, 1]"),
+        ("features:\n  f:\n    daily_usd: 1\n    thresholds: [0.5, 2]\n", "features.f.thresholds[1]", "(0, 1]"),
+        ("ceilings:\n  - match: {team: '*'}\n    daily_usd: 1\n    thresholds: [90]\n", "thresholds[0]", "0.9"),
+    ],
+    ids=["percent", "over-one", "feature", "ceiling"],
+)
+def test_thresholds_are_fractions_of_the_limit(tmp_path: Path, text: str, path: str, words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _load(tmp_path, text)
+    assert caught.value.path is not None and path in caught.value.path
+    assert words in str(caught.value)
+    assert "(line " in str(caught.value)
+
+
+def test_thresholds_are_sorted_and_repeats_are_one(tmp_path: Path) -> None:
+    guard = _load(tmp_path, "thresholds: [1.0, 0.5, 0.8, 0.8]\n")
+    assert guard.thresholds == (0.5, 0.8, 1.0)
+
+
+def test_the_python_api_refuses_thresholds_outside_zero_to_one() -> None:
+    for bad in ([80, 100], [0.8, 1.5], [0.0], [-0.5]):
+        with pytest.raises(ValueError, match=r"fraction of the limit in \(0, 1\]"):
+            Guard(thresholds=bad)
+    ceiling = Ceiling(make_match({"feature": "f"}), (Limit(Period.DAY, Unit.USD, 1_000_000),), thresholds=(2.0,))
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        Guard(ceilings=[ceiling])
+
+
+def test_kill_fires_at_the_first_block_when_1_is_not_listed() -> None:
+    notifier = RecordingNotifier()
+    guard = make_guard(
+        usd_ceiling({"feature": "f"}, month=1.0), notifier=notifier, thresholds=[0.8], alert_group_s=None
+    )
+    blocked = 0
+    for _ in range(12):
+        try:
+            guard.reserve("f", estimate_usd=0.1).commit()
+        except Exception:
+            blocked += 1
+    guard.flush()
+    assert blocked == 2
+    assert [(e.kind, e.threshold) for e in notifier.events] == [("warn", 0.8), ("kill", 1.0)]
+
+
+def test_a_soft_ceiling_warns_at_100_percent_when_1_is_not_listed() -> None:
+    notifier = RecordingNotifier()
+    guard = make_guard(
+        usd_ceiling({"feature": "f"}, "soft", month=1.0), notifier=notifier, thresholds=[0.5], alert_group_s=None
+    )
+    for _ in range(11):
+        guard.reserve("f", estimate_usd=0.1).commit()
+    guard.flush()
+    assert [(e.kind, e.threshold) for e in notifier.events] == [("warn", 0.5), ("warn", 1.0)]
