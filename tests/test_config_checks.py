@@ -77,3 +77,34 @@ def test_a_soft_ceiling_warns_at_100_percent_when_1_is_not_listed() -> None:
         guard.reserve("f", estimate_usd=0.1).commit()
     guard.flush()
     assert [(e.kind, e.threshold) for e in notifier.events] == [("warn", 0.5), ("warn", 1.0)]
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ("ceilings:\n  - match: {team: '*'}\n    thresholds: [0.5]\n", "ceilings[0]"),
+        ("customers:\n  acme:\n    enforcement: soft\n", "customers.acme"),
+        ("features:\n  f:\n    estimate_usd: 0.01\n    per_customer: {thresholds: [0.5]}\n", "features.f.per_customer"),
+    ],
+    ids=["ceiling", "customer", "per-customer"],
+)
+def test_a_ceiling_without_a_limit_is_a_config_error(tmp_path: Path, text: str, path: str) -> None:
+    with pytest.raises(ConfigError, match="needs at least one limit") as caught:
+        _load(tmp_path, text)
+    assert caught.value.path == path
+
+
+def test_a_feature_without_limits_is_not_a_ceiling_and_loads(tmp_path: Path) -> None:
+    guard = _load(tmp_path, "features:\n  f:\n    estimate_usd: 0.01\n")
+    assert guard.ceilings == ()
+
+
+def test_expire_after_on_a_calendar_period_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="only applies to `total` limits") as caught:
+        _load(tmp_path, "ceilings:\n  - match: {run: '*'}\n    daily_usd: 1\n    expire_after: 7d\n")
+    assert caught.value.path == "ceilings[0].expire_after"
+    assert "(line 4)" in str(caught.value)
+    guard = _load(
+        tmp_path, "ceilings:\n  - match: {run: '*'}\n    daily_usd: 1\n    total_usd: 5\n    expire_after: 7d\n"
+    )
+    assert guard.ceilings[0].expire_after_s == 7 * 86400

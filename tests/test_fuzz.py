@@ -431,6 +431,18 @@ valid_names = st.text(min_size=1, max_size=40).filter(lambda n: "${" not in n an
 valid_label_values = st.text(min_size=1, max_size=40).filter(lambda n: "${" not in n and "\x00" not in n)
 
 
+def _expiry_with_a_total(block: dict[str, Any]) -> dict[str, Any]:
+    """`expire_after` only where a `total` limit is (elsewhere it is a ConfigError)."""
+    if "expire_after" in block and not any(key.endswith("total") or key == "total_usd" for key in block):
+        return {k: v for k, v in block.items() if k != "expire_after"}
+    return block
+
+
+def _with_a_limit(block: dict[str, Any]) -> dict[str, Any]:
+    """A ceiling needs a limit key (one without is a ConfigError)."""
+    return block if any(key in LIMIT_KEYS for key in block) else {"monthly_usd": 1, **block}
+
+
 def valid_limits(**extra: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
     return st.fixed_dictionaries(
         {},
@@ -446,7 +458,7 @@ def valid_limits(**extra: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str,
             "expire_after": st.sampled_from(["7d", "12h", "30m", "1.5h", 3600, 0.5]),
             **extra,
         },
-    )
+    ).map(_expiry_with_a_total)
 
 
 valid_learn = st.builds(
@@ -458,7 +470,7 @@ valid_learn = st.builds(
 valid_feature = valid_limits(
     estimate_usd=valid_usd,
     estimate_tokens=valid_count,
-    per_customer=valid_limits(),
+    per_customer=valid_limits().map(_with_a_limit),
     degrade_at=st.floats(0.01, 1.0),
     fallback=st.sampled_from([{"static": "busy"}, {"static": None}, {"cached": {"ttl_s": "1h"}}, {"raise": True}]),
     on_store_error=st.sampled_from(["open", "closed"]),
@@ -482,9 +494,11 @@ valid_configs = st.fixed_dictionaries(
         "on_call_error": st.sampled_from(["release", "keep"]),
         "max_label_length": st.integers(64, 2000),
         "features": st.dictionaries(valid_names | st.just("*"), valid_feature, max_size=4),
-        "customers": st.dictionaries(valid_names | st.just("*"), valid_limits(), max_size=3),
+        "customers": st.dictionaries(valid_names | st.just("*"), valid_limits().map(_with_a_limit), max_size=3),
         "ceilings": st.lists(
-            st.builds(lambda m, limits: {"match": m, **limits}, valid_ceiling_matches, valid_limits()),
+            st.builds(
+                lambda m, limits: {"match": m, **limits}, valid_ceiling_matches, valid_limits().map(_with_a_limit)
+            ),
             max_size=3,
             unique_by=lambda c: tuple(sorted(c["match"].items())),
         ),

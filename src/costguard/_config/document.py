@@ -27,7 +27,7 @@ from costguard._config.schema import (
 from costguard._config.values import Count, DeadlineMillis, Thresholds, Usd, shown
 from costguard.errors import ConfigError
 from costguard.estimators import LearnSettings
-from costguard.model import Ceiling, micros_to_usd
+from costguard.model import Ceiling, Period, micros_to_usd
 from costguard.notify.dispatcher import Notifier
 from costguard.settings import FeatureSettings, GuardSettings
 from costguard.yamlload import load_yaml
@@ -100,6 +100,19 @@ class ConfigDocument(StrictModel):
         out: list[tuple[str, Ceiling]] = []
 
         def add(path: str, block: Limits, match: Mapping[str, str], exclude: Mapping[str, Any] | None) -> None:
+            limits = block.limits()
+            if not limits:
+                raise ConfigError(
+                    "a ceiling needs at least one limit, such as daily_usd: 5, monthly_usd: 100, calls_per_day: "
+                    "1000 or total_usd: 10; without one it would match calls and limit nothing",
+                    path=path,
+                )
+            if block.expire_after is not None and all(limit.period is not Period.TOTAL for limit in limits):
+                raise ConfigError(
+                    "expire_after only applies to `total` limits (total_usd, calls_total, tokens_total): a daily, "
+                    "weekly or monthly counter already starts over each period; remove it or use a total limit",
+                    path=f"{path}.expire_after",
+                )
             try:
                 out.append((path, block.ceiling(match, exclude)))
             except ValueError as exc:
@@ -233,7 +246,7 @@ def parse(data: Any, model: type[D], *, file: str = "<config>", lines: Mapping[s
     try:
         config.ceiling_list()
     except ConfigError as exc:
-        line = (lines or {}).get(str(exc.path).removesuffix(".max_instances"))
+        line = (lines or {}).get(str(exc.path).removesuffix(".max_instances")) or (lines or {}).get(str(exc.path))
         raise ConfigError(exc.reason + (f" (line {line})" if line else ""), file=file, path=exc.path) from None
     return config
 
