@@ -6,8 +6,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from costguard import Ceiling, ConfigError, Guard, Limit, Period, Unit
+from costguard.cli import main
 from costguard.config import load_config
 from costguard.model import make_match
 from costguard.testing import FakeClock, RecordingNotifier
@@ -108,3 +110,24 @@ def test_expire_after_on_a_calendar_period_is_a_config_error(tmp_path: Path) -> 
         tmp_path, "ceilings:\n  - match: {run: '*'}\n    daily_usd: 1\n    total_usd: 5\n    expire_after: 7d\n"
     )
     assert guard.ceilings[0].expire_after_s == 7 * 86400
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("sqlite://costguard.db", "in-memory SQLite database"),
+        ("postgresql+psycopg://u:hunter2@127.0.0.1/x?prefix=1bad", "table prefix"),
+        ("redis://127.0.0.1:6379/0?timeout_ms=-5", "timeout_ms"),
+        ("redis://:hunter2@127.0.0.1:6379/0?namespace=a%20b", "namespace"),
+    ],
+    ids=["sqlite-two-slashes", "pg-prefix", "redis-timeout", "redis-namespace"],
+)
+def test_check_config_checks_the_store_url_as_opening_would(tmp_path: Path, url: str, words: str) -> None:
+    path = tmp_path / "costguard.yaml"
+    path.write_text(f"store: {url}\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["check-config", "--config", str(path)])
+    assert result.exit_code == 2, result.output
+    assert words in result.output and "(line 1)" in result.output
+    assert "hunter2" not in result.output  # nothing connected, and the password is not shown
+    with pytest.raises(ConfigError, match=words):
+        load_config(path, env={})

@@ -15,7 +15,8 @@ _REDIS_SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
 
 
 def check_store_url(url: str) -> None:
-    """Raise `ConfigError` unless `url` names a store this version can open (nothing is opened)."""
+    """Raise `ConfigError` unless `url` names a store this version can open, its options checked as opening
+    would check them (nothing is opened, nothing connects)."""
     if not isinstance(url, str) or "://" not in url:
         shown = repr(url) if not isinstance(url, str) or len(url) < 40 else repr(url[:12] + "…")
         raise ConfigError(
@@ -27,7 +28,17 @@ def check_store_url(url: str) -> None:
         raise ConfigError("store URL contains a NUL character", path="store")
     scheme = url.split("://", 1)[0].lower()
     base = scheme.split("+", 1)[0]
-    if scheme == "memory" or base in _SQL_SCHEMES or scheme in _REDIS_SCHEMES:
+    if base in _SQL_SCHEMES:
+        from costguard.stores._sql_conn import check_url
+
+        check_url(url)  # as opening would: `sqlite://x.db` (two slashes) is in-memory, not a file
+        return
+    if scheme in _REDIS_SCHEMES:
+        from costguard.stores._redis_conn import parse_options
+
+        parse_options(url)
+        return
+    if scheme == "memory":
         return
     raise ConfigError(
         f"unknown store scheme {scheme!r} in {redacted(url)!r}; expected memory://, sqlite:///…, "

@@ -114,10 +114,22 @@ def open_engine(url: str, *, timeout_ms: float | None, prefix: str | None) -> tu
         options = _parse(url, timeout_ms, prefix)
         return options, _sqlite_engine(options) if options.sqlite else _postgres_engine(options)
     except (sa_exc.ArgumentError, ValueError, ImportError) as exc:
-        hint = ' (pip install "costguard-ai[postgres]")' if isinstance(exc, ImportError) else ""
-        raise ConfigError(
-            f"cannot open SQL store {redacted(url)!r}: {_without_secrets(str(exc), url)}{hint}", path="store"
-        ) from None
+        raise _cannot_open(url, exc) from None
+
+
+def check_url(url: str) -> None:
+    """`ConfigError` for a URL `open_engine` would refuse (`check-config`): nothing connects, no driver loads."""
+    try:
+        _parse(url, None, None)
+    except (sa_exc.ArgumentError, ValueError) as exc:
+        raise _cannot_open(url, exc) from None
+
+
+def _cannot_open(url: str, exc: Exception) -> ConfigError:
+    hint = ' (pip install "costguard-ai[postgres]")' if isinstance(exc, ImportError) else ""
+    return ConfigError(
+        f"cannot open SQL store {redacted(url)!r}: {_without_secrets(str(exc), url)}{hint}", path="store"
+    )
 
 
 def _parse(url: str, timeout_ms: float | None, prefix: str | None) -> SQLOptions:
