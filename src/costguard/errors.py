@@ -14,6 +14,7 @@ __all__ = [
     "CostGuardError",
     "KillSwitchActive",
     "LabelError",
+    "LimitNotFound",
     "StoreBusy",
     "StoreError",
     "StoreTimeout",
@@ -38,6 +39,10 @@ class ConfigError(CostGuardError, ValueError):
 
 class LabelError(CostGuardError, ValueError):
     """A label name or value cannot be used (wrong type, empty, too long)."""
+
+
+class LimitNotFound(CostGuardError, LookupError):
+    """`clear_limit` found no run-time limit for that scope, period and unit: nothing was changed."""
 
 
 class StoreError(CostGuardError):

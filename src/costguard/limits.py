@@ -13,8 +13,9 @@ from datetime import datetime, timezone
 
 from costguard import engine
 from costguard.control import ControlView
+from costguard.errors import LimitNotFound
 from costguard.events import AuditRecord, Event
-from costguard.model import Money, Period, Unit, check_count, micros_to_usd, normalize_labels, to_micros
+from costguard.model import Money, Period, Unit, check_count, encode_scope, micros_to_usd, normalize_labels, to_micros
 from costguard.reporting import Reporter
 from costguard.steps import run
 from costguard.stores.base import Store
@@ -62,8 +63,18 @@ class Limits:
         self.control.require_known_labels(scope, "a limit")
         bound = tuple(sorted(normalize_labels(scope, max_length=self.max_label_length).items()))
         now = self.clock()
-        old = run(self.control.refresh(now)).limit(dict(bound), period, unit)
         override = engine.LimitOverride(bound, period, unit, amount or 0, reason, actor, now)
+        if amount is None:
+            self.control.invalidate()  # whether there is one to clear is read from the store, not the cache
+        state = run(self.control.refresh(now))
+        if amount is None and (period, unit) not in state.overrides.get(override.scope_key, {}):
+            where = encode_scope(dict(bound)) or "everything"
+            raise LimitNotFound(
+                f"no run-time {period.value} {unit.value} limit is set for {where}: "
+                "nothing to clear (a limit from costguard.yaml is changed in the file; `costguard status` shows the "
+                "limits in force)"
+            )
+        old = state.limit(dict(bound), period, unit)
 
         def shown(value: int | None) -> float | None:
             if value is None:

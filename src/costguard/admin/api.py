@@ -16,6 +16,7 @@ from costguard.admin.http import ERROR_RESPONSES, ApiError, current_principal, r
 from costguard.admin.policy import Principal, TokenBook, admin_settings, plan_limit_change, visible
 from costguard.admin.schemas import (
     AuditPage,
+    ErrorBody,
     Health,
     KillSwitchActivate,
     KillSwitchChanged,
@@ -102,7 +103,12 @@ def build_router(guard: Guard, admin: AdminConfig | Mapping[str, Any] | None = N
         data["ceilings"] = [row for row in data["ceilings"] if caller.sees(row["labels"])]
         return data
 
-    @router.put("/v1/budget/limits", tags=["budget"], response_model=LimitChanged)
+    @router.put(
+        "/v1/budget/limits",
+        tags=["budget"],
+        response_model=LimitChanged,
+        responses={404: {"model": ErrorBody, "description": "Clearing (null) a run-time limit that is not set."}},
+    )
     def put_limit(body: LimitRequest, caller: Caller) -> LimitChanged:
         """Set (or, with null, clear) a limit at run time. Operators may lower; raising needs an admin."""
         caller.require("operator", "change limits")

@@ -21,7 +21,7 @@ from starlette.types import Message
 
 from costguard.admin.policy import AccessDenied, Principal, TokenBook
 from costguard.admin.schemas import MAX_BODY_BYTES, ErrorBody
-from costguard.errors import StoreError
+from costguard.errors import LimitNotFound, StoreError
 
 __all__ = [
     "ERROR_RESPONSES",
@@ -209,6 +209,8 @@ def route_class(tokens: TokenBook) -> type[APIRoute]:
                     return error_response(422, "validation_error", validation_message(exc.errors()))
                 except StarletteHTTPException as exc:
                     return error_response(exc.status_code, http_error_code(exc.status_code), str(exc.detail))
+                except LimitNotFound as exc:
+                    return error_response(404, "limit_not_found", str(exc))
                 except StoreError as exc:
                     log.warning("costguard admin: store error: %s", exc)
                     return error_response(503, "store_unavailable", "the costguard store did not answer; try again")

@@ -17,6 +17,7 @@ from costguard.cli.common import (
     reason_option,
     scope_text,
 )
+from costguard.errors import LimitNotFound
 
 __all__ = ["limits"]
 
@@ -77,4 +78,6 @@ def limits_clear(config: Path | None, scope: str, period: str, unit: str, reason
             guard.clear_limit(labels, period=period, unit=unit, reason=reason, actor=actor_name(actor))
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
+        except LimitNotFound as exc:
+            raise click.ClickException(str(exc)) from None  # exit 1: nothing was cleared
     click.echo(f"{scope_text(labels)}: run-time {period} {unit} limit cleared ({reason})")
