@@ -9,7 +9,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, get_args
 
-__all__ = ["EVENT_KINDS", "NEW_PERIOD", "AuditQuery", "AuditRecord", "Event", "EventKind"]
+__all__ = [
+    "AUDIT_DECISIONS",
+    "EVENT_KINDS",
+    "NEW_PERIOD",
+    "AuditDecision",
+    "AuditQuery",
+    "AuditRecord",
+    "Event",
+    "EventKind",
+]
 
 # The reason of a kill cleared because its period ended (the first call of the next one claims it).
 NEW_PERIOD = "new period"
@@ -24,6 +33,18 @@ EventKind = Literal[
     "store_error",
 ]
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
+
+# What an audit record says happened (`AuditRecord.decision`).
+AuditDecision = Literal[
+    "reserve",
+    "commit",
+    "release",
+    "blocked",
+    "limit_changed",
+    "killswitch_activated",
+    "killswitch_deactivated",
+]
+AUDIT_DECISIONS: tuple[str, ...] = get_args(AuditDecision)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from costguard import deadline as dl
 from costguard import engine
 from costguard import forecast as fc
 from costguard.control import ControlView
-from costguard.events import AuditQuery, AuditRecord
+from costguard.events import AUDIT_DECISIONS, AuditQuery, AuditRecord
 from costguard.model import Ceiling, Period, Unit, micros_to_usd, normalize_labels
 from costguard.periods import bucket_for
 from costguard.reporting import Reporter
@@ -110,6 +110,8 @@ class Queries:
         """Audit records, newest first (after the background audit writes of this process)."""
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit!r}")
+        if decision is not None and decision not in AUDIT_DECISIONS:
+            raise ValueError(f"unknown decision {decision!r}: the audit log has {', '.join(AUDIT_DECISIONS)}")
         start, end = (v.timestamp() if isinstance(v, datetime) else v for v in (since, until))
         query = AuditQuery(start, end, feature, customer, decision, limit, before_id=before_id)
         self.reporter.background.flush()

@@ -26,7 +26,7 @@ from costguard.admin.schemas import (
 )
 from costguard.config import AdminConfig
 from costguard.errors import StoreError
-from costguard.events import AuditRecord
+from costguard.events import AuditDecision, AuditRecord
 from costguard.guard import Guard
 from costguard.model import Period, Unit, to_micros
 
@@ -172,7 +172,7 @@ def build_router(guard: Guard, admin: AdminConfig | Mapping[str, Any] | None = N
         until: Annotated[When, Query(description="ISO 8601, exclusive.")] = None,
         feature: LabelQuery = None,
         customer: LabelQuery = None,
-        decision: Annotated[str | None, Query(min_length=1, max_length=64, examples=["blocked"])] = None,
+        decision: Annotated[AuditDecision | None, Query(description="Only records with this decision.")] = None,
         limit: Annotated[int, Query(ge=1, le=_MAX_AUDIT_PAGE)] = 100,
         before_id: Annotated[int | None, Query(ge=1, le=2**62, description="Page: older than this id.")] = None,
     ) -> AuditPage:

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from costguard.cli.common import config_option, json_option, make_console, open_guard, scope_text
+from costguard.events import AUDIT_DECISIONS
 
 __all__ = ["audit"]
 
@@ -44,7 +45,7 @@ def _when(text: str | None) -> float | None:
 @click.option("--until", default=None, help="ISO time or a span back from now.")
 @click.option("--feature", default=None)
 @click.option("--customer", default=None)
-@click.option("--decision", default=None, help="reserve, commit, release, blocked, limit_changed, killswitch_…")
+@click.option("--decision", type=click.Choice(AUDIT_DECISIONS), default=None, help="Only records with this decision.")
 @click.option("--limit", type=click.IntRange(min=1, max=10_000), default=50, show_default=True)
 @click.option("--before-id", type=int, default=None, help="Page: records older than this id.")
 @json_option("Print JSON lines.")
