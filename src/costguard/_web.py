@@ -160,6 +160,7 @@ def blocked_reply(guard: Guard | None, exc: Blocked) -> Reply:
     after = retry_after(exc.retry_after_s)
     body = {
         "code": "cap_exhausted",
+        "cap_usd": exc.limit_usd,  # the shape Keybrake's clients read: code + cap_usd
         "scope": exc.scope,
         "period": exc.period,
         "spent_usd": exc.spent_usd,
