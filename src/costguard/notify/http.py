@@ -1,19 +1,69 @@
-"""A small JSON-over-HTTP POST for the webhook and PagerDuty notifiers (stdlib only, core stays light)."""
+"""What the HTTP notifiers (Slack, webhook, PagerDuty) share: their delivery options, the URL check, and a
+small JSON-over-HTTP POST for the webhook and PagerDuty notifiers (stdlib only, core stays light)."""
 
 from __future__ import annotations
 
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypedDict
 from urllib.parse import urlsplit
 
 from costguard._version import __version__
-from costguard.notify.dispatcher import DeliveryError, retry_after_seconds
+from costguard.notify.dispatcher import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_BACKOFF_S,
+    DEFAULT_MAX_DELAY_S,
+    DEFAULT_MAX_PER_MINUTE,
+    DeliveryError,
+    rate_per_minute,
+    retry_after_seconds,
+)
 
-__all__ = ["Response", "check_url", "post"]
+__all__ = ["DEFAULT_TIMEOUT_S", "DeliveryOptions", "HttpNotifier", "Response", "check_url", "post"]
 
 USER_AGENT = f"costguard/{__version__}"
+DEFAULT_TIMEOUT_S = 5.0
+
+
+class DeliveryOptions(TypedDict, total=False):
+    """The keyword options every HTTP notifier takes besides its own (see `HttpNotifier`)."""
+
+    on: Iterable[str] | None
+    timeout_s: float
+    attempts: int
+    max_delay_s: float
+    backoff_s: float
+    max_per_minute: float | None
+
+
+class HttpNotifier:
+    """The base of the Slack, webhook and PagerDuty notifiers: the delivery options the dispatcher reads.
+
+    `on`: the event kinds to send (unset or empty: the class's `default_on`, None meaning every kind).
+    `timeout_s`: per request. `attempts`, `max_delay_s` and `backoff_s` bound the dispatcher's retries
+    (exponential backoff with jitter); `max_per_minute` is its rate limit (None: no limit).
+    """
+
+    default_on: frozenset[str] | None = None
+
+    def __init__(
+        self,
+        *,
+        on: Iterable[str] | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        attempts: int = DEFAULT_ATTEMPTS,
+        max_delay_s: float = DEFAULT_MAX_DELAY_S,
+        backoff_s: float = DEFAULT_BACKOFF_S,
+        max_per_minute: float | None = DEFAULT_MAX_PER_MINUTE,
+    ) -> None:
+        self.on = frozenset(on) if on else self.default_on
+        self.timeout_s = timeout_s
+        self.attempts = attempts
+        self.max_delay_s = max_delay_s
+        self.backoff_s = backoff_s
+        self.max_per_minute = rate_per_minute(max_per_minute)
 
 
 @dataclass(frozen=True)

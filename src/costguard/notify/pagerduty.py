@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from costguard.events import NEW_PERIOD, Event
-from costguard.notify.dispatcher import (
-    DEFAULT_ATTEMPTS,
-    DEFAULT_BACKOFF_S,
-    DEFAULT_MAX_DELAY_S,
-    DEFAULT_MAX_PER_MINUTE,
-    rate_per_minute,
-)
 from costguard.notify.format import headline, money, next_step, scope_text
-from costguard.notify.http import check_url, post
+from costguard.notify.http import DeliveryOptions, HttpNotifier, check_url, post
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["EVENTS_URL", "PagerDutyNotifier"]
 
@@ -42,15 +37,18 @@ def dedup_key(event: Event) -> str:
     return key
 
 
-class PagerDutyNotifier:
+class PagerDutyNotifier(HttpNotifier):
     """Send `trigger` for `kill` and `killswitch_activated`, `resolve` for `kill_cleared` and
     `killswitch_deactivated`, with a dedup key stable across processes and periods.
 
     `on` defaults to those four kinds; `warn` and `store_error` may be added (warning and error
-    severity, each with its own key, not resolved automatically).
+    severity, each with its own key, not resolved automatically). The other delivery options
+    (`timeout_s`, `attempts`, ...) are `HttpNotifier`'s.
     """
 
     name = "pagerduty"
+    default_on = frozenset(DEFAULT_ON)
+    on: frozenset[str]  # never None: `default_on` is set
 
     def __init__(
         self,
@@ -58,24 +56,14 @@ class PagerDutyNotifier:
         *,
         events_url: str = EVENTS_URL,
         source: str = "costguard",
-        on: Iterable[str] | None = None,
-        timeout_s: float = 5.0,
-        attempts: int = DEFAULT_ATTEMPTS,
-        max_delay_s: float = DEFAULT_MAX_DELAY_S,
-        backoff_s: float = DEFAULT_BACKOFF_S,
-        max_per_minute: float | None = DEFAULT_MAX_PER_MINUTE,
+        **delivery: Unpack[DeliveryOptions],
     ) -> None:
         if not routing_key:
             raise ValueError("routing_key is required (the integration key of a PagerDuty Events API v2 service)")
         self.routing_key = routing_key
         self.events_url = check_url(events_url, "events_url")
         self.source = source
-        self.on = frozenset(on) if on else frozenset(DEFAULT_ON)
-        self.timeout_s = timeout_s
-        self.attempts = attempts
-        self.max_delay_s = max_delay_s
-        self.backoff_s = backoff_s
-        self.max_per_minute = rate_per_minute(max_per_minute)
+        super().__init__(**delivery)
 
     def message(self, event: Event) -> dict[str, Any]:
         """The Events API v2 body for `event`."""

@@ -5,21 +5,15 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from costguard.events import Event
-from costguard.notify.dispatcher import (
-    DEFAULT_ATTEMPTS,
-    DEFAULT_BACKOFF_S,
-    DEFAULT_MAX_DELAY_S,
-    DEFAULT_MAX_PER_MINUTE,
-    DeliveryError,
-    rate_per_minute,
-    retry_after_seconds,
-)
+from costguard.notify.dispatcher import DeliveryError, retry_after_seconds
 from costguard.notify.format import details, emoji, headline, next_step, plain_text
-from costguard.notify.http import check_url
+from costguard.notify.http import DEFAULT_TIMEOUT_S, DeliveryOptions, HttpNotifier, check_url
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["SlackNotifier"]
 
@@ -45,13 +39,14 @@ def _posted(channel: str) -> None:
         _last_post[channel] = max(_last_post.get(channel, float("-inf")), time.monotonic())
 
 
-class SlackNotifier:
+class SlackNotifier(HttpNotifier):
     """Post events to Slack with `webhook_url` (Incoming Webhook) or `token` + `channel` (chat.postMessage).
 
     slack-sdk's retry handlers skip HTTP 429 by default; this client adds its rate-limit handler
     (one wait of `Retry-After`), and the dispatcher retries 5xx, timeouts and a second 429 with
     backoff. At most one message per `min_interval_s` (default 1 s) per channel from this process.
-    `base_url` points the Web API client elsewhere (a proxy, Slack GovSlack, a test server).
+    `base_url` points the Web API client elsewhere (a proxy, Slack GovSlack, a test server). The other
+    delivery options (`on`, `timeout_s`, `attempts`, ...) are `HttpNotifier`'s.
     """
 
     name = "slack"
@@ -63,13 +58,8 @@ class SlackNotifier:
         token: str | None = None,
         channel: str | None = None,
         base_url: str | None = None,
-        on: Iterable[str] | None = None,
-        timeout_s: float = 5.0,
-        attempts: int = DEFAULT_ATTEMPTS,
-        max_delay_s: float = DEFAULT_MAX_DELAY_S,
-        backoff_s: float = DEFAULT_BACKOFF_S,
-        max_per_minute: float | None = DEFAULT_MAX_PER_MINUTE,
         min_interval_s: float = 1.0,
+        **delivery: Unpack[DeliveryOptions],
     ) -> None:
         try:
             from slack_sdk import WebClient
@@ -82,7 +72,7 @@ class SlackNotifier:
             raise ValueError("give either webhook_url, or token and channel")
         if token and not channel:
             raise ValueError("channel is required with token (e.g. '#ops' or a channel id)")
-        timeout = max(1, math.ceil(timeout_s))  # slack-sdk takes whole seconds
+        timeout = max(1, math.ceil(delivery.get("timeout_s", DEFAULT_TIMEOUT_S)))  # slack-sdk takes whole seconds
         handlers: list[RetryHandler] = [RateLimitErrorRetryHandler(max_retry_count=1)]
         self._webhook: Any = None
         self._web: Any = None
@@ -98,11 +88,7 @@ class SlackNotifier:
             self._web = WebClient(**options)
             self.channel_key = f"{base_url or 'slack'}#{channel}"
         self.channel = channel
-        self.on = frozenset(on) if on else None
-        self.attempts = attempts
-        self.max_delay_s = max_delay_s
-        self.backoff_s = backoff_s
-        self.max_per_minute = rate_per_minute(max_per_minute)
+        super().__init__(**delivery)
         self.min_interval_s = min_interval_s
 
     @staticmethod

@@ -6,17 +6,14 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from costguard.events import Event
-from costguard.notify.dispatcher import (
-    DEFAULT_ATTEMPTS,
-    DEFAULT_BACKOFF_S,
-    DEFAULT_MAX_DELAY_S,
-    DEFAULT_MAX_PER_MINUTE,
-    rate_per_minute,
-)
-from costguard.notify.http import check_url, post
+from costguard.notify.http import DeliveryOptions, HttpNotifier, check_url, post
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["DEFAULT_TOLERANCE_S", "WebhookNotifier", "sign", "verify"]
 
@@ -66,13 +63,14 @@ def verify(
     )
 
 
-class WebhookNotifier:
+class WebhookNotifier(HttpNotifier):
     """POST each event to `url`.
 
     Headers: `Content-Type: application/json`, `X-CostGuard-Event: <kind>`, `X-CostGuard-Delivery:
     <event id>` (the same on every retry, so a receiver can drop duplicates) and, with `secret`,
     `X-CostGuard-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` (see `verify`).
-    Redirects are never followed.
+    Redirects are never followed. The delivery options (`on`, `timeout_s`, `attempts`, ...) are
+    `HttpNotifier`'s.
     """
 
     name = "webhook"
@@ -83,22 +81,12 @@ class WebhookNotifier:
         *,
         secret: str | None = None,
         headers: Mapping[str, str] | None = None,
-        on: Iterable[str] | None = None,
-        timeout_s: float = 5.0,
-        attempts: int = DEFAULT_ATTEMPTS,
-        max_delay_s: float = DEFAULT_MAX_DELAY_S,
-        backoff_s: float = DEFAULT_BACKOFF_S,
-        max_per_minute: float | None = DEFAULT_MAX_PER_MINUTE,
+        **delivery: Unpack[DeliveryOptions],
     ) -> None:
         self.url = check_url(url, "webhook url")
         self.secret = secret or None
         self.headers = dict(headers or {})
-        self.on = frozenset(on) if on else None
-        self.timeout_s = timeout_s
-        self.attempts = attempts
-        self.max_delay_s = max_delay_s
-        self.backoff_s = backoff_s
-        self.max_per_minute = rate_per_minute(max_per_minute)
+        super().__init__(**delivery)
 
     def body(self, event: Event) -> bytes:
         """The exact bytes sent (and signed)."""
