@@ -6,13 +6,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Decision", "Reason"]
+__all__ = ["Decision", "Reason", "UsdView"]
 
 Reason = Literal["allowed", "budget_exceeded", "max_call_usd", "max_instances", "kill_switch", "store_error"]
 
 
+class UsdView:
+    """`spent_usd` and `limit_usd` for a record of one ceiling's `unit`, `spent` and `limit` (decisions, events)."""
+
+    unit: str | None
+    spent: float | None
+    limit: float | None
+
+    @property
+    def spent_usd(self) -> float | None:
+        """Spend in USD (None when the ceiling counts calls or tokens)."""
+        return self.spent if self.unit == "usd" else None
+
+    @property
+    def limit_usd(self) -> float | None:
+        """Limit in USD (None when the ceiling counts calls or tokens)."""
+        return self.limit if self.unit == "usd" else None
+
+
 @dataclass(frozen=True)
-class Decision:
+class Decision(UsdView):
     """The outcome of checking or reserving one call against every ceiling that applies."""
 
     allowed: bool
@@ -33,16 +51,6 @@ class Decision:
     def feature(self) -> str:
         """The guarded feature's name."""
         return self.labels.get("feature", "")
-
-    @property
-    def spent_usd(self) -> float | None:
-        """Spend of the deciding ceiling in USD (None when it counts calls or tokens)."""
-        return self.spent if self.unit == "usd" else None
-
-    @property
-    def limit_usd(self) -> float | None:
-        """Limit of the deciding ceiling in USD (None when it counts calls or tokens)."""
-        return self.limit if self.unit == "usd" else None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, get_args
 
+from costguard.decision import UsdView
+
 __all__ = [
     "AUDIT_DECISIONS",
     "EVENT_KINDS",
@@ -48,7 +50,7 @@ AUDIT_DECISIONS: tuple[str, ...] = get_args(AuditDecision)
 
 
 @dataclass(frozen=True)
-class Event:
+class Event(UsdView):
     """Something an operator should hear about; delivered to notifiers off the request path."""
 
     kind: EventKind
@@ -87,16 +89,6 @@ class Event:
         if self.instances is not None:  # one incident per ceiling and period bucket, whichever instances
             return f"costguard/{self.ceiling or scope}/{scope}/{self.period}/{self.unit}/{self.bucket}"
         return f"costguard/{self.ceiling or scope}/{scope}/{self.period}/{self.unit}"
-
-    @property
-    def spent_usd(self) -> float | None:
-        """Spend in USD when the ceiling counts USD."""
-        return self.spent if self.unit == "usd" else None
-
-    @property
-    def limit_usd(self) -> float | None:
-        """Limit in USD when the ceiling counts USD."""
-        return self.limit if self.unit == "usd" else None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON body notifiers send."""

@@ -166,39 +166,33 @@ class LimitRequest(_Body):
         return value
 
 
-class KillSwitchActivate(_Body):
+class _ScopedChange(_Body):
+    """A kill-switch change: its scope and reason are checked the same way for activating and deactivating."""
+
+    @field_validator("scope", check_fields=False)
+    @classmethod
+    def _check_scope(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return _scope(value)
+
+    @field_validator("reason", check_fields=False)
+    @classmethod
+    def _check_reason(cls, value: str) -> str:
+        return _reason(value)
+
+
+class KillSwitchActivate(_ScopedChange):
     """`POST /v1/killswitch/activate`: a reason, and a scope (omitted or null: everything)."""
 
     reason: Reason
     scope: Scope | None = None
 
-    @field_validator("scope")
-    @classmethod
-    def _check_scope(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        return _scope(value)
 
-    @field_validator("reason")
-    @classmethod
-    def _check_reason(cls, value: str) -> str:
-        return _reason(value)
-
-
-class KillSwitchDeactivate(_Body):
+class KillSwitchDeactivate(_ScopedChange):
     """`POST /v1/killswitch/deactivate`: the scope it was activated with (omitted or null: the global
     switch) and why it may run again (required, as for activating: it goes in the audit log)."""
 
     scope: Scope | None = None
     reason: Reason
-
-    @field_validator("scope")
-    @classmethod
-    def _check_scope(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        return _scope(value)
-
-    @field_validator("reason")
-    @classmethod
-    def _check_reason(cls, value: str) -> str:
-        return _reason(value)
 
 
 class LimitChanged(BaseModel):

@@ -12,7 +12,7 @@ import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 
 from costguard.fallback import Cached, Fallback, JSONCodec, as_fallback
 from costguard.guarded import invoke
@@ -26,13 +26,23 @@ if TYPE_CHECKING:
     from costguard.guard import Guard
     from costguard.reservation import Reservation
 
-__all__ = ["LabelsSpec", "Routes", "Settings", "wrap"]
+__all__ = ["ClientT", "GuardOptions", "LabelsSpec", "Routes", "Settings", "wrap"]
 
 ClientT = TypeVar("ClientT")
 LabelsSpec = Mapping[str, object] | Callable[..., Mapping[str, object]] | None
 # An attribute name → a nested route, an endpoint to guard, or REWRAP (a method returning a new client).
 Routes = Mapping[str, "Routes | Endpoint | str"]
 REWRAP = "rewrap"
+
+
+class GuardOptions(TypedDict, total=False):
+    """The keyword options of every vendor's `guard(client, feature, ...)`: `guard`, `labels`, `fallback` and
+    `estimate`, as `costguard.integrations.openai.guard` describes them."""
+
+    guard: Guard | None
+    labels: LabelsSpec
+    fallback: Any
+    estimate: EstimateSpec
 
 
 @dataclass(frozen=True)
@@ -58,13 +68,15 @@ class Settings:
 def wrap(
     client: ClientT,
     feature: str,
-    guard: Guard | None,
-    labels: LabelsSpec,
-    fallback: Any,
-    estimate: EstimateSpec,
     routes: Routes,
+    *,
+    guard: Guard | None = None,
+    labels: LabelsSpec = None,
+    fallback: Any = None,
+    estimate: EstimateSpec = None,
 ) -> ClientT:
-    """A proxy over `client` (typed as the client, so editors keep completing its methods)."""
+    """A proxy over `client` guarding `routes` (typed as the client, so editors keep completing its methods);
+    a vendor's `guard(client, feature, **GuardOptions)` is this with its routes."""
     if not isinstance(feature, str) or not feature:
         raise ValueError("guard(client, feature) needs a feature name, e.g. guard(client, 'support_agent')")
     if labels is not None and not callable(labels) and not isinstance(labels, Mapping):

@@ -5,17 +5,15 @@ The `anthropic` package is never imported here; anything shaped like `Anthropic`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
-from costguard.integrations._request import MESSAGES, EstimateSpec
-from costguard.integrations._wrap import REWRAP, LabelsSpec, Routes, wrap
+from costguard.integrations._request import MESSAGES
+from costguard.integrations._wrap import REWRAP, ClientT, GuardOptions, Routes, wrap
 
 if TYPE_CHECKING:
-    from costguard.guard import Guard
+    from typing_extensions import Unpack
 
 __all__ = ["guard"]
-
-ClientT = TypeVar("ClientT")
 
 ROUTES: Routes = {
     "messages": {"create": MESSAGES},
@@ -24,15 +22,7 @@ ROUTES: Routes = {
 }
 
 
-def guard(
-    client: ClientT,
-    feature: str,
-    *,
-    guard: Guard | None = None,
-    labels: LabelsSpec = None,
-    fallback: Any = None,
-    estimate: EstimateSpec = None,
-) -> ClientT:
+def guard(client: ClientT, feature: str, **options: Unpack[GuardOptions]) -> ClientT:
     """An `Anthropic` / `AsyncAnthropic` client whose `messages.create` is guarded as `feature`; every other
     attribute is the client's own.
 
@@ -41,4 +31,4 @@ def guard(
     `stream=True` returns a wrapped stream that commits when it ends. `guard`, `labels`, `fallback` and
     `estimate` work as in `costguard.integrations.openai.guard`.
     """
-    return wrap(client, feature, guard, labels, fallback, estimate, ROUTES)
+    return wrap(client, feature, ROUTES, **options)

@@ -5,17 +5,15 @@ The `openai` package is never imported here; anything shaped like `OpenAI` / `As
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
-from costguard.integrations._request import CHAT_COMPLETIONS, RESPONSES, EstimateSpec
-from costguard.integrations._wrap import REWRAP, LabelsSpec, Routes, wrap
+from costguard.integrations._request import CHAT_COMPLETIONS, RESPONSES
+from costguard.integrations._wrap import REWRAP, ClientT, GuardOptions, Routes, wrap
 
 if TYPE_CHECKING:
-    from costguard.guard import Guard
+    from typing_extensions import Unpack
 
 __all__ = ["guard"]
-
-ClientT = TypeVar("ClientT")
 
 ROUTES: Routes = {
     "chat": {"completions": {"create": CHAT_COMPLETIONS}},
@@ -25,15 +23,7 @@ ROUTES: Routes = {
 }
 
 
-def guard(
-    client: ClientT,
-    feature: str,
-    *,
-    guard: Guard | None = None,
-    labels: LabelsSpec = None,
-    fallback: Any = None,
-    estimate: EstimateSpec = None,
-) -> ClientT:
+def guard(client: ClientT, feature: str, **options: Unpack[GuardOptions]) -> ClientT:
     """An `OpenAI` / `AsyncOpenAI` client whose `chat.completions.create` and `responses.create` are guarded
     as `feature`; every other attribute is the client's own.
 
@@ -46,4 +36,4 @@ def guard(
     arguments, or a `costguard.fallback` object; unset, the feature's configured fallback, else `Blocked` is
     raised. `estimate`: USD, a number or a callable over the request's keyword arguments.
     """
-    return wrap(client, feature, guard, labels, fallback, estimate, ROUTES)
+    return wrap(client, feature, ROUTES, **options)
