@@ -120,3 +120,15 @@ def test_the_real_api_needs_the_openai_package(
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-never-sent")
     with module.app.test_client() as client, pytest.raises(RuntimeError, match="pip install openai"):
         client.post("/chat", json={"message": "hi"}, headers=ACME)
+
+
+def test_the_80_percent_warning_shows_in_the_log(
+    example: tuple[ModuleType, costguard.Guard], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The README's first runs hit a per-customer cap; the config's `log` notifier makes the warning before it visible.
+    _, guard = example
+    caplog.set_level("WARNING", logger="costguard.alerts")
+    guard.reserve("chat", estimate_usd=0.017, customer="acme").commit()  # 85 % of acme's $0.02 a day on chat
+    guard.flush()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "costguard.alerts"]
+    assert any(message.startswith("costguard warn:") for message in warnings), warnings
