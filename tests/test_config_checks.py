@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from costguard import Ceiling, ConfigError, Guard, Limit, Period, Unit
+from costguard import BudgetExceeded, Ceiling, ConfigError, Guard, Limit, Period, Unit
 from costguard.cli import main
 from costguard.config import load_config
 from costguard.model import make_match
@@ -131,3 +131,37 @@ def test_check_config_checks_the_store_url_as_opening_would(tmp_path: Path, url:
     assert "hunter2" not in result.output  # nothing connected, and the password is not shown
     with pytest.raises(ConfigError, match=words):
         load_config(path, env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ("ceilings:\n  - match: {run: 'billing-*'}\n    total_usd: 5\n", "ceilings[0].match.run"),
+        ("ceilings:\n  - match: {run: '*-nightly', team: '*'}\n    total_usd: 5\n", "ceilings[0].match.run"),
+        ("features:\n  'chat-*':\n    daily_usd: 1\n", "features.chat-*"),
+        ("customers:\n  'acme*':\n    daily_usd: 1\n", "customers.acme*"),
+    ],
+    ids=["prefix", "suffix", "feature-name", "customer-name"],
+)
+def test_a_glob_in_a_match_value_is_refused_not_matched_literally(tmp_path: Path, text: str, path: str) -> None:
+    with pytest.raises(ConfigError, match="looks like a pattern") as caught:
+        _load(tmp_path, text)
+    assert caught.value.path == path
+    assert "(line " in str(caught.value)
+
+
+def test_the_python_api_refuses_a_glob_in_a_match_value() -> None:
+    glob = Ceiling(make_match({"run": "billing-*"}), (Limit(Period.TOTAL, Unit.USD, 5_000_000),))
+    with pytest.raises(ValueError, match="'billing-\\*' looks like a pattern"):
+        Guard(ceilings=[glob])
+    Guard(ceilings=[Ceiling(make_match({"run": "*"}), (Limit(Period.TOTAL, Unit.USD, 5_000_000),))]).close()
+
+
+def test_an_id_with_a_star_in_it_is_still_just_an_id_at_run_time() -> None:
+    # Client-supplied ids may contain `*`: a run-time limit on one, and calls by it, work as before.
+    guard = make_guard(usd_ceiling({"feature": "f"}, day=1.0))
+    guard.set_limit({"customer": "a*b"}, period="day", usd=0.02, reason="odd id")
+    guard.reserve("f", estimate_usd=0.02, customer="a*b").commit()
+    with pytest.raises(BudgetExceeded):
+        guard.reserve("f", estimate_usd=0.01, customer="a*b")
+    guard.reserve("f", estimate_usd=0.01, customer="ab").commit()

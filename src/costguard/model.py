@@ -253,6 +253,15 @@ class Ceiling:
         return bound
 
 
+def pattern_message(name: str, value: str) -> str:
+    """Why `value` (a match value with `*` inside, like `billing-*`) is refused."""
+    return (
+        f"{name}: {value!r} looks like a pattern, but a ceiling matches a value exactly, or every value with '*' "
+        f"alone (each value its own counter); list the values, or give those calls a label of their own "
+        f"(e.g. {name}_kind: billing) and match that"
+    )
+
+
 def make_match(match: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     """A ceiling match in canonical (sorted) order."""
     return tuple(sorted(match.items()))

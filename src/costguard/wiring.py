@@ -22,7 +22,7 @@ from costguard.control import ControlView
 from costguard.estimates import Estimates
 from costguard.killswitch import KillSwitch
 from costguard.limits import Limits
-from costguard.model import Ceiling
+from costguard.model import WILDCARD, Ceiling, pattern_message
 from costguard.notify.dispatcher import Notifier
 from costguard.pricing import Pricing
 from costguard.queries import Queries
@@ -167,6 +167,10 @@ def check_options(
 ) -> None:
     """Raise `ValueError` for a policy, commit mode, batch size, deadline, ceilings or label names a guard
     can't use."""
+    for ceiling in ceilings:  # a run-time override may name a value with `*` in it (an id); a configured ceiling not
+        for name, value in ceiling.match:
+            if WILDCARD in value and value != WILDCARD:
+                raise ValueError(pattern_message(name, value))
     ids = [c.id for c in ceilings]
     if len(ids) != len(set(ids)):
         dupes = sorted({i for i in ids if ids.count(i) > 1})

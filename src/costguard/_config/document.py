@@ -27,7 +27,7 @@ from costguard._config.schema import (
 from costguard._config.values import Count, DeadlineMillis, Thresholds, Usd, shown
 from costguard.errors import ConfigError
 from costguard.estimators import LearnSettings
-from costguard.model import Ceiling, Period, micros_to_usd
+from costguard.model import WILDCARD, Ceiling, Period, micros_to_usd, pattern_message
 from costguard.notify.dispatcher import Notifier
 from costguard.settings import FeatureSettings, GuardSettings
 from costguard.yamlload import load_yaml
@@ -100,6 +100,10 @@ class ConfigDocument(StrictModel):
         out: list[tuple[str, Ceiling]] = []
 
         def add(path: str, block: Limits, match: Mapping[str, str], exclude: Mapping[str, Any] | None) -> None:
+            for name, value in match.items():
+                if WILDCARD in value and value != WILDCARD:
+                    where = f"{path}.match.{name}" if path.startswith("ceilings") else path
+                    raise ConfigError(pattern_message(name, value), path=where)
             limits = block.limits()
             if not limits:
                 raise ConfigError(
