@@ -165,3 +165,21 @@ def test_an_id_with_a_star_in_it_is_still_just_an_id_at_run_time() -> None:
     with pytest.raises(BudgetExceeded):
         guard.reserve("f", estimate_usd=0.01, customer="a*b")
     guard.reserve("f", estimate_usd=0.01, customer="ab").commit()
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "hint"),
+    [
+        ("features:\n  chat: {daily_usd: ${BUDGET}}\n", "line 2", 'quote it ("${VAR}")'),
+        ("customers:\n  *:\n    daily_usd: 1\n", "line 2", 'quote the key or value ("*")'),
+        ("features:\n  chat:\n    daily_usd: 1\n   estimate_usd: 2\n", "line 4", "check the indentation"),
+    ],
+    ids=["env-in-flow-mapping", "unquoted-star", "indentation"],
+)
+def test_yaml_syntax_errors_name_the_file_the_line_and_a_fix(tmp_path: Path, text: str, line: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _load(tmp_path, text)
+    message = str(caught.value)
+    assert message.startswith(str(tmp_path / "costguard.yaml"))
+    assert line in message and hint in message
+    assert "<unicode string>" not in message and "\n" not in message

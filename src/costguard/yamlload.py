@@ -104,11 +104,33 @@ class _Builder:
         return self.construct(yaml.ScalarNode(tag, text, node.start_mark, node.end_mark), parts)
 
 
+def _yaml_error(exc: yaml.MarkedYAMLError, text: str) -> str:
+    """PyYAML's error as one line: where (line and column of the problem), what, and how to fix it."""
+    mark = exc.problem_mark or exc.context_mark
+    line = text.splitlines()[mark.line] if mark is not None and mark.line < len(text.splitlines()) else ""
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    what = (exc.problem or exc.context or "cannot be parsed").strip()
+    if "${" in line and "{" in line.split("${", 1)[0]:
+        hint = '`${VAR}` inside `{ }` reads as a nested mapping: quote it ("${VAR}") or write the block on lines'
+    elif "alias" in str(exc.context) or "anchor" in str(exc.context):
+        hint = '`*` and `&` start YAML aliases and anchors: quote the key or value ("*")'
+    elif "expected <block end>" in what or "mapping values are not allowed" in what:
+        hint = "check the indentation of this line against the lines above it (spaces only, the same step)"
+    elif "\t" in line:
+        hint = "YAML indents with spaces, not tabs"
+    else:
+        hint = "check the quoting and indentation around it"
+    shown = f" ({line.strip()[:80]!r})" if line.strip() else ""
+    return f"not valid YAML{where}{shown}: {what}; {hint}"
+
+
 def load_yaml(text: str, file: str, env: dict[str, str] | None = None) -> tuple[Any, dict[str, int]]:
     """Parse YAML text; returns the data and a map from key path to line number."""
     builder = _Builder(file, dict(os.environ) if env is None else env)
     try:
         node = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError(_yaml_error(exc, text), file=file) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}", file=file) from None
     if node is None:
