@@ -108,14 +108,17 @@ class ControlView:
             return None
         return state if state.control is not None else self.state()
 
-    def refresh(self, now: float, deadline: dl.Deadline | None = None) -> Steps[ControlState]:
-        """Steps: read the store when the copy is older than `ttl_s`; the reading in force after."""
+    def refresh(self, now: float, deadline: dl.Deadline | None = None, *, strict: bool = False) -> Steps[ControlState]:
+        """Steps: read the store when the copy is older than `ttl_s`; the reading in force after. A failed read
+        keeps the last state and is reported — or, `strict` (an operator's change), raises `StoreError`."""
         if now - self._state.fetched_at >= self.ttl_s:
             try:
                 control = yield Io(
                     self.store.control, self.store.acontrol, deadline=deadline or dl.Deadline(self.deadline_s)
                 )
             except StoreError as exc:
+                if strict:
+                    raise
                 # Keep the last known state: a process that saw a switch on keeps blocking (fail-closed).
                 with self._lock:
                     self._state.fetched_at = now

@@ -64,9 +64,8 @@ class Limits:
         bound = tuple(sorted(normalize_labels(scope, max_length=self.max_label_length).items()))
         now = self.clock()
         override = engine.LimitOverride(bound, period, unit, amount or 0, reason, actor, now)
-        if amount is None:
-            self.control.invalidate()  # whether there is one to clear is read from the store, not the cache
-        state = run(self.control.refresh(now))
+        self.control.invalidate()  # a change is judged on the store's state, not this process's cache
+        state = run(self.control.refresh(now, strict=True))  # store down: raise, no alert (the operator is told)
         if amount is None and (period, unit) not in state.overrides.get(override.scope_key, {}):
             where = encode_scope(dict(bound)) or "everything"
             raise LimitNotFound(
@@ -114,7 +113,7 @@ class Limits:
         """The limit in force for a ceiling scope (run-time override, else config), fresh from the store;
         USD as a float, calls and tokens as counts; None when no ceiling has that scope and period."""
         self.control.invalidate()
-        amount = run(self.control.refresh(self.clock())).limit(dict(scope), period, unit)
+        amount = run(self.control.refresh(self.clock(), strict=True)).limit(dict(scope), period, unit)
         if amount is None:
             return None
         return micros_to_usd(amount) if unit is Unit.USD else float(amount)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from rich.console import Console
 
-from costguard.errors import ConfigError, CostGuardError
+from costguard.errors import ConfigError, CostGuardError, StoreError
 
 if TYPE_CHECKING:
     from costguard.guard import Guard
@@ -99,6 +99,21 @@ def cli_errors() -> Iterator[None]:
         raise click.exceptions.Exit(EXIT_ERROR) from None
     except ValueError as exc:  # an argument the guard refused (an unknown label, a missing reason)
         click.echo(f"costguard: {exc}", err=True)
+        raise click.exceptions.Exit(EXIT_ERROR) from None
+
+
+@contextmanager
+def changing(not_done: str) -> Iterator[None]:
+    """Around an operator's change: when the store can't be reached, say plainly that it did not happen
+    (`not_done`, exit 1) — no alert is sent for it, the operator is the one who needs to know."""
+    try:
+        yield
+    except StoreError as exc:
+        click.echo(
+            f"costguard: {not_done}: the store can't be reached ({exc}); nothing was changed. "
+            "Try again when it answers.",
+            err=True,
+        )
         raise click.exceptions.Exit(EXIT_ERROR) from None
 
 

@@ -10,6 +10,7 @@ from rich.text import Text
 from costguard.cli.common import (
     actor_name,
     actor_option,
+    changing,
     config_option,
     json_option,
     make_console,
@@ -36,7 +37,7 @@ def killswitch() -> None:
 def killswitch_activate(config: Path | None, scope: str | None, reason: str, actor: str | None) -> None:
     """Turn a kill switch on; every process follows within its cache (500 ms by default)."""
     labels = parse_scope(scope)
-    with open_guard(config) as guard:
+    with open_guard(config) as guard, changing(f"the kill switch for {scope_text(labels)} was NOT activated"):
         changed = guard.killswitch.activate(reason=reason, actor=actor_name(actor), scope=labels or None)
     click.echo(f"kill switch {'ON' if changed else 'was already on'} for {scope_text(labels)}")
 
@@ -49,7 +50,7 @@ def killswitch_activate(config: Path | None, scope: str | None, reason: str, act
 def killswitch_deactivate(config: Path | None, scope: str | None, reason: str, actor: str | None) -> None:
     """Turn a kill switch off."""
     labels = parse_scope(scope)
-    with open_guard(config) as guard:
+    with open_guard(config) as guard, changing(f"the kill switch for {scope_text(labels)} was NOT deactivated"):
         changed = guard.killswitch.deactivate(actor=actor_name(actor), scope=labels or None, reason=reason)
     click.echo(f"kill switch {'OFF' if changed else 'was not on'} for {scope_text(labels)}")
 

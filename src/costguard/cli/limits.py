@@ -10,6 +10,7 @@ from costguard.cli.common import (
     actor_name,
     actor_option,
     amount,
+    changing,
     config_option,
     open_guard,
     parse_scope,
@@ -48,7 +49,7 @@ def limits_set(
 ) -> None:
     """Set SCOPE's limit, e.g. `costguard limits set feature=support_agent --usd 750 --reason "launch"`."""
     labels = parse_scope(scope)
-    with open_guard(config) as guard:
+    with open_guard(config) as guard, changing(f"the {period} limit of {scope_text(labels)} was NOT set"):
         try:
             guard.set_limit(
                 labels, period=period, usd=usd, calls=calls, tokens=tokens, reason=reason, actor=actor_name(actor)
@@ -73,7 +74,7 @@ def limits_set(
 def limits_clear(config: Path | None, scope: str, period: str, unit: str, reason: str, actor: str | None) -> None:
     """Remove a run-time limit so the config's value applies again."""
     labels = parse_scope(scope)
-    with open_guard(config) as guard:
+    with open_guard(config) as guard, changing(f"the {period} limit of {scope_text(labels)} was NOT cleared"):
         try:
             guard.clear_limit(labels, period=period, unit=unit, reason=reason, actor=actor_name(actor))
         except ValueError as exc:
