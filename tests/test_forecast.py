@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from click.testing import CliRunner
 
 from costguard import Guard
+from costguard.cli import main
 from costguard.forecast import HALF_LIFE_H, project, velocity
 from costguard.testing import FakeClock
 from helpers import make_guard, usd_ceiling
@@ -125,3 +129,27 @@ def test_forecast_filters_and_customer_ceilings() -> None:
     assert acme[0].depletion_at is not None
     assert acme[0].depletion_at.isoformat() == "2026-06-01T05:00:00+00:00"
     assert guard.forecast(customer="bob").ceilings[0].on_track is True
+
+
+def test_an_exhausted_counter_says_exhausted_not_a_time_to_come() -> None:
+    clock = FakeClock("2026-05-12T10:00:00Z")
+    guard = make_guard(usd_ceiling({"feature": "f"}, day=0.05), clock=clock)
+    guard.reserve("f", estimate_usd=0.05).commit()
+    (row,) = guard.forecast("f").ceilings
+    assert row.exhausted is True and row.to_dict()["exhausted"] is True
+    guard.set_limit({"feature": "f"}, period="day", usd=1.0, reason="more room")
+    (row,) = guard.forecast("f").ceilings
+    assert row.exhausted is False
+
+
+def test_the_cli_forecast_shows_exhausted(tmp_path: Path) -> None:
+    config = tmp_path / "costguard.yaml"
+    config.write_text(
+        f"store: sqlite:///{(tmp_path / 'spend.db').as_posix()}\nfeatures:\n  f:\n    daily_usd: 0.05\n",
+        encoding="utf-8",
+    )
+    with Guard.from_yaml(config) as guard:
+        guard.reserve("f", estimate_usd=0.05).commit()
+    result = CliRunner().invoke(main, ["forecast", "--config", str(config)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "exhausted" in result.output

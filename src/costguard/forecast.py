@@ -60,10 +60,12 @@ class CeilingForecast:
     resets_at: datetime | None
     history_hours: int
     confidence: float
+    exhausted: bool = False  # spent has reached the limit: it ran out already, `depletion_at` is when we looked
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""
         return {
+            "exhausted": self.exhausted,
             "ceiling": self.ceiling,
             "labels": dict(self.labels),
             "period": self.period,
@@ -124,6 +126,7 @@ def build(
         resets_at=when(resets_at),
         history_hours=hours,
         confidence=round(min(1.0, hours / FULL_CONFIDENCE_H), 3),
+        exhausted=spent >= limit,
     )
 
 

@@ -118,3 +118,34 @@ def test_help_documents_the_options(command: str) -> None:
         assert "--host" in result.output
         assert "127.0.0.1" in result.output
         assert "8787" in result.output
+
+
+def test_serve_without_tokens_warns_once_and_serves_a_favicon(tmp_path: Path) -> None:
+    config = tmp_path / "costguard.yaml"
+    config.write_text(f"store: sqlite:///{(tmp_path / 'spend.db').as_posix()}\n", encoding="utf-8")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "COSTGUARD_CONFIG"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "costguard.cli", "serve", "--config", str(config), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=tmp_path,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(base, process)
+        for _ in range(3):
+            assert httpx.get(f"{base}/v1/budget/status").status_code == 401
+        icon = httpx.get(f"{base}/favicon.ico")
+        assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+        assert icon.content.startswith(b"<svg")
+        assert 'rel="icon"' in httpx.get(f"{base}/").text
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            output, _ = process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+    assert output.decode(errors="replace").count("no admin.tokens") == 1, output.decode(errors="replace")

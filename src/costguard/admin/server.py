@@ -24,6 +24,7 @@ __all__ = ["build_app"]
 _STATIC = {
     "dashboard.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 # The page loads nothing from anywhere else and can't be framed.
 _PAGE_HEADERS = {
@@ -68,6 +69,10 @@ def build_app(guard: Guard, admin: AdminConfig | Mapping[str, Any] | None = None
     @app.get("/", include_in_schema=False)
     def dashboard() -> Response:
         return Response(page, media_type="text/html; charset=utf-8", headers=_PAGE_HEADERS)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:  # browsers ask for it whatever the page says: an icon, not a 404 in the log
+        return Response(assets["favicon.svg"], media_type=_STATIC["favicon.svg"], headers=_PAGE_HEADERS)
 
     @app.get("/static/{name}", include_in_schema=False)
     def static(name: str) -> Response:

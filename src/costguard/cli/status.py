@@ -114,7 +114,7 @@ def forecast(config: Path | None, as_json: bool, feature: str | None, customer: 
     table.add_column("runs out (UTC)", no_wrap=True)
     table.add_column("conf.", justify="right")
     for row in result.ceilings:
-        runs_out = f"{row.depletion_at:%Y-%m-%d %H:%M}" if row.depletion_at else "-"
+        runs_out = "exhausted" if row.exhausted else f"{row.depletion_at:%Y-%m-%d %H:%M}" if row.depletion_at else "-"
         table.add_row(
             f"{row.ceiling}\n{scope_text(row.labels)}",
             row.period,
