@@ -94,3 +94,21 @@ def test_the_cli_never_prints_the_password(tmp_path: Path, monkeypatch: pytest.M
         for command in (["status"], ["check-config"], ["killswitch", "status"]):
             result = CliRunner().invoke(main, [*command, "--config", str(path)])
             assert PASSWORD not in result.output, (command, result.output)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://hooks.slack.example/services/T000/B000/XXXXSECRETXXXX",
+        "hooks.slack.example/services/T000/B000/XXXXSECRETXXXX",
+        "https:///services/T000/B000/XXXXSECRETXXXX",
+    ],
+)
+def test_a_malformed_webhook_url_is_refused_without_showing_its_secret(url: str) -> None:
+    from costguard.notify.slack import SlackNotifier
+    from costguard.notify.webhook import WebhookNotifier
+
+    for build in (lambda: SlackNotifier(webhook_url=url), lambda: WebhookNotifier(url=url)):
+        with pytest.raises(ValueError, match="must be an http:// or https:// URL") as caught:
+            build()
+        assert "XXXXSECRETXXXX" not in str(caught.value)

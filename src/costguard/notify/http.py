@@ -76,7 +76,11 @@ def check_url(url: str, what: str) -> str:
     """`url` when it is an absolute http(s) URL; ValueError naming `what` otherwise."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{what} must be an http:// or https:// URL, got {url!r}")
+        # A webhook URL carries its secret in the path or query (Slack's does): never echo it whole.
+        shown = f"{parts.scheme}://{parts.hostname or ''}/…" if parts.scheme else "a value that is not a URL"
+        raise ValueError(
+            f"{what} must be an http:// or https:// URL, got {shown} (the rest is not shown: it may hold a secret)"
+        )
     return url
 
 
