@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from costguard import _web
+from costguard.defaults import check_default_config
 
 if TYPE_CHECKING:
     from costguard.guard import Guard
@@ -40,6 +41,8 @@ class WebOptions:
         self.customer_from = customer_from
         self.missing_customer = _web.check_missing_customer(missing_customer)
         self._guard = _web.GuardRef(guard, load)
+        if guard is None and load is None:
+            check_default_config()  # a broken costguard.yaml fails the app's start, not each request
 
     @property
     def guard(self) -> Guard:

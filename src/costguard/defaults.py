@@ -12,7 +12,7 @@ from costguard.errors import ConfigError
 if TYPE_CHECKING:
     from costguard.guard import Guard
 
-__all__ = ["config_path", "configure", "default_guard"]
+__all__ = ["check_default_config", "config_path", "configure", "default_guard"]
 
 _lock = threading.Lock()
 _default: Guard | None = None
@@ -32,6 +32,20 @@ def config_path() -> Path | None:
         return Path(env)
     local = Path("costguard.yaml")
     return local if local.exists() else None
+
+
+def check_default_config() -> None:
+    """Validate, now, the file the default guard would be loaded from (`ConfigError` naming the key and
+    line), without opening its store; nothing to check when a guard is configured or there is no file yet
+    (`costguard.configure()` may still come). Web integrations call it when the app is built, so a broken
+    costguard.yaml stops the app from booting instead of failing every request."""
+    if _default is not None:
+        return
+    path = config_path()
+    if path is not None:
+        from costguard._config import load_settings
+
+        load_settings(path)
 
 
 def default_guard() -> Guard:

@@ -27,6 +27,7 @@ except ImportError as exc:
     raise ImportError(f'costguard.django needs Django: pip install "costguard-ai[django]" ({exc})') from exc
 
 from costguard import _web
+from costguard._config import load_settings
 from costguard._web_options import WebOptions
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ class CostGuardMiddleware(WebOptions):
             options.get("missing_customer", "anonymous"),
             load=None if config is None else lambda: _guard_for(config),
         )
+        if config is not None and Path(config).resolve() not in _guards:
+            load_settings(config)  # COSTGUARD["config"] broken: the server's start fails with the key and line
 
     def __call__(self, request: Any) -> Any:
         if self._async:
