@@ -43,6 +43,28 @@ def write_config(tmp_path: Path) -> Path:
     return path
 
 
+def start_serve(config: Path, port: int, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    """`costguard serve` in a child process, its output captured."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "costguard.cli", "serve", "--config", str(config), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=cwd,
+    )
+
+
+def stop_serve(process: subprocess.Popen[bytes]) -> bytes:
+    """Stop it as Ctrl-C does (killed if it won't) and return what it printed."""
+    process.send_signal(signal.SIGINT)
+    try:
+        output, _ = process.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    return output
+
+
 def wait_for_health(base: str, process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> httpx.Response:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -61,13 +83,7 @@ def test_serve_answers_health_the_api_and_the_dashboard(tmp_path: Path, monkeypa
     monkeypatch.setenv("ONCALL_TOKEN", TOKENS["operator"])
     monkeypatch.delenv("COSTGUARD_CONFIG", raising=False)
     env = dict(os.environ)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "costguard.cli", "serve", "--config", str(config), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=tmp_path,
-    )
+    process = start_serve(config, port, env, tmp_path)
     base = f"http://127.0.0.1:{port}"
     try:
         health = wait_for_health(base, process)
@@ -87,12 +103,7 @@ def test_serve_answers_health_the_api_and_the_dashboard(tmp_path: Path, monkeypa
         assert "default-src 'none'" in page.headers["content-security-policy"]
         assert "server" not in page.headers
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            output, _ = process.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
+        output = stop_serve(process)
     assert process.returncode == 0, output.decode(errors="replace")
     assert f"http://127.0.0.1:{port}/" in output.decode()
     # The switch is in the store the config names: another process sees it.
@@ -125,13 +136,7 @@ def test_serve_without_tokens_warns_once_and_serves_a_favicon(tmp_path: Path) ->
     config.write_text(f"store: sqlite:///{(tmp_path / 'spend.db').as_posix()}\n", encoding="utf-8")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "COSTGUARD_CONFIG"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "costguard.cli", "serve", "--config", str(config), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=tmp_path,
-    )
+    process = start_serve(config, port, env, tmp_path)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_health(base, process)
@@ -142,10 +147,5 @@ def test_serve_without_tokens_warns_once_and_serves_a_favicon(tmp_path: Path) ->
         assert icon.content.startswith(b"<svg")
         assert 'rel="icon"' in httpx.get(f"{base}/").text
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            output, _ = process.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
+        output = stop_serve(process)
     assert output.decode(errors="replace").count("no admin.tokens") == 1, output.decode(errors="replace")
