@@ -183,3 +183,10 @@ def test_yaml_syntax_errors_name_the_file_the_line_and_a_fix(tmp_path: Path, tex
     assert message.startswith(str(tmp_path / "costguard.yaml"))
     assert line in message and hint in message
     assert "<unicode string>" not in message and "\n" not in message
+
+
+def test_a_yaml_error_never_quotes_the_line_it_is_on(tmp_path: Path) -> None:
+    # The line may hold a secret: a token or a webhook URL written in the file.
+    with pytest.raises(ConfigError) as caught:
+        _load(tmp_path, "admin:\n  tokens:\n    - {name: ops, token: s3cr3t-t0ken-value, role: admin\n")
+    assert "s3cr3t" not in str(caught.value) and "line " in str(caught.value)

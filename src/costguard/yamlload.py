@@ -105,7 +105,7 @@ class _Builder:
 
 
 def _yaml_error(exc: yaml.MarkedYAMLError, text: str) -> str:
-    """PyYAML's error as one line: where (line and column of the problem), what, and how to fix it."""
+    """PyYAML's error as one line: where (line and column), what, and how to fix it — never the text of the line."""
     mark = exc.problem_mark or exc.context_mark
     line = text.splitlines()[mark.line] if mark is not None and mark.line < len(text.splitlines()) else ""
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -120,8 +120,8 @@ def _yaml_error(exc: yaml.MarkedYAMLError, text: str) -> str:
         hint = "YAML indents with spaces, not tabs"
     else:
         hint = "check the quoting and indentation around it"
-    shown = f" ({line.strip()[:80]!r})" if line.strip() else ""
-    return f"not valid YAML{where}{shown}: {what}; {hint}"
+    # The line itself is not quoted: a config line may hold a token or a webhook URL.
+    return f"not valid YAML{where}: {what}; {hint}"
 
 
 def load_yaml(text: str, file: str, env: dict[str, str] | None = None) -> tuple[Any, dict[str, int]]:
