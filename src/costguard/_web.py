@@ -150,7 +150,7 @@ def switch_reply(switch: KillSwitchState) -> Reply:
     return _killswitch_reply(dict(switch.scope), switch.reason)
 
 
-def blocked_reply(guard: Guard | None, exc: Blocked) -> Reply:
+def blocked_reply(exc: Blocked) -> Reply:
     """The response for a `Blocked` raised by guarded code: 429 for a full ceiling, 503 for a kill switch or store."""
     if isinstance(exc, KillSwitchActive):
         return _killswitch_reply(exc.scope, exc.reason or str(exc))

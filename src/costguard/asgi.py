@@ -76,7 +76,7 @@ class CostGuardMiddleware(WebOptions):
             if blocked is None:
                 raise
             if not state["started"]:
-                await _send_reply(send, _web.blocked_reply(guard, blocked))
+                await _send_reply(send, _web.blocked_reply(blocked))
                 return
             # Too late for a 429: end the stream so the client isn't left waiting for more.
             _web.stream_cut(blocked)

@@ -96,7 +96,7 @@ class CostGuardMiddleware(WebOptions):
         blocked = _web.find_blocked(exception)
         if blocked is None:
             return None
-        return _response(_web.blocked_reply(self._guard.get(), blocked))
+        return _response(_web.blocked_reply(blocked))
 
     def _request(self, request: Any) -> _web.Request:
         return self._read(request.path, request, lambda: request.headers.get(self.customer_header))

@@ -71,7 +71,7 @@ def guarded(
         except Blocked as exc:
             if behind_middleware is not None:
                 raise
-            raise _http_exception(_web.blocked_reply(chosen, exc)) from exc
+            raise _http_exception(_web.blocked_reply(exc)) from exc
         async with reservation:
             yield reservation
 

@@ -83,7 +83,7 @@ class CostGuard(WebOptions):
             leave()
 
     def _handle_blocked(self, exc: Blocked) -> Response:
-        return _response(_web.blocked_reply(self._guard.get(), exc))
+        return _response(_web.blocked_reply(exc))
 
 
 def _response(reply: _web.Reply) -> Response:

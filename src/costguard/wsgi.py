@@ -73,7 +73,7 @@ class CostGuardMiddleware(WebOptions):
             return start_response(status, headers, exc_info)
 
         def on_blocked(exc: Blocked) -> Iterable[bytes]:
-            return _respond(start_response, _web.blocked_reply(guard, exc), replacing=started)
+            return _respond(start_response, _web.blocked_reply(exc), replacing=started)
 
         leave = _web.labels_scope(labels)
         try:

@@ -13,7 +13,7 @@ def test_the_429_body_names_the_cap_in_usd() -> None:
     guard.reserve("chat", estimate_usd=0.05, customer="acme").commit()
     with pytest.raises(BudgetExceeded) as caught:
         guard.reserve("chat", estimate_usd=0.01, customer="acme")
-    reply = _web.blocked_reply(guard, caught.value)
+    reply = _web.blocked_reply(caught.value)
     assert reply.status == 429
     assert reply.body["code"] == "cap_exhausted"
     assert reply.body["cap_usd"] == 0.05 == reply.body["limit_usd"]

@@ -63,7 +63,7 @@ def test_a_root_prefix_exempts_everything() -> None:
 
 
 def test_budget_reply_body_and_headers() -> None:
-    reply = blocked_reply(None, exhausted(web_guard()))
+    reply = blocked_reply(exhausted(web_guard()))
     assert reply.status == 429
     assert reply.status_line == "429 Too Many Requests"
     assert dict(reply.headers) == {"Retry-After": "50400"}
@@ -83,7 +83,7 @@ def test_a_calls_ceiling_over_all_time_has_no_usd_and_no_retry_after() -> None:
     ask()
     with pytest.raises(BudgetExceeded) as caught:
         ask()
-    reply = blocked_reply(guard, caught.value)
+    reply = blocked_reply(caught.value)
     assert reply.status == 429
     assert reply.headers == ()
     assert (reply.body["spent_usd"], reply.body["limit_usd"]) == (None, None)
@@ -101,14 +101,14 @@ def test_a_kill_switch_reply_carries_the_operators_reason() -> None:
     ask, _ = guarded_calls(guard)
     with pytest.raises(KillSwitchActive) as caught:
         ask()
-    reply = blocked_reply(guard, caught.value)
+    reply = blocked_reply(caught.value)
     assert reply == Reply(
         503,
         {"code": "kill_switch_active", "reason": "runaway agent", "scope": {"feature": "chat"}},
         (("X-CostGuard-Kill-Switch", "active"),),
     )
-    # Without the guard's view (or once the switch is gone from it) the error's own message is the reason.
-    assert "runaway agent" in blocked_reply(None, caught.value).body["reason"]
+    # The reason travels on the error (KillSwitchActive.reason): no guard's view is needed to answer.
+    assert "runaway agent" in blocked_reply(caught.value).body["reason"]
 
 
 def test_find_blocked_unwraps_single_exception_groups_only() -> None:
