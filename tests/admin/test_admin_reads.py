@@ -38,7 +38,7 @@ def test_forecast_covers_usd_ceilings(client: TestClient, guard: Guard) -> None:
 
 
 def test_killswitch_status_with_history(client: TestClient, guard: Guard) -> None:
-    assert get(client, "/v1/killswitch/status") == {"active": [], "history": []}
+    assert get(client, "/v1/killswitch/status") == {"active": False, "switches": [], "history": []}
     client.post(
         "/v1/killswitch/activate",
         json={"reason": "one", "scope": {"feature": "doc_search"}},
@@ -47,17 +47,42 @@ def test_killswitch_status_with_history(client: TestClient, guard: Guard) -> Non
     client.post("/v1/killswitch/activate", json={"reason": "two"}, headers=bearer("operator"))
     client.post("/v1/killswitch/deactivate", json={"reason": "resolved"}, headers=bearer("admin"))
     data = get(client, "/v1/killswitch/status", history=2)
-    assert [s["scope"] for s in data["active"]] == [{"feature": "doc_search"}]
+    assert data["active"] is False  # only doc_search is stopped, not everything
+    assert [s["scope"] for s in data["switches"]] == [{"feature": "doc_search"}]
     assert [h["decision"] for h in data["history"]] == ["killswitch_deactivated", "killswitch_activated"]
     assert get(client, "/v1/killswitch/status", history=0)["history"] == []
     status = get(client, "/v1/budget/status")
     assert [s["scope"] for s in status["killswitches"]] == [{"feature": "doc_search"}]
 
 
+def test_killswitch_status_says_whether_the_callers_scope_is_stopped(client: TestClient, guard: Guard) -> None:
+    # `active` is a boolean: a switch stops everything (a tenant's token: everything of its tenant).
+    guard.killswitch.activate(reason="loop", scope={"feature": "support_agent"})
+    guard.killswitch.activate(reason="abuse", scope={"customer": "globex"})
+    assert get(client, "/v1/killswitch/status")["active"] is False
+    assert get(client, "/v1/killswitch/status", who="acme")["active"] is False
+    guard.killswitch.activate(reason="acme's incident", scope={"customer": "acme"})
+    assert get(client, "/v1/killswitch/status")["active"] is False
+    mine = get(client, "/v1/killswitch/status", who="acme")
+    assert mine["active"] is True
+    assert [s["scope"] for s in mine["switches"]] == [{"customer": "acme"}]
+    guard.killswitch.deactivate(scope={"customer": "acme"})
+    guard.killswitch.activate(reason="INC-1", actor="ops")
+    everything = get(client, "/v1/killswitch/status")
+    assert everything["active"] is True
+    assert {s["reason"] for s in everything["switches"]} == {"loop", "abuse", "INC-1"}
+    # A tenant's calls stop under the global switch too; the switch itself stays out of its sight.
+    tenant = get(client, "/v1/killswitch/status", who="acme")
+    assert (tenant["active"], tenant["switches"]) == (True, [])
+
+
 def test_activate_twice_reports_no_change(client: TestClient, guard: Guard) -> None:
     first = client.post("/v1/killswitch/activate", json={"reason": "a"}, headers=bearer("operator")).json()
-    second = client.post("/v1/killswitch/activate", json={"reason": "a"}, headers=bearer("operator")).json()
+    second = client.post("/v1/killswitch/activate", json={"reason": "a"}, headers=bearer("admin")).json()
     assert (first["changed"], second["changed"]) == (True, False)
+    assert (first["actor"], first["activated_by"]) == ("api:ops-operator", "api:ops-operator")
+    # Already on: this caller is the actor, the one who turned it on is still who did.
+    assert (second["actor"], second["activated_by"]) == ("api:ops-admin", "api:ops-operator")
     assert guard.killswitch.status().any_active
     off = client.post("/v1/killswitch/deactivate", json={"reason": "resolved"}, headers=bearer("admin")).json()
     assert off == {"scope": {}, "active": False, "changed": True, "actor": "api:ops-admin"}
@@ -168,7 +193,7 @@ def test_a_tenant_token_changes_only_its_tenant(client: TestClient, guard: Guard
     assert response.status_code == 200
     guard.killswitch.activate(reason="someone else's", scope={"customer": "globex"})
     data = get(client, "/v1/killswitch/status", who="acme")
-    assert [s["scope"] for s in data["active"]] == [{"tenant": "acme"}]
+    assert [s["scope"] for s in data["switches"]] == [{"tenant": "acme"}]
     assert all(h["labels"] == {"tenant": "acme"} for h in data["history"])
     assert (
         client.post(

@@ -19,11 +19,13 @@ from costguard.admin.schemas import (
     ErrorBody,
     Health,
     KillSwitchActivate,
+    KillSwitchActivated,
     KillSwitchChanged,
     KillSwitchDeactivate,
     LimitChanged,
     LimitRequest,
 )
+from costguard.admin.simple import stops_caller
 from costguard.config import AdminConfig
 from costguard.errors import StoreError
 from costguard.events import AuditDecision, AuditRecord
@@ -135,14 +137,18 @@ def build_router(guard: Guard, admin: AdminConfig | Mapping[str, Any] | None = N
             actor=caller.actor,
         )
 
-    @router.post("/v1/killswitch/activate", tags=["killswitch"], response_model=KillSwitchChanged)
-    def killswitch_activate(body: KillSwitchActivate, caller: Caller) -> KillSwitchChanged:
+    @router.post("/v1/killswitch/activate", tags=["killswitch"], response_model=KillSwitchActivated)
+    def killswitch_activate(body: KillSwitchActivate, caller: Caller) -> KillSwitchActivated:
         """Stop every guarded call in `scope` (omitted: everything). Operators and admins."""
         caller.require("operator", "activate the kill switch")
         scope = dict(body.scope or {})
         caller.require_scope(scope, "activate a kill switch")
         changed = guard.killswitch.activate(reason=body.reason, actor=caller.actor, scope=scope or None)
-        return KillSwitchChanged(scope=scope, active=True, changed=changed, actor=caller.actor)
+        by: str | None = caller.actor
+        if not changed:  # it already was on: whoever turned it on did
+            key = tuple(sorted(scope.items()))
+            by = next((s.actor for s in guard.store.control().killswitches if s.scope == key), by)
+        return KillSwitchActivated(scope=scope, active=True, changed=changed, actor=caller.actor, activated_by=by)
 
     @router.post("/v1/killswitch/deactivate", tags=["killswitch"], response_model=KillSwitchChanged)
     def killswitch_deactivate(body: KillSwitchDeactivate, caller: Caller) -> KillSwitchChanged:
@@ -158,12 +164,16 @@ def build_router(guard: Guard, admin: AdminConfig | Mapping[str, Any] | None = N
         caller: Caller,
         history: Annotated[int, Query(ge=0, le=200, description="How many past changes to list.")] = 20,
     ) -> dict[str, Any]:
-        """Active kill switches and the latest activations and deactivations, newest first."""
+        """`active`: whether a switch stops the caller's scope (everything; a tenant's token: its tenant);
+        `switches`: the active switches the caller may see; `history`: the latest changes, newest first."""
         fetch = max(1, history if caller.tenant is None else 200)
-        data = guard.killswitch.status(history=fetch).to_dict()
-        data["active"] = [s for s in data["active"] if caller.sees(s["scope"])]
-        data["history"] = [r for r in data["history"] if caller.sees(r["labels"])][:history]
-        return data
+        status = guard.killswitch.status(history=fetch)
+        data = status.to_dict()
+        return {
+            "active": stops_caller(status.active, caller),
+            "switches": [s for s in data["active"] if caller.sees(s["scope"])],
+            "history": [r for r in data["history"] if caller.sees(r["labels"])][:history],
+        }
 
     @router.get("/v1/audit", tags=["audit"], response_model=AuditPage)
     def audit(

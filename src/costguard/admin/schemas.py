@@ -21,6 +21,7 @@ __all__ = [
     "ErrorBody",
     "Health",
     "KillSwitchActivate",
+    "KillSwitchActivated",
     "KillSwitchChanged",
     "KillSwitchDeactivate",
     "LimitChanged",
@@ -214,6 +215,14 @@ class KillSwitchChanged(BaseModel):
     active: bool
     changed: bool = Field(description="False when the switch already was in that state.")
     actor: str
+
+
+class KillSwitchActivated(KillSwitchChanged):
+    """The result of activating a kill switch: also who turned it on."""
+
+    activated_by: str | None = Field(
+        description="Who turned the switch on: this caller, or whoever already had (changed false; null: not recorded)."
+    )
 
 
 class AuditPage(BaseModel):

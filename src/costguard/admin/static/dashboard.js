@@ -137,7 +137,7 @@ function renderForecast(forecast) {
 }
 
 function renderKillSwitch(status) {
-  const active = status.active || [];
+  const active = status.switches || [];  // `status.active` is whether the caller's scope is stopped
   const globalOn = active.some((s) => Object.keys(s.scope).length === 0);
   const state = $("killswitch-state");
   $("killswitch").classList.toggle("active", active.length > 0);
