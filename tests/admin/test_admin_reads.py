@@ -32,7 +32,9 @@ def test_status_is_the_guards_status(client: TestClient, guard: Guard) -> None:
 
 def test_forecast_covers_usd_ceilings(client: TestClient, guard: Guard) -> None:
     data = get(client, "/v1/budget/forecast", feature="support_agent")
+    hours = [row.pop("depletion_hour") for row in data["ceilings"]]  # test_admin_simple.py checks it
     assert data == guard.forecast(feature="support_agent").to_dict()
+    assert all(hour.endswith(":00:00+00:00") for hour in hours)
     assert {r["period"] for r in data["ceilings"]} == {"day", "month"}
     assert all("projected_usd" in r and "on_track" in r for r in data["ceilings"])
 

@@ -25,7 +25,7 @@ from costguard.admin.schemas import (
     LimitChanged,
     LimitRequest,
 )
-from costguard.admin.simple import stops_caller
+from costguard.admin.simple import caller_scope, day_and_month, forecast_rows, stops_caller
 from costguard.config import AdminConfig
 from costguard.errors import StoreError
 from costguard.events import AuditDecision, AuditRecord
@@ -92,18 +92,21 @@ def build_router(guard: Guard, admin: AdminConfig | Mapping[str, Any] | None = N
 
     @router.get("/v1/budget/status", tags=["budget"])
     def budget_status(caller: Caller, feature: LabelQuery = None, customer: LabelQuery = None) -> dict[str, Any]:
-        """Spend against every ceiling in its current period, and the active kill switches."""
-        data = guard.status(feature=feature, customer=customer).to_dict()
+        """Spend against every ceiling in its current period, and the active kill switches; `daily` and
+        `monthly` in USD for `scope`: the filters given, else everything (a tenant's token: its customer)."""
+        status = guard.status(feature=feature, customer=customer)
+        data = status.to_dict()
         data["ceilings"] = [row for row in data["ceilings"] if caller.sees(row["labels"])]
         data["killswitches"] = [s for s in data["killswitches"] if caller.sees(s["scope"])]
-        return data
+        scope = caller_scope(caller, feature, customer)
+        return {**data, "scope": scope, **day_and_month(guard, status, scope, caller)}
 
     @router.get("/v1/budget/forecast", tags=["budget"])
     def budget_forecast(caller: Caller, feature: LabelQuery = None, customer: LabelQuery = None) -> dict[str, Any]:
-        """Each USD ceiling's projected spend at its period's end, `on_track`, `depletion_at`, `confidence`."""
-        data = guard.forecast(feature=feature, customer=customer).to_dict()
-        data["ceilings"] = [row for row in data["ceilings"] if caller.sees(row["labels"])]
-        return data
+        """Each USD ceiling's projected spend at its period's end, `on_track`, `depletion_at` (and its hour,
+        `depletion_hour`), `confidence`."""
+        forecast = guard.forecast(feature=feature, customer=customer)
+        return {**forecast.to_dict(), "ceilings": forecast_rows(forecast, caller)}
 
     @router.put(
         "/v1/budget/limits",

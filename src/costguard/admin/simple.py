@@ -7,11 +7,78 @@ month in USD and one kill-switch boolean. The full shapes (every ceiling, every 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
-from costguard.admin.policy import Principal
+from costguard.admin.policy import Principal, touched_limits
+from costguard.forecast import Forecast
+from costguard.guard import Guard
+from costguard.model import Period, Unit, micros_to_usd, to_micros
+from costguard.status import Status
 from costguard.stores.base import KillSwitchState
 
-__all__ = ["stops_caller"]
+__all__ = ["PERIODS", "caller_scope", "day_and_month", "forecast_rows", "stops_caller"]
+
+# The simple shapes' names for the two calendar periods they know.
+PERIODS = {"daily": Period.DAY, "monthly": Period.MONTH}
+_UNKNOWN: dict[str, float | None] = {"spent_usd": None, "limit_usd": None, "remaining_usd": None}
+
+
+def caller_scope(caller: Principal, feature: str | None = None, customer: str | None = None) -> dict[str, str]:
+    """The labels the simple shapes speak for: the filters given, else everything (`{}`) — and a tenant's
+    token always its own customer unless it names one (a customer that isn't its own then shows nothing)."""
+    scope = {"feature": feature} if feature is not None else {}
+    if customer is not None or caller.tenant is not None:
+        scope["customer"] = customer if customer is not None else str(caller.tenant)
+    return scope
+
+
+def day_and_month(guard: Guard, status: Status, scope: Mapping[str, str], caller: Principal) -> dict[str, Any]:
+    """`{daily: {spent_usd, limit_usd, remaining_usd}, monthly: {…}}` for a ceiling on exactly `scope`.
+
+    A USD ceiling whose match is `scope` (`{}`: a `match: {}` ceiling, on every call; `{customer: acme}`:
+    `customers.acme` or acme's instance of `customers."*"`) gives the period's numbers, the tightest one
+    (least remaining) when several do. With none, all three are null: costguard counts spend per ceiling,
+    so a scope without one for that period has no count to show either.
+    """
+    if not caller.sees(scope):
+        return {name: dict(_UNKNOWN) for name in PERIODS}
+    overrides = guard.store.control().overrides
+    spent = {
+        (row.ceiling, row.period): to_micros(row.spent, round_up=False)
+        for row in status.ceilings
+        if row.unit == Unit.USD.value and dict(row.labels) == dict(scope)
+    }
+    out: dict[str, Any] = {}
+    for name, period in PERIODS.items():
+        limits = touched_limits(guard, overrides, scope, period, Unit.USD)
+        found = [
+            (max(0, amount - spent.get((ceiling, period.value), 0)), amount, spent.get((ceiling, period.value), 0))
+            for ceiling, amount in limits.items()
+        ]
+        if not found:
+            out[name] = dict(_UNKNOWN)
+            continue
+        remaining, limit, used = min(found)
+        out[name] = {
+            "spent_usd": micros_to_usd(used),
+            "limit_usd": micros_to_usd(limit),
+            "remaining_usd": micros_to_usd(remaining),
+        }
+    return out
+
+
+def forecast_rows(forecast: Forecast, caller: Principal) -> list[dict[str, Any]]:
+    """The forecast's rows the caller may see, each also with `depletion_hour`: `depletion_at` truncated
+    to the hour (ISO 8601, UTC), null when the limit is not reached within the period at this pace."""
+    rows = []
+    for ceiling in forecast.ceilings:
+        if not caller.sees(ceiling.labels):
+            continue
+        row = ceiling.to_dict()
+        at = ceiling.depletion_at
+        row["depletion_hour"] = None if at is None else at.replace(minute=0, second=0, microsecond=0).isoformat()
+        rows.append(row)
+    return rows
 
 
 def _stops(scope: Mapping[str, str], tenant: str | None) -> bool:

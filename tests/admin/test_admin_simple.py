@@ -1,0 +1,133 @@
+"""The simple shapes beside the full ones: `daily`/`monthly` in USD for the caller's scope, `depletion_hour`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+from admin_helpers import ADMIN_CONFIG, bearer, client_fixture, guard_fixture, spend  # noqa: F401 (pytest fixtures)
+from fastapi.testclient import TestClient
+
+from costguard import Guard
+from costguard.admin import app
+from costguard.testing import FakeClock
+from helpers import START, make_guard, usd_ceiling
+
+
+def build_global_guard(clock: FakeClock | None = None) -> Guard:
+    """$20 a day and $200 a month on everything (`match: {}`), a feature's own and each customer's ceilings."""
+    guard = make_guard(
+        usd_ceiling({}, day=20.0, month=200.0),
+        usd_ceiling({"feature": "support_agent"}, month=100.0, day=10.0),
+        usd_ceiling({"customer": "*"}, month=50.0),
+        clock=clock or FakeClock(START),
+    )
+    spend(guard, "support_agent", 4.5, customer="acme")
+    spend(guard, "support_agent", 4.0, customer="acme")
+    spend(guard, "support_agent", 1.0, customer="globex")
+    spend(guard, "doc_search", 2.0, tenant="acme")
+    guard.flush()
+    return guard
+
+
+@pytest.fixture(name="global_guard")
+def global_guard_fixture() -> Iterator[Guard]:
+    guard = build_global_guard()
+    yield guard
+    guard.close()
+
+
+@pytest.fixture(name="global_client")
+def global_client_fixture(global_guard: Guard) -> TestClient:
+    return TestClient(app(global_guard, admin=ADMIN_CONFIG))
+
+
+def get(client: TestClient, path: str, who: str = "read", **params: Any) -> Any:
+    response = client.get(path, params=params, headers=bearer(who))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def usd(spent: float | None, limit: float | None, remaining: float | None) -> dict[str, float | None]:
+    return {"spent_usd": spent, "limit_usd": limit, "remaining_usd": remaining}
+
+
+NOTHING = usd(None, None, None)
+
+
+# ---------------------------------------------------------------- GET /v1/budget/status: daily and monthly
+
+
+def test_status_answers_daily_and_monthly_for_everything(global_client: TestClient, global_guard: Guard) -> None:
+    data = get(global_client, "/v1/budget/status")
+    assert data["scope"] == {}
+    assert data["daily"] == usd(11.5, 20.0, 8.5)
+    assert data["monthly"] == usd(11.5, 200.0, 188.5)
+    # Beside the full shape, not instead of it.
+    assert data["ceilings"] == global_guard.status().to_dict()["ceilings"]
+    assert data["killswitches"] == []
+
+
+def test_status_daily_and_monthly_follow_the_filters(global_client: TestClient) -> None:
+    feature = get(global_client, "/v1/budget/status", feature="support_agent")
+    assert feature["scope"] == {"feature": "support_agent"}
+    assert (feature["daily"], feature["monthly"]) == (usd(9.5, 10.0, 0.5), usd(9.5, 100.0, 90.5))
+    # A customer of the wildcard ceiling with no spend yet still has its limit; it has no day limit.
+    fresh = get(global_client, "/v1/budget/status", customer="initech")
+    assert (fresh["daily"], fresh["monthly"]) == (NOTHING, usd(0.0, 50.0, 50.0))
+
+
+def test_status_daily_and_monthly_for_a_tenants_token_are_its_customers(global_client: TestClient) -> None:
+    data = get(global_client, "/v1/budget/status", who="acme")
+    assert data["scope"] == {"customer": "acme"}
+    assert (data["daily"], data["monthly"]) == (NOTHING, usd(8.5, 50.0, 41.5))
+    other = get(global_client, "/v1/budget/status", who="acme", customer="globex")
+    assert (other["daily"], other["monthly"]) == (NOTHING, NOTHING)  # not its tenant: nothing shown
+
+
+def test_status_without_a_global_ceiling_says_null(client: TestClient) -> None:
+    data = get(client, "/v1/budget/status")
+    assert (data["scope"], data["daily"], data["monthly"]) == ({}, NOTHING, NOTHING)
+
+
+def test_status_daily_and_monthly_follow_run_time_limits(global_client: TestClient, global_guard: Guard) -> None:
+    global_guard.set_limit({}, period="day", usd=15, reason="tighter")
+    global_guard.set_limit({"customer": "acme"}, period="day", usd=3, reason="acme pays per day")
+    assert get(global_client, "/v1/budget/status")["daily"] == usd(11.5, 15.0, 3.5)
+    # acme's day limit is a new ceiling: it counts from now.
+    assert get(global_client, "/v1/budget/status", who="acme")["daily"] == usd(0.0, 3.0, 3.0)
+
+
+# ---------------------------------------------------------------- GET /v1/budget/forecast: depletion_hour
+
+
+def test_forecast_rows_carry_depletion_hour() -> None:
+    clock = FakeClock("2026-05-12T07:30:00Z")
+    guard = make_guard(usd_ceiling({}, day=20.0, month=200.0), clock=clock)
+    for _ in range(3):  # $1 an hour since 07:30
+        spend(guard, "support_agent", 1.0)
+        clock.advance(3600)
+    clock.set("2026-05-12T10:20:00Z")
+    guard.flush()
+    client = TestClient(app(guard, admin=ADMIN_CONFIG))
+    rows = {row["period"]: row for row in get(client, "/v1/budget/forecast")["ceilings"]}
+    assert set(rows) == {"day", "month"}
+    # $17 left of the day at about $1/h: the day ends first, it doesn't run out.
+    assert (rows["day"]["depletion_at"], rows["day"]["depletion_hour"]) == (None, None)
+    month = rows["month"]
+    depletion = datetime.fromisoformat(month["depletion_at"])
+    assert (depletion.minute, depletion.second) != (0, 0)
+    assert month["depletion_hour"] == depletion.replace(minute=0, second=0, microsecond=0).isoformat()
+    assert datetime.fromisoformat(month["depletion_hour"]).utcoffset() is not None
+    guard.close()
+
+
+def test_an_exhausted_rows_depletion_hour_is_the_hour_it_was_seen(client: TestClient, guard: Guard) -> None:
+    spend(guard, "support_agent", 0.5, customer="initech")  # support_agent's day: $10 of $10
+    guard.flush()
+    rows = get(client, "/v1/budget/forecast", feature="support_agent")["ceilings"]
+    day = next(r for r in rows if r["period"] == "day" and r["labels"] == {"feature": "support_agent"})
+    assert day["exhausted"] is True
+    assert day["depletion_hour"] == "2026-05-12T10:00:00+00:00"
