@@ -10,6 +10,7 @@ import pytest
 from admin_helpers import ADMIN_CONFIG, bearer, client_fixture, guard_fixture, spend  # noqa: F401 (pytest fixtures)
 from fastapi.testclient import TestClient
 
+import costguard
 from costguard import Guard
 from costguard.admin import app
 from costguard.testing import FakeClock
@@ -131,3 +132,107 @@ def test_an_exhausted_rows_depletion_hour_is_the_hour_it_was_seen(client: TestCl
     day = next(r for r in rows if r["period"] == "day" and r["labels"] == {"feature": "support_agent"})
     assert day["exhausted"] is True
     assert day["depletion_hour"] == "2026-05-12T10:00:00+00:00"
+
+
+# ---------------------------------------------------------------- PUT /v1/budget/limits: the simple body
+
+
+ACTOR = "api:ops-admin"
+
+
+def put(client: TestClient, who: str, **body: Any) -> Any:
+    return client.put("/v1/budget/limits", json=body, headers=bearer(who))
+
+
+def limits(guard: Guard, **scope: str) -> tuple[float | None, float | None]:
+    return guard.current_limit(scope, "day"), guard.current_limit(scope, "month")
+
+
+def test_the_simple_body_sets_everythings_day_and_month(global_client: TestClient, global_guard: Guard) -> None:
+    response = put(global_client, "admin", daily_limit_usd=12, monthly_limit_usd=150.5, reason="Q3 budget")
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "scope": {},
+        "daily_limit_usd": 12.0,
+        "monthly_limit_usd": 150.5,
+        "changes": [
+            {"scope": {}, "period": p, "unit": "usd", "old": was, "new": now, "cleared": False, "actor": ACTOR}
+            for p, was, now in (("day", 20.0, 12.0), ("month", 200.0, 150.5))
+        ],
+        "actor": "api:ops-admin",
+    }
+    assert limits(global_guard) == (12.0, 150.5)
+    assert get(global_client, "/v1/budget/status")["daily"] == usd(11.5, 12.0, 0.5)
+    records = [r for r in global_guard.audit(decision="limit_changed") if r.data["scope"] == {}]
+    assert {(r.data["period"], r.data["reason"], r.data["actor"]) for r in records} == {
+        ("day", "Q3 budget", "api:ops-admin"),
+        ("month", "Q3 budget", "api:ops-admin"),
+    }
+    # In force at once: $11.50 of $12 spent today, a $1 call no longer fits anywhere.
+    with pytest.raises(costguard.BudgetExceeded):
+        global_guard.reserve("doc_search", estimate_usd=1.0)
+    # Either key alone; the other stays.
+    assert put(global_client, "operator", monthly_limit_usd=120, reason="lower").status_code == 200
+    assert limits(global_guard) == (12.0, 120.0)
+
+
+def test_nothing_changes_unless_every_change_may_be_made(global_client: TestClient, global_guard: Guard) -> None:
+    # An operator may lower the day, but not raise the month: neither is made.
+    response = put(global_client, "operator", daily_limit_usd=5, monthly_limit_usd=250, reason="mixed")
+    assert response.status_code == 403
+    assert "may lower limits but not raise them" in response.json()["message"]
+    assert limits(global_guard) == (20.0, 200.0)
+    # An admin may raise, up to admin.max_limit_usd ($1000).
+    response = put(global_client, "admin", daily_limit_usd=5, monthly_limit_usd=1000.01, reason="too far")
+    assert (response.status_code, response.json()["error"]) == (403, "above_max_limit")
+    assert limits(global_guard) == (20.0, 200.0)
+    assert put(global_client, "read", daily_limit_usd=5, reason="lower").status_code == 403
+    assert list(global_guard.audit(decision="limit_changed")) == []
+
+
+def test_null_clears_the_run_time_limit(global_client: TestClient, global_guard: Guard) -> None:
+    assert put(global_client, "operator", daily_limit_usd=8, reason="incident").status_code == 200
+    # Clearing it lets the config's $20 apply again: a raise, so an admin's to make.
+    assert put(global_client, "operator", daily_limit_usd=None, reason="over").status_code == 403
+    response = put(global_client, "admin", daily_limit_usd=None, monthly_limit_usd=None, reason="over")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["daily_limit_usd"], body["monthly_limit_usd"]) == (20.0, 200.0)
+    # The month had no run-time limit: nothing to clear, nothing changed for it.
+    assert [(c["period"], c["old"], c["new"], c["cleared"]) for c in body["changes"]] == [("day", 8.0, 20.0, True)]
+    assert limits(global_guard) == (20.0, 200.0)
+
+
+def test_a_tenants_token_changes_its_customers_limits(global_client: TestClient, global_guard: Guard) -> None:
+    response = put(global_client, "acme-op", monthly_limit_usd=40, daily_limit_usd=3, reason="acme's own cap")
+    assert response.status_code == 200, response.text
+    assert response.json()["scope"] == {"customer": "acme"}
+    assert limits(global_guard, customer="acme") == (3.0, 40.0)
+    assert limits(global_guard, customer="globex") == (None, 50.0)
+    assert limits(global_guard) == (20.0, 200.0)
+    response = put(global_client, "acme-op", monthly_limit_usd=45, reason="a bit more")
+    assert response.status_code == 403  # a raise: an admin's (the tenant's own admin token may)
+    assert put(global_client, "acme", monthly_limit_usd=45, reason="a bit more").status_code == 200
+    assert get(global_client, "/v1/budget/status", who="acme")["monthly"] == usd(8.5, 45.0, 36.5)
+
+
+@pytest.mark.parametrize("reason", [None, "", "  \t"])
+def test_the_simple_body_needs_a_reason(global_client: TestClient, global_guard: Guard, reason: str | None) -> None:
+    body: dict[str, Any] = {"daily_limit_usd": 5} | ({} if reason is None else {"reason": reason})
+    response = global_client.put("/v1/budget/limits", json=body, headers=bearer("admin"))
+    assert response.status_code == 422
+    assert response.json()["error"] == "validation_error"
+    assert "a reason is required" in response.json()["message"]
+    assert limits(global_guard) == (20.0, 200.0)
+
+
+def test_the_simple_body_refuses_what_it_does_not_know(global_client: TestClient) -> None:
+    for body in (
+        {"daily_limit_usd": 5, "scope": {"customer": "acme"}, "reason": "x"},  # its scope is the caller's
+        {"daily_limit_usd": -1, "reason": "x"},
+        {"monthly_limit_usd": "NaN", "reason": "x"},
+        {"daily_limit_usd": 5, "weekly_limit_usd": 20, "reason": "x"},
+    ):
+        response = global_client.put("/v1/budget/limits", json=body, headers=bearer("admin"))
+        assert response.status_code == 422, body
+        assert "DailyMonthlyLimits" not in response.json()["message"]

@@ -16,16 +16,18 @@ from costguard.admin.http import ERROR_RESPONSES, ApiError, current_principal, r
 from costguard.admin.policy import Principal, TokenBook, admin_settings, plan_limit_change, visible
 from costguard.admin.schemas import (
     AuditPage,
+    DailyMonthlyChanged,
+    DailyMonthlyLimits,
     ErrorBody,
     Health,
     KillSwitchActivate,
     KillSwitchActivated,
     KillSwitchChanged,
     KillSwitchDeactivate,
+    LimitBody,
     LimitChanged,
-    LimitRequest,
 )
-from costguard.admin.simple import caller_scope, day_and_month, forecast_rows, stops_caller
+from costguard.admin.simple import caller_scope, change_day_and_month, day_and_month, forecast_rows, stops_caller
 from costguard.config import AdminConfig
 from costguard.errors import StoreError
 from costguard.events import AuditDecision, AuditRecord
@@ -111,11 +113,16 @@ def build_router(guard: Guard, admin: AdminConfig | Mapping[str, Any] | None = N
     @router.put(
         "/v1/budget/limits",
         tags=["budget"],
-        response_model=LimitChanged,
+        response_model=LimitChanged | DailyMonthlyChanged,
         responses={404: {"model": ErrorBody, "description": "Clearing (null) a run-time limit that is not set."}},
     )
-    def put_limit(body: LimitRequest, caller: Caller) -> LimitChanged:
-        """Set (or, with null, clear) a limit at run time. Operators may lower; raising needs an admin."""
+    def put_limit(body: LimitBody, caller: Caller) -> LimitChanged | DailyMonthlyChanged:
+        """Set (or, with null, clear) a limit at run time. Operators may lower; raising needs an admin.
+
+        Either `{scope, period, usd|calls|tokens, reason}`, or `{daily_limit_usd, monthly_limit_usd, reason}`
+        for the caller's scope (everything; a tenant's token: its customer), all judged before any is made."""
+        if isinstance(body, DailyMonthlyLimits):
+            return change_day_and_month(guard, caller, body, max_limit_usd)
         caller.require("operator", "change limits")
         period, unit = Period(body.period), Unit(body.unit)
         value = body.amount

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message
 
 from costguard.admin.policy import AccessDenied, Principal, TokenBook
-from costguard.admin.schemas import MAX_BODY_BYTES, ErrorBody
+from costguard.admin.schemas import BODY_SHAPES, MAX_BODY_BYTES, ErrorBody
 from costguard.errors import LimitNotFound, StoreError
 
 __all__ = [
@@ -115,6 +115,11 @@ def authenticate(request: Request, tokens: TokenBook) -> Principal:
     return principal
 
 
+# Parts of an error's location that name no field: where it was, and which shape of a body it was read as.
+_NOT_FIELDS = frozenset({"body", "query", "path", "header"}) | BODY_SHAPES
+_NO_REASON = frozenset({"missing", "string_too_short", "string_pattern_mismatch"})
+
+
 def validation_message(errors: Sequence[Any]) -> str:
     """`usd: Decimal input should have no more than 6 decimal places; …` from pydantic/FastAPI errors."""
     parts = []
@@ -123,9 +128,11 @@ def validation_message(errors: Sequence[Any]) -> str:
             detail = (error.get("ctx") or {}).get("error", "")
             parts.append(f"body: not valid JSON ({detail or 'decode error'})")
             continue
-        loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        loc = [str(p) for p in error.get("loc", ()) if p not in _NOT_FIELDS]
         where = ".".join(loc) or "body"
         message = str(error.get("msg", "is not valid")).removeprefix("Value error, ")
+        if loc == ["reason"] and error.get("type") in _NO_REASON:
+            message = "a reason is required (it goes in the audit log); it may not be blank"
         parts.append(f"{where}: {message}")
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
     return "; ".join(parts) + more

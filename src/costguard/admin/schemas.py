@@ -7,23 +7,36 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from costguard.model import normalize_labels
 
 __all__ = [
+    "BODY_SHAPES",
     "LABEL_VALUE_PATTERN",
     "MAX_BODY_BYTES",
     "MAX_COUNT",
     "MAX_USD",
     "SCOPED_BODIES",
     "AuditPage",
+    "DailyMonthlyChanged",
+    "DailyMonthlyLimits",
     "ErrorBody",
     "Health",
     "KillSwitchActivate",
     "KillSwitchActivated",
     "KillSwitchChanged",
     "KillSwitchDeactivate",
+    "LimitBody",
     "LimitChanged",
     "LimitRequest",
 ]
@@ -167,6 +180,45 @@ class LimitRequest(_Body):
         return value
 
 
+class DailyMonthlyLimits(_Body):
+    """`PUT /v1/budget/limits` in the simple shape: the caller's scope's day and month USD limits (either or
+    both; null clears the run-time one) — everything for a token without a tenant, else its customer."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"anyOf": [{"required": ["daily_limit_usd"]}, {"required": ["monthly_limit_usd"]}]},
+    )
+
+    daily_limit_usd: Usd | None = None
+    monthly_limit_usd: Usd | None = None
+    reason: Reason
+
+    @field_validator("reason")
+    @classmethod
+    def _check_reason(cls, value: str) -> str:
+        return _reason(value)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> DailyMonthlyLimits:
+        if not {"daily_limit_usd", "monthly_limit_usd"} & self.model_fields_set:
+            raise ValueError("give daily_limit_usd, monthly_limit_usd or both (a number sets it, null clears it)")
+        return self
+
+
+def _limit_shape(body: object) -> str:
+    names = body if isinstance(body, dict) else getattr(body, "model_fields_set", ())
+    return "DailyMonthlyLimits" if {"daily_limit_usd", "monthly_limit_usd"} & set(names) else "LimitRequest"
+
+
+# Both bodies of `PUT /v1/budget/limits`, told apart by their keys (the names are validation errors' tags).
+BODY_SHAPES = frozenset({"LimitRequest", "DailyMonthlyLimits"})
+LimitBody = Annotated[
+    Annotated[LimitRequest, Tag("LimitRequest")] | Annotated[DailyMonthlyLimits, Tag("DailyMonthlyLimits")],
+    Discriminator(_limit_shape),
+]
+
+
 class _ScopedChange(_Body):
     """A kill-switch change: its scope and reason are checked the same way for activating and deactivating."""
 
@@ -205,6 +257,16 @@ class LimitChanged(BaseModel):
     old: float | None = Field(description="The limit before (USD as dollars); null: none.")
     new: float | None = Field(description="The limit now; null: none.")
     cleared: bool
+    actor: str
+
+
+class DailyMonthlyChanged(BaseModel):
+    """The result of a simple-shape limit change: the limits in force for the scope now, and what changed."""
+
+    scope: dict[str, str]
+    daily_limit_usd: float | None = Field(description="The day USD limit in force now (the tightest); null: none.")
+    monthly_limit_usd: float | None = Field(description="The month USD limit in force now; null: none.")
+    changes: list[LimitChanged] = Field(description="Each limit set or cleared; a null with none set changes nothing.")
     actor: str
 
 

@@ -7,19 +7,22 @@ month in USD and one kill-switch boolean. The full shapes (every ceiling, every 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from typing import Any
 
-from costguard.admin.policy import Principal, touched_limits
+from costguard.admin.policy import LimitChange, Principal, plan_limit_change, touched_limits
+from costguard.admin.schemas import DailyMonthlyChanged, DailyMonthlyLimits, LimitChanged
 from costguard.forecast import Forecast
 from costguard.guard import Guard
 from costguard.model import Period, Unit, micros_to_usd, to_micros
 from costguard.status import Status
 from costguard.stores.base import KillSwitchState
 
-__all__ = ["PERIODS", "caller_scope", "day_and_month", "forecast_rows", "stops_caller"]
+__all__ = ["PERIODS", "caller_scope", "change_day_and_month", "day_and_month", "forecast_rows", "stops_caller"]
 
-# The simple shapes' names for the two calendar periods they know.
+# The simple shapes' names for the two calendar periods they know, and their limits' names in a body.
 PERIODS = {"daily": Period.DAY, "monthly": Period.MONTH}
+_FIELDS = {"daily_limit_usd": Period.DAY, "monthly_limit_usd": Period.MONTH}
 _UNKNOWN: dict[str, float | None] = {"spent_usd": None, "limit_usd": None, "remaining_usd": None}
 
 
@@ -91,3 +94,54 @@ def stops_caller(switches: Iterable[KillSwitchState], caller: Principal) -> bool
     """Whether an active switch stops every guarded call of the caller's scope: the global switch, and for a
     tenant's token also a switch on exactly `customer: <tenant>` or `tenant: <tenant>`."""
     return any(_stops(dict(switch.scope), caller.tenant) for switch in switches)
+
+
+def change_day_and_month(
+    guard: Guard, caller: Principal, body: DailyMonthlyLimits, max_limit_usd: int | None
+) -> DailyMonthlyChanged:
+    """Set or clear the caller's scope's day and month USD limits: every change is judged first (the role,
+    the tenant, `max_limit_usd`, on every ceiling it touches), and none is made unless all may be."""
+    caller.require("operator", "change limits")
+    scope = caller_scope(caller)
+    key = tuple(sorted(scope.items()))
+    set_now = {(o.period, o.unit) for o in guard.store.control().overrides if o.scope == key}
+    planned: list[tuple[Period, Decimal | None, LimitChange]] = []
+    for name, period in _FIELDS.items():
+        if name not in body.model_fields_set:
+            continue
+        value: Decimal | None = getattr(body, name)
+        if value is None and (period, Unit.USD) not in set_now:
+            continue  # no run-time limit to clear: nothing to do (the config's limit, if any, stays)
+        amount = None if value is None else to_micros(value, round_up=False)
+        change = plan_limit_change(guard, caller, scope, period, Unit.USD, amount, max_limit_usd)
+        planned.append((period, value, change))
+    changes = []
+    for period, value, change in planned:
+        if value is None:
+            guard.clear_limit(scope, period=period, unit=Unit.USD, reason=body.reason, actor=caller.actor)
+        else:
+            guard.set_limit(scope, period=period, usd=value, reason=body.reason, actor=caller.actor)
+        changes.append(
+            LimitChanged(
+                scope=scope,
+                period=period.value,
+                unit=Unit.USD.value,
+                old=change.shown(change.old),
+                new=change.shown(change.new),
+                cleared=value is None,
+                actor=caller.actor,
+            )
+        )
+    overrides = guard.store.control().overrides
+
+    def in_force(period: Period) -> float | None:
+        amounts = touched_limits(guard, overrides, scope, period, Unit.USD).values()
+        return micros_to_usd(min(amounts)) if amounts else None
+
+    return DailyMonthlyChanged(
+        scope=scope,
+        daily_limit_usd=in_force(Period.DAY),
+        monthly_limit_usd=in_force(Period.MONTH),
+        changes=changes,
+        actor=caller.actor,
+    )
