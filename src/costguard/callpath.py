@@ -27,6 +27,7 @@ from costguard.decision import Decision
 from costguard.errors import Blocked, BudgetExceeded, KillSwitchActive, StoreError
 from costguard.estimates import Estimates
 from costguard.events import AuditRecord
+from costguard.leasing import Leases
 from costguard.model import Money, Unit, encode_scope, micros_to_usd, normalize_labels
 from costguard.pricing import Pricing
 from costguard.reporting import Reporter
@@ -68,6 +69,7 @@ class CallPath:
     deadline_s: float
     outage_allowance: int | None
     clock: Callable[[], float]
+    leases: Leases | None = None
     plans: engine.PlanCache = field(default_factory=engine.PlanCache, init=False)
     _last_purge: float = field(default=0.0, init=False)
     _next_orphan_scan: float = field(default=0.0, init=False)
@@ -108,6 +110,16 @@ class CallPath:
         state = self.control.fresh(now) or (yield from self.control.refresh(now, deadline))
         self._pre_check(state, call_labels, settings, now)
         plan = self._plan(state, call_labels, amounts, now)
+        take = None
+        if self.leases is not None:
+            take = yield from self.leases.admit(plan, amounts, state.control, now, deadline)
+            if take is not None and not take.cold:
+                return self._served_locally(plan, take, settings, fallback)
+            if self.leases.unsettled:  # retired slices' unused headroom still counts: give it back first
+                yield from self.leases.settle_now(deadline)
+        full = plan
+        if take is not None:
+            plan = engine.cold_plan(plan, take)  # the leased counters are covered by slices
         record = AuditRecord(
             plan.at,
             "reserve",
@@ -122,16 +134,39 @@ class CallPath:
                 plan = moved
                 outcome = yield Io(store.reserve, store.areserve, (plan, record), deadline=deadline)
         except StoreError as exc:
-            return self._unreserved(plan, call_labels, settings, exc, deadline, now)
+            if take is not None:  # admitted without the store (or refused): the whole call, as without leases
+                self._give_back(take)
+            return self._unreserved(full, call_labels, settings, exc, deadline, now)
         self._maintain(now)
         self.reporter.crossings(outcome.crossings, now)
+        if self.leases is not None:
+            self.leases.observe(plan, outcome)
         decision = engine.decide(plan, outcome, now=now, degrade_at=settings.degrade_at)
         if not decision.allowed:
+            if take is not None:
+                self._give_back(take)
             if deadline is not None and deadline.unknown:
                 # An earlier attempt timed out and may still be applied after this refusal: release it.
                 self.settlement.abandon(plan.reservation_id, now)
             raise BudgetExceeded(decision)
-        return Reservation(plan, decision, settings, self.settler)
+        if take is not None:
+            outcome = engine.local_outcome(full, take, plan.counters, outcome)
+            decision = engine.decide(full, outcome, now=now, degrade_at=settings.degrade_at)
+        return Reservation(full if take is not None else plan, decision, settings, self.settler, local=take)
+
+    def _served_locally(
+        self, plan: engine.ReservePlan, take: engine.Take, settings: FeatureSettings, fallback: str | None
+    ) -> Reservation:
+        """A call whose every counter a slice covers: no round trip; its audit line is written in a batch."""
+        decision = engine.decide(plan, engine.local_outcome(plan, take), now=plan.at, degrade_at=settings.degrade_at)
+        data = {"estimate_usd": micros_to_usd(plan.estimate_usd), "fallback": fallback, "leased": True}
+        self.reporter.audit_later(AuditRecord(plan.at, "reserve", dict(plan.labels), plan.reservation_id, data))
+        self._maintain(plan.at)
+        return Reservation(plan, decision, settings, self.settler, local=take)
+
+    def _give_back(self, take: engine.Take) -> None:
+        assert self.leases is not None
+        self.leases.finish(take, None)
 
     def check(
         self, feature: str, labels: Mapping[str, object], estimate_usd: Money | None, estimate_tokens: int | None

@@ -47,7 +47,7 @@ from costguard.spool import Spool
 from costguard.status import Status
 from costguard.steps import run
 from costguard.stores import Store
-from costguard.wiring import check_options, close_at_exit, open_store_within, wire
+from costguard.wiring import check_ceilings, check_options, close_at_exit, open_store_within, wire
 
 __all__ = ["FeatureSettings", "Guard"]
 
@@ -86,12 +86,13 @@ class Guard:
         outage_allowance_usd: Money | None = None,
         spool_dir: str | Path | Literal[False] | None = None,
         labels: Iterable[str] = (),
+        leases: bool = True,
+        lease_period_ms: float = 1000.0,
     ) -> None:
         self.ceilings: tuple[Ceiling, ...] = tuple(ceilings)
-        names = tuple(labels)
-        check_options(
-            on_store_error, on_call_error, commit, commit_batch, store_deadline_ms, self.ceilings, names, thresholds
-        )
+        check_options(on_store_error, on_call_error, commit, commit_batch, store_deadline_ms, lease_period_ms)
+        check_ceilings(self.ceilings, names := tuple(labels), thresholds)
+        self.lease_period_s = lease_period_ms / 1000.0 if leases else None
         self.declared_labels = frozenset(names)
         self.clock: Callable[[], float] = clock or time.time
         self.tz: tzinfo = ZoneInfo(timezone) if isinstance(timezone, str) else timezone
@@ -285,8 +286,7 @@ class Guard:
         if self._closed:
             return
         self._closed = True
-        self._settlement.close(timeout)
-        self._reporter.close(timeout)
+        self._parts.close(timeout)
         self.store.close()
         close_at_exit(self, done=True)
 

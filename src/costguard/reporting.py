@@ -25,6 +25,9 @@ __all__ = ["Reporter"]
 log = logging.getLogger("costguard")
 
 _STORE_ERROR_EVENT_EVERY_S = 60.0
+_AUDIT_BATCH = 500  # records per store append
+_AUDIT_LINGER_S = 0.1  # how long the first record of a batch waits for others
+_AUDIT_BACKLOG = 100_000  # records waiting at most; more are dropped (counted in `audit_dropped`)
 
 
 def _bucket_of(crossing: engine.Crossing) -> str:
@@ -56,6 +59,11 @@ class Reporter:
         self._error_lock = threading.Lock()
         self._error_reports: dict[str, tuple[float, int]] = {}  # topic -> (last report, reports held back)
         self._outage_logged = False
+        self._audit_lock = threading.Lock()
+        self._audit_pending: list[AuditRecord] = []
+        self._audit_scheduled = False
+        self._audit_hurry = threading.Event()  # set while someone waits for the background work
+        self.audit_dropped = 0  # records refused because the backlog was full
 
     # ----------------------------------------------------------------- events
     def notify(self, event: Event) -> None:
@@ -113,15 +121,34 @@ class Reporter:
 
     # ----------------------------------------------------------------- background writes
     def audit_later(self, record: AuditRecord) -> None:
-        """Append an audit record from the background worker (dropped, with a debug line, if the store is down)."""
+        """Append an audit record from the background worker, in batches (dropped, with a debug line, if
+        the store is down or `_AUDIT_BACKLOG` records are already waiting)."""
+        with self._audit_lock:
+            pending = self._audit_pending
+            if len(pending) >= _AUDIT_BACKLOG:
+                self.audit_dropped += 1
+                return
+            pending.append(record)
+            if self._audit_scheduled:
+                return
+            self._audit_scheduled = True
+        self.background.submit(self._write_audit)
 
-        def write() -> None:
+    def _write_audit(self) -> None:
+        self._audit_hurry.wait(_AUDIT_LINGER_S)  # let a batch gather: one append for many calls
+        while True:
+            with self._audit_lock:
+                batch = self._audit_pending[:_AUDIT_BATCH]
+                del self._audit_pending[:_AUDIT_BATCH]
+                if not batch:
+                    self._audit_scheduled = False
+                    return
             try:
-                self.store.append([record])
+                self.store.append(batch)
             except StoreError:
-                log.debug("costguard: audit record dropped, the store is unavailable")
-
-        self.background.submit(write)
+                log.debug("costguard: %d audit records dropped, the store is unavailable", len(batch))
+            except Exception:  # a bug must not stop every later write
+                log.exception("costguard: %d audit records dropped", len(batch))
 
     def later(self, task: Callable[[], object]) -> None:
         """Run `task` on the background worker (cache writes, purges)."""
@@ -183,11 +210,16 @@ class Reporter:
     def flush(self, timeout: float) -> bool:
         """Wait for background work, then for alert delivery, within `timeout` in all."""
         deadline = time.monotonic() + timeout
-        done = self.background.flush(timeout)
+        self._audit_hurry.set()
+        try:
+            done = self.background.flush(timeout)
+        finally:
+            self._audit_hurry.clear()
         delivered = self.alerts.flush(max(0.0, deadline - time.monotonic()))
         return done and delivered
 
     def close(self, timeout: float) -> None:
         """Finish background work and deliver queued alerts (each waits up to `timeout`)."""
+        self._audit_hurry.set()
         self.background.close(timeout)
         self.alerts.close(timeout)

@@ -9,11 +9,11 @@ from typing import Any, Protocol
 
 from costguard import current as _ctx
 from costguard.decision import Decision
-from costguard.engine import ReservePlan
+from costguard.engine import ReservePlan, Take
 from costguard.model import Money, Unit, check_count, to_micros
 from costguard.pricing import Pricing
 from costguard.settings import CallErrorPolicy, FeatureSettings
-from costguard.steps import Steps, arun, run
+from costguard.steps import Steps, arun, nothing, run
 
 __all__ = ["AsyncReserveContext", "Reservation", "Settles"]
 
@@ -37,13 +37,21 @@ class Reservation:
     """Returned by `guard.reserve(...)`: commit the actual cost, or release; settling twice is a no-op."""
 
     def __init__(
-        self, plan: ReservePlan, decision: Decision, settings: FeatureSettings, settler: Settles, *, stored: bool = True
+        self,
+        plan: ReservePlan,
+        decision: Decision,
+        settings: FeatureSettings,
+        settler: Settles,
+        *,
+        stored: bool = True,
+        local: Take | None = None,
     ) -> None:
         self.plan = plan
         self.decision = decision
         self.settings = settings
         self.settler = settler
         self.stored = stored
+        self.local = local  # what slices of leased counters covered (`costguard.leasing`)
         self.cost = _ctx.CallCost(pricing=settler.pricing)
         self.settled = False
         self._tokens: list[tuple[Token[Decision | None], Token[_ctx.CallCost | None]]] = []
@@ -65,14 +73,14 @@ class Reservation:
     def commit_steps(self, usd_micros: int | None = None, tokens: int | None = None) -> Steps[None]:
         """Steps of `commit` with the cost in micro-dollars (None: the estimate); settled from this call on."""
         if self.settled:
-            return _nothing()
+            return nothing()
         self.settled = True
         return self.settler.commit(self, usd_micros, tokens)
 
     def release_steps(self, why: str = "released") -> Steps[None]:
         """Steps of `release`; settled from this call on."""
         if self.settled:
-            return _nothing()
+            return nothing()
         self.settled = True
         return self.settler.release(self, why)
 
@@ -144,12 +152,6 @@ class Reservation:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await arun(self._exit_steps(exc_type is not None))
-
-
-def _nothing() -> Steps[None]:
-    """Steps that do nothing (a reservation settled already)."""
-    return
-    yield  # pragma: no cover - makes this a generator
 
 
 def _micros(usd: Money | None) -> int | None:

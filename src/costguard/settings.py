@@ -76,4 +76,6 @@ class GuardSettings:
     outage_allowance_usd: Money | None = None
     spool_dir: str | Path | Literal[False] | None = None
     labels: Sequence[str] = ()
+    leases: bool = True
+    lease_period_ms: float = 1000.0
     admin: Any = None

@@ -14,13 +14,14 @@ from costguard import deadline as dl
 from costguard.engine import CommitOutcome
 from costguard.estimates import Estimates
 from costguard.events import AuditRecord
+from costguard.leasing import Leases
 from costguard.model import Money, Unit, check_count, micros_to_usd, to_micros
 from costguard.pricing import Pricing
 from costguard.reporting import Reporter
 from costguard.reservation import Reservation
 from costguard.settings import CallErrorPolicy, CommitMode
 from costguard.settlement import Settlement
-from costguard.steps import Io, Steps
+from costguard.steps import Io, Steps, nothing
 
 __all__ = ["Settler"]
 
@@ -37,6 +38,7 @@ class Settler:
     commit_mode: CommitMode
     on_call_error: CallErrorPolicy
     deadline_s: float
+    leases: Leases | None = None
 
     def commit(self, reservation: Reservation, usd_micros: int | None, tokens: int | None) -> Steps[None]:
         """Steps: record the actual cost (None: the estimate) plus what the call `charge()`d (built now)."""
@@ -79,6 +81,13 @@ class Settler:
         return self._settle(reservation, None, record)
 
     def _settle(self, reservation: Reservation, actual: Mapping[Unit, int] | None, record: AuditRecord) -> Steps[None]:
+        local = reservation.local
+        if local is not None:
+            assert self.leases is not None
+            self.leases.finish(local, actual)  # the slices' part, settled here; the store's part below
+            if not local.cold:
+                self.reporter.audit_later(record)
+                return nothing()
         background = (reservation.settings.commit or self.commit_mode) == "background"
         return self.settlement.settle(reservation.id, actual, record.at, record, background=background)
 

@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 
 from costguard import deadline as dl
 
-__all__ = ["Io", "Steps", "arun", "run"]
+__all__ = ["Io", "Steps", "arun", "nothing", "run"]
 
 T = TypeVar("T")
 
@@ -95,3 +95,9 @@ async def arun(steps: Steps[T]) -> T:
                 io = steps.send(result)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
+
+
+def nothing() -> Steps[None]:
+    """Steps that do nothing (a reservation settled already, a call settled in-process)."""
+    return
+    yield  # pragma: no cover - makes this a generator

@@ -21,6 +21,7 @@ from costguard.callpath import CallPath
 from costguard.control import ControlView
 from costguard.estimates import Estimates
 from costguard.killswitch import KillSwitch
+from costguard.leasing import Leases
 from costguard.limits import Limits
 from costguard.model import WILDCARD, Ceiling, pattern_message
 from costguard.notify.dispatcher import Notifier
@@ -33,7 +34,7 @@ from costguard.settler import Settler
 from costguard.spool import Spool, default_spool_dir
 from costguard.stores import Store, open_store
 
-__all__ = ["Options", "Parts", "check_options", "close_at_exit", "open_store_within", "wire"]
+__all__ = ["Options", "Parts", "check_ceilings", "check_options", "close_at_exit", "open_store_within", "wire"]
 
 log = logging.getLogger("costguard")
 
@@ -59,6 +60,7 @@ class Options(Protocol):
     max_label_length: int
     deadline_s: float
     outage_allowance: int | None
+    lease_period_s: float | None
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,14 @@ class Parts:
     killswitch: KillSwitch
     limits: Limits
     queries: Queries
+    leases: Leases | None
+
+    def close(self, timeout: float) -> None:
+        """Give slices back, write queued costs, deliver queued alerts (up to `timeout` each)."""
+        if self.leases is not None:
+            self.leases.close()
+        self.settlement.close(timeout)
+        self.reporter.close(timeout)
 
 
 def wire(
@@ -107,6 +117,11 @@ def wire(
         exempt_features=o.exempt_features,
     )
     estimates = Estimates(store, reporter, clock)
+    leases = (
+        Leases(store, settlement, reporter, period_s=o.lease_period_s, deadline_s=deadline_s, clock=clock)
+        if o.lease_period_s and store.leases
+        else None
+    )
     settler = Settler(
         settlement=settlement,
         estimates=estimates,
@@ -116,6 +131,7 @@ def wire(
         commit_mode=o.commit_mode,
         on_call_error=o.on_call_error,
         deadline_s=deadline_s,
+        leases=leases,
     )
     calls = CallPath(
         store=store,
@@ -133,6 +149,7 @@ def wire(
         deadline_s=deadline_s,
         outage_allowance=o.outage_allowance,
         clock=clock,
+        leases=leases,
     )
     return Parts(
         reporter,
@@ -152,21 +169,12 @@ def wire(
             clock=clock,
             deadline_s=deadline_s,
         ),
+        leases,
     )
 
 
-def check_options(
-    on_store_error: str,
-    on_call_error: str,
-    commit: str,
-    commit_batch: int,
-    deadline_ms: float,
-    ceilings: Sequence[Ceiling],
-    labels: Iterable[object],
-    thresholds: Iterable[float] = (),
-) -> None:
-    """Raise `ValueError` for a policy, commit mode, batch size, deadline, ceilings or label names a guard
-    can't use."""
+def check_ceilings(ceilings: Sequence[Ceiling], labels: Iterable[object], thresholds: Iterable[float] = ()) -> None:
+    """Raise `ValueError` for ceilings, thresholds or declared label names a guard can't use."""
     for ceiling in ceilings:  # a run-time override may name a value with `*` in it (an id); a configured ceiling not
         for name, value in ceiling.match:
             if WILDCARD in value and value != WILDCARD:
@@ -181,6 +189,12 @@ def check_options(
     declared = [name for name in labels if not isinstance(name, str) or not name]
     if declared:
         raise ValueError(f"labels must be label names, got {declared!r}")
+
+
+def check_options(
+    on_store_error: str, on_call_error: str, commit: str, commit_batch: int, deadline_ms: float, lease_period_ms: float
+) -> None:
+    """Raise `ValueError` for a policy, commit mode, batch size, deadline or lease period a guard can't use."""
     if on_store_error not in ("open", "closed"):
         raise ValueError(f"on_store_error must be 'open' or 'closed', got {on_store_error!r}")
     if on_call_error not in ("release", "keep"):
@@ -191,6 +205,8 @@ def check_options(
         raise ValueError(f"commit_batch must be at least 1, got {commit_batch!r}")
     if not deadline_ms > 0:
         raise ValueError(f"store_deadline_ms must be more than 0, got {deadline_ms!r}")
+    if not 10 <= lease_period_ms <= 60_000:
+        raise ValueError(f"lease_period_ms must be between 10 and 60000, got {lease_period_ms!r}")
 
 
 def open_store_within(url: str, deadline_ms: float, options: Mapping[str, Any] | None) -> Store:

@@ -81,8 +81,8 @@ class Monitor:
 
 
 def test_a_guarded_call_is_two_evalsha_on_the_server(server: RedisServer, url: str) -> None:
-    """MONITOR: 3 ceilings x 2 periods reserve and commit with nothing but two EVALSHA."""
-    guard = Guard(url, ceilings=CEILINGS_3X2, clock=FakeClock(NOW))
+    """MONITOR: 3 ceilings x 2 periods reserve and commit with nothing but two EVALSHA (without leases)."""
+    guard = Guard(url, ceilings=CEILINGS_3X2, clock=FakeClock(NOW), leases=False)
     with guard.reserve("f", customer="acme", team="t", estimate_usd=0.01):
         pass  # warms the kill switch cache
     with Monitor(server) as monitor:
@@ -91,6 +91,31 @@ def test_a_guarded_call_is_two_evalsha_on_the_server(server: RedisServer, url: s
                 reservation.commit(0.005)
     assert monitor.commands == ["EVALSHA"] * 20
     guard.close()
+
+
+def test_a_hot_feature_with_leases_makes_few_store_operations(server: RedisServer, url: str) -> None:
+    """MONITOR: with leases (the default), 1 000 calls of one hot feature under 3 ceilings x 2 periods
+    make at most 0.05 store operations per call — and the store has exactly what they cost."""
+    ceilings = (
+        ceiling({"feature": "f"}, usd(Period.MONTH, 1000), usd(Period.DAY, 100)),
+        ceiling({"customer": "*"}, usd(Period.MONTH, 500), usd(Period.DAY, 50)),
+        ceiling({"feature": "f", "team": "*"}, usd(Period.MONTH, 200), usd(Period.DAY, 20)),
+    )
+    guard = Guard(url, ceilings=ceilings, clock=FakeClock(NOW))
+    with guard.reserve("f", customer="acme", team="t", estimate_usd=0.01):
+        pass  # warms the kill switch cache
+    with Monitor(server) as monitor:
+        for _ in range(1000):
+            with guard.reserve("f", customer="acme", team="t", estimate_usd=0.01) as reservation:
+                reservation.commit(0.005)
+        guard.close()  # slices go back, audit batches are written
+    assert 0 < len(monitor.commands) <= 50, monitor.commands
+    check = Guard(url, ceilings=ceilings, clock=FakeClock(NOW), leases=False)
+    rows = check.status().ceilings
+    assert len(rows) == 6
+    assert {(row.spent, row.reserved) for row in rows} == {(5.01, 0.0)}
+    assert len(check.audit(feature="f", decision="commit", limit=1000)) == 1000
+    check.close()
 
 
 def test_lost_scripts_are_loaded_again_and_the_call_counts_once(server: RedisServer, url: str) -> None:

@@ -51,6 +51,8 @@ class ConfigDocument(StrictModel):
     on_store_error: Literal["open", "closed"] = "open"
     on_call_error: Literal["release", "keep"] = "release"
     commit: Literal["sync", "background"] = "sync"
+    leases: bool | Literal["on", "off"] = True
+    lease_period_ms: Annotated[float, Field(ge=10, le=60_000)] = 1000.0
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     max_label_length: Count = 256
     features: dict[str, FeatureConfig] = Field(default_factory=dict)
@@ -193,6 +195,8 @@ class ConfigDocument(StrictModel):
             else micros_to_usd(self.outage_allowance_usd),
             spool_dir=self.spool_dir,
             labels=tuple(self.labels),
+            leases=self.leases in (True, "on"),
+            lease_period_ms=self.lease_period_ms,
             admin=self.admin,  # the admin API and `costguard serve` read their tokens here
         )
 

@@ -38,6 +38,7 @@ from costguard.engine.evaluate import (
     settle_deltas,
 )
 from costguard.engine.keys import HISTORY_PREFIX, INSTANCES_PREFIX, counter_key, history_key
+from costguard.engine.leases import LeaseBook, Take, cold_plan, is_lease, local_outcome
 from costguard.engine.overrides import LimitOverride, apply_overrides, effective_limits, index_overrides
 from costguard.engine.plan import (
     EXPIRY_GRACE_S,
@@ -60,14 +61,17 @@ __all__ = [
     "CounterId",
     "CounterOp",
     "Crossing",
+    "LeaseBook",
     "LimitOverride",
     "PlanCache",
     "ReserveOutcome",
     "ReservePlan",
+    "Take",
     "all_expired",
     "apply_overrides",
     "claim_crossings",
     "clear_previous",
+    "cold_plan",
     "counter_key",
     "crossings_from",
     "current_bucket",
@@ -80,6 +84,8 @@ __all__ = [
     "force",
     "history_key",
     "index_overrides",
+    "is_lease",
+    "local_outcome",
     "matching",
     "may_cross",
     "op_from_json",

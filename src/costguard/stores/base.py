@@ -125,6 +125,9 @@ class Store(ABC):
     # Whether calls can be slow, busy or lost on the way (a server): the guard then bounds them by
     # its deadline and asks again; an in-process store answers at once or not at all.
     remote: bool = True
+    # Whether hot counters are worth leasing (`costguard.leasing`): a server every process shares.
+    # Memory and SQLite answer in-process, where a slice would save nothing.
+    leases: bool = True
 
     @property
     def identity(self) -> str:

@@ -55,6 +55,7 @@ class MemoryStore(Store):
     """In-process store; `max_audit` bounds the audit log kept in memory."""
 
     remote = False
+    leases = False
 
     def __init__(self, url: str = "memory://", *, max_audit: int = 100_000) -> None:
         self.url = url

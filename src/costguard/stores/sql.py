@@ -72,6 +72,7 @@ class SQLStore(Store):
         options, self.engine = open_engine(url, timeout_ms=timeout_ms, prefix=prefix)
         self.prefix = options.prefix
         self.sqlite = options.sqlite
+        self.leases = not self.sqlite
         self.timeout_ms = options.timeout_ms
         self.pool_size = options.pool_size
         self.max_overflow = options.max_overflow

@@ -1,0 +1,367 @@
+"""Leases: slices of a hot counter group's headroom, reserved in the store and spent in this process.
+
+A *group* is the counters of one ceiling instance (a ceiling and the label values it binds: its
+periods, units and its history counter): every call that touches one of them touches all of them,
+with the same amounts. When this process calls a group often, it reserves a *slice* — an ordinary
+atomic reservation of about `period_s` of its own recent use, never more than `HEADROOM_SHARE`-th
+of the headroom the store last reported — and admits the group's next calls from the slice without
+a round trip. The store counts the whole slice as reserved, so committed + reserved never passes a
+limit however the fleet's slices are spent: the cap stays exact. A slice is retired when it is used
+up, older than `period_s`, revoked (a control change) or closed, and settled (what its calls
+really cost; the rest goes back) once its last call in flight has finished.
+
+Pure bookkeeping: no I/O and no locks (`costguard.leasing` holds its lock around every method).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from costguard.engine.counters import CounterOp, ReservePlan
+from costguard.engine.evaluate import ReserveOutcome
+from costguard.engine.keys import HISTORY_PREFIX
+from costguard.model import Unit
+
+__all__ = [
+    "HEADROOM_SHARE",
+    "HOT_CALLS",
+    "LEASE_PREFIX",
+    "MIN_SLICE_CALLS",
+    "Grant",
+    "LeaseBook",
+    "Slice",
+    "Take",
+    "is_lease",
+]
+
+# Calls of a group within one lease period that make it hot (worth a slice).
+HOT_CALLS = 8
+# A slice is at least this many calls' worth; with less headroom than that share, calls are reserved one
+# by one, exactly as without leases.
+MIN_SLICE_CALLS = 4
+# A slice takes at most this fraction (1/n) of the headroom the store last reported for its counters, so
+# several processes leasing the same counter leave room for each other.
+HEADROOM_SHARE = 8
+# ... and at most this many calls' worth (bounds what a crashed holder leaves counted).
+MAX_SLICE_CALLS = 10_000
+# Reservation ids of slices start with this.
+LEASE_PREFIX = "lease-"
+
+_UNITS = (Unit.USD, Unit.CALLS, Unit.TOKENS)
+_INDEX = {unit: i for i, unit in enumerate(_UNITS)}
+GroupKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def is_lease(reservation_id: str) -> bool:
+    """Whether a reservation id is a slice's."""
+    return reservation_id.startswith(LEASE_PREFIX)
+
+
+def _group_of(op: CounterOp) -> GroupKey:
+    return (op.ceiling_id.removeprefix(HISTORY_PREFIX), op.scope)
+
+
+@dataclass(eq=False)
+class Slice:
+    """One slice: what was reserved in the store, and what this process has used of it."""
+
+    lease_id: str
+    group: GroupKey
+    keys: tuple[str, ...]  # the group's counter keys (a new period bucket is a new slice)
+    ops: tuple[CounterOp, ...]  # as reserved: `amount` is the slice in the counter's unit
+    granted: list[int]  # per unit (USD, calls, tokens)
+    base: dict[str, int]  # each counter's total in the store before the slice (for decisions)
+    expires: float
+    used: list[int] = field(default_factory=lambda: [0, 0, 0])  # in-flight estimates + finished actuals
+    spent: list[int] = field(default_factory=lambda: [0, 0, 0])  # finished actuals
+    inflight: int = 0
+    retired: bool = False
+
+    def fits(self, amounts: Sequence[int]) -> bool:
+        """Whether a call needing `amounts` (per unit) fits in what is left."""
+        used, granted = self.used, self.granted
+        return (
+            used[0] + amounts[0] <= granted[0]
+            and used[1] + amounts[1] <= granted[1]
+            and (used[2] + amounts[2] <= granted[2])
+        )
+
+    def total(self, op: CounterOp) -> int:
+        """A counter's total as far as this process knows (before the slice, plus what it used of it)."""
+        return self.base.get(op.key, 0) + self.used[_INDEX[op.unit]]
+
+    def settlement(self) -> dict[Unit, int]:
+        """What the slice's calls cost, per unit: the slice's commit (the rest of it goes back)."""
+        return {unit: self.spent[i] for i, unit in enumerate(_UNITS)}
+
+
+@dataclass(eq=False)
+class Take:
+    """What one call took from slices (given back on release, settled locally on commit)."""
+
+    parts: list[tuple[Slice, tuple[int, int, int]]]
+    cold: tuple[CounterOp, ...]  # the counters the store reserves for this call, one by one
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A slice to reserve for a hot group: one ordinary reservation of `calls` calls' worth."""
+
+    group: GroupKey
+    plan: ReservePlan
+    per_call: tuple[int, int, int]
+    calls: int
+
+
+@dataclass(eq=False)
+class _Group:
+    window_start: float
+    calls: int = 0
+    rate: int = 0  # calls in the last full window
+    slice: Slice | None = None
+    tight_until: float = float("-inf")  # the store refused a slice: calls go one by one until then
+    granting: bool = False  # a slice is being reserved (one at a time per group)
+    totals: dict[str, int] = field(default_factory=dict)  # last totals the store reported, per counter key
+
+
+_NOT_LEASED: GroupKey = ("", ())
+
+
+class LeaseBook:
+    """Every group this process has called lately, its slice, and the retired slices to settle."""
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s = period_s
+        self._groups: dict[GroupKey, _Group] = {}
+        self._control: object = None
+        self._split: dict[int, tuple[tuple[CounterOp, ...], list[tuple[GroupKey, tuple[int, ...]]]]] = {}
+        self._done: list[Slice] = []  # retired, no call in flight: to settle in the store
+
+    # ----------------------------------------------------------------- admission
+    def take(
+        self, plan: ReservePlan, amounts: Mapping[Unit, int], now: float, *, count: bool = True
+    ) -> tuple[Take | None, list[Grant]]:
+        """Admit the call from slices where they cover its groups.
+
+        Returns what was taken (None when no slice covered anything) with the counters left for the
+        store, and the slices worth reserving for hot groups that no slice covers. Those groups are left
+        to the store for now; after `install`, `give_back` and `take(count=False)` cover them.
+        """
+        per_call = (amounts.get(Unit.USD, 0), amounts.get(Unit.CALLS, 0), amounts.get(Unit.TOKENS, 0))
+        counters = plan.counters
+        covered: list[tuple[Slice, tuple[int, int, int]]] = []
+        cold: list[int] = []
+        grants: list[Grant] = []
+        for key, indexes in self._groups_of(counters):
+            if key is _NOT_LEASED:  # a `max_instances` registry and the instances it counts
+                cold.extend(indexes)
+                continue
+            group = self._groups.get(key)
+            if group is None:
+                group = self._groups[key] = _Group(window_start=now)
+            if count:
+                if now - group.window_start >= self.period_s:
+                    group.rate = group.calls if now - group.window_start < 2 * self.period_s else 0
+                    group.calls, group.window_start = 0, now
+                group.calls += 1
+            current = group.slice
+            if current is not None:
+                fresh = now < current.expires and current.keys == tuple(counters[i].key for i in indexes)
+                if fresh and current.fits(per_call):
+                    covered.append((current, per_call))
+                    continue
+                self._retire(group)  # used up, old, or of a bucket gone by
+            cold.extend(indexes)
+            grant = self._grant(key, group, [counters[i] for i in indexes], per_call, now)
+            if grant is not None:
+                grants.append(grant)
+        if not covered:
+            return None, grants
+        for slice_, part in covered:
+            used = slice_.used
+            used[0] += part[0]
+            used[1] += part[1]
+            used[2] += part[2]
+            slice_.inflight += 1
+        cold.sort()
+        return Take(covered, tuple(counters[i] for i in cold)), grants
+
+    def _groups_of(self, counters: tuple[CounterOp, ...]) -> list[tuple[GroupKey, tuple[int, ...]]]:
+        """The call's counters by group, in plan order (cached per planned tuple of counters)."""
+        cached = self._split.get(id(counters))
+        if cached is not None and cached[0] is counters:
+            return cached[1]
+        registered = {counters[op.counts_new].ceiling_id for op in counters if op.counts_new >= 0}
+        groups: dict[GroupKey, list[int]] = {}
+        for i, op in enumerate(counters):
+            key = _group_of(op)
+            if op.counts_new >= 0 or key[0] in registered:
+                key = _NOT_LEASED
+            groups.setdefault(key, []).append(i)
+        split = [(key, tuple(indexes)) for key, indexes in groups.items()]
+        if len(self._split) > 4096:
+            self._split.clear()
+        self._split[id(counters)] = (counters, split)
+        return split
+
+    def _grant(
+        self, key: GroupKey, group: _Group, ops: list[CounterOp], per_call: tuple[int, int, int], now: float
+    ) -> Grant | None:
+        """A slice for a hot group, sized to its recent use and the headroom last reported; None if none."""
+        if group.granting or now < group.tight_until or max(group.rate, group.calls) < HOT_CALLS:
+            return None
+        # About one period of this process's use: the last full window, or this one's pace so far.
+        elapsed = max(now - group.window_start, self.period_s / 20)
+        calls = min(max(group.rate, int(group.calls * self.period_s / elapsed)), MAX_SLICE_CALLS)
+        for op in ops:
+            if not op.hard or op.amount <= 0:
+                continue
+            total = group.totals.get(op.key)
+            if total is None:
+                return None  # the store hasn't said where this counter stands: one more call one by one
+            calls = min(calls, (op.limit - total) // (op.amount * HEADROOM_SHARE))
+        if calls < MIN_SLICE_CALLS:
+            return None
+        lease = ReservePlan(
+            reservation_id=LEASE_PREFIX + os.urandom(12).hex(),
+            at=now,
+            labels=ops[0].scope,
+            counters=tuple(_with_amount(op, calls * per_call[_INDEX[op.unit]]) for op in ops),
+            estimate_usd=calls * per_call[0],
+        )
+        group.granting = True
+        return Grant(key, lease, per_call, calls)
+
+    def install(self, grant: Grant, outcome: ReserveOutcome, now: float) -> bool:
+        """The store's answer to a grant: the group's slice, or (refused) calls one by one for a period."""
+        group = self._groups.get(grant.group)
+        if group is None:
+            group = self._groups[grant.group] = _Group(window_start=now)
+        group.granting = False
+        self.observe(grant.plan.counters, outcome.totals)
+        if not outcome.allowed:
+            group.tight_until = now + self.period_s
+            return False
+        self._retire(group)
+        counters = grant.plan.counters
+        group.slice = Slice(
+            lease_id=grant.plan.reservation_id,
+            group=grant.group,
+            keys=tuple(op.key for op in counters),
+            ops=counters,
+            granted=[grant.calls * grant.per_call[i] for i in range(3)],
+            base={op.key: total - op.amount for op, total in zip(counters, outcome.totals, strict=True)},
+            expires=now + self.period_s,
+        )
+        return True
+
+    def observe(self, counters: Sequence[CounterOp], totals: Sequence[int]) -> None:
+        """Remember where the store said counters stand (after any reserve this process made)."""
+        groups = self._groups
+        for op, total in zip(counters, totals):  # noqa: B905 - a repeated reserve may answer no totals
+            group = groups.get(_group_of(op))
+            if group is not None:
+                group.totals[op.key] = total
+
+    # ----------------------------------------------------------------- a call ends
+    def finish(self, take: Take, actual: Mapping[Unit, int] | None) -> None:
+        """A call served from slices ended: its actual cost (None: released) replaces its estimate."""
+        for slice_, amounts in take.parts:
+            slice_.inflight -= 1
+            used, spent = slice_.used, slice_.spent
+            for i, unit in enumerate(_UNITS):
+                if actual is None:
+                    used[i] -= amounts[i]
+                else:
+                    cost = actual.get(unit, amounts[i])
+                    used[i] += cost - amounts[i]
+                    spent[i] += cost
+            if not slice_.retired and not slice_.fits((0, 0, 0)):
+                self._retire_slice(slice_)  # overdrawn: actual costs above their estimates
+            elif slice_.retired and slice_.inflight == 0:
+                self._done.append(slice_)
+
+    # ----------------------------------------------------------------- retiring
+    def _retire(self, group: _Group) -> None:
+        if group.slice is not None:
+            self._retire_slice(group.slice)
+
+    def _retire_slice(self, slice_: Slice) -> None:
+        if slice_.retired:
+            return
+        slice_.retired = True
+        group = self._groups.get(slice_.group)
+        if group is not None and group.slice is slice_:
+            group.slice = None
+        if slice_.inflight == 0:
+            self._done.append(slice_)
+
+    def revoke_if_changed(self, control: object) -> None:
+        """Retire every slice when the control state (kill switches, limits) differs from the one last seen."""
+        if control is self._control:
+            return
+        if self._control is not None and control != self._control:
+            self.retire_all()
+        self._control = control
+
+    def expire(self, now: float) -> None:
+        """Retire slices older than their period; forget groups idle for a while."""
+        for key, group in list(self._groups.items()):
+            current = group.slice
+            if current is not None and now >= current.expires:
+                self._retire_slice(current)
+            if group.slice is None and now - group.window_start > 4 * self.period_s:
+                del self._groups[key]
+
+    def retire_all(self) -> None:
+        """Retire every slice (close, revocation)."""
+        for group in self._groups.values():
+            self._retire(group)
+
+    def done(self) -> list[Slice]:
+        """Retired slices with no call in flight, each handed out once: settle them in the store."""
+        out, self._done = self._done, []
+        return out
+
+    def slices(self) -> list[Slice]:
+        """The live slices."""
+        return [g.slice for g in self._groups.values() if g.slice is not None]
+
+
+def _with_amount(op: CounterOp, amount: int) -> CounterOp:
+    new = object.__new__(CounterOp)
+    new.__dict__.update(op.__dict__)
+    new.__dict__["amount"] = amount
+    return new
+
+
+def cold_plan(plan: ReservePlan, take: Take) -> ReservePlan:
+    """`plan` with only the counters the store reserves for this call (registry indexes re-pointed)."""
+    cold = take.cold
+    if not any(op.counts_new >= 0 for op in cold):
+        return replace(plan, counters=cold)
+    index = {op.key: i for i, op in enumerate(cold)}
+    ops = tuple(
+        replace(op, counts_new=index[plan.counters[op.counts_new].key]) if op.counts_new >= 0 else op for op in cold
+    )
+    return replace(plan, counters=ops)
+
+
+def local_outcome(
+    plan: ReservePlan, take: Take, cold_counters: Sequence[CounterOp] = (), cold: ReserveOutcome | None = None
+) -> ReserveOutcome:
+    """The outcome of a call served (partly) from slices, over the whole plan: the store's totals for
+    its counters, this process's view (before the slice plus what it used) for the leased ones."""
+    totals: dict[str, int] = {}
+    for slice_, _ in take.parts:
+        for op in slice_.ops:
+            totals[op.key] = slice_.total(op)
+    if cold is not None:
+        totals.update(zip((op.key for op in cold_counters), cold.totals, strict=True))
+    return ReserveOutcome(
+        True,
+        tuple(totals.get(op.key, 0) for op in plan.counters),
+        crossings=() if cold is None else cold.crossings,
+    )

@@ -1,0 +1,193 @@
+"""Leasing: slices of hot counters' headroom, reserved in the store and spent here without a round trip.
+
+`engine.leases` keeps the books (pure); this part holds its lock, reserves slices in the store (an
+ordinary atomic reservation each, so the cap stays exact across the fleet), hands retired slices to
+the settlement (what their calls cost is committed, the rest goes back) and retires idle slices from a
+background thread. Only remote stores lease: memory and SQLite answer in-process already.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+
+from costguard import deadline as dl
+from costguard import engine
+from costguard.engine.leases import LeaseBook, Slice, Take
+from costguard.errors import StoreError
+from costguard.model import Unit
+from costguard.reporting import Reporter
+from costguard.settlement import Settlement
+from costguard.steps import Io, Steps, run
+from costguard.stores.base import Store
+
+__all__ = ["Leases"]
+
+log = logging.getLogger("costguard")
+
+
+class Leases:
+    """This process's slices of hot counters (see `costguard.engine.leases`)."""
+
+    def __init__(
+        self,
+        store: Store,
+        settlement: Settlement,
+        reporter: Reporter,
+        *,
+        period_s: float,
+        deadline_s: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.settlement = settlement
+        self.reporter = reporter
+        self.period_s = period_s
+        self.clock = clock
+        self.book = LeaseBook(period_s)
+        self._lock = threading.Lock()
+        self._sweeper: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._pending: list[Slice] = []  # retired, no call in flight, not yet settled
+        self.deadline_s = deadline_s
+        self._closed = False
+
+    # ----------------------------------------------------------------- admission
+    def admit(
+        self,
+        plan: engine.ReservePlan,
+        amounts: Mapping[Unit, int],
+        control: object,
+        now: float,
+        deadline: dl.Deadline | None,
+    ) -> Steps[Take | None]:
+        """Steps: take what slices cover of the call (reserving new slices for hot groups on the way)."""
+        if self._closed:
+            return None
+        book = self.book
+        with self._lock:
+            book.revoke_if_changed(control)
+            take, grants = book.take(plan, amounts, now)
+            done = book.done()
+        self._settle(done)
+        if not grants:
+            return take
+        installed = False
+        store = self.store
+        for grant in grants:
+            try:
+                outcome = yield Io(store.reserve, store.areserve, (grant.plan, None), deadline=deadline)
+            except StoreError:
+                if deadline is None or deadline.unknown:
+                    self.settlement.abandon(grant.plan.reservation_id, now)  # it may have been applied
+                with self._lock:
+                    book.install(grant, engine.ReserveOutcome(False, ()), now)  # one by one for a period
+                break  # the call's own reserve finds out what the store is up to
+            except BaseException:  # cancelled mid-grant: it may have been applied, give it back
+                self.settlement.abandon(grant.plan.reservation_id, now)
+                with self._lock:
+                    book.install(grant, engine.ReserveOutcome(False, ()), now)
+                raise
+            self.reporter.crossings(outcome.crossings, now)
+            with self._lock:
+                installed = book.install(grant, outcome, now) or installed
+        if not installed:
+            return take
+        self._start_sweeper()
+        with self._lock:
+            if take is not None:
+                book.finish(take, None)
+            take, _ = book.take(plan, amounts, now, count=False)
+            done = book.done()
+        self._settle(done)
+        return take
+
+    def observe(self, plan: engine.ReservePlan, outcome: engine.ReserveOutcome) -> None:
+        """Where the store says the call's counters stand (sizes the next slices)."""
+        with self._lock:
+            self.book.observe(plan.counters, outcome.totals)
+
+    def finish(self, take: Take, actual: Mapping[Unit, int] | None) -> None:
+        """A call served from slices ended: its actual cost (None: given back)."""
+        with self._lock:
+            self.book.finish(take, actual)
+            done = self.book.done()
+        self._settle(done)
+
+    # ----------------------------------------------------------------- settling slices
+    def _settle(self, done: list[Slice]) -> None:
+        """Retired slices with no call in flight: settled by the sweeper at once (or by `settle_now`)."""
+        if done:
+            with self._lock:
+                self._pending.extend(done)
+            self._start_sweeper()
+            self._wake.set()
+
+    @property
+    def unsettled(self) -> bool:
+        """Whether retired slices wait to be settled (their unused headroom still counts in the store)."""
+        return bool(self._pending)
+
+    def settle_now(self, deadline: dl.Deadline | None) -> Steps[None]:
+        """Steps: settle the retired slices now — what their calls cost is committed, the rest goes back.
+        One the store can't take is handed to the settlement (queued, spooled, written when it answers)."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+        store = self.store
+        for index, slice_ in enumerate(batch):
+            at = self.clock()
+            try:
+                outcome = yield Io(
+                    store.settle, store.asettle, (slice_.lease_id, slice_.settlement(), at, None), deadline=deadline
+                )
+            except StoreError:
+                for rest in batch[index:]:
+                    run(self.settlement.settle(rest.lease_id, rest.settlement(), at, None, background=True))
+                return
+            self.reporter.settled(outcome, at, False)
+
+    def sweep(self) -> None:
+        """Retire slices older than their period (an idle process gives its headroom back) and settle."""
+        with self._lock:
+            self.book.expire(self.clock())
+            self._pending.extend(self.book.done())
+        run(self.settle_now(dl.Deadline(self.deadline_s)))
+
+    def _start_sweeper(self) -> None:
+        if self._sweeper is not None or self._closed:
+            return
+        with self._lock:
+            if self._sweeper is not None:
+                return
+            self._sweeper = threading.Thread(target=self._sweep_loop, name="costguard-leases", daemon=True)
+            self._sweeper.start()
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.period_s / 2)
+            self._wake.clear()
+            try:
+                self.sweep()
+            except Exception:  # pragma: no cover - the sweeper must outlive any one failure
+                log.exception("costguard: settling leases failed")
+
+    def revoke(self) -> None:
+        """Retire every slice now (its unused headroom goes back once its calls in flight end)."""
+        with self._lock:
+            self.book.retire_all()
+            done = self.book.done()
+        self._settle(done)
+
+    def close(self) -> None:
+        """Stop leasing and give every slice back (before the settlement's last write)."""
+        self._closed = True
+        self._stop.set()
+        self._wake.set()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=2 * self.deadline_s + 1.0)
+        with self._lock:
+            self.book.retire_all()
+            self._pending.extend(self.book.done())
+        run(self.settle_now(dl.Deadline(self.deadline_s)))

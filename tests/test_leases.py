@@ -1,0 +1,303 @@
+"""Leased budget: hot counters served from slices reserved in the store, the cap still exact.
+
+The books (`engine.leases`) are tested on their own; the guard is tested on the stores that lease
+(PostgreSQL and Redis), where a slice is an ordinary reservation every process sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from datetime import timezone
+from pathlib import Path
+
+import pytest
+
+from costguard import BudgetExceeded, Guard, KillSwitchActive
+from costguard.config import load_config
+from costguard.engine import PlanCache, ReserveOutcome
+from costguard.engine.leases import HEADROOM_SHARE, HOT_CALLS, MIN_SLICE_CALLS, LeaseBook, is_lease
+from costguard.errors import ConfigError
+from costguard.model import Unit
+from helpers import usd_ceiling
+
+NOW = 1_780_000_000.0
+CAP = usd_ceiling({"feature": "f"}, day=100.0)
+CENT = {Unit.USD: 10_000, Unit.CALLS: 1}
+
+
+def _plan(ceilings: tuple[object, ...] = (CAP,), now: float = NOW, rid: str = "r", **labels: str):  # type: ignore[no-untyped-def]
+    return PlanCache().plan(
+        reservation_id=rid,
+        ceilings=ceilings,  # type: ignore[arg-type]
+        overrides={},
+        labels={"feature": "f", **labels},
+        amounts=CENT,
+        now=now,
+        tz=timezone.utc,
+        thresholds=(0.8, 1.0),
+    )
+
+
+def _warm(book: LeaseBook, plan, total: int = 0):  # type: ignore[no-untyped-def]
+    """Calls one by one until the group is hot; the store said each counter stands at `total`."""
+    for _ in range(HOT_CALLS - 1):
+        take, grants = book.take(plan, CENT, NOW)
+        assert take is None and grants == []
+        book.observe(plan.counters, [total] * len(plan.counters))
+    take, grants = book.take(plan, CENT, NOW)
+    assert take is None
+    return grants
+
+
+# ----------------------------------------------------------------------------- the books
+def test_a_group_is_leased_once_hot_and_sized_to_use_and_headroom() -> None:
+    book = LeaseBook(period_s=1.0)
+    plan = _plan()
+    (grant,) = _warm(book, plan)
+    # 8 calls in no time: a period's pace is far more than the headroom share allows... or MAX
+    usd = [op for op in grant.plan.counters if op.unit is Unit.USD]
+    assert is_lease(grant.plan.reservation_id)
+    assert {op.amount for op in usd} == {grant.calls * 10_000}
+    assert grant.calls <= 100_000_000 // (10_000 * HEADROOM_SHARE)
+    # Only one grant at a time per group.
+    assert book.take(plan, CENT, NOW) == (None, [])
+
+
+def test_no_slice_near_the_cap() -> None:
+    book = LeaseBook(period_s=1.0)
+    plan = _plan()
+    near = 100_000_000 - 10_000 * HEADROOM_SHARE * MIN_SLICE_CALLS + 1  # less than 4 calls' share left
+    assert _warm(book, plan, total=near) == []
+
+
+def test_calls_are_served_from_the_slice_then_settled_at_their_actual_cost() -> None:
+    book = LeaseBook(period_s=1.0)
+    plan = _plan()
+    (grant,) = _warm(book, plan)
+    totals = tuple(op.amount for op in grant.plan.counters)
+    assert book.install(grant, ReserveOutcome(True, totals), NOW)
+    takes = []
+    for _ in range(grant.calls):
+        take, grants = book.take(plan, CENT, NOW)
+        assert take is not None and take.cold == () and grants == []
+        takes.append(take)
+    take, _ = book.take(plan, CENT, NOW)  # used up: retired (calls still in flight), one by one again
+    assert take is None
+    assert book.done() == []  # not settled while its calls run
+    for take in takes:
+        book.finish(take, {Unit.USD: 4_000, Unit.CALLS: 1})
+    (done,) = book.done()
+    assert done.settlement() == {Unit.USD: 4_000 * grant.calls, Unit.CALLS: grant.calls, Unit.TOKENS: 0}
+
+
+def test_a_released_call_gives_its_estimate_back_to_the_slice() -> None:
+    book = LeaseBook(period_s=1.0)
+    plan = _plan()
+    (grant,) = _warm(book, plan)
+    book.install(grant, ReserveOutcome(True, tuple(op.amount for op in grant.plan.counters)), NOW)
+    (slice_,) = book.slices()
+    take, _ = book.take(plan, CENT, NOW)
+    assert take is not None and slice_.used[0] == 10_000
+    book.finish(take, None)
+    assert slice_.used == [0, 0, 0] and slice_.spent == [0, 0, 0]
+
+
+def test_a_control_change_or_an_old_slice_retires_it() -> None:
+    book = LeaseBook(period_s=1.0)
+    plan = _plan()
+    (grant,) = _warm(book, plan)
+    book.revoke_if_changed(("switches", ()))
+    book.install(grant, ReserveOutcome(True, tuple(op.amount for op in grant.plan.counters)), NOW)
+    book.revoke_if_changed(("switches", ()))  # equal: nothing happens
+    assert len(book.slices()) == 1
+    book.revoke_if_changed(("switches", ("feature=f",)))
+    assert book.slices() == [] and len(book.done()) == 1
+    (grant,) = book.take(plan, CENT, NOW)[1]
+    book.install(grant, ReserveOutcome(True, tuple(op.amount for op in grant.plan.counters)), NOW)
+    book.expire(NOW + 1.0)
+    assert book.slices() == [] and len(book.done()) == 1
+
+
+def test_a_refused_slice_means_calls_one_by_one_for_a_period() -> None:
+    book = LeaseBook(period_s=1.0)
+    plan = _plan()
+    (grant,) = _warm(book, plan)
+    assert not book.install(grant, ReserveOutcome(False, (0,) * len(plan.counters), blocked=0), NOW)
+    assert book.take(plan, CENT, NOW + 0.5) == (None, [])
+    assert book.take(plan, CENT, NOW + 1.0)[1] != []
+
+
+# ----------------------------------------------------------------------------- the guard, on stores that lease
+def _spend(guard: Guard) -> tuple[float, float]:
+    (row,) = guard.status(feature="f").ceilings
+    return row.spent, row.reserved
+
+
+def test_threads_spend_exactly_the_cap_and_close_gives_the_slices_back(fleet_store_url: str) -> None:
+    guard = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=2.0)])
+    allowed: list[int] = []
+    lock = threading.Lock()
+
+    def loop() -> None:
+        mine = 0
+        refused_since = None
+        while True:  # keep calling until refused for longer than a lease period: traffic goes on
+            try:
+                with guard.reserve("f", estimate_usd=0.01) as r:
+                    r.commit(0.01)
+                mine += 1
+                refused_since = None
+            except BudgetExceeded:
+                refused_since = refused_since or time.monotonic()
+                if time.monotonic() - refused_since > 1.5:
+                    break
+                time.sleep(0.01)
+        with lock:
+            allowed.append(mine)
+
+    threads = [threading.Thread(target=loop) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert guard.calls.leases is not None and guard.calls.leases.book.slices() == []  # all used or returned
+    guard.close()
+    check = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=2.0)], leases=False)
+    assert sum(allowed) == 200
+    assert _spend(check) == (2.0, 0.0)
+    records = check.audit(feature="f", decision="commit", limit=1000)
+    assert len(records) == 200 and not any(is_lease(r.reservation_id or "") for r in records)
+    check.close()
+
+
+def test_a_hot_feature_is_served_from_a_slice(fleet_store_url: str) -> None:
+    guard = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=100.0)])
+    for _ in range(50):
+        with guard.reserve("f", estimate_usd=0.01) as r:
+            r.commit(0.005)
+    leases = guard.calls.leases
+    assert leases is not None
+    assert len(leases.book.slices()) == 1
+    spent, reserved = _spend(guard)
+    assert reserved > 0  # the slice counts in the store while it is held
+    assert spent + reserved >= 50 * 0.005  # never under-counted
+    guard.close()
+    check = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=100.0)], leases=False)
+    assert _spend(check) == (0.25, 0.0)
+    check.close()
+
+
+def test_leases_off_reserves_call_by_call(fleet_store_url: str) -> None:
+    guard = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=100.0)], leases=False)
+    for _ in range(50):
+        with guard.reserve("f", estimate_usd=0.01) as r:
+            r.commit(0.005)
+        assert _spend(guard)[1] == 0.0
+    assert guard.calls.leases is None
+    guard.close()
+
+
+def test_an_idle_process_gives_its_slice_back(fleet_store_url: str) -> None:
+    guard = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=100.0)], lease_period_ms=200)
+    for _ in range(50):
+        with guard.reserve("f", estimate_usd=0.01) as r:
+            r.commit(0.005)
+    assert _spend(guard)[1] > 0
+    deadline = time.monotonic() + 5
+    while _spend(guard)[1] > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _spend(guard) == (0.25, 0.0)
+    guard.close()
+
+
+def test_a_kill_switch_revokes_the_slices_at_the_next_refresh(fleet_store_url: str) -> None:
+    guard = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=100.0)], killswitch_cache_ms=100)
+    operator = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=100.0)], leases=False)
+    for _ in range(50):
+        with guard.reserve("f", estimate_usd=0.01):
+            pass
+    assert _spend(operator)[1] > 0
+    operator.killswitch.activate(reason="incident", actor="ops", scope={"feature": "f"})
+    time.sleep(0.15)
+    with pytest.raises(KillSwitchActive):
+        guard.reserve("f", estimate_usd=0.01)
+    deadline = time.monotonic() + 5
+    while _spend(operator)[1] > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _spend(operator) == (0.5, 0.0)
+    guard.close()
+    operator.close()
+
+
+def test_a_lowered_limit_revokes_the_slices_and_holds(fleet_store_url: str) -> None:
+    guard = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=100.0)], killswitch_cache_ms=100)
+    operator = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=100.0)], leases=False)
+    for _ in range(50):
+        with guard.reserve("f", estimate_usd=0.01):
+            pass
+    operator.set_limit({"feature": "f"}, period="day", usd=0.6, reason="tighter", actor="ops")
+    time.sleep(0.15)
+    ran = 0
+    for _ in range(40):
+        try:
+            with guard.reserve("f", estimate_usd=0.01):
+                ran += 1
+        except BudgetExceeded:
+            time.sleep(0.02)
+    guard.close()
+    assert ran == 10  # $0.50 spent, $0.60 the new limit: ten more, exactly
+    assert _spend(operator) == (0.6, 0.0)
+    operator.close()
+
+
+def test_async_calls_lease_too(fleet_store_url: str) -> None:
+    guard = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=1.0)])
+
+    async def main() -> int:
+        ran = 0
+
+        async def one() -> None:
+            nonlocal ran
+            for _ in range(20):
+                try:
+                    async with guard.areserve("f", estimate_usd=0.01) as r:
+                        await r.acommit(0.01)
+                    ran += 1
+                except BudgetExceeded:
+                    await asyncio.sleep(0.05)
+
+        await asyncio.gather(*(one() for _ in range(10)))
+        aclose = getattr(guard.store, "aclose", None)
+        if aclose is not None:
+            await aclose()  # its async connections belong to this loop
+        return ran
+
+    ran = asyncio.run(main())
+    guard.close()
+    check = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=1.0)], leases=False)
+    assert ran == 100
+    assert _spend(check) == (1.0, 0.0)
+    check.close()
+
+
+# ----------------------------------------------------------------------------- config
+def test_leases_in_the_config(tmp_path: Path) -> None:
+    path = tmp_path / "costguard.yaml"
+    path.write_text("store: memory://\nleases: off\nlease_period_ms: 250\n")
+    guard = load_config(path).build()
+    assert guard.lease_period_s is None
+    guard.close()
+    path.write_text("store: memory://\nleases: on\nlease_period_ms: 250\n")
+    guard = load_config(path).build()
+    assert guard.lease_period_s == 0.25
+    guard.close()
+    path.write_text("store: memory://\nlease_period_ms: 5\n")
+    with pytest.raises(ConfigError, match="lease_period_ms"):
+        load_config(path)
+
+
+def test_a_lease_period_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="lease_period_ms must be between 10 and 60000"):
+        Guard("memory://", lease_period_ms=0)
