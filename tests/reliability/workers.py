@@ -230,3 +230,19 @@ def chatter(url: str, spool_dir: str, log_path: str, stop_path: str, threads: in
         worker.join()
     guard.close(timeout=10)
     os.close(log)
+
+
+def lease_and_die(url: str, cap_micros: int, calls: int, ready_path: str) -> None:
+    """Make `calls` $0.01 calls of one hot feature (served from slices), tell the parent how much the
+    slices it holds were granted, and wait to be killed: the slices are never settled."""
+    guard = guard_for(url, cap_micros)
+    for _ in range(calls):
+        with guard.reserve("f", estimate_usd=0.01, customer="hot") as r:
+            r.commit(0.01)
+    leases = guard.calls.leases
+    held = [] if leases is None else leases.book.slices()
+    granted = {s.ops[0].ceiling_id: s.granted[0] - s.used[0] for s in held}
+    with open(ready_path + ".tmp", "w") as ready:
+        ready.write(repr(granted))
+    os.rename(ready_path + ".tmp", ready_path)
+    time.sleep(600)  # SIGKILL arrives here: no settle, no close, no exit hooks
