@@ -20,7 +20,7 @@ from costguard.engine import PlanCache, ReserveOutcome
 from costguard.engine.leases import HEADROOM_SHARE, HOT_CALLS, MIN_SLICE_CALLS, LeaseBook, is_lease
 from costguard.errors import ConfigError
 from costguard.model import Unit
-from helpers import usd_ceiling
+from helpers import FakeClock, usd_ceiling
 
 NOW = 1_780_000_000.0
 CAP = usd_ceiling({"feature": "f"}, day=100.0)
@@ -200,11 +200,14 @@ def test_leases_off_reserves_call_by_call(fleet_store_url: str) -> None:
 
 
 def test_an_idle_process_gives_its_slice_back(fleet_store_url: str) -> None:
-    guard = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=100.0)], lease_period_ms=200)
+    clock = FakeClock(NOW)
+    cap = usd_ceiling({"feature": "f"}, day=100.0)
+    guard = Guard(fleet_store_url, ceilings=[cap], lease_period_ms=200, clock=clock)
     for _ in range(50):
         with guard.reserve("f", estimate_usd=0.01) as r:
             r.commit(0.005)
-    assert _spend(guard)[1] > 0
+    assert _spend(guard)[1] > 0  # held: the clock stands still
+    clock.advance(0.2)  # a lease period later, with no call: the sweeper gives it back
     deadline = time.monotonic() + 5
     while _spend(guard)[1] > 0 and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -275,10 +275,9 @@ class Guard:
         return self._reporter.stats()
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Write queued costs and wait for background work (alerts, audit); False if some remain."""
-        self._settlement.flush()
-        done = self._reporter.flush(timeout)
-        return done and not self._settlement.pending
+        """Give slices of leased counters back, write queued costs and wait for background work (alerts,
+        audit): the store then has every cost this process knows; False if some remain."""
+        return self._parts.flush(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         """Write queued costs and deliver queued alerts (up to `timeout` each), then release the store.

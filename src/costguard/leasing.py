@@ -173,12 +173,18 @@ class Leases:
             except Exception:  # pragma: no cover - the sweeper must outlive any one failure
                 log.exception("costguard: settling leases failed")
 
-    def revoke(self) -> None:
-        """Retire every slice now (its unused headroom goes back once its calls in flight end)."""
+    def revoke(self, *, now: bool = False) -> None:
+        """Retire every slice (its unused headroom goes back once its calls in flight end); with `now`,
+        settle those with no call in flight before returning."""
         with self._lock:
             self.book.retire_all()
             done = self.book.done()
-        self._settle(done)
+            if now:
+                self._pending.extend(done)
+        if now:
+            run(self.settle_now(dl.Deadline(self.deadline_s)))
+        else:
+            self._settle(done)
 
     def close(self) -> None:
         """Stop leasing and give every slice back (before the settlement's last write)."""

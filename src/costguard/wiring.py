@@ -78,6 +78,14 @@ class Parts:
     queries: Queries
     leases: Leases | None
 
+    def flush(self, timeout: float) -> bool:
+        """Give slices back, write queued costs, wait for background work; False if some remain."""
+        if self.leases is not None:
+            self.leases.revoke(now=True)
+        self.settlement.flush()
+        done = self.reporter.flush(timeout)
+        return done and not self.settlement.pending
+
     def close(self, timeout: float) -> None:
         """Give slices back, write queued costs, deliver queued alerts (up to `timeout` each)."""
         if self.leases is not None:

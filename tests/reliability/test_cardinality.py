@@ -217,7 +217,11 @@ def test_redis_keys_per_customer_are_constant_and_every_one_expires(
     n = REDIS_CUSTOMERS if real else min(REDIS_CUSTOMERS, 300)  # fakeredis: for runs without a Redis
     maxlen = 1_000
     at = epoch(START)
-    guard = make_guard(FEATURE, PER_CUSTOMER, store=store_url, clock=FakeClock(START), store_options={"maxlen": maxlen})
+    # leases=False: the key census below counts one reservation per call (slices add one per slice:
+    # test_slices_leave_one_settled_reservation_each, below).
+    guard = make_guard(
+        FEATURE, PER_CUSTOMER, store=store_url, clock=FakeClock(START), store_options={"maxlen": maxlen}, leases=False
+    )
     store = guard.store
     assert isinstance(store, RedisStore)
     began = time.monotonic()
@@ -410,7 +414,7 @@ def test_sql_rows_per_customer_are_constant_and_purged(store_url: str) -> None:
     month counter and that call's own rows only.
     """
     clock = FakeClock(START)
-    guard = make_guard(FEATURE, PER_CUSTOMER, store=store_url, clock=clock)
+    guard = make_guard(FEATURE, PER_CUSTOMER, store=store_url, clock=clock, leases=False)  # one reservation per call
     store = guard.store
     assert isinstance(store, SQLStore)
     at = epoch(START)
@@ -460,3 +464,44 @@ def test_an_abandoned_reservation_is_purged_once_its_counters_have_expired(store
         left = {row.id for row in _rows(store, "reservations")}
     guard.close()
     assert abandoned not in left
+
+
+@pytest.mark.parametrize(
+    "store_url",
+    ["fakeredis", pytest.param("redis", marks=pytest.mark.redis), pytest.param("postgres", marks=pytest.mark.postgres)],
+    indirect=True,
+)
+def test_slices_leave_one_settled_reservation_each(store_url: str) -> None:
+    """With leases, N customers' calls leave one reservation per call with a cold counter plus one per
+    slice of the shared feature counters — a number set by time and traffic, not by customers — and
+    after `flush` every one of them is settled."""
+    guard = make_guard(FEATURE, store=store_url, clock=FakeClock(START))
+    leases = guard.calls.leases
+    assert leases is not None
+    granted: list[str] = []
+    reserve = guard.store.reserve
+
+    def counting(plan: Any, record: Any) -> Any:
+        if plan.reservation_id.startswith("lease-"):
+            granted.append(plan.reservation_id)
+        return reserve(plan, record)
+
+    guard.store.reserve = counting  # type: ignore[method-assign]
+    names = customers("lease", 2_000)
+    for customer in names:
+        with guard.reserve("chat", estimate_usd=0.002, customer=customer) as r:
+            r.commit(0.001)
+    assert guard.flush()
+    store = guard.store
+    if isinstance(store, SQLStore):
+        rows = _rows(store, "reservations")
+        ids = {row.id for row in rows if row.id.startswith("lease-")}
+        assert all(row.settled for row in rows)
+    else:
+        assert isinstance(store, RedisStore)
+        ids = {name[2:] for name in _namespace(store) if name.startswith("r:lease-")}
+    assert 1 <= len(granted) <= 20  # 2 000 calls of one feature in one process: a handful of slices
+    assert ids == set(granted)
+    (row,) = [c for c in guard.status(feature="chat").ceilings if c.period == "day"]
+    assert (row.spent, row.reserved) == (2.0, 0.0)
+    guard.close()

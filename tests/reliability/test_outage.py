@@ -27,7 +27,9 @@ def make(url: str, policy: str) -> Guard:
         "chat": FeatureSettings(estimate_usd=20_000, fallback=static("busy"), on_store_error=policy),  # type: ignore[arg-type]
         "ks": FeatureSettings(estimate_usd=20_000, fallback=static("off")),
     }
-    return Guard(url, ceilings=ceilings, features=features, killswitch_cache_ms=50)
+    # Per-call reservations: these tests count what each call leaves in the buffer (leases during an
+    # outage: test_leases_reliability.py).
+    return Guard(url, ceilings=ceilings, features=features, killswitch_cache_ms=50, leases=False)
 
 
 def call(guard: Guard, cost: float) -> tuple[str, float]:

@@ -1,0 +1,80 @@
+"""Leased counters when things go wrong: a process killed while it holds slices leaves the store
+over-counting by at most the unused part of one slice per group, never under-counting; a Redis outage
+while a slice is held loses nothing."""
+
+from __future__ import annotations
+
+import ast
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import workers
+
+from costguard import Guard
+from helpers import usd_ceiling
+from stores.redis_server import RedisServer
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def test_a_killed_holder_leaves_its_slices_counted_never_less(fleet_store_url: str, tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    victim = SPAWN.Process(target=workers.lease_and_die, args=(fleet_store_url, 100_000_000, 300, str(ready)))
+    victim.start()
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert time.monotonic() < deadline, "the victim never finished its calls"
+        assert victim.is_alive(), "the victim died early"
+        time.sleep(0.05)
+    unused: dict[str, int] = ast.literal_eval(ready.read_text())
+    assert unused, "300 calls of one feature made no slice"
+    assert victim.pid is not None
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(30)
+    assert victim.exitcode == -signal.SIGKILL
+    guard = workers.guard_for(fleet_store_url, 100_000_000, leases=False)
+    for row in guard.status().ceilings:
+        counted = round(row.spent * 1_000_000)  # spent counts what is reserved, slices included
+        # $3.00 spent: never less, and at most the unused part of the ceiling's slice more
+        assert 3_000_000 <= counted <= 3_000_000 + unused.get(row.ceiling, 0), (row, unused)
+    guard.close()
+
+
+@pytest.mark.redis
+def test_a_slice_held_through_a_redis_outage_loses_nothing(tmp_path: Path) -> None:
+    """A hot feature's slice keeps serving while Redis is down; when it expires its settlement waits in
+    the spool, the calls after it are admitted within the outage allowance, and once Redis is back
+    the store has exactly what every call cost."""
+    server = RedisServer(workdir=tmp_path, extra=("--appendonly", "yes", "--appendfsync", "always")).start()
+    url = f"{server.url}?timeout_ms=100&breaker_s=0.3"
+    cap = usd_ceiling({"feature": "chat"}, month=100.0)
+    guard = Guard(url, ceilings=[cap], lease_period_ms=300, spool_dir=str(tmp_path / "spool"))
+    try:
+        for _ in range(50):
+            with guard.reserve("chat", estimate_usd=0.01) as r:
+                r.commit(0.01)
+        leases = guard.calls.leases
+        assert leases is not None and leases.book.slices(), "50 calls of one feature made no slice"
+        server.stop()
+        for _ in range(30):  # from the slice while it lasts, then without a reservation ($1 allowance)
+            with guard.reserve("chat", estimate_usd=0.01) as r:
+                r.commit(0.01)
+        time.sleep(0.5)  # the slice expires: its settlement can't be written, it is queued and spooled
+        for _ in range(10):
+            with guard.reserve("chat", estimate_usd=0.01) as r:
+                r.commit(0.01)
+        assert guard.pending > 0
+        server.start()
+        deadline = time.monotonic() + 10
+        while not guard.flush(1.0) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert guard.pending == 0
+        (row,) = guard.status(feature="chat").ceilings
+        assert (row.spent, row.reserved) == (0.9, 0.0)  # 90 calls at $0.01: nothing lost, nothing twice
+    finally:
+        guard.close(timeout=1)
+        server.stop()
