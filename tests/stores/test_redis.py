@@ -354,10 +354,13 @@ def test_an_unreachable_redis_fails_fast_and_the_guard_follows_on_store_error(ca
         with pytest.raises(StoreUnavailable, match="unavailable during reserve"):
             store.reserve(plan([FEATURE_DAY]), None)
         assert time.perf_counter() - started < 0.5
-    started = time.perf_counter()
-    with pytest.raises(StoreUnavailable, match="circuit open after 3 connection failures in a row"):
-        store.reserve(plan([FEATURE_DAY]), None)
-    assert time.perf_counter() - started < 0.005
+    took = []
+    for _ in range(20):  # the breaker answers without the network: the fastest of 20 (a busy machine
+        started = time.perf_counter()  # may deschedule any single one)
+        with pytest.raises(StoreUnavailable, match="circuit open after 3 connection failures in a row"):
+            store.reserve(plan([FEATURE_DAY]), None)
+        took.append(time.perf_counter() - started)
+    assert min(took) < 0.005
     guard = Guard(store, ceilings=[FEATURE_DAY], on_store_error="open", spool_dir=False)
     with guard.reserve("f", estimate_usd=0.01) as reservation:
         assert reservation.decision.reason == "store_error"

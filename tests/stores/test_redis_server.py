@@ -151,11 +151,13 @@ def test_a_restart_fails_fast_then_recovers_with_the_scripts_reloaded(tmp_path: 
         with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{port}.*namespace 'restart'"):
             store.reserve(plan([DAY_CAP]), None)
         assert time.perf_counter() - started < 0.5
-    for _ in range(100):  # while down, the breaker answers in microseconds
-        started = time.perf_counter()
+    took = []
+    for _ in range(100):  # while down, the breaker answers in microseconds (the median: a busy machine
+        started = time.perf_counter()  # may deschedule a few)
         with pytest.raises(StoreUnavailable, match="circuit open"):
             store.reserve(plan([DAY_CAP]), None)
-        assert time.perf_counter() - started < 0.002
+        took.append(time.perf_counter() - started)
+    assert sorted(took)[50] < 0.002
     with guard.reserve("f", estimate_usd=0.02) as during:
         assert during.decision.reason == "store_error"  # on_store_error: open, the cost buffered
     assert guard.pending == 1
