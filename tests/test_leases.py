@@ -7,6 +7,7 @@ The books (`engine.leases`) are tested on their own; the guard is tested on the 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from datetime import timezone
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import RedisURLs
 from costguard import BudgetExceeded, Guard, KillSwitchActive
 from costguard.config import load_config
 from costguard.engine import PlanCache, ReserveOutcome
@@ -304,3 +306,52 @@ def test_leases_in_the_config(tmp_path: Path) -> None:
 def test_a_lease_period_out_of_range_is_refused() -> None:
     with pytest.raises(ValueError, match="lease_period_ms must be between 10 and 60000"):
         Guard("memory://", lease_period_ms=0)
+
+
+def _until_refused(guard: Guard) -> int:
+    """Call until refused for longer than a lease period (other processes' slices go back meanwhile)."""
+    ran, refused_since = 0, None
+    while True:
+        try:
+            with guard.reserve("f", estimate_usd=0.01) as r:
+                r.commit(0.01)
+            ran, refused_since = ran + 1, None
+        except BudgetExceeded:
+            refused_since = refused_since or time.monotonic()
+            if time.monotonic() - refused_since > 1.5:
+                return ran
+            time.sleep(0.01)
+
+
+@pytest.mark.redis
+def test_a_forked_child_never_spends_the_parents_slice(redis_urls: RedisURLs) -> None:
+    """A worker forked while its parent holds a slice (a pre-loading server) starts with no slice: the
+    slice is the parent's to spend, so the two together admit exactly the cap (a real Redis: the child
+    is another process)."""
+    redis_url = redis_urls.new("redis")
+    guard = Guard(redis_url, ceilings=[usd_ceiling({"feature": "f"}, day=1.0)])
+    for _ in range(20):
+        with guard.reserve("f", estimate_usd=0.01) as r:
+            r.commit(0.01)
+    leases = guard.calls.leases
+    assert leases is not None and leases.book.slices()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            held = len(leases.book.slices())
+            ran = _until_refused(guard)
+            guard.close()
+            os.write(write, f"{held} {ran}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    parent_ran = _until_refused(guard)
+    guard.close()
+    held, child_ran = map(int, os.read(read, 100).split())
+    os.waitpid(pid, 0)
+    assert held == 0
+    assert 20 + parent_ran + child_ran == 100
+    check = Guard(redis_url, ceilings=[usd_ceiling({"feature": "f"}, day=1.0)], leases=False)
+    assert _spend(check) == (1.0, 0.0)
+    check.close()

@@ -8,8 +8,11 @@ background thread. Only remote stores lease: memory and SQLite answer in-process
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 
 from costguard import deadline as dl
@@ -53,6 +56,16 @@ class Leases:
         self._pending: list[Slice] = []  # retired, no call in flight, not yet settled
         self.deadline_s = deadline_s
         self._closed = False
+        os.register_at_fork(after_in_child=functools.partial(_forked, weakref.ref(self)))
+
+    def _forked(self) -> None:
+        """In a forked child: the slices are the parent's (it spends and settles them); start empty."""
+        self.book = LeaseBook(self.period_s)
+        self._lock = threading.Lock()
+        self._pending = []
+        self._sweeper = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
 
     # ----------------------------------------------------------------- admission
     def admit(
@@ -197,3 +210,9 @@ class Leases:
             self.book.retire_all()
             self._pending.extend(self.book.done())
         run(self.settle_now(dl.Deadline(self.deadline_s)))
+
+
+def _forked(ref: weakref.ref[Leases]) -> None:
+    leases = ref()
+    if leases is not None:
+        leases._forked()
