@@ -329,7 +329,7 @@ def test_a_forked_child_never_spends_the_parents_slice(redis_urls: RedisURLs) ->
     slice is the parent's to spend, so the two together admit exactly the cap (a real Redis: the child
     is another process)."""
     redis_url = redis_urls.new("redis")
-    guard = Guard(redis_url, ceilings=[usd_ceiling({"feature": "f"}, day=1.0)])
+    guard = Guard(redis_url, ceilings=[usd_ceiling({"feature": "f"}, day=10.0)])
     for _ in range(20):
         with guard.reserve("f", estimate_usd=0.01) as r:
             r.commit(0.01)
@@ -351,7 +351,7 @@ def test_a_forked_child_never_spends_the_parents_slice(redis_urls: RedisURLs) ->
     held, child_ran = map(int, os.read(read, 100).split())
     os.waitpid(pid, 0)
     assert held == 0
-    assert 20 + parent_ran + child_ran == 100
-    check = Guard(redis_url, ceilings=[usd_ceiling({"feature": "f"}, day=1.0)], leases=False)
-    assert _spend(check) == (1.0, 0.0)
+    assert 20 + parent_ran + child_ran == 1000
+    check = Guard(redis_url, ceilings=[usd_ceiling({"feature": "f"}, day=10.0)], leases=False)
+    assert _spend(check) == (10.0, 0.0)
     check.close()

@@ -96,10 +96,10 @@ def test_a_guarded_call_is_two_evalsha_on_the_server(server: RedisServer, url: s
 def test_a_hot_feature_with_leases_makes_few_store_operations(server: RedisServer, url: str) -> None:
     """MONITOR: with leases (the default), 1 000 calls of one hot feature under 3 ceilings x 2 periods
     make at most 0.05 store operations per call — and the store has exactly what they cost."""
-    ceilings = (
-        ceiling({"feature": "f"}, usd(Period.MONTH, 1000), usd(Period.DAY, 100)),
-        ceiling({"customer": "*"}, usd(Period.MONTH, 500), usd(Period.DAY, 50)),
-        ceiling({"feature": "f", "team": "*"}, usd(Period.MONTH, 200), usd(Period.DAY, 20)),
+    ceilings = (  # far from their caps (a slice takes at most 1/64 of the headroom)
+        ceiling({"feature": "f"}, usd(Period.MONTH, 100_000), usd(Period.DAY, 10_000)),
+        ceiling({"customer": "*"}, usd(Period.MONTH, 50_000), usd(Period.DAY, 5_000)),
+        ceiling({"feature": "f", "team": "*"}, usd(Period.MONTH, 20_000), usd(Period.DAY, 2_000)),
     )
     guard = Guard(url, ceilings=ceilings, clock=FakeClock(NOW))
     with guard.reserve("f", customer="acme", team="t", estimate_usd=0.01):

@@ -42,8 +42,10 @@ HOT_CALLS = 8
 # by one, exactly as without leases.
 MIN_SLICE_CALLS = 4
 # A slice takes at most this fraction (1/n) of the headroom the store last reported for its counters, so
-# several processes leasing the same counter leave room for each other.
-HEADROOM_SHARE = 8
+# a fleet of processes leasing the same counter holds a small part of it at any time (32 processes:
+# at most 40 %), and near the cap — under MIN_SLICE_CALLS x HEADROOM_SHARE calls' worth — nobody
+# leases: headroom a slice holds is never what another process is refused for long.
+HEADROOM_SHARE = 64
 # ... and at most this many calls' worth (bounds what a crashed holder leaves counted).
 MAX_SLICE_CALLS = 10_000
 # Reservation ids of slices start with this.
