@@ -310,9 +310,11 @@ def test_killswitch_activate_status_deactivate(runner: CliRunner, tmp_path: Path
     guard.close()
     status = runner.invoke(main, ["killswitch", "status", "--config", str(config), "--json"])
     data = json.loads(status.stdout)
-    assert data["active"][0]["scope"] == {"feature": "support_agent"}
-    assert data["active"][0]["reason"] == "incident #7"
-    assert data["active"][0]["actor"].startswith("cli")
+    assert data["active"] is False  # as GET /v1/killswitch/status: one feature is stopped, not everything
+    assert data["switches"][0]["scope"] == {"feature": "support_agent"}
+    assert data["switches"][0]["reason"] == "incident #7"
+    assert data["switches"][0]["actor"].startswith("cli")
+    assert [r["decision"] for r in data["history"]] == ["killswitch_activated"]
     table = runner.invoke(main, ["killswitch", "status", "--config", str(config)])
     assert "ACTIVE for feature=support_agent" in table.stdout
     unsaid = runner.invoke(
@@ -365,7 +367,8 @@ def test_operator_commands_as_real_processes(tmp_path: Path) -> None:
 
     assert run("killswitch", "activate", "--reason", "drill").returncode == 0
     status = json.loads(run("killswitch", "status", "--json").stdout)
-    assert status["active"][0]["scope"] == {}
+    assert status["active"] is True  # the global switch
+    assert [s["scope"] for s in status["switches"]] == [{}]
     assert run("killswitch", "deactivate", "--reason", "drill over").returncode == 0
     assert run("limits", "set", "customer=acme", "--usd", "5", "--reason", "trial").returncode == 0
     (row,) = json.loads(run("forecast", "--json", "--customer", "acme").stdout)["ceilings"]

@@ -134,11 +134,31 @@ def test_activation_needs_a_reason_and_status_has_history() -> None:
         ("killswitch_activated", "alice"),
     ]
     guard.killswitch.activate(reason="incident #2", scope="feature:f")
-    data = guard.killswitch.status().to_dict()
-    assert data["active"][0]["scope"] == {"feature": "f"}
-    assert data["active"][0]["reason"] == "incident #2"
+    status = guard.killswitch.status()
+    assert status.switches == status.active
+    assert not status.stops()  # one feature is stopped, not everything
+    data = status.to_dict()
+    assert data["active"] is False  # the shape of GET /v1/killswitch/status
+    assert data["switches"][0]["scope"] == {"feature": "f"}
+    assert data["switches"][0]["reason"] == "incident #2"
     guard.flush()
     assert notifier.kinds() == ["killswitch_activated", "killswitch_deactivated", "killswitch_activated"]
+
+
+def test_status_says_whether_a_switch_stops_a_whole_scope() -> None:
+    guard = make_guard(CAP, labels=["tenant"])
+    guard.killswitch.activate(reason="one feature", scope={"feature": "f"})
+    guard.killswitch.activate(reason="acme, one feature", scope={"customer": "acme", "feature": "f"})
+    guard.killswitch.activate(reason="globex", scope={"customer": "globex"})
+    guard.killswitch.activate(reason="initech", scope={"tenant": "initech"})
+    status = guard.killswitch.status()
+    assert [status.stops(t) for t in (None, "acme", "globex", "initech")] == [False, False, True, True]
+    assert status.to_dict()["active"] is False  # no tenant: only the global switch counts
+    guard.killswitch.activate(reason="everything")
+    everything = guard.killswitch.status()
+    assert [everything.stops(t) for t in (None, "acme")] == [True, True]
+    assert everything.to_dict()["active"] is True
+    assert len(everything.to_dict()["switches"]) == 5
 
 
 def test_a_scope_with_a_label_nothing_knows_is_refused_not_a_silent_no_op() -> None:

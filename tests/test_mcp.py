@@ -102,7 +102,7 @@ def test_tools_are_listed_and_reads_work_without_a_token(config: Path) -> None:
     periods = {(tuple(r["labels"].items()), r["period"]) for r in payload(forecast)["ceilings"]}
     assert ((("feature", "support_agent"),), "month") in periods
     assert "projected_usd" in payload(forecast)["ceilings"][0]
-    assert payload(switches) == {"active": [], "history": []}
+    assert payload(switches) == {"active": False, "switches": [], "history": []}  # the HTTP API's shape
 
 
 @pytest.mark.parametrize(
@@ -139,7 +139,12 @@ def test_an_admin_token_turns_the_kill_switch_on_and_off(config: Path) -> None:
         "changed": True,
         "actor": "mcp:ops",
     }
-    assert payload(status)["active"][0]["reason"] == "runaway agent"
+    # As GET /v1/killswitch/status: a switch on one feature leaves `active` false; it is listed in `switches`.
+    assert payload(status)["active"] is False
+    assert [(s["scope"], s["reason"]) for s in payload(status)["switches"]] == [
+        ({"feature": "support_agent"}, "runaway agent")
+    ]
+    assert [r["decision"] for r in payload(status)["history"]] == ["killswitch_activated"]
     # The switch is in the shared store: the guarded app's process sees it.
     with Guard.from_yaml(config) as guard:
         active = guard.killswitch.status().active
@@ -162,13 +167,21 @@ def test_a_tenant_admin_token_is_held_to_its_tenant(config: Path) -> None:
     async def body(client: Client) -> Any:
         status = await client.call_tool("costguard_budget_status", {})
         global_switch = await client.call_tool("costguard_killswitch_activate", {"reason": "x"})
+        before = await client.call_tool("costguard_killswitch_status", {})
         own = await client.call_tool("costguard_killswitch_activate", {"reason": "x", "scope": {"customer": "acme"}})
-        return status, global_switch, own
+        after = await client.call_tool("costguard_killswitch_status", {})
+        return status, global_switch, before, own, after
 
-    status, global_switch, own = with_server(config, ACME, body)
+    with Guard.from_yaml(config) as guard:
+        guard.killswitch.activate(reason="globex only", actor="ops", scope={"customer": "globex"})
+    status, global_switch, before, own, after = with_server(config, ACME, body)
     assert [r["labels"] for r in payload(status)["ceilings"]] == [{"customer": "acme"}]
     assert "tenant 'acme'" in error_text(global_switch)
     assert payload(own)["scope"] == {"customer": "acme"}
+    # Another customer's switch neither stops acme nor shows; acme's own does both, as over HTTP.
+    assert payload(before) == {"active": False, "switches": [], "history": []}
+    assert payload(after)["active"] is True
+    assert [s["scope"] for s in payload(after)["switches"]] == [{"customer": "acme"}]
 
 
 def test_invalid_arguments_are_an_error_result(config: Path) -> None:

@@ -34,6 +34,12 @@ def parse_scope(scope: Scope) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(normalize_labels(scope, max_length=10_000).items()))
 
 
+def _stops(scope: Mapping[str, str], tenant: str | None) -> bool:
+    if not scope:
+        return True  # the global switch stops everyone's calls (exempt features aside)
+    return tenant is not None and dict(scope) in ({"customer": tenant}, {"tenant": tenant})
+
+
 @dataclass(frozen=True)
 class KillSwitchStatus:
     """Active switches and recent activations/deactivations, newest first."""
@@ -42,14 +48,26 @@ class KillSwitchStatus:
     history: tuple[AuditRecord, ...]
 
     @property
+    def switches(self) -> tuple[KillSwitchState, ...]:
+        """The active switches (the same as `active`; `to_dict()` lists them under `switches`)."""
+        return self.active
+
+    @property
     def any_active(self) -> bool:
         """Whether any switch is on."""
         return bool(self.active)
 
+    def stops(self, tenant: str | None = None) -> bool:
+        """Whether an active switch stops every guarded call of a scope: the global switch, and for a
+        tenant also a switch on exactly `customer: <tenant>` or `tenant: <tenant>`."""
+        return any(_stops(dict(switch.scope), tenant) for switch in self.active)
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view."""
+        """A JSON-ready view, the shape of `GET /v1/killswitch/status`: `active` (whether the global
+        switch is on), `switches` (every active switch) and `history`."""
         return {
-            "active": [s.to_dict() for s in self.active],
+            "active": self.stops(),
+            "switches": [s.to_dict() for s in self.active],
             "history": [r.to_dict() for r in self.history],
         }
 

@@ -134,11 +134,15 @@ def build_server(
     def killswitch_status(
         history: Annotated[int, Field(ge=0, le=200, description="Past changes to list.")] = 10,
     ) -> dict[str, Any]:
-        """Active kill switches and the latest activations and deactivations, newest first."""
-        data = guard.killswitch.status(history=max(1, history if tenant is None else 200)).to_dict()
-        data["active"] = [s for s in data["active"] if sees(s["scope"])]
-        data["history"] = [r for r in data["history"] if sees(r["labels"])][:history]
-        return data
+        """Whether a kill switch stops every guarded call (active: the global switch; with a tenant's token
+        also one on that customer or tenant), the active switches, and the latest changes, newest first."""
+        status = guard.killswitch.status(history=max(1, history if tenant is None else 200))
+        data = status.to_dict()
+        return {
+            "active": status.stops(tenant),
+            "switches": [s for s in data["switches"] if sees(s["scope"])],
+            "history": [r for r in data["history"] if sees(r["labels"])][:history],
+        }
 
     return server
 

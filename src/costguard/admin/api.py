@@ -27,7 +27,7 @@ from costguard.admin.schemas import (
     LimitBody,
     LimitChanged,
 )
-from costguard.admin.simple import caller_scope, change_day_and_month, day_and_month, forecast_rows, stops_caller
+from costguard.admin.simple import caller_scope, change_day_and_month, day_and_month, forecast_rows
 from costguard.config import AdminConfig
 from costguard.errors import StoreError
 from costguard.events import AuditDecision, AuditRecord
@@ -180,8 +180,8 @@ def build_router(guard: Guard, admin: AdminConfig | Mapping[str, Any] | None = N
         status = guard.killswitch.status(history=fetch)
         data = status.to_dict()
         return {
-            "active": stops_caller(status.active, caller),
-            "switches": [s for s in data["active"] if caller.sees(s["scope"])],
+            "active": status.stops(caller.tenant),
+            "switches": [s for s in data["switches"] if caller.sees(s["scope"])],
             "history": [r for r in data["history"] if caller.sees(r["labels"])][:history],
         }
 

@@ -6,7 +6,7 @@ month in USD and one kill-switch boolean. The full shapes (every ceiling, every 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -16,9 +16,8 @@ from costguard.forecast import Forecast
 from costguard.guard import Guard
 from costguard.model import Period, Unit, micros_to_usd, to_micros
 from costguard.status import Status
-from costguard.stores.base import KillSwitchState
 
-__all__ = ["PERIODS", "caller_scope", "change_day_and_month", "day_and_month", "forecast_rows", "stops_caller"]
+__all__ = ["PERIODS", "caller_scope", "change_day_and_month", "day_and_month", "forecast_rows"]
 
 # The simple shapes' names for the two calendar periods they know, and their limits' names in a body.
 PERIODS = {"daily": Period.DAY, "monthly": Period.MONTH}
@@ -82,18 +81,6 @@ def forecast_rows(forecast: Forecast, caller: Principal) -> list[dict[str, Any]]
         row["depletion_hour"] = None if at is None else at.replace(minute=0, second=0, microsecond=0).isoformat()
         rows.append(row)
     return rows
-
-
-def _stops(scope: Mapping[str, str], tenant: str | None) -> bool:
-    if not scope:
-        return True  # the global switch stops everyone's calls (exempt features aside)
-    return tenant is not None and scope in ({"customer": tenant}, {"tenant": tenant})
-
-
-def stops_caller(switches: Iterable[KillSwitchState], caller: Principal) -> bool:
-    """Whether an active switch stops every guarded call of the caller's scope: the global switch, and for a
-    tenant's token also a switch on exactly `customer: <tenant>` or `tenant: <tenant>`."""
-    return any(_stops(dict(switch.scope), caller.tenant) for switch in switches)
 
 
 def change_day_and_month(

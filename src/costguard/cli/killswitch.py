@@ -57,7 +57,7 @@ def killswitch_deactivate(config: Path | None, scope: str | None, reason: str, a
 
 @killswitch.command("status")
 @config_option()
-@json_option("Print JSON.")
+@json_option("Print JSON (KillSwitchStatus.to_dict(): active, switches, history).")
 @click.option("--history", type=click.IntRange(min=0), default=10, show_default=True, help="Past changes to show.")
 def killswitch_status(config: Path | None, as_json: bool, history: int) -> None:
     """Active kill switches and recent changes."""
@@ -68,9 +68,9 @@ def killswitch_status(config: Path | None, as_json: bool, history: int) -> None:
         return
     console = make_console()
     data = current.to_dict()
-    if not data["active"]:
+    if not data["switches"]:
         console.print(Text("no kill switch is active", "green"))
-    for switch in data["active"]:
+    for switch in data["switches"]:
         console.print(
             Text(
                 f"ACTIVE for {scope_text(switch['scope'])} since {switch['since']}: {switch['reason']} "
