@@ -236,3 +236,27 @@ def test_the_simple_body_refuses_what_it_does_not_know(global_client: TestClient
         response = global_client.put("/v1/budget/limits", json=body, headers=bearer("admin"))
         assert response.status_code == 422, body
         assert "DailyMonthlyLimits" not in response.json()["message"]
+
+
+@pytest.mark.parametrize("body", [{"reason": "x"}, {}, {"reason": "x", "daily": 5}, {"reason": "x", "limit": 5}])
+def test_a_body_of_neither_shape_is_told_both(global_client: TestClient, global_guard: Guard, body: Any) -> None:
+    response = global_client.put("/v1/budget/limits", json=body, headers=bearer("admin"))
+    assert response.status_code == 422
+    assert response.json() == {
+        "error": "validation_error",
+        "message": "body: give either {scope, usd|calls|tokens, reason} (and period, default month) for one "
+        "scope, or {daily_limit_usd and/or monthly_limit_usd, reason} for the caller's scope",
+    }
+    assert global_guard.store.control().overrides == ()
+
+
+def test_a_body_of_one_shape_is_told_what_it_lacks(global_client: TestClient) -> None:
+    for body, says in (
+        ({"usd": 5, "reason": "x"}, "scope: Field required"),
+        ({"period": "day", "calls": 5, "reason": "x"}, "scope: Field required"),
+        ({"scope": {"feature": "support_agent"}, "reason": "x"}, "body: give exactly one of usd, calls or tokens"),
+        ({"daily_limit_usd": 5}, "reason: a reason is required"),
+    ):
+        response = global_client.put("/v1/budget/limits", json=body, headers=bearer("admin"))
+        assert response.status_code == 422, body
+        assert response.json()["message"].startswith(says), response.json()

@@ -212,16 +212,29 @@ class DailyMonthlyLimits(_Body):
         return self
 
 
-def _limit_shape(body: object) -> str:
-    names = body if isinstance(body, dict) else getattr(body, "model_fields_set", ())
-    return "DailyMonthlyLimits" if {"daily_limit_usd", "monthly_limit_usd"} & set(names) else "LimitRequest"
+_SIMPLE_KEYS = frozenset({"daily_limit_usd", "monthly_limit_usd"})
+_SCOPE_KEYS = frozenset({"scope", "period", "usd", "calls", "tokens"})
+_SHAPES_MESSAGE = (
+    "give either {scope, usd|calls|tokens, reason} (and period, default month) for one scope, "
+    "or {daily_limit_usd and/or monthly_limit_usd, reason} for the caller's scope"
+)
+
+
+def _limit_shape(body: object) -> str | None:
+    if not isinstance(body, dict):
+        names = set(getattr(body, "model_fields_set", ()))
+        return "DailyMonthlyLimits" if _SIMPLE_KEYS & names else "LimitRequest"
+    if _SIMPLE_KEYS & body.keys():
+        return "DailyMonthlyLimits"
+    # No key of either shape (`{"reason": …}` alone): say what the two are, not what the first one lacks.
+    return "LimitRequest" if _SCOPE_KEYS & body.keys() else None
 
 
 # Both bodies of `PUT /v1/budget/limits`, told apart by their keys (the names are validation errors' tags).
 BODY_SHAPES = frozenset({"LimitRequest", "DailyMonthlyLimits"})
 LimitBody = Annotated[
     Annotated[LimitRequest, Tag("LimitRequest")] | Annotated[DailyMonthlyLimits, Tag("DailyMonthlyLimits")],
-    Discriminator(_limit_shape),
+    Discriminator(_limit_shape, custom_error_type="body_shape", custom_error_message=_SHAPES_MESSAGE),
 ]
 
 
