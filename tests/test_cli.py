@@ -347,9 +347,13 @@ def test_audit_filters_and_pages(runner: CliRunner, tmp_path: Path) -> None:
     assert older
     assert all(r["id"] < page[-1]["id"] for r in older)
     assert len(page) + len(older) == 10  # 5 reserves + 5 commits
+    reserves = [r for r in page + older if r["decision"] == "reserve"]
+    assert all(r["ceilings"] and {"scope", "period", "spent", "limit"} <= set(r["ceilings"][0]) for r in reserves)
     table = runner.invoke(main, ["audit", "--config", str(config), "--since", "1h", "--limit", "4"])
     assert table.exit_code == 0, table.output
     assert "more: --before-id" in table.stdout
+    assert "ceilings=" in table.stdout  # each ceiling as `scope period spent of limit`, not a Python repr
+    assert "'scope'" not in table.stdout
     future = runner.invoke(main, ["audit", "--config", str(config), "--json", "--since", "2999-01-01T00:00Z"])
     assert future.stdout == ""
     bad = runner.invoke(main, ["audit", "--config", str(config), "--since", "yesterday"])

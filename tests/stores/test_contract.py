@@ -344,7 +344,7 @@ def test_audit_is_append_only_and_filterable(store: Store) -> None:
     store.append([AuditRecord(NOW + 2, "blocked", {"feature": "g"}, None, {"reason": "kill_switch"})])
     records = store.audit(AuditQuery())
     assert [r.decision for r in records] == ["blocked", "commit", "reserve"]
-    assert records[2].data == {"estimate_usd": 0.01}
+    assert records[2].data["estimate_usd"] == 0.01
     assert [r.decision for r in store.audit(AuditQuery(feature="f"))] == ["commit", "reserve"]
     assert [r.decision for r in store.audit(AuditQuery(customer="acme", decision="reserve"))] == ["reserve"]
     assert [r.decision for r in store.audit(AuditQuery(since=NOW + 1, until=NOW + 2))] == ["commit"]
@@ -513,3 +513,67 @@ def test_racing_new_instances_get_exactly_max_of_them(store: Store) -> None:
     for thread in threads:
         thread.join()
     assert outcomes.count(True) == 5
+
+
+# --------------------------------------------------------------------------- the audit of an allowed reserve
+
+
+def reserve_audit(p: ReservePlan) -> AuditRecord:
+    """The record the guard hands a reserve (callpath.CallPath.reserve)."""
+    return AuditRecord(p.at, "reserve", dict(p.labels), p.reservation_id, {"estimate_usd": p.estimate_usd / 1e6})
+
+
+def _by_scope(entries: Sequence[dict[str, object]]) -> list[dict[str, object]]:
+    return sorted(entries, key=lambda e: (sorted(e["scope"].items()), e["period"], e["unit"]))  # type: ignore[attr-defined]
+
+
+def test_an_allowed_reserve_is_audited_with_each_ceilings_spend_and_limit(store: Store) -> None:
+    """Spend is reconstructible from the log alone: an allowed reserve's record has, per ceiling it
+    touched, committed + reserved right after it (its own estimate included) and the limit — not
+    the spend history counters nor a max_instances registry, which limit no spend."""
+    calls = ceiling({"team": "*"}, Limit(Period.DAY, Unit.CALLS, 10), enforcement="soft")
+    ceilings = [FEATURE, calls, capped(5)]
+    first = plan(ceilings, estimate=10_000, history=True, customer="acme", team="t")
+    assert store.reserve(first, reserve_audit(first)).allowed
+    store.settle(first.reservation_id, {Unit.USD: 5_000, Unit.CALLS: 1}, NOW, None)
+    second = plan(ceilings, estimate=20_000, history=True, customer="acme", team="t")
+    assert store.reserve(second, reserve_audit(second)).allowed
+    latest, earliest = store.audit(AuditQuery(decision="reserve"))
+    assert latest.data["estimate_usd"] == 0.02
+    assert _by_scope(latest.data["ceilings"]) == [
+        {"scope": {"customer": "acme"}, "period": "day", "unit": "usd", "spent": 0.025, "limit": 1.0},
+        {"scope": {"feature": "f"}, "period": "day", "unit": "usd", "spent": 0.025, "limit": 0.5},
+        {"scope": {"feature": "f"}, "period": "month", "unit": "usd", "spent": 0.025, "limit": 1.0},
+        {"scope": {"team": "t"}, "period": "day", "unit": "calls", "spent": 2.0, "limit": 10.0},
+    ]
+    assert [e["spent"] for e in _by_scope(earliest.data["ceilings"])] == [0.01, 0.01, 0.01, 1.0]
+    blocked = plan([ceiling({"feature": "f"}, usd(Period.DAY, 0.01))], estimate=20_000)
+    store.reserve(blocked, reserve_audit(blocked))
+    assert "ceilings" not in store.audit(AuditQuery(decision="blocked"))[0].data  # it has its own spent/limit
+
+
+def test_concurrent_reserves_audit_every_cumulative_spend_once(store: Store) -> None:
+    """The spend a record shows is the one its own atomic reserve produced, not a separate read: 24
+    racing reserves of $0.01 on one counter show $0.01, $0.02, … $0.24, each exactly once."""
+    cap = ceiling({"feature": "f"}, usd(Period.DAY, 1.0))
+    racers = 24
+    start = threading.Barrier(racers)
+    allowed: list[bool] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        p = plan([cap], estimate=10_000)
+        start.wait()
+        outcome = store.reserve(p, reserve_audit(p))
+        with lock:
+            allowed.append(outcome.allowed)
+
+    threads = [threading.Thread(target=one) for _ in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert allowed == [True] * racers
+    records = store.audit(AuditQuery(decision="reserve", limit=1000))
+    spent = sorted(round(entry["spent"] * 1_000_000) for r in records for entry in r.data["ceilings"])
+    assert spent == [10_000 * k for k in range(1, racers + 1)]

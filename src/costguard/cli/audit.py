@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from costguard.cli.common import config_option, json_option, make_console, open_guard, scope_text
+from costguard.cli.common import amount, config_option, json_option, make_console, open_guard, scope_text
 from costguard.events import AUDIT_DECISIONS
 
 __all__ = ["audit"]
@@ -80,7 +80,7 @@ def audit(
     for name in ("id", "at (UTC)", "decision", "labels", "details"):
         table.add_column(name, overflow="fold")
     for record in records:
-        details = ", ".join(f"{k}={v}" for k, v in record.data.items() if v is not None and k != "scope")
+        details = ", ".join(_detail(k, v) for k, v in record.data.items() if v is not None and k != "scope")
         style = "red" if record.decision == "blocked" else ""
         table.add_row(
             str(record.id),
@@ -92,3 +92,14 @@ def audit(
     console.print(table)
     if len(records) == limit and records[-1].id is not None:
         console.print(f"more: --before-id {records[-1].id}")
+
+
+def _detail(name: str, value: object) -> str:
+    """One item of a record's data; an allowed reserve's `ceilings` as `scope period spent of limit`."""
+    if name == "ceilings" and isinstance(value, list):
+        shown = [
+            f"{scope_text(c['scope'])} {c['period']} {amount(c['spent'], c['unit'])} of {amount(c['limit'], c['unit'])}"
+            for c in value
+        ]
+        return "ceilings=" + "; ".join(shown)
+    return f"{name}={value}"

@@ -28,7 +28,7 @@ from costguard.engine.crossings import (
     may_cross,
     threshold_levels,
 )
-from costguard.engine.decisions import decide, reserve_record
+from costguard.engine.decisions import ceilings_data, decide, reported, reserve_record
 from costguard.engine.evaluate import (
     CommitOutcome,
     ReserveOutcome,
@@ -69,6 +69,7 @@ __all__ = [
     "Take",
     "all_expired",
     "apply_overrides",
+    "ceilings_data",
     "claim_crossings",
     "clear_previous",
     "cold_plan",
@@ -92,6 +93,7 @@ __all__ = [
     "op_to_json",
     "overflow_plan",
     "plan_reservation",
+    "reported",
     "reserve_record",
     "settle_deltas",
     "threshold_levels",

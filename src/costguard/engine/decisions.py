@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 from costguard.decision import Decision
 from costguard.engine.counters import CounterOp, ReservePlan
 from costguard.engine.evaluate import ReserveOutcome
-from costguard.engine.keys import INSTANCES_PREFIX
+from costguard.engine.keys import HISTORY_PREFIX, INSTANCES_PREFIX
 from costguard.events import AuditRecord
 from costguard.model import Unit, encode_scope
 
-__all__ = ["decide", "reserve_record"]
+__all__ = ["ceilings_data", "decide", "reported", "reserve_record"]
 
 
 def _ratio(total: int, limit: int) -> float:
@@ -94,9 +96,34 @@ def _too_many_instances(plan: ReservePlan, op: CounterOp, total: int, labels: di
     )
 
 
+def reported(op: CounterOp) -> bool:
+    """Whether an allowed reserve's audit record shows this counter: a ceiling's limit — not a spend
+    history counter (no limit) nor a `max_instances` registry (it counts instances, not spend)."""
+    return op.counts_new < 0 and not op.ceiling_id.startswith(HISTORY_PREFIX)
+
+
+def ceilings_data(plan: ReservePlan, totals: Sequence[int]) -> list[dict[str, Any]]:
+    """Each reported counter of an allowed reserve with its total right after it (committed + reserved,
+    this call's amount included) and its limit, in the plan's (key) order."""
+    return [
+        {
+            "scope": dict(op.scope),
+            "period": op.period.value,
+            "unit": op.unit.value,
+            "spent": op.display(total),
+            "limit": op.display(op.limit),
+        }
+        for op, total in zip(plan.counters, totals, strict=True)
+        if reported(op)
+    ]
+
+
 def reserve_record(plan: ReservePlan, outcome: ReserveOutcome, record: AuditRecord) -> AuditRecord:
-    """The audit line of a reserve: a refusal is written as `blocked` with the ceiling that refused it."""
-    if outcome.allowed or outcome.blocked is None:
+    """The audit line of a reserve: a refusal is written as `blocked` with the ceiling that refused it;
+    an allowed one carries every ceiling's spend and limit as the store saw them (`ceilings`)."""
+    if outcome.allowed:
+        return replace(record, data={**dict(record.data), "ceilings": ceilings_data(plan, outcome.totals)})
+    if outcome.blocked is None:
         return record
     op = plan.counters[outcome.blocked]
     data = {

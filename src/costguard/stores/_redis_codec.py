@@ -22,6 +22,7 @@ from costguard.engine import (
     crossings_from,
     fired_name,
     op_from_json,
+    reported,
     settle_deltas,
 )
 from costguard.events import AuditRecord
@@ -94,6 +95,7 @@ class _Encoded:
     settle_tail: tuple[str, ...]  # what follows the two changes in settle.lua's
     json_head: str  # engine.op_to_json(op) as text up to the amount…
     json_tail: str  # …and after it
+    shown: str | None  # its entry of an allowed reserve's `ceilings` without `spent` (None: not reported)
 
     def fits(self, op: CounterOp) -> bool:
         return (
@@ -181,6 +183,16 @@ class Codec:
                 f",{op.limit},{'true' if op.hard else 'false'},{_dumps([list(v) for v in op.levels])},"
                 f"{_num(op.resets_at)},{_num(op.expires_at)},{_dumps(op.previous_key)}]"
             ),
+            shown=_dumps(
+                {
+                    "scope": dict(op.scope),
+                    "period": op.period.value,
+                    "unit": op.unit.value,
+                    "limit": op.display(op.limit),
+                }
+            )
+            if reported(op)
+            else None,
         )
         if len(self._encoded) >= _ENCODED_CACHE:
             self._encoded.clear()
@@ -188,12 +200,16 @@ class Codec:
         return made
 
     def reserve_call(self, plan: ReservePlan, record: AuditRecord | None) -> Call:
-        """reserve.lua's arguments (the ops JSON, `engine.op_to_json` of each counter, is ARGV[4])."""
+        """reserve.lua's arguments (the ops JSON, `engine.op_to_json` of each counter, is ARGV[4]; last come
+        the counters an allowed reserve's record reports, `engine.reported`: their indexes, and their
+        `ceilings` entries without `spent`)."""
         keys = [self.reservation(plan.reservation_id), self.stream, self.seq, self.exp]
         args = ["1" if plan.force else "0", str(len(plan.counters)), repr(plan.at), "", record_json(record)]
         args.append(self.maxlen)
         ops_json = []
-        for op in plan.counters:
+        shown: list[str] = []
+        entries: list[str] = []
+        for index, op in enumerate(plan.counters, 1):
             encoded = self._encode(op)
             amount = str(op.amount)
             keys += encoded.reserve_keys
@@ -202,7 +218,12 @@ class Codec:
             args.append(str(op.counts_new + 1))  # a registry counter of max_instances: what it watches
             if op.counts_new < 0:  # a registry is never settled: the reservation doesn't keep it
                 ops_json.append(encoded.json_head + amount + encoded.json_tail)
+            if encoded.shown is not None:
+                shown.append(str(index))
+                entries.append(encoded.shown)
         args[3] = "[" + ",".join(ops_json) + "]"
+        args.append(" ".join(shown))
+        args.append("[" + ",".join(entries) + "]")
         return keys, args
 
     def settle_call(
@@ -319,4 +340,22 @@ def record_from(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> AuditRe
             "spent": display(int(fields[b"bs"])),
             "limit": display(int(fields[b"bl"])),
         }
+    elif b"ct" in fields:
+        # An allowed reserve: its reported counters (`cs`) and their totals after it (`ct`), rebuilt
+        # exactly as engine.reserve_record writes them.
+        totals = text(fields[b"ct"]).split()
+        entries = json.loads(fields[b"cs"])
+        data = {**data, "ceilings": [_spent(entry, int(total)) for entry, total in zip(entries, totals, strict=True)]}
     return AuditRecord.from_stored(int(text(entry_id).partition("-")[0]), at, decision, labels, rid, data)
+
+
+def _spent(entry: Mapping[str, Any], total: int) -> dict[str, Any]:
+    """An entry of `ceilings` with its `spent` put back (`engine.CounterOp.display`)."""
+    spent = micros_to_usd(total) if entry["unit"] == Unit.USD.value else float(total)
+    return {
+        "scope": entry["scope"],
+        "period": entry["period"],
+        "unit": entry["unit"],
+        "spent": spent,
+        "limit": entry["limit"],
+    }

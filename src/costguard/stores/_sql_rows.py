@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
-from costguard.engine import CounterOp, Crossing, clear_previous, fired_name, op_to_json
+from costguard.engine import CounterOp, Crossing, clear_previous, fired_name, op_to_json, reported
 from costguard.events import AuditRecord
 from costguard.model import Unit
 from costguard.stores._sql_session import Sessions
@@ -66,6 +66,7 @@ def op_doc(op: CounterOp) -> dict[str, Any]:
         "levels": [[fired_name(t), level, t >= 1.0] for t, level in op.levels],
         "previous_key": op.previous_key,
         "counts_new": op.counts_new + 1,  # from 1, as the function counts; 0: an ordinary counter
+        "reported": reported(op),  # shown in an allowed reserve's audit record (engine.ceilings_data)
     }
 
 

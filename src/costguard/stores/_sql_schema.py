@@ -26,6 +26,7 @@ FUNCTIONS = (
     "settle(jsonb)",
     "claim(jsonb, bigint, bigint, text[], boolean, integer, jsonb)",
     "shown(bigint, text)",
+    "ceilings(jsonb, bigint[])",
     "audit(jsonb, integer, jsonb, bigint)",
     "fired_text(text[])",
 )

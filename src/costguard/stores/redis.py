@@ -17,6 +17,9 @@ Keys (all under `{namespace}:`):
 | `ctl` | hash | kill switches (`k|<scope>`) and limit overrides (`o|<scope>|<period>|<unit>`) |
 | `k:<key>` | string | cached fallback values: 8-byte expires_at, then the value |
 
+A reserve's record is rebuilt when read: a refusal's data from `bo`, `bs`, `bl` (the counter, its
+total, its limit), an allowed reserve's `ceilings` from `cs` (its counters) and `ct` (their totals).
+
 Money is integer micro-dollars. Counters change only through HINCRBY (exact 64-bit integers);
 the scripts compare totals as Lua doubles, exact below 2^53 micro-dollars (about $9 billion) per
 counter. Integers travel to the scripts as strings.

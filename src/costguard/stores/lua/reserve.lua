@@ -5,7 +5,9 @@
 -- ARGV: force, counters, at (epoch seconds), reservation ops JSON, audit record JSON ('' none), stream maxlen,
 --       then 11 per counter: amount, limit, hard, has previous, expires_at ('' never), bucket expires,
 --       expiry member, meta JSON, lowest level ('' none), levels, and for a registry counter of
---       max_instances the index (from 1) of the instance counter it watches (0 otherwise)
+--       max_instances the index (from 1) of the instance counter it watches (0 otherwise),
+--       then, for the counters an allowed reserve's record reports, their indexes (from 1, space-separated)
+--       and their JSON entries (`ceilings` without `spent`)
 -- Returns {2} for a repeated forced plan, else {allowed, blocked counter (0 none), n, n totals...,
 --       crossing quadruples...}.
 local force = ARGV[1] == '1'
@@ -145,6 +147,16 @@ if ARGV[5] ~= '' then
     -- engine.reserve_record: the store rebuilds the `blocked` data from these when reading.
     local a = a_of(blocked)
     for _, v in ipairs({'d', 'blocked', 'bo', ARGV[a + 8], 'bs', integer(current[blocked]), 'bl', ARGV[a + 2]}) do
+      fields[#fields + 1] = v
+    end
+  else
+    -- engine.ceilings_data: the reported counters and their totals; the store rebuilds `ceilings` from
+    -- these when reading.
+    local shown = {}
+    for i in string.gmatch(ARGV[7 + n * 11], '%d+') do
+      shown[#shown + 1] = integer(totals[tonumber(i)])
+    end
+    for _, v in ipairs({'cs', ARGV[8 + n * 11], 'ct', table.concat(shown, ' ')}) do
       fields[#fields + 1] = v
     end
   end

@@ -68,8 +68,23 @@ LANGUAGE sql IMMUTABLE AS $$
   SELECT CASE WHEN unit = 'usd' THEN to_jsonb(round(value::numeric / 1000000, 6)) ELSE to_jsonb(value::float8) END
 $$;
 
+-- engine.ceilings_data: each reported counter of an allowed reserve with its total after it and its limit.
+CREATE OR REPLACE FUNCTION {p}ceilings(ops jsonb, totals bigint[]) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT coalesce(jsonb_agg(jsonb_build_object(
+      'scope', coalesce((SELECT jsonb_object_agg(e->>0, e->>1)
+                         FROM jsonb_array_elements((o.value->>'scope')::jsonb) AS e), '{}'::jsonb),
+      'period', o.value->>'period',
+      'unit', o.value->>'unit',
+      'spent', {p}shown(totals[o.ord::integer], o.value->>'unit'),
+      'limit', {p}shown((o.value->>'limit')::bigint, o.value->>'unit')) ORDER BY o.ord), '[]'::jsonb)
+  FROM jsonb_array_elements(ops) WITH ORDINALITY AS o(value, ord)
+  WHERE coalesce((o.value->>'reported')::boolean, false)
+$$;
+
 -- engine.reserve_record: the audit line of a reserve; a refusal is written as `blocked` with the
--- ceiling that refused it (`op`, its counter as the reserve function takes it, and its total).
+-- ceiling that refused it (`op`, its counter as the reserve function takes it, and its total); an
+-- allowed one gets `ceilings` ({p}ceilings) from the caller.
 CREATE OR REPLACE FUNCTION {p}audit(rec jsonb, blocked integer, op jsonb, total bigint) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -304,8 +319,9 @@ BEGIN
 
   IF blocked > 0 THEN
     PERFORM {p}audit(doc->'record', blocked, ops->(blocked - 1), a_committed[blocked] + a_reserved[blocked]);
-  ELSE
-    PERFORM {p}audit(doc->'record', 0, NULL, 0);
+  ELSIF jsonb_typeof(doc->'record') = 'object' THEN
+    PERFORM {p}audit(jsonb_set(doc->'record', '{data}', to_jsonb((((doc->'record')->>'data')::jsonb
+      || jsonb_build_object('ceilings', {p}ceilings(ops, totals)))::text)), 0, NULL, 0);
   END IF;
 
   RETURN jsonb_build_object('allowed', blocked = 0, 'blocked', blocked, 'totals', to_jsonb(totals),
