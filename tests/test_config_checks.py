@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from costguard import BudgetExceeded, Ceiling, ConfigError, Guard, Limit, Period, Unit
+from costguard import BudgetExceeded, BudgetExpired, Ceiling, ConfigError, Guard, Limit, Period, Unit
 from costguard.cli import main
 from costguard.config import load_config
 from costguard.model import make_match
@@ -190,3 +190,63 @@ def test_a_yaml_error_never_quotes_the_line_it_is_on(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         _load(tmp_path, "admin:\n  tokens:\n    - {name: ops, token: s3cr3t-t0ken-value, role: admin\n")
     assert "s3cr3t" not in str(caught.value) and "line " in str(caught.value)
+
+
+RUN_TTL = "store: memory://\nceilings:\n  - match: {run: '*'}\n    total_usd: 5\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "words"),
+    [
+        ("ceilings:\n  - match: {run: '*'}\n    daily_usd: 1\n    ttl: 1h\n", "ceilings[0].ttl", "`total` limits"),
+        (RUN_TTL + "    ttl: 0\n", "ceilings[0].ttl", "positive duration"),
+        (RUN_TTL + "    ttl: an hour\n", "ceilings[0].ttl", "such as 30m, 12h, 7d"),
+        (RUN_TTL + "    ttl: 1h\n    enforcement: soft\n", "ceilings[0].ttl", "soft ceiling never refuses"),
+        (RUN_TTL + "    ttl: 1d\n    expire_after: 12h\n", "ceilings[0].expire_after", "longer than ttl (1d)"),
+        (RUN_TTL + "    ttl: 1h\n    expire_after: 1h\n", "ceilings[0].expire_after", "expire_after (1h)"),
+        (
+            "features:\n  f:\n    daily_usd: 1\n    per_customer: {daily_usd: 1, ttl: 1h}\n",
+            "per_customer.ttl",
+            "`total`",
+        ),
+    ],
+    ids=["calendar", "zero", "words", "soft", "expire-shorter", "expire-equal", "per-customer"],
+)
+def test_a_ttl_that_could_not_hold_is_a_config_error(tmp_path: Path, text: str, path: str, words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _load(tmp_path, text)
+    assert caught.value.path is not None and caught.value.path.endswith(path)
+    assert words in str(caught.value)
+    assert "costguard.yaml" in str(caught.value)
+    assert "(line " in str(caught.value)
+
+
+def test_a_run_past_its_ttl_is_refused_as_expired(tmp_path: Path) -> None:
+    """`ttl` on a run's total ceiling: calls of the run are refused from its first call + ttl, with
+    `BudgetExpired` and a blocked audit record (reason expired), until expire_after drops the counter."""
+    (tmp_path / "costguard.yaml").write_text(RUN_TTL + "    ttl: 1h\n    expire_after: 7d\n", encoding="utf-8")
+    clock = FakeClock()
+    guard = load_config(tmp_path / "costguard.yaml", env={}).build(clock=clock)
+    assert (guard.ceilings[0].ttl_s, guard.ceilings[0].expire_after_s) == (3600, 7 * 86400)
+    with guard.reserve("agent", run="r-42", estimate_usd=0.5) as r:
+        r.commit(0.25)
+    clock.advance(3599)
+    with guard.reserve("agent", run="r-42", estimate_usd=0.5):
+        pass
+    clock.advance(1)
+    with pytest.raises(BudgetExpired) as caught:
+        with guard.reserve("agent", run="r-42", estimate_usd=0.5):
+            pass
+    assert isinstance(caught.value, BudgetExceeded)  # handled wherever a full ceiling is
+    assert (caught.value.decision.reason, caught.value.scope, caught.value.retry_after_s) == (
+        "expired",
+        {"run": "r-42"},
+        None,
+    )
+    assert "run=r-42 has expired: the ttl of 1h from its first call ran out" in str(caught.value)
+    with guard.reserve("agent", run="r-43", estimate_usd=0.5):  # another run has its own
+        pass
+    guard.flush()
+    (record,) = guard.audit(decision="blocked")
+    assert (record.data["reason"], record.data["scope"], record.data["spent"]) == ("expired", {"run": "r-42"}, 0.75)
+    guard.close()

@@ -13,6 +13,7 @@ from costguard.defaults import configure, default_guard
 from costguard.errors import (
     Blocked,
     BudgetExceeded,
+    BudgetExpired,
     ConfigError,
     CostGuardError,
     KillSwitchActive,
@@ -33,6 +34,7 @@ __all__ = [
     "AuditRecord",
     "Blocked",
     "BudgetExceeded",
+    "BudgetExpired",
     "Ceiling",
     "CeilingStatus",
     "ConfigError",

@@ -5,7 +5,7 @@
     control  kill switches and overrides (`ControlView`), refreshed when stale
     plan     every counter of every ceiling that applies (`engine.PlanCache`)
     reserve  one atomic store call; an overflow instance takes a second
-    decide   `engine.decide`: allowed, degraded, or `BudgetExceeded`
+    decide   `engine.decide`: allowed, degraded, or `BudgetExceeded` (`BudgetExpired` past a ceiling's ttl)
 
 When the store can't be reached the call follows `on_store_error`: `closed` refuses, `open` admits
 up to the outage allowance, spooled by `Settlement` until the store answers.
@@ -24,7 +24,7 @@ from costguard.cache import StoreCache
 from costguard.control import ControlState, ControlView
 from costguard.current import current_labels
 from costguard.decision import Decision
-from costguard.errors import Blocked, BudgetExceeded, KillSwitchActive, StoreError
+from costguard.errors import Blocked, BudgetExceeded, BudgetExpired, KillSwitchActive, StoreError
 from costguard.estimates import Estimates
 from costguard.events import AuditRecord
 from costguard.leasing import Leases
@@ -148,7 +148,7 @@ class CallPath:
             if deadline is not None and deadline.unknown:
                 # An earlier attempt timed out and may still be applied after this refusal: release it.
                 self.settlement.abandon(plan.reservation_id, now)
-            raise BudgetExceeded(decision)
+            raise (BudgetExpired if decision.reason == "expired" else BudgetExceeded)(decision)
         if take is not None:
             outcome = engine.local_outcome(full, take, plan.counters, outcome)
             decision = engine.decide(full, outcome, now=now, degrade_at=settings.degrade_at)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 __all__ = ["Decision", "Reason", "UsdView"]
 
-Reason = Literal["allowed", "budget_exceeded", "max_call_usd", "max_instances", "kill_switch", "store_error"]
+Reason = Literal["allowed", "budget_exceeded", "expired", "max_call_usd", "max_instances", "kill_switch", "store_error"]
 
 
 class UsdView:

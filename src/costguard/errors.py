@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Blocked",
     "BudgetExceeded",
+    "BudgetExpired",
     "ConfigError",
     "CostGuardError",
     "KillSwitchActive",
@@ -79,6 +80,11 @@ class Blocked(CostGuardError):
 
 class BudgetExceeded(Blocked):
     """A hard ceiling has no room left for this call."""
+
+
+class BudgetExpired(BudgetExceeded):
+    """A ceiling's `ttl` ran out (a run's lifetime, counted from its first call): it takes no more calls,
+    whatever is left of its limit, until `expire_after` drops its counter."""
 
 
 class KillSwitchActive(Blocked):

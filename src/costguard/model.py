@@ -215,10 +215,16 @@ class Ceiling:
     # end): past it, new instances share one `OVERFLOW` instance ("share") or are refused ("refuse").
     max_instances: int | None = None
     overflow: Literal["share", "refuse"] = "share"
+    # How long a `total` counter admits calls, from its first admitted one (a run's lifetime): past it
+    # every call is refused (reason `expired`) until `expire_after` drops the counter.
+    ttl_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.overflow not in ("share", "refuse"):
             raise ValueError(f"overflow must be 'share' or 'refuse', got {self.overflow!r}")
+        problem = ttl_problem(self.limits, self.enforcement, self.expire_after_s, self.ttl_s)
+        if problem is not None:
+            raise ValueError(problem[1])
         if self.max_instances is None:
             return
         if isinstance(self.max_instances, bool) or not isinstance(self.max_instances, int) or self.max_instances < 1:
@@ -251,6 +257,42 @@ class Ceiling:
             if labels.get(name) in values:
                 return None
         return bound
+
+
+def duration_text(seconds: float) -> str:
+    """`90` → `90s`, `3600` → `1h`, `604800` → `7d`: a duration as the config writes it."""
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def ttl_problem(
+    limits: tuple[Limit, ...], enforcement: str, expire_after_s: float | None, ttl_s: float | None
+) -> tuple[str, str] | None:
+    """What is wrong with a ceiling's `ttl`, as (the key to blame, why), or None."""
+    if ttl_s is None:
+        return None
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not 0 < ttl_s < math.inf:
+        return "ttl", f"ttl must be a positive number of seconds, got {ttl_s!r}"
+    if all(limit.period is not Period.TOTAL for limit in limits):
+        return "ttl", (
+            "ttl only applies to `total` limits (total_usd, calls_total, tokens_total): it runs from a counter's "
+            "first call, and a daily, weekly or monthly counter starts over each period; add a total limit or "
+            "remove ttl"
+        )
+    if enforcement != "hard":
+        return (
+            "ttl",
+            "ttl refuses calls once it has run out, and a soft ceiling never refuses: make it hard or drop ttl",
+        )
+    if expire_after_s is not None and expire_after_s <= ttl_s:
+        return "expire_after", (
+            f"expire_after ({duration_text(expire_after_s)}) must be longer than ttl ({duration_text(ttl_s)}): "
+            "dropping the counter ends the refusal, so a run quiet that long would start over with a fresh ttl "
+            "and budget; keep it well past the ttl (e.g. ttl: 1h, expire_after: 7d), or leave it out to refuse for good"
+        )
+    return None
 
 
 def pattern_message(name: str, value: str) -> str:

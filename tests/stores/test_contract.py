@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import race_worker
 
+from conftest import open_test_store
 from costguard import engine
 from costguard.engine import LimitOverride, ReservePlan
 from costguard.events import AuditQuery, AuditRecord
@@ -577,3 +578,72 @@ def test_concurrent_reserves_audit_every_cumulative_spend_once(store: Store) -> 
     records = store.audit(AuditQuery(decision="reserve", limit=1000))
     spent = sorted(round(entry["spent"] * 1_000_000) for r in records for entry in r.data["ceilings"])
     assert spent == [10_000 * k for k in range(1, racers + 1)]
+
+
+# --------------------------------------------------------------------------- ttl: a run's lifetime
+
+
+def run_ceiling(ttl: float = 3600, expire: float | None = 7 * 86_400) -> Ceiling:
+    return Ceiling(make_match({"run": "*"}), (usd(Period.TOTAL, 1.0),), expire_after_s=expire, ttl_s=ttl)
+
+
+def test_a_ttl_refuses_a_run_from_its_first_call_until_its_counter_is_dropped(store: Store) -> None:
+    run = run_ceiling()
+    first = plan([FEATURE, run], run="r1")
+    assert store.reserve(first, None).allowed
+    store.settle(first.reservation_id, {Unit.USD: 10_000}, NOW, None)
+    assert store.reserve(plan([FEATURE, run], run="r1", now=NOW + 3599), None).allowed  # later calls don't move it
+    late = plan([FEATURE, run], run="r1", now=NOW + 3600)
+    keys = [op.key for op in late.counters]
+    before = store.totals(keys)
+    outcome = store.reserve(late, reserve_audit(late))
+    assert (outcome.allowed, outcome.expired, outcome.crossings) == (False, True, ())  # money is left: no kill
+    assert outcome.blocked is not None
+    assert late.counters[outcome.blocked].ceiling_id == run.id
+    assert store.totals(keys) == before  # nothing counted
+    decision = engine.decide(late, outcome, now=NOW + 3600, degrade_at=None)
+    assert (decision.reason, decision.scope, decision.spent, decision.limit) == ("expired", {"run": "r1"}, 0.02, 1.0)
+    assert "ttl of 1h" in decision.message
+    (record,) = store.audit(AuditQuery(decision="blocked"))
+    assert record.data["reason"] == "expired"
+    assert (record.data["scope"], record.data["period"], record.data["spent"]) == ({"run": "r1"}, "total", 0.02)
+    assert store.reserve(plan([FEATURE, run], run="r2", now=NOW + 3600), None).allowed  # another run: its own ttl
+    assert store.reserve(engine.force(plan([run], run="r1", now=NOW + 3600)), None).allowed  # a cost already made
+    # Refused until expire_after drops the counter, expire_after after its last admitted call …
+    june = plan([FEATURE, run], run="r1", now=NOW + 6 * 86_400)  # new day and month counters: no snapshot refusal
+    assert store.reserve(june, None).expired
+    assert store.totals([op.key for op in june.counters]) == [0, 0, 30_000]  # and none of them kept
+    store.purge(NOW + 3600 + 7 * 86_400 + 1)
+    # … and a reused id then starts over, with a fresh ttl.
+    again = NOW + 8 * 86_400
+    assert store.reserve(plan([run], run="r1", now=again), None).allowed
+    assert store.reserve(plan([run], run="r1", now=again + 3599), None).allowed
+    assert store.reserve(plan([run], run="r1", now=again + 3600), None).expired
+
+
+def test_a_ttl_runs_from_the_first_call_admitted_under_it(store: Store) -> None:
+    """A call refused by another ceiling doesn't start a run's ttl, nor does one made before the ceiling
+    had a ttl: the clock starts at the first call admitted with it."""
+    tiny = ceiling({"feature": "f"}, usd(Period.DAY, 0.01))
+    assert not store.reserve(plan([tiny, run_ceiling()], estimate=20_000, run="r1"), None).allowed
+    without = Ceiling(make_match({"run": "*"}), (usd(Period.TOTAL, 1.0),), expire_after_s=7 * 86_400)
+    assert store.reserve(plan([without], run="r1", now=NOW + 60), None).allowed
+    start = NOW + 7200
+    assert store.reserve(plan([run_ceiling()], run="r1", now=start), None).allowed
+    assert store.reserve(plan([run_ceiling()], run="r1", now=start + 3599), None).allowed
+    assert store.reserve(plan([run_ceiling()], run="r1", now=start + 3600), None).expired
+
+
+def test_every_process_counts_a_ttl_from_the_same_first_call(store_url: str) -> None:
+    """The first call's time is kept in the store, not in the process that made it."""
+    if store_url == "memory://":
+        pytest.skip("a memory store lives in one process")
+    one, other = open_test_store(store_url), open_test_store(store_url)
+    try:
+        assert one.reserve(plan([run_ceiling()], run="r1"), None).allowed
+        assert other.reserve(plan([run_ceiling()], run="r1", now=NOW + 3599), None).allowed
+        assert other.reserve(plan([run_ceiling()], run="r1", now=NOW + 3600), None).expired
+        assert one.reserve(plan([run_ceiling()], run="r1", now=NOW + 3600), None).expired
+    finally:
+        one.close()
+        other.close()

@@ -27,7 +27,7 @@ from costguard._config.schema import (
 from costguard._config.values import Count, DeadlineMillis, Thresholds, Usd, shown
 from costguard.errors import ConfigError
 from costguard.estimators import LearnSettings
-from costguard.model import WILDCARD, Ceiling, Period, micros_to_usd, pattern_message
+from costguard.model import WILDCARD, Ceiling, Period, micros_to_usd, pattern_message, ttl_problem
 from costguard.notify.dispatcher import Notifier
 from costguard.settings import FeatureSettings, GuardSettings
 from costguard.yamlload import load_yaml
@@ -119,6 +119,9 @@ class ConfigDocument(StrictModel):
                     "weekly or monthly counter already starts over each period; remove it or use a total limit",
                     path=f"{path}.expire_after",
                 )
+            problem = ttl_problem(limits, block.enforcement, block.expire_after, block.ttl)
+            if problem is not None:
+                raise ConfigError(problem[1], path=f"{path}.{problem[0]}")
             try:
                 out.append((path, block.ceiling(match, exclude)))
             except ValueError as exc:

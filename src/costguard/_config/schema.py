@@ -82,6 +82,7 @@ class Limits(StrictModel):
     enforcement: Literal["hard", "soft"] = "hard"
     thresholds: Thresholds | None = None
     expire_after: Duration | None = None
+    ttl: Duration | None = None
     max_instances: Annotated[int, Field(ge=1)] | None = None
     overflow: Literal["share", "refuse"] = "share"
 
@@ -105,6 +106,7 @@ class Limits(StrictModel):
             exclude=tuple((k, frozenset(v)) for k, v in sorted((exclude or {}).items()) if v),
             max_instances=self.max_instances,
             overflow=self.overflow,
+            ttl_s=self.ttl,
         )
 
 

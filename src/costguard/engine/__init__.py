@@ -36,6 +36,7 @@ from costguard.engine.evaluate import (
     evaluate_reserve,
     fits,
     settle_deltas,
+    ttl_ran_out,
 )
 from costguard.engine.keys import HISTORY_PREFIX, INSTANCES_PREFIX, counter_key, history_key
 from costguard.engine.leases import LeaseBook, Take, cold_plan, is_lease, local_outcome
@@ -97,4 +98,5 @@ __all__ = [
     "reserve_record",
     "settle_deltas",
     "threshold_levels",
+    "ttl_ran_out",
 ]

@@ -37,6 +37,8 @@ class CounterOp(CounterId):
     # A registry counter of `max_instances`: it adds 1 (committed at once, never settled) when the
     # counter at this index of the plan is created by the reservation — a new instance — else 0.
     counts_new: int = -1
+    # A `total` counter of a ceiling with `ttl`: it refuses every call from its first admitted one + ttl_s.
+    ttl_s: float | None = None
 
     def display(self, value: int) -> float:
         """A raw counter value in the unit's user-facing form."""
@@ -58,6 +60,11 @@ class ReservePlan:
     def has_registry(self) -> bool:
         """Whether a counter counts new instances (`max_instances`)."""
         return any(op.counts_new >= 0 for op in self.counters)
+
+    @property
+    def has_ttl(self) -> bool:
+        """Whether a counter has a `ttl` (the store then reads and keeps its first admitted call)."""
+        return any(op.ttl_s is not None for op in self.counters)
 
     @property
     def settled_counters(self) -> tuple[CounterOp, ...]:

@@ -13,7 +13,7 @@ from costguard.engine.counters import CounterOp, ReservePlan
 from costguard.engine.evaluate import ReserveOutcome
 from costguard.engine.keys import HISTORY_PREFIX, INSTANCES_PREFIX
 from costguard.events import AuditRecord
-from costguard.model import Unit, encode_scope
+from costguard.model import Unit, duration_text, encode_scope
 
 __all__ = ["ceilings_data", "decide", "reported", "reserve_record"]
 
@@ -33,6 +33,8 @@ def decide(plan: ReservePlan, outcome: ReserveOutcome, *, now: float, degrade_at
         total = outcome.totals[outcome.blocked]
         if op.counts_new >= 0:
             return _too_many_instances(plan, op, total, labels, now)
+        if outcome.expired:
+            return _expired(op, total, labels)
         scope = dict(op.scope)
         retry = max(0.0, op.resets_at - now) if op.resets_at is not None else None
         unit = "USD" if op.unit is Unit.USD else op.unit.value
@@ -118,9 +120,32 @@ def ceilings_data(plan: ReservePlan, totals: Sequence[int]) -> list[dict[str, An
     ]
 
 
+def _expired(op: CounterOp, total: int, labels: dict[str, str]) -> Decision:
+    scope = dict(op.scope)
+    unit = "USD" if op.unit is Unit.USD else op.unit.value
+    return Decision(
+        allowed=False,
+        reason="expired",
+        labels=labels,
+        scope=scope,
+        period=op.period.value,
+        unit=op.unit.value,
+        spent=op.display(total),
+        limit=op.display(op.limit),
+        retry_after_s=None,  # not before the counter is dropped (`expire_after`), if ever
+        ratio=_ratio(total, op.limit),
+        message=(
+            f"{encode_scope(scope) or 'everything'} has expired: the ttl of {duration_text(op.ttl_s or 0)} from its "
+            f"first call ran out, so its calls are refused ({op.display(total):g} of {op.display(op.limit):g} {unit} "
+            f"of its {op.period.value} ceiling spent)"
+        ),
+    )
+
+
 def reserve_record(plan: ReservePlan, outcome: ReserveOutcome, record: AuditRecord) -> AuditRecord:
-    """The audit line of a reserve: a refusal is written as `blocked` with the ceiling that refused it;
-    an allowed one carries every ceiling's spend and limit as the store saw them (`ceilings`)."""
+    """The audit line of a reserve: a refusal is written as `blocked` with the ceiling that refused it (reason
+    `budget_exceeded`, or `expired` when its ttl ran out); an allowed one carries every ceiling's spend and
+    limit as the store saw them (`ceilings`)."""
     if outcome.allowed:
         return replace(record, data={**dict(record.data), "ceilings": ceilings_data(plan, outcome.totals)})
     if outcome.blocked is None:
@@ -128,7 +153,7 @@ def reserve_record(plan: ReservePlan, outcome: ReserveOutcome, record: AuditReco
     op = plan.counters[outcome.blocked]
     data = {
         **dict(record.data),
-        "reason": "budget_exceeded",
+        "reason": "expired" if outcome.expired else "budget_exceeded",
         "scope": dict(op.scope),
         "period": op.period.value,
         "unit": op.unit.value,

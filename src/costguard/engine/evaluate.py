@@ -17,6 +17,7 @@ __all__ = [
     "evaluate_reserve",
     "fits",
     "settle_deltas",
+    "ttl_ran_out",
 ]
 
 
@@ -29,6 +30,7 @@ class ReserveOutcome:
     blocked: int | None = None
     crossings: tuple[Crossing, ...] = ()
     amounts: tuple[int, ...] = ()  # what was added to each counter (registry counters: 1 or 0)
+    expired: bool = False  # refused because the `blocked` counter's ttl ran out, not for want of room
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,17 @@ def effective_amounts(counters: Sequence[CounterOp], new: Sequence[bool] | None)
     return tuple(op.amount if op.counts_new < 0 else int(new is not None and new[op.counts_new]) for op in counters)
 
 
+def ttl_ran_out(op: CounterOp, first: float | None, now: float) -> bool:
+    """Whether a counter's `ttl` has run out: `first` is its first admitted call (None: none yet)."""
+    return op.ttl_s is not None and first is not None and now >= first + op.ttl_s
+
+
 def evaluate_reserve(
-    plan: ReservePlan, current: Sequence[int], fired: Sequence[set[str]], new: Sequence[bool] | None = None
+    plan: ReservePlan,
+    current: Sequence[int],
+    fired: Sequence[set[str]],
+    new: Sequence[bool] | None = None,
+    first: Sequence[float | None] | None = None,
 ) -> ReserveOutcome:
     """The atomic step every store runs under its lock: check all hard counters, then add to all or none.
 
@@ -61,10 +72,17 @@ def evaluate_reserve(
     the thresholds this reservation claims, and the store persists them with the new totals. `new`
     says which counters this reservation creates (registry counters count those); `amounts` in the
     outcome is what to add to each (to `committed` for a registry counter, `reserved` for the rest).
+    `first` holds each counter's first admitted call (kept for counters with a `ttl_s`): one whose
+    ttl ran out refuses the call before any limit is checked, claiming no threshold. When the call is
+    allowed the store records `plan.at` as the first call of every ttl counter that has none.
     """
     counters = plan.counters
     amounts = effective_amounts(counters, new) if plan.has_registry else tuple(op.amount for op in counters)
     if not plan.force:
+        if first is not None:
+            for index, op in enumerate(counters):
+                if ttl_ran_out(op, first[index], plan.at):
+                    return ReserveOutcome(False, tuple(current), index, (), amounts, expired=True)
         for index, op in enumerate(counters):
             # A registry counter checks only a new instance: known instances pass a full registry.
             if op.hard and (op.counts_new < 0 or amounts[index]) and not fits(current[index], amounts[index], op.limit):

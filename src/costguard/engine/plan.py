@@ -128,6 +128,7 @@ def plan_reservation(
                     resets_at=bucket.end,
                     expires_at=expires,
                     previous_key=previous,
+                    ttl_s=ceiling.ttl_s if limit.period is Period.TOTAL else None,
                 )
             )
             if ceiling.max_instances is not None and WILDCARD in ceiling.match_dict.values():

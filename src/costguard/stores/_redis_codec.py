@@ -202,13 +202,14 @@ class Codec:
     def reserve_call(self, plan: ReservePlan, record: AuditRecord | None) -> Call:
         """reserve.lua's arguments (the ops JSON, `engine.op_to_json` of each counter, is ARGV[4]; last come
         the counters an allowed reserve's record reports, `engine.reported`: their indexes, and their
-        `ceilings` entries without `spent`)."""
+        `ceilings` entries without `spent`; then the counters with a ttl, as index and seconds)."""
         keys = [self.reservation(plan.reservation_id), self.stream, self.seq, self.exp]
         args = ["1" if plan.force else "0", str(len(plan.counters)), repr(plan.at), "", record_json(record)]
         args.append(self.maxlen)
         ops_json = []
         shown: list[str] = []
         entries: list[str] = []
+        ttls: list[str] = []
         for index, op in enumerate(plan.counters, 1):
             encoded = self._encode(op)
             amount = str(op.amount)
@@ -221,9 +222,12 @@ class Codec:
             if encoded.shown is not None:
                 shown.append(str(index))
                 entries.append(encoded.shown)
+            if op.ttl_s is not None:
+                ttls += (str(index), repr(op.ttl_s))
         args[3] = "[" + ",".join(ops_json) + "]"
         args.append(" ".join(shown))
         args.append("[" + ",".join(entries) + "]")
+        args.append(" ".join(ttls))
         return keys, args
 
     def settle_call(
@@ -254,6 +258,7 @@ class Codec:
             tuple(int(total) for total in reply[3 : 3 + n]),
             int(reply[1]) - 1 if reply[1] else None,
             crossings_from(plan.counters, reply[3 + n :]),
+            expired=reply[0] == 3,
         )
 
     def commit_outcome(self, ops: tuple[CounterOp, ...], reply: Sequence[int]) -> CommitOutcome:
@@ -333,7 +338,7 @@ def record_from(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> AuditRe
         decision = text(fields[b"d"])
         data = {
             **data,
-            "reason": "budget_exceeded",
+            "reason": text(fields.get(b"br", b"budget_exceeded")),
             "scope": {str(a): str(b) for a, b in scope},
             "period": period,
             "unit": unit,

@@ -40,6 +40,7 @@ class ServerFunctions:
             tuple(int(total) for total in reply["totals"]),
             blocked - 1 if blocked else None,
             crossings_from(plan.counters, reply["crossings"]),
+            expired=bool(reply.get("expired")),
         )
 
     def settle(

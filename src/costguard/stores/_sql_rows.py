@@ -67,6 +67,7 @@ def op_doc(op: CounterOp) -> dict[str, Any]:
         "previous_key": op.previous_key,
         "counts_new": op.counts_new + 1,  # from 1, as the function counts; 0: an ordinary counter
         "reported": reported(op),  # shown in an allowed reserve's audit record (engine.ceilings_data)
+        "ttl": op.ttl_s,
     }
 
 
@@ -263,6 +264,21 @@ class Rows:
                 conn.execute(sa.update(c).where(c.c.key == row.key).values(fired=",".join(sorted(fired))))
                 out.extend(claimed)
         return out
+
+    def first_calls(self, conn: Connection, ops: Sequence[CounterOp]) -> list[float | None]:
+        """Each counter's first call admitted under a ttl (`first_at`; None: none yet, or no ttl)."""
+        c = self.t["counters"]
+        keys = [op.key for op in ops if op.ttl_s is not None]
+        found = {
+            row.key: row.first_at for row in conn.execute(sa.select(c.c.key, c.c.first_at).where(c.c.key.in_(keys)))
+        }
+        return [None if op.ttl_s is None else found.get(op.key) for op in ops]
+
+    def mark_first_calls(self, conn: Connection, ops: Sequence[CounterOp], at: float) -> None:
+        """An admitted call is the first of every ttl counter that has none yet."""
+        c = self.t["counters"]
+        keys = [op.key for op in ops if op.ttl_s is not None]
+        conn.execute(sa.update(c).where(c.c.key.in_(keys), c.c.first_at.is_(None)).values(first_at=at))
 
     def drop_counters(self, conn: Connection, keys: Sequence[str]) -> None:
         if keys:

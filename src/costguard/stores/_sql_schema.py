@@ -54,6 +54,8 @@ def tables(prefix: str) -> tuple[sa.MetaData, dict[str, sa.Table]]:
             sa.Column("reserved", sa.BigInteger, nullable=False),
             sa.Column("fired", sa.Text, nullable=False),
             sa.Column("expires_at", sa.Float, nullable=True),
+            # The first call admitted under a `ttl` (null until then, and for counters without one).
+            sa.Column("first_at", sa.Float, nullable=True),
             sa.Index(f"{prefix}counters_bucket", "period", "bucket"),
             sa.Index(f"{prefix}counters_expiry", "expires_at"),
         ),
@@ -132,8 +134,20 @@ class Schema:
             lock_id = zlib.crc32(self.prefix.encode()) & 0x7FFFFFFF
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
         self.meta.create_all(conn, checkfirst=True)
+        self._add_columns(conn)
         if self.postgres:
             conn.exec_driver_sql(functions_sql(self.prefix))
+
+    def _add_columns(self, conn: Connection) -> None:
+        """Columns added since a database's tables were created (nullable: existing rows read null), so
+        a database of an earlier version is brought up to date when a new one first uses it."""
+        inspector = sa.inspect(conn)
+        for table in self.meta.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present:
+                    kind = column.type.compile(dialect=conn.dialect)
+                    conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
 
     def drop(self, begin: Callable[[], AbstractContextManager[Connection]]) -> None:
         """Remove the tables (and functions) in a transaction `begin` opens: every counter, reservation,

@@ -60,7 +60,10 @@ class Transactions:
                 current = [state[op.key] for op in plan.counters]
                 fired = [set(s[2]) for s in current]
                 new = [op.key in created for op in plan.counters]
-                outcome = evaluate_reserve(plan, [s[0] + s[1] for s in current], fired, new)
+                first = rows.first_calls(conn, plan.counters) if plan.has_ttl else None
+                outcome = evaluate_reserve(plan, [s[0] + s[1] for s in current], fired, new, first)
+                if outcome.allowed and first is not None:
+                    rows.mark_first_calls(conn, plan.counters, plan.at)
                 if cleared:
                     outcome = replace(outcome, crossings=(*cleared, *outcome.crossings))
                 added = outcome.amounts if outcome.allowed else (0,) * len(plan.counters)

@@ -37,6 +37,7 @@ class _Counter:
     committed: int = 0
     reserved: int = 0
     fired: set[str] = field(default_factory=set)
+    first: float | None = None  # its first admitted call, for a counter with a ttl
 
     @property
     def total(self) -> int:
@@ -100,8 +101,9 @@ class MemoryStore(Store):
             cleared = self._clear_previous(plan.counters) if any(new) else None
             counters = [known.get(op.key) or self._counter(op) for op in plan.counters]
             # The fired sets are claimed in place: this store is where they live.
+            first = [c.first for c in counters] if plan.has_ttl else None
             outcome = evaluate_reserve(
-                plan, [c.committed + c.reserved for c in counters], [c.fired for c in counters], new
+                plan, [c.committed + c.reserved for c in counters], [c.fired for c in counters], new, first
             )
             if cleared:
                 outcome = replace(outcome, crossings=(*cleared, *outcome.crossings))
@@ -109,6 +111,8 @@ class MemoryStore(Store):
                 held = []
                 for counter, op, amount in zip(counters, plan.counters, outcome.amounts, strict=True):
                     counter.op = op
+                    if op.ttl_s is not None and counter.first is None:
+                        counter.first = plan.at
                     if op.counts_new >= 0:
                         counter.committed += amount  # a registry counts instances for good
                     else:

@@ -9,7 +9,7 @@ Keys (all under `{namespace}:`):
 
 | key | type | what |
 |---|---|---|
-| `c:<counter key>` | hash | `c` committed, `r` reserved, `f` thresholds fired, `e` expires_at, `m` meta JSON |
+| `c:<counter key>` | hash | `c` committed, `r` reserved, `f` fired, `e` expires_at, `m` meta JSON, `b` ttl start |
 | `i:<period>:<bucket>` | set | counters of one period bucket (for status without SCAN) |
 | `exp` | sorted set | counters by expires_at (for `purge`, which follows the caller's clock) |
 | `r:<reservation id>` | string | its counters (`engine.op_to_json` list) while open, `1` once settled |

@@ -7,9 +7,10 @@
 --       expiry member, meta JSON, lowest level ('' none), levels, and for a registry counter of
 --       max_instances the index (from 1) of the instance counter it watches (0 otherwise),
 --       then, for the counters an allowed reserve's record reports, their indexes (from 1, space-separated)
---       and their JSON entries (`ceilings` without `spent`)
--- Returns {2} for a repeated forced plan, else {allowed, blocked counter (0 none), n, n totals...,
---       crossing quadruples...}.
+--       and their JSON entries (`ceilings` without `spent`), and for the counters with a ttl, pairs of
+--       index and ttl seconds (space-separated)
+-- Returns {2} for a repeated forced plan, else {allowed (1; 0 refused, 3 refused because the blocked
+--       counter's ttl ran out), blocked counter (0 none), n, n totals..., crossing quadruples...}.
 local force = ARGV[1] == '1'
 local n = tonumber(ARGV[2])
 local at = tonumber(ARGV[3])
@@ -36,7 +37,8 @@ local rows, current = {}, {}
 local out = {}
 
 for i = 1, n do
-  local row = redis.call('HMGET', KEYS[k_of(i) + 1], 'c', 'r', 'f', 'e')
+  -- b: the first call admitted under a ttl
+  local row = redis.call('HMGET', KEYS[k_of(i) + 1], 'c', 'r', 'f', 'e', 'b')
   rows[i] = row -- row[4] false: the counter does not exist yet
   current[i] = (tonumber(row[1]) or 0) + (tonumber(row[2]) or 0)
 end
@@ -77,8 +79,22 @@ for i = 1, n do
   end
 end
 
-local blocked = 0
+local ttls = {}
+for i, ttl in string.gmatch(ARGV[9 + n * 11], '(%d+) (%S+)') do
+  ttls[tonumber(i)] = tonumber(ttl)
+end
+local blocked, expired = 0, false
 if not force then
+  -- engine.ttl_ran_out: a counter past its ttl refuses before any limit is checked.
+  for i = 1, n do
+    local first = rows[i][5]
+    if ttls[i] and first and at >= tonumber(first) + ttls[i] then
+      blocked, expired = i, true
+      break
+    end
+  end
+end
+if not force and not expired then
   for i = 1, n do
     local a = a_of(i)
     -- A registry counter checks only a new instance: known instances pass a full registry.
@@ -111,7 +127,9 @@ if blocked > 0 then
   local a, key = a_of(blocked), KEYS[k_of(blocked) + 1]
   local set = fired_set(rows[blocked][3])
   local limit_text = ARGV[a + 2]
-  if claim(blocked, parse_levels(ARGV[a + 10]), tonumber(limit_text), limit_text, current[blocked], set, true, out) then
+  -- An expiry is not a full ceiling: its refusal claims no kill.
+  if not expired and claim(blocked, parse_levels(ARGV[a + 10]), tonumber(limit_text), limit_text, current[blocked], set,
+                           true, out) then
     redis.call('HSET', key, 'f', fired_text(set))
   end
   totals = current
@@ -137,6 +155,9 @@ else
       redis.call('HSET', key, 'e', expires)
       set_expiry(exp_index, key, expires, at, ARGV[a + 7])
     end
+    if ttls[i] and not row[5] then
+      redis.call('HSET', key, 'b', ARGV[3]) -- its first admitted call starts its ttl
+    end
   end
   redis.call('SET', KEYS[1], ARGV[4], 'PX', integer(keep))
 end
@@ -148,6 +169,10 @@ if ARGV[5] ~= '' then
     local a = a_of(blocked)
     for _, v in ipairs({'d', 'blocked', 'bo', ARGV[a + 8], 'bs', integer(current[blocked]), 'bl', ARGV[a + 2]}) do
       fields[#fields + 1] = v
+    end
+    if expired then
+      fields[#fields + 1] = 'br'
+      fields[#fields + 1] = 'expired'
     end
   else
     -- engine.ceilings_data: the reported counters and their totals; the store rebuilds `ceilings` from
@@ -163,7 +188,7 @@ if ARGV[5] ~= '' then
   audit(KEYS[2], KEYS[3], ARGV[6], fields)
 end
 
-local reply = {blocked == 0 and 1 or 0, blocked, n}
+local reply = {blocked == 0 and 1 or (expired and 3 or 0), blocked, n}
 for i = 1, n do
   reply[#reply + 1] = totals[i]
 end

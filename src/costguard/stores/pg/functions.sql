@@ -83,7 +83,8 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 
 -- engine.reserve_record: the audit line of a reserve; a refusal is written as `blocked` with the
--- ceiling that refused it (`op`, its counter as the reserve function takes it, and its total); an
+-- ceiling that refused it (`op`, its counter as the reserve function takes it with the refusal's
+-- `reason` when it is not `budget_exceeded`, and its total); an
 -- allowed one gets `ceilings` ({p}ceilings) from the caller.
 CREATE OR REPLACE FUNCTION {p}audit(rec jsonb, blocked integer, op jsonb, total bigint) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -99,7 +100,7 @@ BEGIN
   IF blocked > 0 THEN
     v_decision := 'blocked';
     v_data := ((rec->>'data')::jsonb || jsonb_build_object(
-      'reason', 'budget_exceeded',
+      'reason', coalesce(op->>'reason', 'budget_exceeded'),
       'scope', coalesce((SELECT jsonb_object_agg(e->>0, e->>1) FROM jsonb_array_elements((op->>'scope')::jsonb) AS e),
                         '{}'::jsonb),
       'period', op->>'period',
@@ -114,12 +115,14 @@ END $$;
 
 -- doc: {id, at, force, ops (the reservation's counters as stored), record (an events row, or null),
 --       counters: [{key, ceiling_id, scope, period, unit, bucket, amount, limit, hard, levels,
---                   expires_at, previous_key}, ...] in key order}
--- Returns {allowed, blocked (counter index from 1, 0 none), totals, crossings, repeat}.
+--                   expires_at, previous_key, counts_new, reported, ttl (seconds, or null)}, ...] in key order}
+-- Returns {allowed, blocked (counter index from 1, 0 none), expired (the blocked counter's ttl ran out),
+--          totals, crossings, repeat}.
 CREATE OR REPLACE FUNCTION {p}reserve(doc jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
   rid text := doc->>'id';
+  v_at float8 := (doc->>'at')::float8;
   force boolean := (doc->>'force')::boolean;
   ops jsonb := doc->'counters';
   n integer := jsonb_array_length(doc->'counters');
@@ -130,6 +133,10 @@ DECLARE
   v_reserved bigint;
   v_fired text;
   v_created boolean;
+  v_first float8;
+  a_first float8[] := '{}';
+  expired boolean := false;
+  quiet boolean;
   a_committed bigint[] := '{}';
   a_reserved bigint[] := '{}';
   a_fired text[] := '{}';
@@ -152,12 +159,17 @@ BEGIN
   IF NOT force AND NOT EXISTS (SELECT 1 FROM {p}reservations WHERE id = rid) THEN
     FOR i IN 1..n LOOP
       op := ops->(i - 1);
-      SELECT c.committed, c.reserved, c.fired INTO v_committed, v_reserved, v_fired
+      SELECT c.committed, c.reserved, c.fired, c.first_at INTO v_committed, v_reserved, v_fired, v_first
         FROM {p}counters AS c WHERE c.key = op->>'key';
       EXIT WHEN NOT FOUND;  -- a new counter: the locked path creates it
       a_committed := a_committed || v_committed;
       a_reserved := a_reserved || v_reserved;
       a_fired := a_fired || v_fired;
+      -- engine.ttl_ran_out: a counter past its ttl refuses before any limit is checked.
+      IF NOT expired AND op->>'ttl' IS NOT NULL AND v_first IS NOT NULL AND v_at >= v_first + (op->>'ttl')::float8 THEN
+        expired := true;
+        blocked := i;
+      END IF;
       IF blocked = 0 AND (op->>'hard')::boolean THEN
         total := v_committed + v_reserved;
         -- Every counter exists on this path: a registry counter adds nothing (no new instance) and
@@ -170,20 +182,27 @@ BEGIN
     END LOOP;
     IF blocked > 0 AND coalesce(array_length(a_committed, 1), 0) = n THEN
       op := ops->(blocked - 1);
-      SELECT * INTO claimed FROM {p}claim(op->'levels', (op->>'limit')::bigint,
-        a_committed[blocked] + a_reserved[blocked], string_to_array(a_fired[blocked], ','), true, blocked, crossings);
-      IF NOT claimed.changed THEN
+      quiet := expired;  -- an expiry is not a full ceiling: its refusal claims no kill
+      IF NOT expired THEN
+        SELECT * INTO claimed FROM {p}claim(op->'levels', (op->>'limit')::bigint,
+          a_committed[blocked] + a_reserved[blocked], string_to_array(a_fired[blocked], ','), true, blocked, crossings);
+        quiet := NOT claimed.changed;
+      END IF;
+      IF quiet THEN
         -- Nothing but the audit line is written: it need not wait for the WAL flush.
         PERFORM set_config('synchronous_commit', 'off', true);
         FOR i IN 1..n LOOP
           totals := totals || (a_committed[i] + a_reserved[i]);
         END LOOP;
-        PERFORM {p}audit(doc->'record', blocked, op, a_committed[blocked] + a_reserved[blocked]);
-        RETURN jsonb_build_object('allowed', false, 'blocked', blocked, 'totals', to_jsonb(totals),
+        PERFORM {p}audit(doc->'record', blocked,
+                         CASE WHEN expired THEN op || '{"reason": "expired"}'::jsonb ELSE op END,
+                         a_committed[blocked] + a_reserved[blocked]);
+        RETURN jsonb_build_object('allowed', false, 'blocked', blocked, 'expired', expired, 'totals', to_jsonb(totals),
                                   'crossings', '[]'::jsonb, 'repeat', false);
       END IF;
     END IF;
     blocked := 0;
+    expired := false;
     a_committed := '{}';
     a_reserved := '{}';
     a_fired := '{}';
@@ -212,11 +231,13 @@ BEGIN
       VALUES (op->>'key', op->>'ceiling_id', op->>'scope', op->>'period', op->>'unit', op->>'bucket', 0, 0, '',
               (op->>'expires_at')::float8)
       ON CONFLICT (key) DO UPDATE SET committed = c.committed
-      RETURNING c.committed, c.reserved, c.fired, (c.xmax = 0) INTO v_committed, v_reserved, v_fired, v_created;
+      RETURNING c.committed, c.reserved, c.fired, (c.xmax = 0), c.first_at
+      INTO v_committed, v_reserved, v_fired, v_created, v_first;
     a_committed := a_committed || v_committed;
     a_reserved := a_reserved || v_reserved;
     a_fired := a_fired || v_fired;
     a_created := a_created || v_created;
+    a_first := array_append(a_first, v_first);
   END LOOP;
 
   -- engine.clear_previous: a new counter clears a kill its previous period claimed, once.
@@ -254,8 +275,19 @@ BEGIN
     END IF;
   END LOOP;
 
-  -- engine.evaluate_reserve: every hard counter must fit, else nothing changes.
+  -- engine.evaluate_reserve: no counter past its ttl (engine.ttl_ran_out), and every hard counter must fit,
+  -- else nothing changes.
   IF NOT force THEN
+    FOR i IN 1..n LOOP
+      op := ops->(i - 1);
+      IF op->>'ttl' IS NOT NULL AND a_first[i] IS NOT NULL AND v_at >= a_first[i] + (op->>'ttl')::float8 THEN
+        blocked := i;
+        expired := true;
+        EXIT;
+      END IF;
+    END LOOP;
+  END IF;
+  IF NOT force AND NOT expired THEN
     FOR i IN 1..n LOOP
       op := ops->(i - 1);
       IF (op->>'hard')::boolean THEN
@@ -274,11 +306,13 @@ BEGIN
   IF blocked > 0 THEN
     op := ops->(blocked - 1);
     total := a_committed[blocked] + a_reserved[blocked];
-    SELECT * INTO claimed FROM {p}claim(op->'levels', (op->>'limit')::bigint, total,
-      string_to_array(a_fired[blocked], ','), true, blocked, crossings);
-    crossings := claimed.crossings;
-    IF claimed.changed THEN
-      UPDATE {p}counters SET fired = {p}fired_text(claimed.new_fired) WHERE key = op->>'key';
+    IF NOT expired THEN  -- an expiry is not a full ceiling: its refusal claims no kill
+      SELECT * INTO claimed FROM {p}claim(op->'levels', (op->>'limit')::bigint, total,
+        string_to_array(a_fired[blocked], ','), true, blocked, crossings);
+      crossings := claimed.crossings;
+      IF claimed.changed THEN
+        UPDATE {p}counters SET fired = {p}fired_text(claimed.new_fired) WHERE key = op->>'key';
+      END IF;
     END IF;
     FOR i IN 1..n LOOP
       totals := totals || (a_committed[i] + a_reserved[i]);
@@ -310,21 +344,25 @@ BEGIN
                                expires_at = (op->>'expires_at')::float8
           WHERE key = op->>'key';
       ELSE
+        -- A ttl counter's first admitted call starts its ttl.
         UPDATE {p}counters SET reserved = reserved + amount, fired = v_fired,
-                               expires_at = (op->>'expires_at')::float8
+                               expires_at = (op->>'expires_at')::float8,
+                               first_at = CASE WHEN op->>'ttl' IS NULL THEN first_at ELSE coalesce(first_at, v_at) END
           WHERE key = op->>'key';
       END IF;
     END LOOP;
   END IF;
 
   IF blocked > 0 THEN
-    PERFORM {p}audit(doc->'record', blocked, ops->(blocked - 1), a_committed[blocked] + a_reserved[blocked]);
+    op := ops->(blocked - 1);
+    PERFORM {p}audit(doc->'record', blocked, CASE WHEN expired THEN op || '{"reason": "expired"}'::jsonb ELSE op END,
+                     a_committed[blocked] + a_reserved[blocked]);
   ELSIF jsonb_typeof(doc->'record') = 'object' THEN
     PERFORM {p}audit(jsonb_set(doc->'record', '{data}', to_jsonb((((doc->'record')->>'data')::jsonb
       || jsonb_build_object('ceilings', {p}ceilings(ops, totals)))::text)), 0, NULL, 0);
   END IF;
 
-  RETURN jsonb_build_object('allowed', blocked = 0, 'blocked', blocked, 'totals', to_jsonb(totals),
+  RETURN jsonb_build_object('allowed', blocked = 0, 'blocked', blocked, 'expired', expired, 'totals', to_jsonb(totals),
                             'crossings', crossings, 'repeat', false);
 END $$;
 

@@ -1,0 +1,62 @@
+"""The SQL stores' schema on a database an earlier version created."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from conftest import STORE_KINDS, drop_tables, store_url_for
+from costguard import engine
+from costguard.engine import ReservePlan
+from costguard.model import Ceiling, Limit, Period, Unit, make_match
+from costguard.stores import open_store
+from costguard.stores.sql import SQLStore
+
+NOW = 1_780_000_000.0
+RUN = Ceiling(make_match({"run": "*"}), (Limit(Period.TOTAL, Unit.USD, 1_000_000),), ttl_s=3600)
+
+
+@pytest.fixture(params=[STORE_KINDS[1], STORE_KINDS[2]])
+def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    url = store_url_for(request.param, tmp_path)
+    yield url
+    if request.param == "postgres":
+        drop_tables(url)
+
+
+def plan(now: float) -> ReservePlan:
+    return engine.plan_reservation(
+        reservation_id=uuid.uuid4().hex,
+        ceilings=[RUN],
+        overrides={},
+        labels={"feature": "f", "run": "r1"},
+        amounts={Unit.USD: 10_000},
+        now=now,
+        tz=ZoneInfo("UTC"),
+        thresholds=(0.8, 1.0),
+    )
+
+
+def test_a_database_of_an_earlier_version_gets_the_new_columns_on_first_use(sql_url: str) -> None:
+    """`counters.first_at` (a ttl's start) came later: a database without it gets it when a new version
+    first uses it, and a counter from before starts its ttl at its next admitted call."""
+    if sql_url.startswith("sqlite") and sqlite3.sqlite_version_info < (3, 35, 0):
+        pytest.skip("SQLite before 3.35 can't drop a column to make an old database")
+    old = open_store(sql_url)
+    assert isinstance(old, SQLStore)
+    assert old.reserve(plan(NOW), None).allowed
+    with old.engine.begin() as conn:
+        conn.exec_driver_sql(f"ALTER TABLE {old.prefix}counters DROP COLUMN first_at")
+    old.close()
+    new = open_store(sql_url)
+    try:
+        assert new.reserve(plan(NOW + 3600), None).allowed  # no start kept before: it starts now
+        assert new.reserve(plan(NOW + 7199), None).allowed
+        assert new.reserve(plan(NOW + 7200), None).expired
+    finally:
+        new.close()
