@@ -29,7 +29,7 @@ from costguard.decision import Decision
 from costguard.events import AuditRecord
 from costguard.forecast import Forecast
 from costguard.guarded import Decorated, GuardOptions, decorate
-from costguard.limits import limit_amount
+from costguard.limits import LimitStart, limit_amount
 from costguard.model import (
     DEFAULT_MAX_LABEL_LENGTH,
     Ceiling,
@@ -229,9 +229,9 @@ class Guard:
         tokens: int | None = None,
         reason: str,
         actor: str | None = None,
-    ) -> None:
-        """Set a ceiling's limit at run time (persisted; wins over the config; a reason is required)."""
-        self._parts.limits.change(scope, period, *limit_amount(usd, calls, tokens), reason, actor)
+    ) -> LimitStart:
+        """Set a ceiling's limit at run time (persisted, wins over the config, needs a reason); what it counts from."""
+        return self._parts.limits.set_limit(scope, period, *limit_amount(usd, calls, tokens), reason, actor)
 
     def clear_limit(
         self,

@@ -3,24 +3,42 @@
 A run-time limit is an override stored beside the kill switches: it wins over the config until
 cleared, every process sees it at its next control refresh, and each change is audited (old and
 new value, reason, actor) and announced as a `limit_changed` event.
+
+A limit on a scope, period or unit no ceiling counted so far gets a new counter, which starts from what
+the scope already spent this period when the store can tell (`LimitStart`): the scope's hourly spend
+history, or the commits in a SQL store's audit log. Where it can't, the change says so.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone, tzinfo
+from typing import Any
 
 from costguard import engine
-from costguard.control import ControlView
+from costguard.control import ControlState, ControlView
 from costguard.errors import LimitNotFound
 from costguard.events import AuditRecord, Event
-from costguard.model import Money, Period, Unit, check_count, encode_scope, micros_to_usd, normalize_labels, to_micros
+from costguard.model import (
+    Limit,
+    Money,
+    Period,
+    Unit,
+    check_count,
+    encode_scope,
+    micros_to_usd,
+    normalize_labels,
+    to_micros,
+)
 from costguard.reporting import Reporter
 from costguard.steps import run
 from costguard.stores.base import Store
 
-__all__ = ["Limits", "limit_amount"]
+__all__ = ["LimitStart", "Limits", "limit_amount"]
+
+log = logging.getLogger("costguard")
 
 
 def limit_amount(usd: Money | None, calls: int | None, tokens: int | None) -> tuple[Unit, int]:
@@ -34,6 +52,24 @@ def limit_amount(usd: Money | None, calls: int | None, tokens: int | None) -> tu
     return unit, check_count(value, what=unit.value)
 
 
+@dataclass(frozen=True)
+class LimitStart:
+    """What a limit set at run time counts from this period: the spend already counted against it."""
+
+    # Whether the spend it counts from is what the scope spent this period so far (False: a new counter
+    # starts from 0 and the store can't tell what the scope spent before it).
+    known: bool
+    # That spend, USD as dollars or calls / tokens; None when not known.
+    spent: float | None
+    # Where it comes from: `counter` (already counting), `spend history`, `audit log`, or None.
+    source: str | None
+    note: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view."""
+        return asdict(self)
+
+
 @dataclass(eq=False, kw_only=True, repr=False)
 class Limits:
     """Set, clear and read run-time limits of one guard."""
@@ -43,6 +79,15 @@ class Limits:
     reporter: Reporter
     clock: Callable[[], float]
     max_label_length: int
+    tz: tzinfo = timezone.utc
+
+    def set_limit(
+        self, scope: Mapping[str, str], period: str | Period, unit: Unit, amount: int, reason: str, actor: str | None
+    ) -> LimitStart:
+        """Set the run-time limit of a ceiling scope, period and unit; what it counts from this period."""
+        start = self.change(scope, period, unit, amount, reason, actor)
+        assert start is not None
+        return start
 
     def change(
         self,
@@ -52,8 +97,9 @@ class Limits:
         amount: int | None,
         reason: str,
         actor: str | None,
-    ) -> None:
-        """Set (`amount`) or clear (None) the run-time limit of a ceiling scope, period and unit."""
+    ) -> LimitStart | None:
+        """Set (`amount`) or clear (None) the run-time limit of a ceiling scope, period and unit; what a
+        limit set counts from this period."""
         if not isinstance(reason, str) or not reason.strip():
             raise ValueError("a reason is required to change a limit (it goes in the audit log)")
         try:
@@ -94,6 +140,9 @@ class Limits:
                 "actor": actor,
             },
         )
+        # Started before the limit is stored: no process counts the new counter yet, so its start is
+        # never added to what it already counted.
+        start = None if amount is None else self._start(state, dict(bound), Limit(period, unit, amount), now)
         self.store.set_override(override, amount is None, record)
         self.control.invalidate()
         self.reporter.notify(
@@ -108,6 +157,53 @@ class Limits:
                 actor=actor,
             )
         )
+        if start is not None and not start.known:
+            log.warning("costguard: %s", start.note)
+        return start
+
+    def _start(self, state: ControlState, scope: dict[str, str], limit: Limit, now: float) -> LimitStart:
+        """The counter `limit` counts with this period; a new one is started from the scope's spend so far
+        (its audit log on a SQL store, else its hourly spend history) when the store can tell."""
+        found = engine.limit_counter(state.ceilings, state.overrides, scope, limit, now, self.tz)
+        where, what = encode_scope(scope) or "everything", f"{limit.period.value} {limit.unit.value}"
+        earlier = {Period.DAY: "earlier today", Period.TOTAL: "before"}.get(
+            limit.period, f"earlier this {limit.period.value}"
+        )
+        if found.op is None:  # a '*' scope: a counter per instance
+            if not found.new:
+                return LimitStart(True, None, "counter", f"each instance of {where} already counts its {what} spend")
+            note = (
+                f"the {what} limit of {where} counts each instance from 0 at its next call: what each spent "
+                f"{earlier} isn't known, so each may spend up to that much more than the limit"
+            )
+            return LimitStart(False, None, None, note)
+        spent, source = None, "counter"
+        if found.new:
+            spent, source = self.store.spent_since(scope, limit.unit, found.since), "audit log"
+            if spent is None and found.history:
+                spent, source = sum(self.store.totals(list(found.history))), "spend history"
+            if spent is None:
+                note = (
+                    f"the new {what} counter of {where} starts from 0: this store ({type(self.store).__name__}) can't "
+                    f"tell what {where} spent {earlier} (SQL stores sum their audit log; memory:// and Redis know "
+                    "only what a ceiling on that scope counted), so it may spend up to that much more than the limit"
+                )
+                return LimitStart(False, None, None, note)
+            if not self.store.start_counter(found.op, spent, now):
+                source = "counter"  # made meanwhile, or by an earlier limit this period: it goes on from its count
+        if source == "counter":
+            spent = self.store.totals([found.op.key])[0]
+            shown = found.op.display(spent)
+            return LimitStart(True, shown, source, f"the {what} counter of {where} already counts: {shown:g} so far")
+        assert spent is not None
+        shown = found.op.display(spent)
+        since = (
+            "ever"
+            if found.since is None
+            else f"since {datetime.fromtimestamp(found.since, timezone.utc):%Y-%m-%d %H:%M} UTC"
+        )
+        note = f"the new {what} counter of {where} starts from {shown:g}, what {where} spent {since} ({source})"
+        return LimitStart(True, shown, source, note)
 
     def current(self, scope: Mapping[str, str], period: Period, unit: Unit) -> float | None:
         """The limit in force for a ceiling scope (run-time override, else config), fresh from the store;

@@ -167,7 +167,9 @@ def wire(
         settler,
         calls,
         KillSwitch(store, control, reporter, clock),
-        Limits(store=store, control=control, reporter=reporter, clock=clock, max_label_length=o.max_label_length),
+        Limits(
+            store=store, control=control, reporter=reporter, clock=clock, max_label_length=o.max_label_length, tz=o.tz
+        ),
         Queries(
             store=store,
             control=control,

@@ -17,6 +17,7 @@ from costguard.engine import LimitOverride, ReservePlan
 from costguard.events import AuditQuery, AuditRecord
 from costguard.model import Ceiling, Limit, Period, Unit, make_match
 from costguard.stores import KillSwitchState, MemoryStore, Store, open_store
+from costguard.stores.sql import SQLStore
 
 NOW = 1_780_000_000.0  # 2026-05-28T20:26:40Z
 UTC = ZoneInfo("UTC")
@@ -647,3 +648,62 @@ def test_every_process_counts_a_ttl_from_the_same_first_call(store_url: str) -> 
     finally:
         one.close()
         other.close()
+
+
+# --------------------------------------------------------------------------- a limit set mid-period
+
+
+def test_a_counter_started_with_spend_is_created_once(store: Store) -> None:
+    """A limit set at run time starts its new counter from what the scope spent: atomically, and never on
+    top of a counter that exists (it already counts)."""
+    op = plan([ceiling({"feature": "f"}, usd(Period.DAY, 1.0))]).counters[0]
+    assert store.start_counter(op, 150_000, NOW)
+    assert store.totals([op.key]) == [150_000]
+    assert not store.start_counter(op, 999_999, NOW)  # it exists: nothing added
+    assert store.totals([op.key]) == [150_000]
+    p = plan([ceiling({"feature": "f"}, usd(Period.DAY, 0.2))], estimate=60_000)
+    assert not store.reserve(p, None).allowed  # 0.15 + 0.06 > 0.20: the start counts against the limit
+    assert store.reserve(plan([ceiling({"feature": "f"}, usd(Period.DAY, 0.2))], estimate=50_000), None).allowed
+    (row,) = store.list_counters({Period.DAY: op.bucket})
+    assert (row.key, row.committed, row.reserved) == (op.key, 150_000, 50_000)
+    store.purge(NOW + 3 * 86_400)  # it expires like any counter of its period
+    assert store.totals([op.key]) == [0]
+
+
+def test_a_sql_store_sums_a_scopes_commits_from_its_audit_log(store: Store) -> None:
+    """What a scope spent since a moment, by labels, from the audit log (SQL stores); stores without a log
+    to sum say they can't tell (None)."""
+    since = NOW - 3600
+    calls = [
+        (NOW - 7200, {"feature": "f", "customer": "a"}, 100_000, 10),  # before `since`
+        (NOW, {"feature": "f", "customer": "a"}, 20_000, 11),
+        (NOW + 1, {"feature": "f", "customer": "b", "team.x": "t-1"}, 30_000, 12),
+        (NOW + 2, {"feature": "g", "customer": "a", "team.x": "t-1"}, 40_000, 13),
+    ]
+    for at, labels, usd_micros, tokens in calls:
+        p = ReservePlan(uuid.uuid4().hex, at, tuple(sorted(labels.items())), (), 0)  # no ceiling: only the log
+        store.reserve(p, None)
+        record = AuditRecord(at, "commit", labels, p.reservation_id, {"actual_usd": usd_micros / 1e6, "tokens": tokens})
+        store.settle(p.reservation_id, {Unit.USD: usd_micros}, at, record)
+    store.settle("by-id", None, NOW, AuditRecord(NOW, "release", {"feature": "f"}, "by-id"))  # not a commit
+    answers = {
+        "f since": store.spent_since({"feature": "f"}, Unit.USD, since),
+        "f ever": store.spent_since({"feature": "f"}, Unit.USD, None),
+        "team": store.spent_since({"team.x": "t-1"}, Unit.USD, since),
+        "a and team": store.spent_since({"customer": "a", "team.x": "t-1"}, Unit.USD, since),
+        "f calls": store.spent_since({"feature": "f"}, Unit.CALLS, since),
+        "f tokens": store.spent_since({"feature": "f"}, Unit.TOKENS, since),
+        "nobody": store.spent_since({"feature": "nobody"}, Unit.USD, since),
+    }
+    if not isinstance(store, SQLStore):
+        assert set(answers.values()) == {None}
+        return
+    assert answers == {
+        "f since": 50_000,
+        "f ever": 150_000,
+        "team": 70_000,
+        "a and team": 40_000,
+        "f calls": 2,
+        "f tokens": 23,
+        "nobody": 0,
+    }

@@ -128,13 +128,14 @@ def build_router(guard: Guard, admin: AdminConfig | Mapping[str, Any] | None = N
         value = body.amount
         amount = None if value is None else to_micros(value, round_up=False) if unit is Unit.USD else int(value)
         change = plan_limit_change(guard, caller, body.scope, period, unit, amount, max_limit_usd)
+        start = None
         if value is None:
             guard.clear_limit(body.scope, period=period, unit=unit, reason=body.reason, actor=caller.actor)
         else:
             usd = value if unit is Unit.USD else None
             calls = int(value) if unit is Unit.CALLS else None
             tokens_ = int(value) if unit is Unit.TOKENS else None
-            guard.set_limit(
+            start = guard.set_limit(
                 body.scope, period=period, usd=usd, calls=calls, tokens=tokens_, reason=body.reason, actor=caller.actor
             )
         return LimitChanged(
@@ -145,6 +146,7 @@ def build_router(guard: Guard, admin: AdminConfig | Mapping[str, Any] | None = N
             new=change.shown(change.new),
             cleared=value is None,
             actor=caller.actor,
+            start=None if start is None else start.to_dict(),
         )
 
     @router.post("/v1/killswitch/activate", tags=["killswitch"], response_model=KillSwitchActivated)

@@ -277,6 +277,11 @@ class LimitChanged(BaseModel):
     new: float | None = Field(description="The limit now; null: none.")
     cleared: bool
     actor: str
+    start: dict[str, Any] | None = Field(
+        default=None,
+        description="A limit set: what it counts from this period, `{known, spent, source, note}` (`known` false: "
+        "a new counter starts from 0, as the store can't tell what the scope spent before). Null when cleared.",
+    )
 
 
 class DailyMonthlyChanged(BaseModel):

@@ -51,17 +51,21 @@ def limits_set(
     labels = parse_scope(scope)
     with open_guard(config) as guard, changing(f"the {period} limit of {scope_text(labels)} was NOT set"):
         try:
-            guard.set_limit(
+            start = guard.set_limit(
                 labels, period=period, usd=usd, calls=calls, tokens=tokens, reason=reason, actor=actor_name(actor)
             )
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
+    unit = "usd" if usd is not None else "calls" if calls is not None else "tokens"
     new_limit = (
-        amount(usd, "usd")
-        if usd is not None
-        else amount(float(calls if calls is not None else tokens or 0), "calls" if calls is not None else "tokens")
+        amount(usd, "usd") if usd is not None else amount(float(calls if calls is not None else tokens or 0), unit)
     )
     click.echo(f"{scope_text(labels)}: {period} limit set to {new_limit} ({reason})")
+    if not start.known:
+        click.echo(f"start not known: {start.note}")
+    elif start.spent is not None:
+        when = "so far" if period == "total" else f"this {period}"
+        click.echo(f"counting from {amount(start.spent, unit)} already spent {when} ({start.source})")
 
 
 @limits.command("clear")

@@ -11,7 +11,8 @@ package re-exports the names the guard, the stores and the tests use:
 - `cache`: `PlanCache`, the plan reused call after call until a bucket rolls over;
 - `crossings`: threshold levels and claiming crossings once;
 - `evaluate`: the atomic reserve every store runs, and what a commit or release changes;
-- `decisions`: a store's outcome as the caller's `Decision` and the audit record.
+- `decisions`: a store's outcome as the caller's `Decision` and the audit record;
+- `starts`: the counter a limit set at run time counts with, and what can tell its scope's spend so far.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from costguard.engine.plan import (
     overflow_plan,
     plan_reservation,
 )
+from costguard.engine.starts import LimitCounter, limit_counter
 
 __all__ = [
     "CLEARED",
@@ -63,6 +65,7 @@ __all__ = [
     "CounterOp",
     "Crossing",
     "LeaseBook",
+    "LimitCounter",
     "LimitOverride",
     "PlanCache",
     "ReserveOutcome",
@@ -87,6 +90,7 @@ __all__ = [
     "history_key",
     "index_overrides",
     "is_lease",
+    "limit_counter",
     "local_outcome",
     "matching",
     "may_cross",

@@ -230,6 +230,13 @@ class Codec:
         args.append(" ".join(ttls))
         return keys, args
 
+    def start_call(self, op: CounterOp, committed: int, at: float) -> Call:
+        """start.lua's arguments: `op`'s counter created with `committed` spent unless it exists."""
+        encoded = self._encode(op)
+        expires, bucket_expires, member, meta = encoded.reserve_tail[3:7]
+        keys = [self.exp, encoded.reserve_keys[0], encoded.reserve_keys[2]]
+        return keys, [str(committed), repr(at), expires, bucket_expires, member, meta]
+
     def settle_call(
         self,
         reservation_id: str,

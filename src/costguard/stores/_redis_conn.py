@@ -203,7 +203,7 @@ def _load_scripts() -> dict[str, Script]:
     folder = resources.files("costguard.stores").joinpath("lua")
     lib = folder.joinpath("lib.lua").read_text("utf-8")
     out = {}
-    for name in ("reserve", "settle", "control", "append", "purge"):
+    for name in ("reserve", "settle", "control", "append", "purge", "start"):
         source = (lib + "\n" + folder.joinpath(f"{name}.lua").read_text("utf-8")).encode()
         out[name] = Script(name, source, hashlib.sha1(source).hexdigest())  # noqa: S324 - Redis names scripts by SHA-1
     return out

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from costguard.engine import CommitOutcome, CounterId, LimitOverride, ReserveOutcome, ReservePlan
+from costguard.engine import CommitOutcome, CounterId, CounterOp, LimitOverride, ReserveOutcome, ReservePlan
 from costguard.errors import StoreError
 from costguard.events import AuditQuery, AuditRecord
 from costguard.model import Period, Unit
@@ -163,6 +163,16 @@ class Store(ABC):
     @abstractmethod
     def totals(self, keys: Sequence[str]) -> list[int]:
         """committed + reserved of each counter key (0 for a counter not yet written)."""
+
+    @abstractmethod
+    def start_counter(self, op: CounterOp, committed: int, at: float) -> bool:
+        """Create `op`'s counter with `committed` already spent, atomically, unless it exists (then nothing
+        changes: what it counts is never counted twice); whether it was created. `at`: the caller's now."""
+
+    def spent_since(self, scope: Mapping[str, str], unit: Unit, since: float | None) -> int | None:
+        """What the calls whose labels include `scope` committed in `unit` since `since` (None: ever), summed
+        from the audit log; None when this store can't say (it keeps no audit log to sum by labels)."""
+        return None
 
     @abstractmethod
     def list_counters(self, buckets: Mapping[Period, str]) -> list[CounterRow]:

@@ -160,6 +160,13 @@ class MemoryStore(Store):
             self._append(record)
             return CommitOutcome(True, reservation.counters, tuple(totals), tuple(crossings))
 
+    def start_counter(self, op: CounterOp, committed: int, at: float) -> bool:
+        with self._lock:
+            if op.key in self._counters:
+                return False
+            self._counters[op.key] = _Counter(op, committed=committed)
+            return True
+
     def _total(self, key: str) -> int:
         counter = self._counters.get(key)
         return 0 if counter is None else counter.total

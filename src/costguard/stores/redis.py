@@ -236,6 +236,11 @@ class RedisStore(RedisClients, Store):
         return [int(c or 0) + int(r or 0) for c, r in pipe.execute()]
 
     @mapped
+    def start_counter(self, op: CounterOp, committed: int, at: float) -> bool:
+        keys, args = self.codec.start_call(op, committed, at)
+        return bool(self._eval(SCRIPTS["start"], keys, args))
+
+    @mapped
     def list_counters(self, buckets: Mapping[Period, str]) -> list[CounterRow]:
         if not buckets:
             return []

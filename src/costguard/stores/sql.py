@@ -25,11 +25,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 
 from costguard.engine import (
     EXPIRY_GRACE_S,
     CommitOutcome,
+    CounterOp,
     LimitOverride,
     ReserveOutcome,
     ReservePlan,
@@ -41,7 +43,7 @@ from costguard.events import AuditQuery, AuditRecord
 from costguard.model import Period, Unit, encode_scope
 from costguard.stores._sql_conn import map_error, mapped, open_engine
 from costguard.stores._sql_pg import ServerFunctions
-from costguard.stores._sql_rows import Rows, dumps
+from costguard.stores._sql_rows import Rows, counter_row, dumps
 from costguard.stores._sql_schema import Schema
 from costguard.stores._sql_session import Sessions
 from costguard.stores._sql_tx import SettleItem, Transactions
@@ -125,6 +127,39 @@ class SQLStore(Store):
     def totals(self, keys: Sequence[str]) -> list[int]:
         with self._sessions.read() as conn:
             return self._rows.totals(conn, keys)
+
+    @mapped
+    def start_counter(self, op: CounterOp, committed: int, at: float) -> bool:
+        c = self.t["counters"]
+        row = {**counter_row(op), "committed": committed, "reserved": 0, "fired": ""}
+        insert = self._rows.insert(c).values(**row).on_conflict_do_nothing(index_elements=["key"])
+        with self._sessions.tx() as conn:
+            if self._rows.returning:
+                return conn.execute(insert.returning(c.c.key)).first() is not None
+            return conn.execute(insert).rowcount == 1
+
+    @mapped
+    def spent_since(self, scope: Mapping[str, str], unit: Unit, since: float | None) -> int | None:
+        e = self.t["events"]
+        where = [e.c.decision == "commit"] + ([] if since is None else [e.c.at >= since])
+        for name, value in sorted(scope.items()):
+            column = getattr(e.c, name) if name in ("feature", "customer") else self._json(e.c.labels, name)
+            where.append(column == value)
+        if unit is Unit.CALLS:
+            amount: Any = sa.func.count()
+        else:
+            # Each commit's USD as whole micro-dollars, so that the sum is exact.
+            member = sa.cast(self._json(e.c.data, "actual_usd" if unit is Unit.USD else "tokens"), sa.Float)
+            amount = sa.func.sum(sa.func.round(member * 1_000_000) if unit is Unit.USD else member)
+        with self._sessions.read() as conn:
+            total = conn.execute(sa.select(amount).where(*where)).scalar()
+        return int(total or 0)
+
+    def _json(self, column: Any, name: str) -> Any:
+        """A JSON text column's top-level member `name` as text (label names need no quoting but `"`)."""
+        if self.sqlite:
+            return sa.func.json_extract(column, f'$."{name}"')
+        return sa.func.jsonb_extract_path_text(sa.cast(column, JSONB), name)
 
     @mapped
     def list_counters(self, buckets: Mapping[Period, str]) -> list[CounterRow]:
