@@ -192,6 +192,15 @@ def make_guard(url: str, leases: bool | None, **options: Any) -> Any:
         return Guard(url, ceilings=ceilings, **options)  # before leases: per-call reservations
 
 
+def leasing_checkout() -> bool:
+    """Whether the costguard imported has leased budget (`Guard(leases=...)`)."""
+    import inspect
+
+    from costguard import Guard
+
+    return "leases" in inspect.signature(Guard).parameters
+
+
 def guarded(job: dict[str, Any], start: Any, results: Any) -> None:
     import logging
 
@@ -515,6 +524,8 @@ def main() -> None:
     pg = os.environ.get("COSTGUARD_BENCH_POSTGRES_URL") or os.environ.get("COSTGUARD_TEST_POSTGRES_URL")
     rd = os.environ.get("COSTGUARD_BENCH_REDIS_URL") or os.environ.get("COSTGUARD_TEST_REDIS_URL")
     modes = {"both": [False, True], "on": [True], "off": [False]}[args.leases]
+    if True in modes and not leasing_checkout():
+        raise SystemExit("this checkout's Guard takes no leases= (no leased budget): run it with --leases off")
     shape = f"{args.processes} processes x {args.threads} threads, {args.seconds:g} s after {args.warmup:g} s warm-up"
     print(f"one hot feature, {shape}")
     header = ("calls/s", "ratio", "p50 ms", "p99 ms", "max ms", "unreserved", "ops/call", "server", "cpu µs", "srv µs")
