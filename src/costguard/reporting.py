@@ -25,9 +25,9 @@ __all__ = ["Reporter"]
 log = logging.getLogger("costguard")
 
 _STORE_ERROR_EVENT_EVERY_S = 60.0
-_AUDIT_BATCH = 500  # records per store append
+_AUDIT_BATCH = 1000  # records per store append
 _AUDIT_LINGER_S = 0.1  # how long the first record of a batch waits for others
-_AUDIT_BACKLOG = 100_000  # records waiting at most; more are dropped (counted in `audit_dropped`)
+_AUDIT_BACKLOG = 20_000  # records waiting at most; past it the caller writes a batch itself
 
 
 def _bucket_of(crossing: engine.Crossing) -> str:
@@ -60,10 +60,11 @@ class Reporter:
         self._error_reports: dict[str, tuple[float, int]] = {}  # topic -> (last report, reports held back)
         self._outage_logged = False
         self._audit_lock = threading.Lock()
+        self._audit_write_lock = threading.Lock()
         self._audit_pending: list[AuditRecord] = []
         self._audit_scheduled = False
         self._audit_hurry = threading.Event()  # set while someone waits for the background work
-        self.audit_dropped = 0  # records refused because the backlog was full
+        self.audit_dropped = 0  # records the store did not take (it was down)
 
     # ----------------------------------------------------------------- events
     def notify(self, event: Event) -> None:
@@ -121,34 +122,50 @@ class Reporter:
 
     # ----------------------------------------------------------------- background writes
     def audit_later(self, record: AuditRecord) -> None:
-        """Append an audit record from the background worker, in batches (dropped, with a debug line, if
-        the store is down or `_AUDIT_BACKLOG` records are already waiting)."""
+        """Append an audit record from the background worker, in batches. When `_AUDIT_BACKLOG` records
+        wait already, the caller writes a batch itself: the log slows a flood down, it never drops it."""
+        overflow: list[AuditRecord] = []
         with self._audit_lock:
             pending = self._audit_pending
-            if len(pending) >= _AUDIT_BACKLOG:
-                self.audit_dropped += 1
-                return
             pending.append(record)
-            if self._audit_scheduled:
-                return
+            if len(pending) > _AUDIT_BACKLOG:
+                overflow = pending[:_AUDIT_BATCH]
+                del pending[:_AUDIT_BATCH]
+            schedule = not self._audit_scheduled
             self._audit_scheduled = True
-        self.background.submit(self._write_audit)
+        if schedule:
+            self.background.submit(self._write_audit)
+        if overflow:
+            with self._audit_write_lock:
+                self._append_audit(overflow)
 
     def _write_audit(self) -> None:
         self._audit_hurry.wait(_AUDIT_LINGER_S)  # let a batch gather: one append for many calls
+        self._drain_audit(scheduled=True)
+
+    def _drain_audit(self, *, scheduled: bool) -> None:
         while True:
+            with self._audit_write_lock:  # taken and written in one go: close() waits for a batch in flight
+                with self._audit_lock:
+                    batch = self._audit_pending[:_AUDIT_BATCH]
+                    del self._audit_pending[:_AUDIT_BATCH]
+                    if not batch:
+                        if scheduled:
+                            self._audit_scheduled = False
+                        return
+                self._append_audit(batch)
+
+    def _append_audit(self, batch: list[AuditRecord]) -> None:
+        try:
+            self.store.append(batch)
+        except StoreError as exc:
             with self._audit_lock:
-                batch = self._audit_pending[:_AUDIT_BATCH]
-                del self._audit_pending[:_AUDIT_BATCH]
-                if not batch:
-                    self._audit_scheduled = False
-                    return
-            try:
-                self.store.append(batch)
-            except StoreError:
-                log.debug("costguard: %d audit records dropped, the store is unavailable", len(batch))
-            except Exception:  # a bug must not stop every later write
-                log.exception("costguard: %d audit records dropped", len(batch))
+                self.audit_dropped += len(batch)
+            self.store_error(exc, f"audit write ({len(batch)} records not written)", topic="audit")
+        except Exception:  # a bug must not stop every later write
+            with self._audit_lock:
+                self.audit_dropped += len(batch)
+            log.exception("costguard: %d audit records not written", len(batch))
 
     def later(self, task: Callable[[], object]) -> None:
         """Run `task` on the background worker (cache writes, purges)."""
@@ -222,4 +239,5 @@ class Reporter:
         """Finish background work and deliver queued alerts (each waits up to `timeout`)."""
         self._audit_hurry.set()
         self.background.close(timeout)
+        self._drain_audit(scheduled=False)  # what the worker had no time for: written here, not lost
         self.alerts.close(timeout)
