@@ -7,6 +7,7 @@ The books (`engine.leases`) are tested on their own; the guard is tested on the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import threading
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import RedisURLs
-from costguard import BudgetExceeded, Guard, KillSwitchActive
+from costguard import BudgetExceeded, BudgetExpired, Guard, KillSwitchActive
 from costguard.config import load_config
 from costguard.engine import PlanCache, ReserveOutcome
 from costguard.engine.leases import HEADROOM_SHARE, HOT_CALLS, MIN_SLICE_CALLS, LeaseBook, is_lease
@@ -80,11 +81,14 @@ def test_calls_are_served_from_the_slice_then_settled_at_their_actual_cost() -> 
     (grant,) = _warm(book, plan)
     totals = tuple(op.amount for op in grant.plan.counters)
     assert book.install(grant, ReserveOutcome(True, totals), NOW)
-    takes = []
+    takes, renewals = [], []
     for _ in range(grant.calls):
         take, grants = book.take(plan, CENT, NOW)
-        assert take is not None and take.cold == () and grants == []
+        assert take is not None and take.cold == ()
         takes.append(take)
+        renewals.extend(grants)
+    # The next slice was asked for once, when three quarters were used (while this one still served).
+    assert len(renewals) == 1
     take, _ = book.take(plan, CENT, NOW)  # used up: retired (calls still in flight), one by one again
     assert take is None
     assert book.done() == []  # not settled while its calls run
@@ -355,3 +359,19 @@ def test_a_forked_child_never_spends_the_parents_slice(redis_urls: RedisURLs) ->
     check = Guard(redis_url, ceilings=[usd_ceiling({"feature": "f"}, day=10.0)], leases=False)
     assert _spend(check) == (10.0, 0.0)
     check.close()
+
+
+def test_a_run_with_a_ttl_is_never_leased_so_it_ends_on_time(fleet_store_url: str) -> None:
+    """A hot run under a `ttl` is reserved call by call: the first call after the ttl is refused as
+    expired at once, never served from a slice that outlives it."""
+    clock = FakeClock(NOW)
+    run_cap = dataclasses.replace(usd_ceiling({"run": "*"}, total=100.0), ttl_s=60.0)
+    guard = Guard(fleet_store_url, ceilings=[run_cap], clock=clock)
+    for _ in range(50):
+        with guard.reserve("f", run="r1", estimate_usd=0.01):
+            pass
+    assert guard.calls.leases is not None and guard.calls.leases.book.slices() == []
+    clock.advance(61)
+    with pytest.raises(BudgetExpired):
+        guard.reserve("f", run="r1", estimate_usd=0.01)
+    guard.close()

@@ -39,7 +39,7 @@ def test_a_killed_holder_leaves_its_slices_counted_never_less(fleet_store_url: s
     guard = workers.guard_for(fleet_store_url, 100_000_000, leases=False)
     for row in guard.status().ceilings:
         counted = round(row.spent * 1_000_000)  # spent counts what is reserved, slices included
-        # $3.00 spent: never less, and at most the unused part of the ceiling's slice more
+        # $3.00 spent: never less, and at most the unused part of the slices it held more
         assert 3_000_000 <= counted <= 3_000_000 + unused.get(row.ceiling, 0), (row, unused)
     guard.close()
 

@@ -240,8 +240,11 @@ def lease_and_die(url: str, cap_micros: int, calls: int, ready_path: str) -> Non
         with guard.reserve("f", estimate_usd=0.01, customer="hot") as r:
             r.commit(0.01)
     leases = guard.calls.leases
-    held = [] if leases is None else leases.book.slices()
-    granted = {s.ops[0].ceiling_id: s.granted[0] - s.used[0] for s in held}
+    # What it holds: the live slices, and retired ones not settled yet (just after a renewal).
+    held = [] if leases is None else [*leases.book.slices(), *leases._pending, *leases.book._done]
+    granted: dict[str, int] = {}
+    for s in held:
+        granted[s.ops[0].ceiling_id] = granted.get(s.ops[0].ceiling_id, 0) + s.granted[0] - s.spent[0]
     with open(ready_path + ".tmp", "w") as ready:
         ready.write(repr(granted))
     os.rename(ready_path + ".tmp", ready_path)

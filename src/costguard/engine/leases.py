@@ -90,6 +90,13 @@ class Slice:
             and (used[2] + amounts[2] <= granted[2])
         )
 
+    def nearly_spent(self, amounts: Sequence[int], now: float, period_s: float) -> bool:
+        """Three quarters used (with this call) or three quarters of its life gone: time for the next."""
+        if now >= self.expires - period_s / 4:
+            return True
+        used, granted = self.used, self.granted
+        return any(granted[i] and 4 * (used[i] + amounts[i]) > 3 * granted[i] for i in range(3))
+
     def total(self, op: CounterOp) -> int:
         """A counter's total as far as this process knows (before the slice, plus what it used of it)."""
         return self.base.get(op.key, 0) + self.used[_INDEX[op.unit]]
@@ -157,7 +164,7 @@ class LeaseBook:
         cold: list[int] = []
         grants: list[Grant] = []
         for key, indexes in self._groups_of(counters):
-            if key is _NOT_LEASED:  # a `max_instances` registry and the instances it counts
+            if key is _NOT_LEASED:  # a `max_instances` registry and what it counts, a run with a ttl
                 cold.extend(indexes)
                 continue
             group = self._groups.get(key)
@@ -173,6 +180,11 @@ class LeaseBook:
                 fresh = now < current.expires and current.keys == tuple(counters[i].key for i in indexes)
                 if fresh and current.fits(per_call):
                     covered.append((current, per_call))
+                    if not group.granting and current.nearly_spent(per_call, now, self.period_s):
+                        # The next slice is reserved while this one still serves: no call waits for it.
+                        grant = self._grant(key, group, [counters[i] for i in indexes], per_call, now)
+                        if grant is not None:
+                            grants.append(grant)
                     continue
                 self._retire(group)  # used up, old, or of a bucket gone by
             cold.extend(indexes)
@@ -195,7 +207,10 @@ class LeaseBook:
         cached = self._split.get(id(counters))
         if cached is not None and cached[0] is counters:
             return cached[1]
+        # Never leased: a `max_instances` registry and the instances it counts, and a run with a `ttl`
+        # (the store refuses it the moment the ttl runs out; a slice would not).
         registered = {counters[op.counts_new].ceiling_id for op in counters if op.counts_new >= 0}
+        registered.update(op.ceiling_id for op in counters if op.ttl_s is not None)
         groups: dict[GroupKey, list[int]] = {}
         for i, op in enumerate(counters):
             key = _group_of(op)
