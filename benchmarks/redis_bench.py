@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import inspect
 import os
 import platform
 import pstats
@@ -38,6 +39,10 @@ import redis.asyncio
 
 from costguard import Ceiling, Guard, Limit, Period, Priced, Unit
 from costguard.model import make_match
+
+# Per-call reservations, the figures docs/performance.md gives for this script (leased calls:
+# hot_row.py and overhead.py --leases); an older checkout has no `leases` option.
+PER_CALL = {"leases": False} if "leases" in inspect.signature(Guard).parameters else {}
 
 LIMITS = (Limit(Period.MONTH, Unit.USD, 10**15), Limit(Period.DAY, Unit.USD, 10**15))
 CEILINGS = [
@@ -138,7 +143,7 @@ def build(port: int) -> dict[str, Callable[[], object]]:
         client.evalsha(sha, 1, "{floor}:k", 2000)
         client.evalsha(sha, 1, "{floor}:k", -500)
 
-    guard = Guard(f"redis://127.0.0.1:{port}/0?namespace=bench", ceilings=CEILINGS)
+    guard = Guard(f"redis://127.0.0.1:{port}/0?namespace=bench", ceilings=CEILINGS, **PER_CALL)
 
     @guard.with_kill_switch("chat", estimate=0.002, labels=LABELS)
     def guarded() -> Priced[int]:
@@ -166,7 +171,7 @@ async def throughput(port: int, seconds: float) -> tuple[float, float]:
         await client.evalsha(sha, 1, "{floor}:k", 2000)
         await client.evalsha(sha, 1, "{floor}:k", -500)
 
-    guard = Guard(f"redis://127.0.0.1:{port}/0?namespace=abench&timeout_ms=5000", ceilings=CEILINGS)
+    guard = Guard(f"redis://127.0.0.1:{port}/0?namespace=abench&timeout_ms=5000", ceilings=CEILINGS, **PER_CALL)
 
     @guard.with_kill_switch("chat", estimate=0.002, labels=LABELS)
     async def guarded() -> Priced[int]:

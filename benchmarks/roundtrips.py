@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import os
 import socket
 import tempfile
@@ -26,6 +27,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from costguard import Ceiling, Guard, Limit, Period, Priced, Unit
 from costguard.model import make_match
+
+# Per-call reservations, the figures docs/performance.md gives for this script (leased calls:
+# hot_row.py and overhead.py --leases); an older checkout has no `leases` option.
+PER_CALL = {"leases": False} if "leases" in inspect.signature(Guard).parameters else {}
 
 CEILINGS = [
     Ceiling(
@@ -96,7 +101,7 @@ def calls_through(guard: Guard, calls: int) -> None:
 def network(url: str, calls: int) -> float:
     parts = urlsplit(url)
     proxy = CountingProxy(parts.hostname or "127.0.0.1", parts.port or (6379 if url.startswith("redis") else 5432))
-    guard = Guard(through(url, proxy), ceilings=CEILINGS)
+    guard = Guard(through(url, proxy), ceilings=CEILINGS, **PER_CALL)
     calls_through(guard, 20)  # warm up: schema, scripts, pool
     before = proxy.bursts
     calls_through(guard, calls)
@@ -109,7 +114,7 @@ def network(url: str, calls: int) -> float:
 def sqlite_statements(path: Path, calls: int) -> float:
     import sqlalchemy as sa
 
-    guard = Guard(f"sqlite:///{path}", ceilings=CEILINGS)
+    guard = Guard(f"sqlite:///{path}", ceilings=CEILINGS, **PER_CALL)
     calls_through(guard, 20)
     engine = guard.store.engine  # type: ignore[attr-defined]
     count = [0]

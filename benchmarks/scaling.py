@@ -13,6 +13,7 @@ index on the naive table.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import random
 import statistics
@@ -27,6 +28,10 @@ import sqlalchemy as sa
 from costguard import Ceiling, Guard, Limit, Period, Unit
 from costguard.engine import plan_reservation
 from costguard.model import make_match
+
+# Per-call reservations, the figures docs/performance.md gives for this script (leased calls:
+# hot_row.py and overhead.py --leases); an older checkout has no `leases` option.
+PER_CALL = {"leases": False} if "leases" in inspect.signature(Guard).parameters else {}
 
 CEILINGS = [
     Ceiling(make_match({"feature": "chat", "customer": "*"}), (Limit(Period.MONTH, Unit.USD, 10**15),)),
@@ -78,7 +83,7 @@ def populate(guard: Guard, engine: sa.Engine, table: str, size: int, customers: 
 
 
 def run(label: str, guard_url: str, naive_url: str, size: int, customers: int) -> None:
-    guard = Guard(guard_url, ceilings=CEILINGS)
+    guard = Guard(guard_url, ceilings=CEILINGS, **PER_CALL)
     engine = sa.create_engine(naive_url)
     table = f"calls_{uuid.uuid4().hex[:8]}"
     with engine.begin() as conn:
