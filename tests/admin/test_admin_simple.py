@@ -97,8 +97,8 @@ def test_status_daily_and_monthly_follow_run_time_limits(global_client: TestClie
     global_guard.set_limit({}, period="day", usd=15, reason="tighter")
     global_guard.set_limit({"customer": "acme"}, period="day", usd=3, reason="acme pays per day")
     assert get(global_client, "/v1/budget/status")["daily"] == usd(11.5, 15.0, 3.5)
-    # acme's day limit is a new ceiling: it counts from now.
-    assert get(global_client, "/v1/budget/status", who="acme")["daily"] == usd(0.0, 3.0, 3.0)
+    # acme's day limit is a new ceiling: it starts from what acme already spent today (its spend history).
+    assert get(global_client, "/v1/budget/status", who="acme")["daily"] == usd(8.5, 3.0, 0.0)
 
 
 # ---------------------------------------------------------------- GET /v1/budget/forecast: depletion_hour
@@ -156,8 +156,22 @@ def test_the_simple_body_sets_everythings_day_and_month(global_client: TestClien
         "daily_limit_usd": 12.0,
         "monthly_limit_usd": 150.5,
         "changes": [
-            {"scope": {}, "period": p, "unit": "usd", "old": was, "new": now, "cleared": False, "actor": ACTOR}
-            for p, was, now in (("day", 20.0, 12.0), ("month", 200.0, 150.5))
+            {
+                "scope": {},
+                "period": p,
+                "unit": "usd",
+                "old": was,
+                "new": now,
+                "cleared": False,
+                "actor": ACTOR,
+                "start": {
+                    "known": True,
+                    "spent": spent,
+                    "source": "counter",
+                    "note": response.json()["changes"][i]["start"]["note"],
+                },
+            }
+            for i, (p, was, now, spent) in enumerate((("day", 20.0, 12.0, 11.5), ("month", 200.0, 150.5, 11.5)))
         ],
         "actor": "api:ops-admin",
     }

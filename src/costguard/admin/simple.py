@@ -104,10 +104,11 @@ def change_day_and_month(
         planned.append((period, value, change))
     changes = []
     for period, value, change in planned:
+        start = None
         if value is None:
             guard.clear_limit(scope, period=period, unit=Unit.USD, reason=body.reason, actor=caller.actor)
         else:
-            guard.set_limit(scope, period=period, usd=value, reason=body.reason, actor=caller.actor)
+            start = guard.set_limit(scope, period=period, usd=value, reason=body.reason, actor=caller.actor)
         changes.append(
             LimitChanged(
                 scope=scope,
@@ -117,6 +118,7 @@ def change_day_and_month(
                 new=change.shown(change.new),
                 cleared=value is None,
                 actor=caller.actor,
+                start=None if start is None else start.to_dict(),
             )
         )
     overrides = guard.store.control().overrides
