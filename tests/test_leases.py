@@ -375,3 +375,22 @@ def test_a_run_with_a_ttl_is_never_leased_so_it_ends_on_time(fleet_store_url: st
     with pytest.raises(BudgetExpired):
         guard.reserve("f", run="r1", estimate_usd=0.01)
     guard.close()
+
+
+def test_calls_served_from_slices_are_audited_with_their_ceilings(fleet_store_url: str) -> None:
+    """Every call keeps its reserve and commit lines; one served from a slice says so, with each covered
+    counter's spend as this process saw it — rising call by call, never past the limit."""
+    guard = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=100.0)])
+    for _ in range(60):
+        with guard.reserve("f", estimate_usd=0.01) as r:
+            r.commit(0.01)
+    guard.flush()
+    reserves = guard.audit(feature="f", decision="reserve", limit=1000)[::-1]
+    assert len(reserves) == 60 and len(guard.audit(feature="f", decision="commit", limit=1000)) == 60
+    leased = [r for r in reserves if r.data.get("leased")]
+    assert leased, "60 calls of one feature: some were served from a slice"
+    spent = [r.data["leased_ceilings"][0]["spent"] for r in leased]
+    assert spent == sorted(spent) and len(set(spent)) == len(spent)
+    assert all(row["limit"] == 100.0 and row["period"] == "day" for r in leased for row in r.data["leased_ceilings"])
+    assert spent[-1] == pytest.approx(0.6)  # the 60th call: $0.60 counted, as the store would have said
+    guard.close()

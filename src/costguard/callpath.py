@@ -125,7 +125,13 @@ class CallPath:
             "reserve",
             dict(plan.labels),
             plan.reservation_id,
-            {"estimate_usd": micros_to_usd(plan.estimate_usd), "fallback": fallback},
+            {"estimate_usd": micros_to_usd(plan.estimate_usd), "fallback": fallback}
+            if take is None
+            else {
+                "estimate_usd": micros_to_usd(plan.estimate_usd),
+                "fallback": fallback,
+                "leased_ceilings": engine.leased_ceilings(take),
+            },
         )
         try:
             outcome = yield Io(store.reserve, store.areserve, (plan, record), deadline=deadline)
@@ -159,7 +165,13 @@ class CallPath:
     ) -> Reservation:
         """A call whose every counter a slice covers: no round trip; its audit line is written in a batch."""
         decision = engine.decide(plan, engine.local_outcome(plan, take), now=plan.at, degrade_at=settings.degrade_at)
-        data = {"estimate_usd": micros_to_usd(plan.estimate_usd), "fallback": fallback, "leased": True}
+        data = {
+            "estimate_usd": micros_to_usd(plan.estimate_usd),
+            "fallback": fallback,
+            "leased": True,
+            "ceilings": [],
+            "leased_ceilings": engine.leased_ceilings(take),
+        }
         self.reporter.audit_later(AuditRecord(plan.at, "reserve", dict(plan.labels), plan.reservation_id, data))
         self._maintain(plan.at)
         return Reservation(plan, decision, settings, self.settler, local=take)

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from costguard.engine.counters import CounterOp, ReservePlan
+from costguard.engine.decisions import ceilings_data
 from costguard.engine.evaluate import ReserveOutcome
 from costguard.engine.keys import HISTORY_PREFIX
 from costguard.model import Unit
@@ -34,6 +35,7 @@ __all__ = [
     "Slice",
     "Take",
     "is_lease",
+    "leased_ceilings",
 ]
 
 # Calls of a group within one lease period that make it hot (worth a slice).
@@ -382,3 +384,13 @@ def local_outcome(
         tuple(totals.get(op.key, 0) for op in plan.counters),
         crossings=() if cold is None else cold.crossings,
     )
+
+
+def leased_ceilings(take: Take) -> list[dict[str, object]]:
+    """The audit `leased_ceilings` of a call served (partly) from slices: each covered counter with its
+    total as this process sees it (the store's before the slice, plus what it used, this call included)."""
+    out: list[dict[str, object]] = []
+    for slice_, _ in take.parts:
+        holder = ReservePlan(reservation_id="", at=0.0, labels=(), counters=slice_.ops, estimate_usd=0)
+        out.extend(ceilings_data(holder, [slice_.total(op) for op in slice_.ops]))
+    return out
