@@ -142,7 +142,17 @@ def _spend(guard: Guard) -> tuple[float, float]:
 
 
 def test_threads_spend_exactly_the_cap_and_close_gives_the_slices_back(fleet_store_url: str) -> None:
-    guard = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=2.0)])
+    # $15 at $0.01: slices while 1 024 calls' worth or more is left, then one by one to the cap.
+    guard = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=15.0)])
+    granted: list[str] = []
+    reserve = guard.store.reserve
+
+    def counting(plan, record):  # type: ignore[no-untyped-def]
+        if is_lease(plan.reservation_id):
+            granted.append(plan.reservation_id)
+        return reserve(plan, record)
+
+    guard.store.reserve = counting  # type: ignore[method-assign]
     allowed: list[int] = []
     lock = threading.Lock()
 
@@ -170,11 +180,17 @@ def test_threads_spend_exactly_the_cap_and_close_gives_the_slices_back(fleet_sto
         thread.join()
     assert guard.calls.leases is not None and guard.calls.leases.book.slices() == []  # all used or returned
     guard.close()
-    check = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=2.0)], leases=False)
-    assert sum(allowed) == 200
-    assert _spend(check) == (2.0, 0.0)
-    records = check.audit(feature="f", decision="commit", limit=1000)
-    assert len(records) == 200 and not any(is_lease(r.reservation_id or "") for r in records)
+    check = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=15.0)], leases=False)
+    assert granted, "no slice was ever granted"
+    assert sum(allowed) == 1500
+    assert _spend(check) == (15.0, 0.0)
+    records = check.audit(feature="f", decision="commit", limit=1000) + check.audit(
+        feature="f",
+        decision="commit",
+        limit=1000,
+        before_id=check.audit(feature="f", decision="commit", limit=1000)[-1].id,
+    )
+    assert len(records) == 1500 and not any(is_lease(r.reservation_id or "") for r in records)
     check.close()
 
 
@@ -262,7 +278,7 @@ def test_a_lowered_limit_revokes_the_slices_and_holds(fleet_store_url: str) -> N
 
 
 def test_async_calls_lease_too(fleet_store_url: str) -> None:
-    guard = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=1.0)])
+    guard = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=20.0)])
 
     async def main() -> int:
         ran = 0
@@ -285,9 +301,9 @@ def test_async_calls_lease_too(fleet_store_url: str) -> None:
 
     ran = asyncio.run(main())
     guard.close()
-    check = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=1.0)], leases=False)
-    assert ran == 100
-    assert _spend(check) == (1.0, 0.0)
+    check = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=20.0)], leases=False)
+    assert ran == 200
+    assert _spend(check) == (2.0, 0.0)
     check.close()
 
 
@@ -333,7 +349,7 @@ def test_a_forked_child_never_spends_the_parents_slice(redis_urls: RedisURLs) ->
     slice is the parent's to spend, so the two together admit exactly the cap (a real Redis: the child
     is another process)."""
     redis_url = redis_urls.new("redis")
-    guard = Guard(redis_url, ceilings=[usd_ceiling({"feature": "f"}, day=10.0)])
+    guard = Guard(redis_url, ceilings=[usd_ceiling({"feature": "f"}, day=20.0)])
     for _ in range(20):
         with guard.reserve("f", estimate_usd=0.01) as r:
             r.commit(0.01)
@@ -355,9 +371,9 @@ def test_a_forked_child_never_spends_the_parents_slice(redis_urls: RedisURLs) ->
     held, child_ran = map(int, os.read(read, 100).split())
     os.waitpid(pid, 0)
     assert held == 0
-    assert 20 + parent_ran + child_ran == 1000
-    check = Guard(redis_url, ceilings=[usd_ceiling({"feature": "f"}, day=10.0)], leases=False)
-    assert _spend(check) == (10.0, 0.0)
+    assert 20 + parent_ran + child_ran == 2000
+    check = Guard(redis_url, ceilings=[usd_ceiling({"feature": "f"}, day=20.0)], leases=False)
+    assert _spend(check) == (20.0, 0.0)
     check.close()
 
 

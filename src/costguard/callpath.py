@@ -115,8 +115,6 @@ class CallPath:
             take = yield from self.leases.admit(plan, amounts, state.control, now, deadline)
             if take is not None and not take.cold:
                 return self._served_locally(plan, take, settings, fallback)
-            if self.leases.unsettled:  # retired slices' unused headroom still counts: give it back first
-                yield from self.leases.settle_now(deadline)
         full = plan
         if take is not None:
             plan = engine.cold_plan(plan, take)  # the leased counters are covered by slices

@@ -54,6 +54,7 @@ class Leases:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._pending: list[Slice] = []  # retired, no call in flight, not yet settled
+        self._renewals: list[engine.Grant] = []  # next slices to reserve, off the calls' path
         self.deadline_s = deadline_s
         self._closed = False
         os.register_at_fork(after_in_child=functools.partial(_forked, weakref.ref(self)))
@@ -63,6 +64,7 @@ class Leases:
         self.book = LeaseBook(self.period_s)
         self._lock = threading.Lock()
         self._pending = []
+        self._renewals = []
         self._sweeper = None
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -87,25 +89,17 @@ class Leases:
         self._settle(done)
         if not grants:
             return take
-        installed = False
-        store = self.store
-        for grant in grants:
-            try:
-                outcome = yield Io(store.reserve, store.areserve, (grant.plan, None), deadline=deadline)
-            except StoreError:
-                if deadline is None or deadline.unknown:
-                    self.settlement.abandon(grant.plan.reservation_id, now)  # it may have been applied
-                with self._lock:
-                    book.install(grant, engine.ReserveOutcome(False, ()), now)  # one by one for a period
-                break  # the call's own reserve finds out what the store is up to
-            except BaseException:  # cancelled mid-grant: it may have been applied, give it back
-                self.settlement.abandon(grant.plan.reservation_id, now)
-                with self._lock:
-                    book.install(grant, engine.ReserveOutcome(False, ()), now)
-                raise
-            self.reporter.crossings(outcome.crossings, now)
+        covered = {slice_.group for slice_, _ in take.parts} if take is not None else set()
+        renewals = [grant for grant in grants if grant.group in covered]
+        if renewals:  # the next slice of a group this call is served from: reserved off the call's path
             with self._lock:
-                installed = book.install(grant, outcome, now) or installed
+                self._renewals.extend(renewals)
+            self._start_sweeper()
+            self._wake.set()
+            grants = [grant for grant in grants if grant.group not in covered]
+            if not grants:
+                return take
+        installed = yield from self._reserve(grants, now, deadline)
         if not installed:
             return take
         self._start_sweeper()
@@ -116,6 +110,30 @@ class Leases:
             done = book.done()
         self._settle(done)
         return take
+
+    def _reserve(self, grants: list[engine.Grant], now: float, deadline: dl.Deadline | None) -> Steps[bool]:
+        """Steps: reserve slices in the store and install them; whether any was granted."""
+        installed = False
+        store = self.store
+        book = self.book
+        for index, grant in enumerate(grants):
+            try:
+                outcome = yield Io(store.reserve, store.areserve, (grant.plan, None), deadline=deadline)
+            except BaseException as exc:
+                # Failed or cancelled mid-grant: it may have been applied, so it is given back; this group and
+                # the rest go one by one for a period (the call's own reserve finds out what the store is up to).
+                if not isinstance(exc, StoreError) or deadline is None or deadline.unknown:
+                    self.settlement.abandon(grant.plan.reservation_id, now)
+                with self._lock:
+                    for failed in grants[index:]:
+                        book.install(failed, engine.ReserveOutcome(False, ()), now)
+                if isinstance(exc, StoreError):
+                    return installed
+                raise
+            self.reporter.crossings(outcome.crossings, now)
+            with self._lock:
+                installed = book.install(grant, outcome, now) or installed
+        return installed
 
     def observe(self, plan: engine.ReservePlan, outcome: engine.ReserveOutcome) -> None:
         """Where the store says the call's counters stand (sizes the next slices)."""
@@ -162,7 +180,12 @@ class Leases:
             self.reporter.settled(outcome, at, False)
 
     def sweep(self) -> None:
-        """Retire slices older than their period (an idle process gives its headroom back) and settle."""
+        """Reserve the next slices asked for, retire slices older than their period (an idle process gives
+        its headroom back) and settle the retired ones."""
+        with self._lock:
+            renewals, self._renewals = self._renewals, []
+        if renewals and not self._closed:
+            run(self._reserve(renewals, self.clock(), dl.Deadline(self.deadline_s)))
         with self._lock:
             self.book.expire(self.clock())
             self._pending.extend(self.book.done())

@@ -69,3 +69,47 @@ def test_8_processes_x_32_threads_admit_exactly_1000_calls(shared_store_url: str
     (row,) = guard.status(feature="race").ceilings
     assert (row.spent, row.reserved) == (10.0, 0.0)
     guard.close()
+
+
+LEASED_CAP = 50_000_000  # $50.00: slices while 1 024 calls' worth or more is left, then one by one
+LEASED_ATTEMPTS = 30  # 8 x 32 x 30 = 7 680 attempts for 5 000 calls of room
+
+
+def test_8_processes_x_32_threads_with_leased_slices_admit_exactly_5000_calls(fleet_store_url: str) -> None:
+    """The same burst with a cap large enough that every process leases slices of it (Redis,
+    PostgreSQL), with a CPU hog on every core: exactly 5 000 calls, $50.00 recorded, every refusal
+    the budget's, nothing left reserved once the processes have closed."""
+    start = SPAWN.Barrier(PROCESSES)
+    results = SPAWN.Queue()
+    procs = [
+        SPAWN.Process(
+            target=workers.burst, args=(fleet_store_url, LEASED_CAP, THREADS, LEASED_ATTEMPTS, start, results)
+        )
+        for _ in range(PROCESSES)
+    ]
+    with cpu_hog(True):
+        for process in procs:
+            process.start()
+        outcomes = [results.get(timeout=300) for _ in procs]
+        for process in procs:
+            process.join(60)
+    assert [p.exitcode for p in procs] == [0] * PROCESSES
+    refused: dict[str, int] = {}
+    for _, reasons, _ in outcomes:
+        for reason, count in reasons.items():
+            refused[reason] = refused.get(reason, 0) + count
+    assert sum(ran for ran, _, _ in outcomes) == 5000
+    assert refused == {"budget_exceeded": PROCESSES * THREADS * LEASED_ATTEMPTS - 5000}
+    assert [unrecorded for _, _, unrecorded in outcomes] == [0] * PROCESSES
+    guard = Guard(fleet_store_url, ceilings=[workers.race_ceiling(LEASED_CAP)], leases=False)
+    (row,) = guard.status(feature="race").ceilings
+    assert (row.spent, row.reserved) == (50.0, 0.0)
+    leased, before = 0, None
+    while True:  # every reserve line, page by page: how many calls a slice served
+        page = guard.audit(feature="race", decision="reserve", limit=1000, before_id=before)
+        leased += sum(1 for record in page if record.data.get("leased") or record.data.get("leased_ceilings"))
+        if len(page) < 1000:
+            break
+        before = page[-1].id
+    guard.close()
+    assert leased >= 1000, leased  # slices served a good part of the burst

@@ -240,6 +240,13 @@ def lease_and_die(url: str, cap_micros: int, calls: int, ready_path: str) -> Non
         with guard.reserve("f", estimate_usd=0.01, customer="hot") as r:
             r.commit(0.01)
     leases = guard.calls.leases
+    deadline = time.monotonic() + 10
+    while (
+        leases is not None
+        and time.monotonic() < deadline
+        and (leases._renewals or any(group.granting for group in leases.book._groups.values()))
+    ):
+        time.sleep(0.01)  # a next slice being reserved in the background: held too, once it is granted
     # What it holds: the live slices, and retired ones not settled yet (just after a renewal).
     held = [] if leases is None else [*leases.book.slices(), *leases._pending, *leases.book._done]
     granted: dict[str, int] = {}

@@ -40,12 +40,12 @@ __all__ = [
 
 # Calls of a group within one lease period that make it hot (worth a slice).
 HOT_CALLS = 8
-# A slice is at least this many calls' worth; with less headroom than that share, calls are reserved one
-# by one, exactly as without leases.
-MIN_SLICE_CALLS = 4
+# A slice is at least this many calls' worth (smaller ones cost the store more than they save); with less
+# headroom than that share, calls are reserved one by one, exactly as without leases.
+MIN_SLICE_CALLS = 16
 # A slice takes at most this fraction (1/n) of the headroom the store last reported for its counters, so
 # a fleet of processes leasing the same counter holds a small part of it at any time (32 processes:
-# at most 40 %), and near the cap — under MIN_SLICE_CALLS x HEADROOM_SHARE calls' worth — nobody
+# at most 40 %), and near the cap — under MIN_SLICE_CALLS x HEADROOM_SHARE (1 024) calls' worth — nobody
 # leases: headroom a slice holds is never what another process is refused for long.
 HEADROOM_SHARE = 64
 # ... and at most this many calls' worth (bounds what a crashed holder leaves counted).
