@@ -410,3 +410,16 @@ def test_calls_served_from_slices_are_audited_with_their_ceilings(fleet_store_ur
     assert all(row["limit"] == 100.0 and row["period"] == "day" for r in leased for row in r.data["leased_ceilings"])
     assert spent[-1] == pytest.approx(0.6)  # the 60th call: $0.60 counted, as the store would have said
     guard.close()
+
+
+def test_a_slice_planned_before_a_control_change_is_given_back_not_used() -> None:
+    """A renewal reserved in the background under limits that changed meanwhile is never spent from."""
+    book = LeaseBook(period_s=1.0)
+    plan = _plan()
+    book.revoke_if_changed(("limits", 1))
+    (grant,) = _warm(book, plan)
+    book.revoke_if_changed(("limits", 2))  # e.g. a lowered limit, seen at the control refresh
+    assert not book.install(grant, ReserveOutcome(True, tuple(op.amount for op in grant.plan.counters)), NOW)
+    assert book.slices() == []
+    (returned,) = book.done()
+    assert returned.lease_id == grant.plan.reservation_id and returned.settlement()[Unit.USD] == 0

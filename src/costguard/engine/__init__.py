@@ -40,7 +40,8 @@ from costguard.engine.evaluate import (
     ttl_ran_out,
 )
 from costguard.engine.keys import HISTORY_PREFIX, INSTANCES_PREFIX, counter_key, history_key
-from costguard.engine.leases import Grant, LeaseBook, Take, cold_plan, is_lease, leased_ceilings, local_outcome
+from costguard.engine.leased import cold_plan, leased_ceilings, local_outcome
+from costguard.engine.leases import Grant, LeaseBook, Take, is_lease
 from costguard.engine.overrides import LimitOverride, apply_overrides, effective_limits, index_overrides
 from costguard.engine.plan import (
     EXPIRY_GRACE_S,

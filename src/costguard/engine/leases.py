@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from costguard.engine.counters import CounterOp, ReservePlan
-from costguard.engine.decisions import ceilings_data
 from costguard.engine.evaluate import ReserveOutcome
 from costguard.engine.keys import HISTORY_PREFIX
 from costguard.model import Unit
@@ -35,7 +34,6 @@ __all__ = [
     "Slice",
     "Take",
     "is_lease",
-    "leased_ceilings",
 ]
 
 # Calls of a group within one lease period that make it hot (worth a slice).
@@ -124,6 +122,7 @@ class Grant:
     plan: ReservePlan
     per_call: tuple[int, int, int]
     calls: int
+    epoch: int = 0  # the control state it was planned under (a change since: given back, not used)
 
 
 @dataclass(eq=False)
@@ -147,6 +146,7 @@ class LeaseBook:
         self.period_s = period_s
         self._groups: dict[GroupKey, _Group] = {}
         self._control: object = None
+        self._epoch = 0  # bumped at every control change
         self._split: dict[int, tuple[tuple[CounterOp, ...], list[tuple[GroupKey, tuple[int, ...]]]]] = {}
         self._done: list[Slice] = []  # retired, no call in flight: to settle in the store
 
@@ -251,7 +251,7 @@ class LeaseBook:
             estimate_usd=calls * per_call[0],
         )
         group.granting = True
-        return Grant(key, lease, per_call, calls)
+        return Grant(key, lease, per_call, calls, self._epoch)
 
     def install(self, grant: Grant, outcome: ReserveOutcome, now: float) -> bool:
         """The store's answer to a grant: the group's slice, or (refused) calls one by one for a period."""
@@ -263,9 +263,8 @@ class LeaseBook:
         if not outcome.allowed:
             group.tight_until = now + self.period_s
             return False
-        self._retire(group)
         counters = grant.plan.counters
-        group.slice = Slice(
+        slice_ = Slice(
             lease_id=grant.plan.reservation_id,
             group=grant.group,
             keys=tuple(op.key for op in counters),
@@ -274,6 +273,12 @@ class LeaseBook:
             base={op.key: total - op.amount for op, total in zip(counters, outcome.totals, strict=True)},
             expires=now + self.period_s,
         )
+        if grant.epoch != self._epoch:  # planned under limits or switches that changed since: given back
+            slice_.retired = True
+            self._done.append(slice_)
+            return False
+        self._retire(group)
+        group.slice = slice_
         return True
 
     def observe(self, counters: Sequence[CounterOp], totals: Sequence[int]) -> None:
@@ -322,6 +327,7 @@ class LeaseBook:
         if control is self._control:
             return
         if self._control is not None and control != self._control:
+            self._epoch += 1
             self.retire_all()
         self._control = control
 
@@ -354,43 +360,3 @@ def _with_amount(op: CounterOp, amount: int) -> CounterOp:
     new.__dict__.update(op.__dict__)
     new.__dict__["amount"] = amount
     return new
-
-
-def cold_plan(plan: ReservePlan, take: Take) -> ReservePlan:
-    """`plan` with only the counters the store reserves for this call (registry indexes re-pointed)."""
-    cold = take.cold
-    if not any(op.counts_new >= 0 for op in cold):
-        return replace(plan, counters=cold)
-    index = {op.key: i for i, op in enumerate(cold)}
-    ops = tuple(
-        replace(op, counts_new=index[plan.counters[op.counts_new].key]) if op.counts_new >= 0 else op for op in cold
-    )
-    return replace(plan, counters=ops)
-
-
-def local_outcome(
-    plan: ReservePlan, take: Take, cold_counters: Sequence[CounterOp] = (), cold: ReserveOutcome | None = None
-) -> ReserveOutcome:
-    """The outcome of a call served (partly) from slices, over the whole plan: the store's totals for
-    its counters, this process's view (before the slice plus what it used) for the leased ones."""
-    totals: dict[str, int] = {}
-    for slice_, _ in take.parts:
-        for op in slice_.ops:
-            totals[op.key] = slice_.total(op)
-    if cold is not None:
-        totals.update(zip((op.key for op in cold_counters), cold.totals, strict=True))
-    return ReserveOutcome(
-        True,
-        tuple(totals.get(op.key, 0) for op in plan.counters),
-        crossings=() if cold is None else cold.crossings,
-    )
-
-
-def leased_ceilings(take: Take) -> list[dict[str, object]]:
-    """The audit `leased_ceilings` of a call served (partly) from slices: each covered counter with its
-    total as this process sees it (the store's before the slice, plus what it used, this call included)."""
-    out: list[dict[str, object]] = []
-    for slice_, _ in take.parts:
-        holder = ReservePlan(reservation_id="", at=0.0, labels=(), counters=slice_.ops, estimate_usd=0)
-        out.extend(ceilings_data(holder, [slice_.total(op) for op in slice_.ops]))
-    return out
