@@ -173,3 +173,13 @@ def test_a_scope_with_a_label_nothing_knows_is_refused_not_a_silent_no_op() -> N
     guard.killswitch.activate(reason="standard", actor="ops", scope={"team": "search"})  # a standard one
     guard.set_limit({"vendor": "twilio"}, usd=1, reason="a new scope on a standard label")
     assert "vendor" in guard.known_labels()
+
+
+def test_activated_by_names_who_turned_exactly_that_switch_on() -> None:
+    guard = make_guard(usd_ceiling({"feature": "f"}, day=1.0))
+    assert guard.killswitch.activated_by({"feature": "f"}) is None
+    guard.killswitch.activate(reason="incident", actor="ops", scope={"feature": "f"})
+    assert guard.killswitch.activated_by({"feature": "f"}) == "ops"
+    assert guard.killswitch.activated_by("feature:f") == "ops"
+    assert guard.killswitch.activated_by(None) is None  # the global switch is another one
+    guard.close()

@@ -138,6 +138,7 @@ def test_an_admin_token_turns_the_kill_switch_on_and_off(config: Path) -> None:
         "active": True,
         "changed": True,
         "actor": "mcp:ops",
+        "activated_by": "mcp:ops",
     }
     # As GET /v1/killswitch/status: a switch on one feature leaves `active` false; it is listed in `switches`.
     assert payload(status)["active"] is False
@@ -215,3 +216,16 @@ def test_a_typod_scope_is_refused_by_the_mcp_tools(config: Path) -> None:
     assert "unknown label 'featur'" in error_text(with_server(config, ADMIN, body))
     with Guard.from_yaml(config) as guard:
         assert not guard.killswitch.status().active
+
+
+def test_activating_a_switch_already_on_names_who_turned_it_on(config: Path) -> None:
+    with Guard.from_yaml(config) as guard:
+        guard.killswitch.activate(reason="incident", actor="pager-duty-bot", scope={"feature": "support_agent"})
+
+    async def activate(client: Client) -> Any:
+        return await client.call_tool(
+            "costguard_killswitch_activate", {"reason": "me too", "scope": {"feature": "support_agent"}}
+        )
+
+    result = payload(with_server(config, ADMIN, activate))
+    assert (result["changed"], result["actor"], result["activated_by"]) == (False, "mcp:ops", "pager-duty-bot")

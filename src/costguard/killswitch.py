@@ -89,6 +89,11 @@ class KillSwitch:
         """Let calls in `scope` run again; returns False if that switch was not on."""
         return self._set(False, reason, actor, scope)
 
+    def activated_by(self, scope: Scope = None) -> str | None:
+        """Who turned on the switch of exactly `scope` (None = everything), read from the store; None if it is off."""
+        key = parse_scope(scope)
+        return next((s.actor for s in self.store.control().killswitches if s.scope == key), None)
+
     def status(self, history: int = 20) -> KillSwitchStatus:
         """Active switches (read from the store, not the cache) and the latest changes."""
         control = self.store.control()

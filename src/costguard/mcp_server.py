@@ -110,7 +110,9 @@ def build_server(
         in_scope(who, wanted, "activate a kill switch")
         actor = f"mcp:{who.name}"
         changed = guard.killswitch.activate(reason=reason, actor=actor, scope=wanted or None)
-        return {"scope": wanted, "active": True, "changed": changed, "actor": actor}
+        # As POST /v1/killswitch/activate: who turned it on — this token, or whoever did when it already was on.
+        by = actor if changed else guard.killswitch.activated_by(wanted or None) or actor
+        return {"scope": wanted, "active": True, "changed": changed, "actor": actor, "activated_by": by}
 
     @server.tool(name="costguard_killswitch_deactivate")
     def killswitch_deactivate(

@@ -156,10 +156,8 @@ def build_router(guard: Guard, admin: AdminConfig | Mapping[str, Any] | None = N
         scope = dict(body.scope or {})
         caller.require_scope(scope, "activate a kill switch")
         changed = guard.killswitch.activate(reason=body.reason, actor=caller.actor, scope=scope or None)
-        by: str | None = caller.actor
-        if not changed:  # it already was on: whoever turned it on did
-            key = tuple(sorted(scope.items()))
-            by = next((s.actor for s in guard.store.control().killswitches if s.scope == key), by)
+        # Turned on now: this caller; it already was on: whoever turned it on.
+        by = caller.actor if changed else guard.killswitch.activated_by(scope or None) or caller.actor
         return KillSwitchActivated(scope=scope, active=True, changed=changed, actor=caller.actor, activated_by=by)
 
     @router.post("/v1/killswitch/deactivate", tags=["killswitch"], response_model=KillSwitchChanged)
