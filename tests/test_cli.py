@@ -278,6 +278,9 @@ def test_limits_set_and_clear(runner: CliRunner, tmp_path: Path) -> None:
         (["limits", "set", "feature=support_agent", "--reason", "x"], "exactly one of"),
         (["limits", "set", "feature=support_agent", "--usd", "1", "--calls", "2", "--reason", "x"], "exactly one of"),
         (["limits", "set", "feature=support_agent", "--usd", "-1", "--reason", "x"], "negative"),
+        (["limits", "set", "feature=support_agent", "--usd", "1", "--reason", " \u3000"], "can't be blank"),
+        (["killswitch", "deactivate", "--reason", "  "], "can't be blank"),
+        (["killswitch", "activate", "--reason", "\u0085"], "can't be blank"),
     ],
 )
 def test_limits_set_rejects_bad_input(runner: CliRunner, tmp_path: Path, args: list[str], message: str) -> None:

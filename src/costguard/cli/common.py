@@ -76,8 +76,14 @@ def period_option() -> Callable[[F], F]:
 
 
 def reason_option(text: str) -> Callable[[F], F]:
-    """`--reason TEXT`, required: an operator change says why; `text` is the option's help."""
-    return click.option("--reason", required=True, help=text)
+    """`--reason TEXT`, required and not blank: an operator change says why; `text` is the option's help."""
+
+    def not_blank(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        if not value.strip():
+            raise click.BadParameter("a reason is required (it goes in the audit log); it can't be blank")
+        return value
+
+    return click.option("--reason", required=True, help=text, callback=not_blank)
 
 
 def actor_option() -> Callable[[F], F]:
