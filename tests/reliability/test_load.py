@@ -43,12 +43,13 @@ def cpu_hog(on: bool) -> Iterator[None]:
                 process.kill()
 
 
-@pytest.mark.parametrize("hog", [False, True], ids=["quiet", "cpu-hog"])
-def test_8_processes_x_32_threads_admit_exactly_1000_calls(shared_store_url: str, hog: bool) -> None:
+def burst(url: str, cap: int, attempts: int, hog: bool) -> tuple[int, dict[str, int], list[int]]:
+    """8 processes x 32 threads, `attempts` calls each, against `cap`: (calls that ran, refusals by
+    reason, per process what was not yet recorded when it closed)."""
     start = SPAWN.Barrier(PROCESSES)
     results = SPAWN.Queue()
     procs = [
-        SPAWN.Process(target=workers.burst, args=(shared_store_url, CAP, THREADS, ATTEMPTS, start, results))
+        SPAWN.Process(target=workers.burst, args=(url, cap, THREADS, attempts, start, results))
         for _ in range(PROCESSES)
     ]
     with cpu_hog(hog):
@@ -62,9 +63,15 @@ def test_8_processes_x_32_threads_admit_exactly_1000_calls(shared_store_url: str
     for _, reasons, _ in outcomes:
         for reason, count in reasons.items():
             refused[reason] = refused.get(reason, 0) + count
-    assert sum(ran for ran, _, _ in outcomes) == 1000
+    return sum(ran for ran, _, _ in outcomes), refused, [unrecorded for _, _, unrecorded in outcomes]
+
+
+@pytest.mark.parametrize("hog", [False, True], ids=["quiet", "cpu-hog"])
+def test_8_processes_x_32_threads_admit_exactly_1000_calls(shared_store_url: str, hog: bool) -> None:
+    ran, refused, unrecorded = burst(shared_store_url, CAP, ATTEMPTS, hog)
+    assert ran == 1000
     assert refused == {"budget_exceeded": PROCESSES * THREADS * ATTEMPTS - 1000}  # no store error, ever
-    assert [unrecorded for _, _, unrecorded in outcomes] == [0] * PROCESSES
+    assert unrecorded == [0] * PROCESSES
     guard = Guard(shared_store_url, ceilings=[workers.race_ceiling(CAP)])
     (row,) = guard.status(feature="race").ceilings
     assert (row.spent, row.reserved) == (10.0, 0.0)
@@ -79,28 +86,10 @@ def test_8_processes_x_32_threads_with_leased_slices_admit_exactly_5000_calls(fl
     """The same burst with a cap large enough that every process leases slices of it (Redis,
     PostgreSQL), with a CPU hog on every core: exactly 5 000 calls, $50.00 recorded, every refusal
     the budget's, nothing left reserved once the processes have closed."""
-    start = SPAWN.Barrier(PROCESSES)
-    results = SPAWN.Queue()
-    procs = [
-        SPAWN.Process(
-            target=workers.burst, args=(fleet_store_url, LEASED_CAP, THREADS, LEASED_ATTEMPTS, start, results)
-        )
-        for _ in range(PROCESSES)
-    ]
-    with cpu_hog(True):
-        for process in procs:
-            process.start()
-        outcomes = [results.get(timeout=300) for _ in procs]
-        for process in procs:
-            process.join(60)
-    assert [p.exitcode for p in procs] == [0] * PROCESSES
-    refused: dict[str, int] = {}
-    for _, reasons, _ in outcomes:
-        for reason, count in reasons.items():
-            refused[reason] = refused.get(reason, 0) + count
-    assert sum(ran for ran, _, _ in outcomes) == 5000
+    ran, refused, unrecorded = burst(fleet_store_url, LEASED_CAP, LEASED_ATTEMPTS, True)
+    assert ran == 5000
     assert refused == {"budget_exceeded": PROCESSES * THREADS * LEASED_ATTEMPTS - 5000}
-    assert [unrecorded for _, _, unrecorded in outcomes] == [0] * PROCESSES
+    assert unrecorded == [0] * PROCESSES
     guard = Guard(fleet_store_url, ceilings=[workers.race_ceiling(LEASED_CAP)], leases=False)
     (row,) = guard.status(feature="race").ceilings
     assert (row.spent, row.reserved) == (50.0, 0.0)
