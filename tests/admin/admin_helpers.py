@@ -57,6 +57,11 @@ def build_guard(clock: FakeClock | None = None, store: Any = "memory://") -> Gua
         store=store,
         clock=clock or FakeClock(START),
     )
+    return spend_the_usual(guard)
+
+
+def spend_the_usual(guard: Guard) -> Guard:
+    """$8.50 for acme and $1 for globex on support_agent, $2 on doc_search for tenant acme; flushed."""
     spend(guard, "support_agent", 4.5, customer="acme")
     spend(guard, "support_agent", 4.0, customer="acme")
     spend(guard, "support_agent", 1.0, customer="globex")

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from admin_helpers import ADMIN_CONFIG, bearer, client_fixture, guard_fixture, spend  # noqa: F401 (pytest fixtures)
+from admin_helpers import ADMIN_CONFIG, bearer, client_fixture, guard_fixture, spend, spend_the_usual  # noqa: F401 (pytest fixtures)
 from fastapi.testclient import TestClient
 
 import costguard
@@ -25,12 +25,7 @@ def build_global_guard(clock: FakeClock | None = None) -> Guard:
         usd_ceiling({"customer": "*"}, month=50.0),
         clock=clock or FakeClock(START),
     )
-    spend(guard, "support_agent", 4.5, customer="acme")
-    spend(guard, "support_agent", 4.0, customer="acme")
-    spend(guard, "support_agent", 1.0, customer="globex")
-    spend(guard, "doc_search", 2.0, tenant="acme")
-    guard.flush()
-    return guard
+    return spend_the_usual(guard)
 
 
 @pytest.fixture(name="global_guard")
