@@ -9,12 +9,14 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+import sqlalchemy as sa
 
 from conftest import STORE_KINDS, drop_tables, store_url_for
 from costguard import engine
 from costguard.engine import ReservePlan
 from costguard.model import Ceiling, Limit, Period, Unit, make_match
 from costguard.stores import open_store
+from costguard.stores._sql_schema import schema_fingerprint
 from costguard.stores.sql import SQLStore
 
 NOW = 1_780_000_000.0
@@ -52,6 +54,8 @@ def test_a_database_of_an_earlier_version_gets_the_new_columns_on_first_use(sql_
     assert old.reserve(plan(NOW), None).allowed
     with old.engine.begin() as conn:
         conn.exec_driver_sql(f"ALTER TABLE {old.prefix}counters DROP COLUMN first_at")
+        if not sql_url.startswith("sqlite"):  # an earlier version's functions carry no fingerprint of this one
+            conn.exec_driver_sql(f"COMMENT ON FUNCTION {old.prefix}reserve(jsonb) IS NULL")
     old.close()
     new = open_store(sql_url)
     try:
@@ -60,3 +64,43 @@ def test_a_database_of_an_earlier_version_gets_the_new_columns_on_first_use(sql_
         assert new.reserve(plan(NOW + 7200), None).expired
     finally:
         new.close()
+
+
+@pytest.mark.postgres
+def test_a_database_this_version_set_up_is_used_without_ddl_or_lock(tmp_path: Path) -> None:
+    """The second process on a set-up database reads one fingerprint and starts: no advisory lock, no
+    CREATE, no function replaced (which would make every running server process compile them again).
+    A database whose fingerprint differs (another version, or functions missing) is installed again."""
+    url = store_url_for("postgres", tmp_path)
+    first = open_store(url)
+    assert isinstance(first, SQLStore)
+    assert first.reserve(plan(NOW), None).allowed
+    first.close()
+    try:
+        second = open_store(url)
+        assert isinstance(second, SQLStore)
+        statements: list[str] = []
+        sa.event.listen(second.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+        assert second.reserve(plan(NOW + 1), None).allowed
+        setup = [s for s in statements if "reserve(CAST" not in s]
+        assert len(setup) == 1 and "obj_description" in setup[0], setup
+        assert not any("advisory" in s or "CREATE" in s.upper() for s in statements)
+        with second.engine.begin() as conn:
+            conn.exec_driver_sql(f"COMMENT ON FUNCTION {second.prefix}reserve(jsonb) IS 'costguard schema 0'")
+        second.close()
+
+        statements.clear()
+        third = open_store(url)
+        assert isinstance(third, SQLStore)
+        sa.event.listen(third.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+        assert third.reserve(plan(NOW + 2), None).allowed
+        assert any("pg_advisory_xact_lock" in s for s in statements)
+        assert any("CREATE OR REPLACE FUNCTION" in s for s in statements)
+        with third.engine.connect() as conn:
+            comment = conn.execute(
+                sa.text("SELECT obj_description(to_regprocedure(:f), 'pg_proc')"), {"f": f"{third.prefix}reserve(jsonb)"}
+            ).scalar()
+        assert comment == schema_fingerprint(third.prefix)
+        third.close()
+    finally:
+        drop_tables(url)

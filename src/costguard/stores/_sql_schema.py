@@ -5,18 +5,20 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from importlib import resources
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.schema import SchemaItem
 
-__all__ = ["FUNCTIONS", "PREFIX", "Schema", "functions_sql", "tables"]
+__all__ = ["FUNCTIONS", "PREFIX", "Schema", "functions_sql", "schema_fingerprint", "tables"]
 
 PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,40}")
 
@@ -105,6 +107,16 @@ def functions_sql(prefix: str) -> str:
     return source.replace("{p}", prefix)
 
 
+@functools.lru_cache(maxsize=16)
+def schema_fingerprint(prefix: str) -> str:
+    """What this version installs under a prefix, in one string: its tables' columns and its server
+    functions. Kept as the comment of `<prefix>reserve`, so a database that has it needs nothing."""
+    meta, _ = tables(prefix)
+    shape = [(t.name, [(c.name, repr(c.type), c.nullable) for c in t.columns]) for t in meta.sorted_tables]
+    digest = hashlib.sha256(repr(shape).encode() + functions_sql(prefix).encode()).hexdigest()[:32]
+    return f"costguard schema {digest}"
+
+
 class Schema:
     """The tables of one prefix (and on PostgreSQL its server functions), installed once per process.
 
@@ -130,20 +142,55 @@ class Schema:
 
     def _install(self, conn: Connection) -> None:
         if self.postgres:
+            # A database this version already set up answers with its fingerprint: one read, no lock,
+            # no DDL. Replacing the functions anyway would make every server process running them
+            # compile them again, and a fleet starting at once queue on the lock below mid-burst.
+            if self._installed(conn):
+                return
             # Several processes may start at once; one creates, the others wait here.
             lock_id = zlib.crc32(self.prefix.encode()) & 0x7FFFFFFF
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
+            if self._installed(conn):
+                return
         self.meta.create_all(conn, checkfirst=True)
         self._add_columns(conn)
         if self.postgres:
             conn.exec_driver_sql(functions_sql(self.prefix))
+            # Written last, in the same transaction: seen only once everything above is in place.
+            conn.exec_driver_sql(
+                f"COMMENT ON FUNCTION {self.prefix}reserve(jsonb) IS '{schema_fingerprint(self.prefix)}'"
+            )
+
+    def _installed(self, conn: Connection) -> bool:
+        """Whether the database holds exactly this version's tables and functions (PostgreSQL)."""
+        found = conn.execute(
+            sa.text("SELECT obj_description(to_regprocedure(:function), 'pg_proc')"),
+            {"function": f"{self.prefix}reserve(jsonb)"},
+        ).scalar()
+        return bool(found == schema_fingerprint(self.prefix))
 
     def _add_columns(self, conn: Connection) -> None:
         """Columns added since a database's tables were created (nullable: existing rows read null), so
         a database of an earlier version is brought up to date when a new one first uses it."""
-        inspector = sa.inspect(conn)
+        names = [table.name for table in self.meta.sorted_tables]
+        columns: dict[str, set[str]] = {name: set() for name in names}
+        rows: Iterable[Sequence[Any]]
+        if self.postgres:  # one catalog query (the inspector makes several per table)
+            rows = conn.execute(
+                sa.text(
+                    "SELECT c.relname, a.attname FROM pg_attribute AS a JOIN pg_class AS c ON c.oid = a.attrelid"
+                    " WHERE c.relname = ANY(:names) AND pg_table_is_visible(c.oid) AND a.attnum > 0"
+                    " AND NOT a.attisdropped"
+                ),
+                {"names": names},
+            )
+        else:
+            inspector = sa.inspect(conn)
+            rows = ((name, column["name"]) for name in names for column in inspector.get_columns(name))
+        for table_name, column_name in rows:
+            columns[table_name].add(column_name)
         for table in self.meta.sorted_tables:
-            present = {column["name"] for column in inspector.get_columns(table.name)}
+            present = columns[table.name]
             for column in table.columns:
                 if column.name not in present:
                     kind = column.type.compile(dialect=conn.dialect)
