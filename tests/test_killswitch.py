@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 import costguard
 from costguard import Blocked, KillSwitchActive
+from costguard.stores.base import Control
 from costguard.testing import FakeClock, RecordingNotifier
 from helpers import FlakyStore, make_guard, usd_ceiling
 
@@ -183,3 +187,100 @@ def test_activated_by_names_who_turned_exactly_that_switch_on() -> None:
     assert guard.killswitch.activated_by("feature:f") == "ops"
     assert guard.killswitch.activated_by(None) is None  # the global switch is another one
     guard.close()
+
+
+class SlowControl(FlakyStore):
+    """Its control read takes 50 ms (a round trip on a busy server) and is counted; it fails while `down`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.control_reads = 0
+
+    def control(self) -> Control:
+        self.control_reads += 1
+        time.sleep(0.05)
+        return super().control()
+
+
+def test_a_burst_of_threads_reads_the_control_state_once() -> None:
+    """32 threads find the copy stale together: one reads, the others wait for its reading (32 reads
+    would queue on the process's connections and spend the calls' deadlines there)."""
+    store = SlowControl()
+    clock = FakeClock()
+    guard = make_guard(CAP, store=store, clock=clock)
+    guard.killswitch.activate(reason="incident", scope="feature:f")
+    for expected in (False, True):  # a cold process, then a stale copy after the switch went off
+        clock.advance(1)
+        store.control_reads = 0
+        start = threading.Barrier(32)
+        results: list[bool] = []
+
+        def call() -> None:
+            start.wait()
+            results.append(allowed(guard))
+
+        threads = [threading.Thread(target=call) for _ in range(32)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert results == [expected] * 32  # every caller saw the state in force
+        assert store.control_reads == 1
+        guard.killswitch.deactivate(scope="feature:f", reason="over")
+
+
+def test_a_burst_of_tasks_reads_the_control_state_once() -> None:
+    store = SlowControl()
+    guard = make_guard(CAP, store=store)
+
+    async def burst() -> list[bool]:
+        async def one() -> bool:
+            try:
+                async with guard.areserve("f", estimate_usd=0.01):
+                    return True
+            except KillSwitchActive:
+                return False
+
+        return await asyncio.gather(*(one() for _ in range(32)))
+
+    assert asyncio.run(burst()) == [True] * 32
+    assert store.control_reads == 1
+
+
+def test_callers_waiting_on_a_failed_read_go_on_with_the_last_state() -> None:
+    """The read they waited for failed: the last known state stays in force (a switch seen on keeps
+    blocking), and nobody waits past the deadline for it."""
+    store = SlowControl()
+    clock = FakeClock()
+    guard = make_guard(CAP, store=store, clock=clock, store_deadline_ms=300)
+    guard.killswitch.activate(reason="incident", scope="feature:f")
+    assert not allowed(guard)
+    store.down = True
+    clock.advance(1)
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda: results.append(allowed(guard))) for _ in range(8)]
+    began = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [False] * 8
+    assert time.monotonic() - began < 2.0
+
+
+def test_a_read_abandoned_mid_way_is_taken_over_after_the_deadline() -> None:
+    """A read whose caller never came back (forked away, or its generator dropped) doesn't keep the
+    others waiting: past the deadline the next caller reads for itself."""
+    store = SlowControl()
+    clock = FakeClock()
+    guard = make_guard(CAP, store=store, clock=clock, store_deadline_ms=200)
+    view = guard.control
+    clock.advance(1)
+    stalled = view.refresh(clock(), None)
+    next(stalled)  # the read is asked for, and its answer never comes
+    time.sleep(0.25)
+    guard.killswitch.activate(reason="incident", scope="feature:f")
+    clock.advance(1)
+    reads = store.control_reads
+    assert not allowed(guard)
+    assert store.control_reads == reads + 1

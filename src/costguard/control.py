@@ -8,7 +8,10 @@ planned with the config's own ceilings.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
+import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -65,8 +68,52 @@ class ControlState:
         return None
 
 
+class _Flight:
+    """One read of the control state in progress, which every other caller that finds the copy stale
+    waits for instead of reading too: a burst of 32 threads would otherwise send 32 reads, queue on
+    the process's few connections, and spend their calls' deadlines there."""
+
+    __slots__ = ("_done", "_futures", "_lock", "started")
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def wait(self, timeout: float) -> None:
+        """Block until the read is done, at most `timeout` seconds."""
+        self._done.wait(timeout)
+
+    async def await_done(self, timeout: float) -> None:
+        """Await the read, at most `timeout` seconds, without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._done.is_set():
+                return
+            self._futures.append((loop, future))
+        with contextlib.suppress(asyncio.TimeoutError):  # not the builtin before Python 3.11
+            await asyncio.wait_for(future, timeout)
+
+    def finish(self) -> None:
+        """The read is over (read, failed or abandoned): wake every waiter."""
+        with self._lock:
+            self._done.set()
+            futures, self._futures = self._futures, []
+        for loop, future in futures:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_resolve, future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class ControlView:
-    """This process's cached view of the control state, refreshed at most every `ttl_s`."""
+    """This process's cached view of the control state, refreshed at most every `ttl_s`, by one
+    caller at a time (the others wait for its reading)."""
 
     def __init__(
         self,
@@ -88,6 +135,7 @@ class ControlView:
         self.exempt_features = frozenset(exempt_features)
         self._state = ControlState()
         self._lock = threading.Lock()
+        self._flight: _Flight | None = None
 
     def invalidate(self) -> None:
         """Read the store again at the next use (after this process changed a switch or a limit)."""
@@ -112,6 +160,22 @@ class ControlView:
         """Steps: read the store when the copy is older than `ttl_s`; the reading in force after. A failed read
         keeps the last state and is reported — or, `strict` (an operator's change), raises `StoreError`."""
         if now - self._state.fetched_at >= self.ttl_s:
+            flight = None
+            if not strict:  # an operator's change reads for itself: it must see the store or fail
+                with self._lock:
+                    if now - self._state.fetched_at < self.ttl_s:
+                        return self.state()  # read by another caller just now
+                    flight = self._flight
+                    # A read older than the deadline was abandoned (its caller forked or died): take over.
+                    if flight is not None and time.monotonic() - flight.started < self.deadline_s:
+                        mine = False
+                    else:
+                        flight = self._flight = _Flight()
+                        mine = True
+                if not mine:
+                    left = deadline.remaining() if deadline is not None else self.deadline_s
+                    yield Io(flight.wait, flight.await_done, (max(0.0, left),))
+                    return self.state()  # its reading, or the last one if it failed or ran out of time
             try:
                 control = yield Io(
                     self.store.control, self.store.acontrol, deadline=deadline or dl.Deadline(self.deadline_s)
@@ -129,6 +193,12 @@ class ControlView:
                 overrides = engine.index_overrides(control.overrides)
                 with self._lock:
                     self._state = ControlState(control, ceilings, overrides, now, True)
+            finally:
+                if flight is not None:
+                    with self._lock:
+                        if self._flight is flight:
+                            self._flight = None
+                    flight.finish()
         return self.state()
 
     def switch_for(self, state: ControlState, labels: Mapping[str, str]) -> KillSwitchState | None:
