@@ -162,16 +162,19 @@ def build(port: int) -> dict[str, Callable[[], object]]:
     return {"a1": one, "a": two, "b": guarded, "c": limits_hit}
 
 
-async def throughput(port: int, seconds: float) -> tuple[float, float]:
-    """Calls per second with TASKS concurrent tasks: guarded calls, and raw EVALSHA pairs."""
+async def throughput(port: int, seconds: float, leased: bool = False) -> tuple[float, float]:
+    """Calls per second with TASKS concurrent tasks: guarded calls, and raw EVALSHA pairs (with
+    `leased`, leases on and one raw EVALSHA per call: issue 16's floor for a leased hot feature)."""
     client = redis.asyncio.Redis(port=port)
     sha = await client.script_load(FLOOR_SCRIPT)
 
     async def raw_pair() -> None:
         await client.evalsha(sha, 1, "{floor}:k", 2000)
-        await client.evalsha(sha, 1, "{floor}:k", -500)
+        if not leased:
+            await client.evalsha(sha, 1, "{floor}:k", -500)
 
-    guard = Guard(f"redis://127.0.0.1:{port}/0?namespace=abench&timeout_ms=5000", ceilings=CEILINGS, **PER_CALL)
+    options = {} if leased else PER_CALL
+    guard = Guard(f"redis://127.0.0.1:{port}/0?namespace=abench&timeout_ms=5000", ceilings=CEILINGS, **options)
 
     @guard.with_kill_switch("chat", estimate=0.002, labels=LABELS)
     async def guarded() -> Priced[int]:
@@ -210,12 +213,28 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=2.0, help="per async throughput run")
     parser.add_argument("--profile", action="store_true", help="cProfile the guarded call")
+    parser.add_argument(
+        "--async-leased",
+        action="store_true",
+        help="only the async throughput, leases on, against one raw EVALSHA per call (issue 16's target)",
+    )
     args = parser.parse_args()
 
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {0})
     port = free_port()
     server = start_server(port)
+    if args.async_leased:
+        try:
+            guarded_rate, raw_rate = asyncio.run(throughput(port, args.seconds, leased=True))
+        finally:
+            server.kill()
+            server.wait()
+        print(f"| async, {TASKS} tasks, leases on | calls/s |\n|---|---:|")
+        print(f"| raw redis.asyncio EVALSHA | {raw_rate:,.0f} |")
+        print(f"| await guarded() | {guarded_rate:,.0f} |")
+        print(f"| guarded / raw | {guarded_rate / raw_rate:.0%} (target >= 80 %) |")
+        return
     try:
         info = machine(port)
         series = build(port)

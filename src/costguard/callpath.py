@@ -13,6 +13,7 @@ up to the outage allowance, spooled by `Settlement` until the store answers.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,25 @@ _ORPHANS_EVERY_S = 30.0
 # 1 % of the tightest hard USD ceiling the call falls under.
 _ALLOWANCE_CAP = 1_000_000
 _ALLOWANCE_SHARE = 100
+
+
+class _Ids:
+    """Reservation ids: 80 random bits drawn once per process (again in a forked child), then a count —
+    unique across the fleet without a system call per guarded call."""
+
+    def __init__(self) -> None:
+        self._draw()
+        os.register_at_fork(after_in_child=self._draw)
+
+    def _draw(self) -> None:
+        self._prefix = os.urandom(10).hex()
+        self._count = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._count):012x}"
+
+
+_ids = _Ids()
 
 
 @dataclass(eq=False, kw_only=True, repr=False)
@@ -163,14 +183,17 @@ class CallPath:
     ) -> Reservation:
         """A call whose every counter a slice covers: no round trip; its audit line is written in a batch."""
         decision = engine.decide(plan, engine.local_outcome(plan, take), now=plan.at, degrade_at=settings.degrade_at)
-        data = {
+        data: dict[str, object] = {
             "estimate_usd": micros_to_usd(plan.estimate_usd),
             "fallback": fallback,
             "leased": True,
             "ceilings": [],
-            "leased_ceilings": engine.leased_ceilings(take),
         }
-        self.reporter.audit_later(AuditRecord(plan.at, "reserve", dict(plan.labels), plan.reservation_id, data))
+        view = engine.leased_view(take)  # its `leased_ceilings` are written out by the audit writer
+        self.reporter.audit_later(
+            AuditRecord(plan.at, "reserve", dict(plan.labels), plan.reservation_id, data),
+            lambda: {"leased_ceilings": view.ceilings()},
+        )
         self._maintain(plan.at)
         return Reservation(plan, decision, settings, self.settler, local=take)
 
@@ -270,7 +293,7 @@ class CallPath:
         self, state: ControlState, labels: Mapping[str, str], amounts: Mapping[Unit, int], now: float
     ) -> engine.ReservePlan:
         return self.plans.plan(
-            reservation_id=os.urandom(16).hex(),
+            reservation_id=_ids.next(),
             ceilings=state.ceilings,
             overrides=state.overrides,
             labels=labels,

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
+from typing import Any
 
 from costguard import engine
 from costguard.errors import StoreError
@@ -61,7 +63,7 @@ class Reporter:
         self._outage_logged = False
         self._audit_lock = threading.Lock()
         self._audit_write_lock = threading.Lock()
-        self._audit_pending: list[AuditRecord] = []
+        self._audit_pending: list[AuditRecord | _Incomplete] = []
         self._audit_scheduled = False
         self._audit_hurry = threading.Event()  # set while someone waits for the background work
         self.audit_dropped = 0  # records the store did not take (it was down)
@@ -121,13 +123,15 @@ class Reporter:
                 )
 
     # ----------------------------------------------------------------- background writes
-    def audit_later(self, record: AuditRecord) -> None:
+    def audit_later(self, record: AuditRecord, complete: Callable[[], Mapping[str, Any]] | None = None) -> None:
         """Append an audit record from the background worker, in batches. When `_AUDIT_BACKLOG` records
-        wait already, the caller writes a batch itself: the log slows a flood down, it never drops it."""
-        overflow: list[AuditRecord] = []
+        wait already, the caller writes a batch itself: the log slows a flood down, it never drops it.
+        `complete` gives more `data` entries, computed when the record is written, not on the caller's
+        thread (a call served from slices: its ceilings' totals)."""
+        overflow: list[AuditRecord | _Incomplete] = []
         with self._audit_lock:
             pending = self._audit_pending
-            pending.append(record)
+            pending.append(record if complete is None else _Incomplete(record, complete))
             if len(pending) > _AUDIT_BACKLOG:
                 overflow = pending[:_AUDIT_BATCH]
                 del pending[:_AUDIT_BATCH]
@@ -155,7 +159,8 @@ class Reporter:
                         return
                 self._append_audit(batch)
 
-    def _append_audit(self, batch: list[AuditRecord]) -> None:
+    def _append_audit(self, pending: list[AuditRecord | _Incomplete]) -> None:
+        batch = [item.record() if isinstance(item, _Incomplete) else item for item in pending]
         try:
             self.store.append(batch)
         except StoreError as exc:
@@ -241,3 +246,17 @@ class Reporter:
         self.background.close(timeout)
         self._drain_audit(scheduled=False)  # what the worker had no time for: written here, not lost
         self.alerts.close(timeout)
+
+
+class _Incomplete:
+    """An audit record waiting for the rest of its `data` (computed by the writer, off the call's thread)."""
+
+    __slots__ = ("_complete", "_record")
+
+    def __init__(self, record: AuditRecord, complete: Callable[[], Mapping[str, Any]]) -> None:
+        self._record = record
+        self._complete = complete
+
+    def record(self) -> AuditRecord:
+        record = self._record
+        return replace(record, data={**record.data, **self._complete()})

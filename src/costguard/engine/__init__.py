@@ -40,7 +40,7 @@ from costguard.engine.evaluate import (
     ttl_ran_out,
 )
 from costguard.engine.keys import HISTORY_PREFIX, INSTANCES_PREFIX, counter_key, history_key
-from costguard.engine.leased import cold_plan, leased_ceilings, local_outcome
+from costguard.engine.leased import LeasedView, cold_plan, leased_ceilings, leased_view, local_outcome
 from costguard.engine.leases import Grant, LeaseBook, Take, is_lease
 from costguard.engine.overrides import LimitOverride, apply_overrides, effective_limits, index_overrides
 from costguard.engine.plan import (
@@ -67,6 +67,7 @@ __all__ = [
     "Crossing",
     "Grant",
     "LeaseBook",
+    "LeasedView",
     "LimitCounter",
     "LimitOverride",
     "PlanCache",
@@ -93,6 +94,7 @@ __all__ = [
     "index_overrides",
     "is_lease",
     "leased_ceilings",
+    "leased_view",
     "limit_counter",
     "local_outcome",
     "matching",

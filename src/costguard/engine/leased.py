@@ -9,9 +9,9 @@ from dataclasses import replace
 from costguard.engine.counters import CounterOp, ReservePlan
 from costguard.engine.decisions import ceilings_data
 from costguard.engine.evaluate import ReserveOutcome
-from costguard.engine.leases import Take
+from costguard.engine.leases import UNIT_INDEX, Slice, Take
 
-__all__ = ["cold_plan", "leased_ceilings", "local_outcome"]
+__all__ = ["LeasedView", "cold_plan", "leased_ceilings", "leased_view", "local_outcome"]
 
 
 def cold_plan(plan: ReservePlan, take: Take) -> ReservePlan:
@@ -47,8 +47,28 @@ def local_outcome(
 def leased_ceilings(take: Take) -> list[dict[str, object]]:
     """The audit `leased_ceilings` of a call served (partly) from slices: each covered counter with its
     total as this process sees it (the store's before the slice, plus what it used, this call included)."""
-    out: list[dict[str, object]] = []
-    for slice_, _ in take.parts:
-        holder = ReservePlan(reservation_id="", at=0.0, labels=(), counters=slice_.ops, estimate_usd=0)
-        out.extend(ceilings_data(holder, [slice_.total(op) for op in slice_.ops]))
-    return out
+    return leased_view(take).ceilings()
+
+
+class LeasedView:
+    """What a call's slices stood at when it was admitted — the few numbers `leased_ceilings` is made
+    from, kept so the audit line can be written out later, off the request thread."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, parts: list[tuple[Slice, tuple[int, ...]]]) -> None:
+        self._parts = parts
+
+    def ceilings(self) -> list[dict[str, object]]:
+        """The audit `leased_ceilings` (see `leased_ceilings`)."""
+        out: list[dict[str, object]] = []
+        for slice_, used in self._parts:
+            base = slice_.base
+            holder = ReservePlan(reservation_id="", at=0.0, labels=(), counters=slice_.ops, estimate_usd=0)
+            out.extend(ceilings_data(holder, [base.get(op.key, 0) + used[UNIT_INDEX[op.unit]] for op in slice_.ops]))
+        return out
+
+
+def leased_view(take: Take) -> LeasedView:
+    """The slices of `take` as they stand now (a slice's base never changes; its use is copied)."""
+    return LeasedView([(slice_, tuple(slice_.used)) for slice_, _ in take.parts])

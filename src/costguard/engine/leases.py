@@ -29,6 +29,7 @@ __all__ = [
     "HOT_CALLS",
     "LEASE_PREFIX",
     "MIN_SLICE_CALLS",
+    "UNIT_INDEX",
     "Grant",
     "LeaseBook",
     "Slice",
@@ -52,7 +53,7 @@ MAX_SLICE_CALLS = 10_000
 LEASE_PREFIX = "lease-"
 
 _UNITS = (Unit.USD, Unit.CALLS, Unit.TOKENS)
-_INDEX = {unit: i for i, unit in enumerate(_UNITS)}
+UNIT_INDEX = _INDEX = {unit: i for i, unit in enumerate(_UNITS)}  # a unit's place in `Slice.used`
 GroupKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
