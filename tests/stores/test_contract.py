@@ -6,6 +6,7 @@ import multiprocessing
 import threading
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -319,6 +320,74 @@ def test_list_counters_reports_current_buckets(store: Store) -> None:
     }
     assert all(r.reserved == 10_000 and r.committed == 0 for r in rows)
     assert store.list_counters({Period.DAY: "1999-01-01"}) == []
+
+
+def lease(p: ReservePlan) -> ReservePlan:
+    """`p` as a slice's reservation (its id marks it: `engine.leases.LEASE_PREFIX`)."""
+    return replace(p, reservation_id=engine.leases.LEASE_PREFIX + p.reservation_id)
+
+
+def leased(store: Store, p: ReservePlan) -> dict[str, tuple[int, int, int]]:
+    """(reserved, leased, holders) of each of `p`'s counters, as status reads them."""
+    rows = store.list_counters({op.period: op.bucket for op in p.counters})
+    wanted = {op.key for op in p.counters}
+    return {r.key: (r.reserved, r.leased, r.holders) for r in rows if r.key in wanted}
+
+
+def test_a_slice_counts_as_leased_until_it_is_settled(store: Store) -> None:
+    """A slice's reserve raises every counter's `leased` (by the slice) and `holders` (by one) in the same
+    atomic step; its settle lowers them back whatever its calls spent. `reserved` keeps counting it."""
+    first, second = lease(plan([FEATURE], estimate=40_000)), lease(plan([FEATURE], estimate=25_000))
+    one = store.reserve(first, None)
+    assert one.allowed
+    assert one.holders == (1, 1)
+    assert leased(store, first) == dict.fromkeys((op.key for op in first.counters), (40_000, 40_000, 1))
+    assert store.reserve(second, None).holders == (2, 2)
+    ordinary = plan([FEATURE], estimate=10_000)
+    assert store.reserve(ordinary, None).holders == ()  # an ordinary reserve never reads them
+    assert leased(store, first) == dict.fromkeys((op.key for op in first.counters), (75_000, 65_000, 2))
+    assert store.totals([op.key for op in first.counters]) == [75_000, 75_000]  # enforcement: leased included
+    assert store.settle(first.reservation_id, {Unit.USD: 12_000}, NOW, None).applied  # spent part of it
+    assert leased(store, first) == dict.fromkeys((op.key for op in first.counters), (35_000, 25_000, 1))
+    assert not store.settle(first.reservation_id, {Unit.USD: 12_000}, NOW, None).applied  # once
+    store.settle_many([(second.reservation_id, None, NOW, None), (ordinary.reservation_id, {Unit.USD: 1}, NOW, None)])
+    assert leased(store, first) == dict.fromkeys((op.key for op in first.counters), (0, 0, 0))
+    assert store.totals([op.key for op in first.counters]) == [12_001, 12_001]
+
+
+def test_ordinary_reservations_never_touch_leased(store: Store) -> None:
+    p = plan([FEATURE, CUSTOMER], estimate=30_000, customer="acme")
+    store.reserve(p, None)
+    assert set(leased(store, p).values()) == {(30_000, 0, 0)}
+    store.settle(p.reservation_id, None, NOW, None)
+    assert set(leased(store, p).values()) == {(0, 0, 0)}
+
+
+def test_a_refused_slice_leases_nothing(store: Store) -> None:
+    cap = ceiling({"feature": "f"}, usd(Period.DAY, 0.05))
+    held = lease(plan([cap], estimate=30_000))
+    assert store.reserve(held, None).allowed
+    refused = lease(plan([cap], estimate=30_000))
+    assert not store.reserve(refused, None).allowed
+    assert list(leased(store, held).values()) == [(30_000, 30_000, 1)]
+    assert not store.settle(refused.reservation_id, None, NOW, None).applied
+    assert list(leased(store, held).values()) == [(30_000, 30_000, 1)]
+
+
+def test_an_abandoned_slice_goes_with_its_counter(store: Store) -> None:
+    """A slice whose holder died stays leased (and reserved) until its counter expires; the next period
+    starts with nothing leased, and the slice settled late never drives a count below 0."""
+    day = ceiling({"feature": "f"}, usd(Period.DAY, 1.0))
+    old = lease(plan([day], estimate=50_000))
+    assert store.reserve(old, None).allowed
+    assert list(leased(store, old).values()) == [(50_000, 50_000, 1)]
+    store.purge(NOW + 3 * 86_400)  # its day is long over: the counter is dropped
+    assert leased(store, old) == {}
+    new = lease(plan([day], estimate=20_000, now=NOW + 3 * 86_400))
+    assert store.reserve(new, None).holders == (1,)
+    store.settle(old.reservation_id, {Unit.USD: 10_000}, NOW + 3 * 86_400, None)  # its holder's spool, late
+    assert all(late[1:] == (0, 0) for late in leased(store, old).values())  # recreated by the settle, or gone
+    assert list(leased(store, new).values()) == [(20_000, 20_000, 1)]
 
 
 def test_killswitch_and_overrides_round_trip(store: Store) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -66,6 +67,38 @@ def test_a_database_of_an_earlier_version_gets_the_new_columns_on_first_use(sql_
         new.close()
 
 
+def test_counters_of_an_earlier_version_read_as_nothing_leased(sql_url: str) -> None:
+    """`counters.leased` and `holders` came later: a counter written before them reads 0 leased by 0
+    slices, and a slice reserved and settled on it afterwards counts and leaves exactly."""
+    if sql_url.startswith("sqlite") and sqlite3.sqlite_version_info < (3, 35, 0):
+        pytest.skip("SQLite before 3.35 can't drop a column to make an old database")
+    old = open_store(sql_url)
+    assert isinstance(old, SQLStore)
+    before = plan(NOW)
+    assert old.reserve(before, None).allowed
+    with old.engine.begin() as conn:
+        for column in ("leased", "holders"):
+            conn.exec_driver_sql(f"ALTER TABLE {old.prefix}counters DROP COLUMN {column}")
+        if not sql_url.startswith("sqlite"):
+            conn.exec_driver_sql(f"COMMENT ON FUNCTION {old.prefix}reserve(jsonb) IS NULL")
+    old.close()
+    new = open_store(sql_url)
+    buckets = {Period.TOTAL: "total"}  # the run's counter (its hourly history counter rides along)
+    try:
+        (row,) = new.list_counters(buckets)
+        assert (row.reserved, row.leased, row.holders) == (10_000, 0, 0)
+        ordinary = plan(NOW + 1)
+        slice_ = replace(ordinary, reservation_id=engine.leases.LEASE_PREFIX + ordinary.reservation_id)
+        assert new.reserve(slice_, None).holders == (1, 1)
+        (row,) = new.list_counters(buckets)
+        assert (row.reserved, row.leased, row.holders) == (20_000, 10_000, 1)
+        assert new.settle(slice_.reservation_id, None, NOW + 2, None).applied
+        (row,) = new.list_counters(buckets)
+        assert (row.reserved, row.leased, row.holders) == (10_000, 0, 0)
+    finally:
+        new.close()
+
+
 @pytest.mark.postgres
 def test_a_database_this_version_set_up_is_used_without_ddl_or_lock(tmp_path: Path) -> None:
     """The second process on a set-up database reads one fingerprint and starts: no advisory lock, no
@@ -98,7 +131,8 @@ def test_a_database_this_version_set_up_is_used_without_ddl_or_lock(tmp_path: Pa
         assert any("CREATE OR REPLACE FUNCTION" in s for s in statements)
         with third.engine.connect() as conn:
             comment = conn.execute(
-                sa.text("SELECT obj_description(to_regprocedure(:f), 'pg_proc')"), {"f": f"{third.prefix}reserve(jsonb)"}
+                sa.text("SELECT obj_description(to_regprocedure(:f), 'pg_proc')"),
+                {"f": f"{third.prefix}reserve(jsonb)"},
             ).scalar()
         assert comment == schema_fingerprint(third.prefix)
         third.close()

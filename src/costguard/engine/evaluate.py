@@ -31,6 +31,9 @@ class ReserveOutcome:
     crossings: tuple[Crossing, ...] = ()
     amounts: tuple[int, ...] = ()  # what was added to each counter (registry counters: 1 or 0)
     expired: bool = False  # refused because the `blocked` counter's ttl ran out, not for want of room
+    # A slice's reserve (`engine.leases.is_lease`): each counter's live slices after it, this one included
+    # (empty for an ordinary reservation, which never reads them).
+    holders: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

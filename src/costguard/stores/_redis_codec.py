@@ -21,6 +21,7 @@ from costguard.engine import (
     ReservePlan,
     crossings_from,
     fired_name,
+    is_lease,
     op_from_json,
     reported,
     settle_deltas,
@@ -228,6 +229,7 @@ class Codec:
         args.append(" ".join(shown))
         args.append("[" + ",".join(entries) + "]")
         args.append(" ".join(ttls))
+        args.append("1" if is_lease(plan.reservation_id) else "0")
         return keys, args
 
     def start_call(self, op: CounterOp, committed: int, at: float) -> Call:
@@ -254,18 +256,22 @@ class Codec:
             args.append(str(d_reserved))
             args.append(str(d_committed))
             args += encoded.settle_tail
+        args.append("1" if is_lease(reservation_id) else "0")
         return keys, args
 
     def reserve_outcome(self, plan: ReservePlan, reply: Sequence[int]) -> ReserveOutcome:
         if reply[0] == 2:
             return ReserveOutcome(True, ())  # a forced plan already recorded
         n = int(reply[2])
+        # An allowed slice's reply has its counters' holders after the totals (none when asked again).
+        m = n if reply[0] == 1 and is_lease(plan.reservation_id) else 0
         return ReserveOutcome(
             reply[0] == 1,
             tuple(int(total) for total in reply[3 : 3 + n]),
             int(reply[1]) - 1 if reply[1] else None,
-            crossings_from(plan.counters, reply[3 + n :]),
+            crossings_from(plan.counters, reply[3 + n + m :]),
             expired=reply[0] == 3,
+            holders=tuple(int(count) for count in reply[3 + n : 3 + n + m]),
         )
 
     def commit_outcome(self, ops: tuple[CounterOp, ...], reply: Sequence[int]) -> CommitOutcome:
@@ -282,8 +288,11 @@ class Codec:
             return None
         return tuple(op_from_json(item) for item in json.loads(raw))
 
-    def counter_row(self, member: bytes | str, committed: Any, reserved: Any, meta: bytes | str) -> CounterRow:
-        """A counter read back for status (`meta`: its `m` field)."""
+    def counter_row(
+        self, member: bytes | str, committed: Any, reserved: Any, meta: bytes | str, leased: Any = 0, holders: Any = 0
+    ) -> CounterRow:
+        """A counter read back for status (`meta`: its `m` field; `leased`, `holders`: `l` and `h`, absent in a
+        counter written by an earlier version)."""
         ceiling_id, scope, period, unit, bucket = json.loads(meta)
         return CounterRow(
             text(member)[len(self.prefix) + 2 :],
@@ -294,6 +303,8 @@ class Codec:
             bucket,
             int(committed or 0),
             int(reserved or 0),
+            int(leased or 0),
+            int(holders or 0),
         )
 
     # ----------------------------------------------------------------- control

@@ -41,6 +41,7 @@ class ServerFunctions:
             blocked - 1 if blocked else None,
             crossings_from(plan.counters, reply["crossings"]),
             expired=bool(reply.get("expired")),
+            holders=tuple(int(count) for count in reply.get("holders") or ()),
         )
 
     def settle(

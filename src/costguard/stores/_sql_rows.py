@@ -292,6 +292,23 @@ class Rows:
             insert = self.insert(self.t["reservations"]).values(id=reservation_id, at=at, settled=True, counters="[]")
             conn.execute(insert.on_conflict_do_nothing(index_elements=["id"]))
 
+    def lease(self, conn: Connection, changes: Mapping[str, tuple[int, int]]) -> dict[str, int]:
+        """Slices reserved or settled: per counter key, (change to `leased`, change to `holders`), never
+        below 0 (a counter purged meanwhile starts again from 0); each counter's holders after it."""
+        c = self.t["counters"]
+        if not changes:
+            return {}
+        leased = sa.func.coalesce(c.c.leased, 0) + sa.bindparam("d_leased")
+        holders = sa.func.coalesce(c.c.holders, 0) + sa.bindparam("d_holders")
+        update = (
+            sa.update(c)
+            .where(c.c.key == sa.bindparam("k"))
+            .values(leased=sa.case((leased < 0, 0), else_=leased), holders=sa.case((holders < 0, 0), else_=holders))
+        )
+        conn.execute(update, [{"k": key, "d_leased": dl, "d_holders": dh} for key, (dl, dh) in changes.items()])
+        found = conn.execute(sa.select(c.c.key, c.c.holders).where(c.c.key.in_(list(changes))))
+        return {row.key: int(row.holders or 0) for row in found}
+
     def totals(self, conn: Connection, keys: Sequence[str]) -> list[int]:
         c = self.t["counters"]
         found = {

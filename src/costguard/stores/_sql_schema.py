@@ -58,6 +58,10 @@ def tables(prefix: str) -> tuple[sa.MetaData, dict[str, sa.Table]]:
             sa.Column("expires_at", sa.Float, nullable=True),
             # The first call admitted under a `ttl` (null until then, and for counters without one).
             sa.Column("first_at", sa.Float, nullable=True),
+            # The part of `reserved` live slices hold, and how many (null: none, in a database of an
+            # earlier version).
+            sa.Column("leased", sa.BigInteger, nullable=True),
+            sa.Column("holders", sa.BigInteger, nullable=True),
             sa.Index(f"{prefix}counters_bucket", "period", "bucket"),
             sa.Index(f"{prefix}counters_expiry", "expires_at"),
         ),

@@ -19,6 +19,7 @@ from costguard.engine import (
     ReservePlan,
     claim_crossings,
     evaluate_reserve,
+    is_lease,
     op_from_json,
     reserve_record,
     settle_deltas,
@@ -95,6 +96,9 @@ class Transactions:
                 else None
             )
             rows.write(conn, writes, [reserve_record(plan, outcome, record)] if record else [], reservation)
+            if outcome.allowed and is_lease(plan.reservation_id):
+                holders = rows.lease(conn, _lease_changes(plan.settled_counters, 1))
+                outcome = replace(outcome, holders=tuple(holders.get(op.key, 0) for op in plan.counters))
             return outcome
 
     def settle(
@@ -128,6 +132,8 @@ class Transactions:
             state = rows.lock_counters(conn, ops) if ops else {}
             outcome = _settled(ops, actual, state)
             rows.write(conn, _writes(state, {op.key: op.expires_at for op in ops}), [record] if record else [])
+            if is_lease(reservation_id):
+                rows.lease(conn, _lease_changes(ops, -1))
             return outcome
 
     def settle_batch(self, items: Sequence[SettleItem]) -> list[CommitOutcome]:
@@ -170,6 +176,7 @@ class Transactions:
             state = rows.lock_counters(conn, list(union.values())) if union else {}
             expires: dict[str, float | None] = {}
             records: list[AuditRecord] = []
+            leases: dict[str, tuple[int, int]] = {}
             for index, (reservation_id, actual, _at, record) in enumerate(items):
                 if first[reservation_id] != index or reservation_id not in claimed:
                     continue
@@ -178,7 +185,12 @@ class Transactions:
                 expires.update((op.key, op.expires_at) for op in ops)
                 if record is not None:
                     records.append(record)
+                if is_lease(reservation_id):
+                    for key, (d_leased, d_holders) in _lease_changes(ops, -1).items():
+                        before = leases.get(key, (0, 0))
+                        leases[key] = (before[0] + d_leased, before[1] + d_holders)
             rows.write(conn, _writes(state, expires), records)
+            rows.lease(conn, leases)
         return out
 
 
@@ -197,6 +209,11 @@ def _settled(
         totals.append(committed + reserved)
         crossings.extend(claim_crossings(op, committed + reserved, fired))
     return CommitOutcome(True, ops, tuple(totals), tuple(crossings))
+
+
+def _lease_changes(ops: Sequence[CounterOp], sign: int) -> dict[str, tuple[int, int]]:
+    """A slice reserved (`sign` 1) or settled (-1): per counter, the change to `leased` and to `holders`."""
+    return {op.key: (sign * op.amount, sign) for op in ops}
 
 
 def _writes(state: Mapping[str, CounterState], expires: Mapping[str, float | None]) -> list[Write]:

@@ -108,10 +108,13 @@ def override_entry(override: LimitOverride) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class CounterRow(CounterId):
-    """A stored counter as status reports it."""
+    """A stored counter as status reports it: `reserved` is everything in flight, the `leased` part of it
+    held by `holders` live slices (`engine.leases`)."""
 
     committed: int
     reserved: int
+    leased: int = 0
+    holders: int = 0
 
 
 class Store(ABC):

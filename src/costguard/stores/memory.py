@@ -20,6 +20,7 @@ from costguard.engine import (
     claim_crossings,
     clear_previous,
     evaluate_reserve,
+    is_lease,
     may_cross,
     reserve_record,
     settle_deltas,
@@ -36,6 +37,8 @@ class _Counter:
     op: CounterOp
     committed: int = 0
     reserved: int = 0
+    leased: int = 0  # the part of `reserved` live slices hold (engine.leases)
+    holders: int = 0  # how many live slices hold it
     fired: set[str] = field(default_factory=set)
     first: float | None = None  # its first admitted call, for a counter with a ttl
 
@@ -50,6 +53,7 @@ class _Reservation:
     settled: bool = False
     at: float = 0.0
     held: list[_Counter] = field(default_factory=list)
+    lease: bool = False  # a slice's: its counters count it in `leased` and `holders` until it is settled
 
 
 class MemoryStore(Store):
@@ -108,6 +112,7 @@ class MemoryStore(Store):
             if cleared:
                 outcome = replace(outcome, crossings=(*cleared, *outcome.crossings))
             if outcome.allowed:
+                lease = is_lease(plan.reservation_id)
                 held = []
                 for counter, op, amount in zip(counters, plan.counters, outcome.amounts, strict=True):
                     counter.op = op
@@ -118,7 +123,14 @@ class MemoryStore(Store):
                     else:
                         counter.reserved += amount
                         held.append(counter)
-                self._reservations[plan.reservation_id] = _Reservation(plan.settled_counters, at=plan.at, held=held)
+                        if lease:
+                            counter.leased += amount
+                            counter.holders += 1
+                self._reservations[plan.reservation_id] = _Reservation(
+                    plan.settled_counters, at=plan.at, held=held, lease=lease
+                )
+                if lease:
+                    outcome = replace(outcome, holders=tuple(c.holders for c in counters))
             else:
                 # A refusal leaves no counter behind but the one that refused (its kill is claimed there):
                 # ids minted for each request add nothing to the store.
@@ -153,6 +165,9 @@ class MemoryStore(Store):
                 counter = kept if known.get(op.key) is kept else self._counter(op)
                 counter.reserved += d_reserved
                 counter.committed += d_committed
+                if reservation.lease:  # never below 0: a counter purged meanwhile starts again from 0
+                    counter.leased = max(0, counter.leased + d_reserved)
+                    counter.holders = max(0, counter.holders - 1)
                 total = counter.committed + counter.reserved
                 totals.append(total)
                 if may_cross(op, total, counter.fired):
@@ -179,7 +194,16 @@ class MemoryStore(Store):
         with self._lock:
             return [
                 CounterRow(
-                    c.op.key, c.op.ceiling_id, c.op.scope, c.op.period, c.op.unit, c.op.bucket, c.committed, c.reserved
+                    c.op.key,
+                    c.op.ceiling_id,
+                    c.op.scope,
+                    c.op.period,
+                    c.op.unit,
+                    c.op.bucket,
+                    c.committed,
+                    c.reserved,
+                    c.leased,
+                    c.holders,
                 )
                 for c in self._counters.values()
                 if buckets.get(c.op.period) == c.op.bucket

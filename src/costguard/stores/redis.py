@@ -9,13 +9,16 @@ Keys (all under `{namespace}:`):
 
 | key | type | what |
 |---|---|---|
-| `c:<counter key>` | hash | `c` committed, `r` reserved, `f` fired, `e` expires_at, `m` meta JSON, `b` ttl start |
+| `c:<counter key>` | hash | `c` committed, `r` reserved, `l` leased, `h` holders, `f` fired, `e` expiry, `m` meta… |
 | `i:<period>:<bucket>` | set | counters of one period bucket (for status without SCAN) |
 | `exp` | sorted set | counters by expires_at (for `purge`, which follows the caller's clock) |
 | `r:<reservation id>` | string | its counters (`engine.op_to_json` list) while open, `1` once settled |
 | `audit`, `audit:seq` | stream, string | the audit log; entry `<n>-0` is record n (`j`: the record as JSON) |
 | `ctl` | hash | kill switches (`k|<scope>`) and limit overrides (`o|<scope>|<period>|<unit>`) |
 | `k:<key>` | string | cached fallback values: 8-byte expires_at, then the value |
+
+A counter's `m` is its meta JSON and `b` its ttl's start; `l` is the part of `r` live slices hold
+(`engine.leases`) and `h` how many hold it (a counter written before they existed reads 0 for both).
 
 A reserve's record is rebuilt when read: a refusal's data from `bo`, `bs`, `bl` (the counter, its
 total, its limit), an allowed reserve's `ceilings` from `cs` (its counters) and `ct` (their totals).
@@ -253,10 +256,10 @@ class RedisStore(RedisClients, Store):
             return []
         pipe = client.pipeline(transaction=False)
         for member in members:
-            pipe.execute_command("HMGET", member, "c", "r", "m")
+            pipe.execute_command("HMGET", member, "c", "r", "m", "l", "h")
         return [
-            self.codec.counter_row(member, committed, reserved, meta)
-            for member, (committed, reserved, meta) in zip(members, pipe.execute(), strict=True)
+            self.codec.counter_row(member, committed, reserved, meta, leased, holders)
+            for member, (committed, reserved, meta, leased, holders) in zip(members, pipe.execute(), strict=True)
             if meta is not None  # expired: purge trims the index
         ]
 

@@ -178,6 +178,8 @@ class SQLStore(Store):
                     row.bucket,
                     int(row.committed),
                     int(row.reserved),
+                    int(row.leased or 0),
+                    int(row.holders or 0),
                 )
                 for row in conn.execute(sa.select(c).where(where))
             ]

@@ -8,11 +8,14 @@
 --       max_instances the index (from 1) of the instance counter it watches (0 otherwise),
 --       then, for the counters an allowed reserve's record reports, their indexes (from 1, space-separated)
 --       and their JSON entries (`ceilings` without `spent`), and for the counters with a ttl, pairs of
---       index and ttl seconds (space-separated)
+--       index and ttl seconds (space-separated), and '1' for a slice's reserve (engine.leases), else '0'
 -- Returns {2} for a repeated forced plan, else {allowed (1; 0 refused, 3 refused because the blocked
---       counter's ttl ran out), blocked counter (0 none), n, n totals..., crossing quadruples...}.
+--       counter's ttl ran out), blocked counter (0 none), n, n totals..., crossing quadruples...}; an allowed
+--       slice's reply has, after the totals, each counter's live slices (`h`) after it.
 local force = ARGV[1] == '1'
 local n = tonumber(ARGV[2])
+-- A slice: its counters count it in `l` (leased) and `h` (holders) until it is settled.
+local lease = ARGV[10 + n * 11] == '1'
 local at = tonumber(ARGV[3])
 local exp_index = KEYS[4]
 -- Counter i: its keys are KEYS[k + 1..3] and its arguments ARGV[a + 1..11] (no table per counter:
@@ -122,7 +125,7 @@ for i = 1, n do
   end
 end
 
-local totals
+local totals, holders
 if blocked > 0 then
   local a, key = a_of(blocked), KEYS[k_of(blocked) + 1]
   local set = fired_set(rows[blocked][3])
@@ -135,12 +138,19 @@ if blocked > 0 then
   totals = current
 else
   totals = {}
+  if lease then
+    holders = {}
+  end
   for i = 1, n do
     local a, key, row = a_of(i), KEYS[k_of(i) + 1], rows[i]
     local amount, expires = amounts[i], ARGV[a + 5]
     if amount ~= 0 then
       -- A registry counts instances for good: committed at once, never settled.
       redis.call('HINCRBY', key, ARGV[a + 11] ~= '0' and 'c' or 'r', integer(amount))
+    end
+    if lease then
+      redis.call('HINCRBY', key, 'l', integer(amount))
+      holders[i] = redis.call('HINCRBY', key, 'h', 1)
     end
     local total = current[i] + amount
     totals[i] = total
@@ -191,6 +201,11 @@ end
 local reply = {blocked == 0 and 1 or (expired and 3 or 0), blocked, n}
 for i = 1, n do
   reply[#reply + 1] = totals[i]
+end
+if holders then
+  for i = 1, n do
+    reply[#reply + 1] = holders[i]
+  end
 end
 for _, v in ipairs(out) do
   reply[#reply + 1] = v

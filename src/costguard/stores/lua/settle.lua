@@ -4,7 +4,8 @@
 -- KEYS: reservation, audit stream, audit sequence, expiry index, then 2 per counter: counter, bucket index
 -- ARGV: counters, at (epoch seconds), audit record JSON ('' none), stream maxlen,
 --       then 9 per counter: change to reserved, change to committed, limit, expires_at ('' never),
---       bucket expires, expiry member, meta JSON, lowest level ('' none), levels
+--       bucket expires, expiry member, meta JSON, lowest level ('' none), levels,
+--       then '1' for a slice (engine.leases: it leaves `l` leased and `h` holders, never below 0), else '0'
 -- Returns {0} when unknown or already settled, else {1, n, n totals..., crossing quadruples...}.
 local held = redis.call('GET', KEYS[1])
 if not held or held == '1' then
@@ -12,6 +13,7 @@ if not held or held == '1' then
 end
 local n = tonumber(ARGV[1])
 local at = tonumber(ARGV[2])
+local lease = ARGV[5 + n * 9] == '1'
 local exp_index = KEYS[4]
 -- Every read before the first write: Redis keeps a failed script's earlier writes.
 local rows = {}
@@ -38,6 +40,15 @@ for i = 1, n do
   end
   if d_committed ~= '0' then
     redis.call('HINCRBY', key, 'c', d_committed)
+  end
+  if lease then
+    -- A counter expired meanwhile starts again from 0: what an old slice leaves never goes below it.
+    if redis.call('HINCRBY', key, 'l', d_reserved) < 0 then
+      redis.call('HSET', key, 'l', 0)
+    end
+    if redis.call('HINCRBY', key, 'h', -1) < 0 then
+      redis.call('HSET', key, 'h', 0)
+    end
   end
   local total = (tonumber(row[1]) or 0) + (tonumber(row[2]) or 0) + tonumber(d_reserved) + tonumber(d_committed)
   reply[#reply + 1] = total

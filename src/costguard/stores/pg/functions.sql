@@ -117,7 +117,8 @@ END $$;
 --       counters: [{key, ceiling_id, scope, period, unit, bucket, amount, limit, hard, levels,
 --                   expires_at, previous_key, counts_new, reported, ttl (seconds, or null)}, ...] in key order}
 -- Returns {allowed, blocked (counter index from 1, 0 none), expired (the blocked counter's ttl ran out),
---          totals, crossings, repeat}.
+--          totals, crossings, repeat, and for an allowed slice (id `lease-…`) holders: each counter's
+--          live slices after it}.
 CREATE OR REPLACE FUNCTION {p}reserve(doc jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -151,6 +152,10 @@ DECLARE
   prev_set text[];
   level jsonb;
   claimed record;
+  -- A slice (engine.leases): its counters count it in `leased` and `holders` until it is settled.
+  lease boolean := left(rid, 6) = 'lease-';
+  v_holders bigint;
+  a_holders bigint[] := '{}';
 BEGIN
   -- A refusal needs no lock: when a consistent snapshot already shows a hard counter without room,
   -- and refusing claims no threshold that isn't claimed yet, the call is refused as of that
@@ -343,6 +348,12 @@ BEGIN
         UPDATE {p}counters SET committed = committed + amount, fired = v_fired,
                                expires_at = (op->>'expires_at')::float8
           WHERE key = op->>'key';
+      ELSIF lease THEN
+        UPDATE {p}counters SET reserved = reserved + amount, fired = v_fired,
+                               expires_at = (op->>'expires_at')::float8,
+                               leased = coalesce(leased, 0) + amount, holders = coalesce(holders, 0) + 1
+          WHERE key = op->>'key' RETURNING {p}counters.holders INTO v_holders;
+        a_holders := a_holders || v_holders;
       ELSE
         -- A ttl counter's first admitted call starts its ttl.
         UPDATE {p}counters SET reserved = reserved + amount, fired = v_fired,
@@ -363,7 +374,7 @@ BEGIN
   END IF;
 
   RETURN jsonb_build_object('allowed', blocked = 0, 'blocked', blocked, 'expired', expired, 'totals', to_jsonb(totals),
-                            'crossings', crossings, 'repeat', false);
+                            'crossings', crossings, 'repeat', false, 'holders', to_jsonb(a_holders));
 END $$;
 
 -- doc: {id, at, actual ({usd, calls, tokens}, or null to release), record (an events row, or null)}
@@ -390,6 +401,7 @@ DECLARE
   levels jsonb;
   claimed record;
   rec jsonb;
+  lease boolean := left(rid, 6) = 'lease-';  -- a slice's: it leaves `leased` and `holders` (never below 0)
 BEGIN
   -- Claim the reservation: a second settle finds it settled and changes nothing.
   UPDATE {p}reservations SET settled = true, at = v_at WHERE id = rid AND NOT settled RETURNING counters INTO stored;
@@ -433,7 +445,9 @@ BEGIN
       v_fired := {p}fired_text(claimed.new_fired);
     END IF;
     UPDATE {p}counters SET committed = v_committed, reserved = v_reserved, fired = v_fired,
-                           expires_at = (op->>11)::float8
+                           expires_at = (op->>11)::float8,
+                           leased = CASE WHEN lease THEN greatest(0, coalesce(leased, 0) - amount) ELSE leased END,
+                           holders = CASE WHEN lease THEN greatest(0, coalesce(holders, 0) - 1) ELSE holders END
       WHERE key = op->>0;
   END LOOP;
   rec := doc->'record';
