@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 
 import costguard
 from costguard.cli import main
+from costguard.engine.leases import LEASE_PREFIX
 
 GOOD = """\
 store: {store}
@@ -211,6 +213,28 @@ def test_status_table(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(main, ["status", "--config", str(path)])
     assert result.exit_code == 0, result.output
     for text in ("ceiling", "resets", "feature=support_agent", "$0.2500", "$40.00", "0.6%"):
+        assert text in result.stdout
+
+
+def test_status_shows_reserved_and_the_leased_part_of_it(runner: CliRunner, tmp_path: Path) -> None:
+    """A slice another process holds (its reservation id marks it) is `leased`; a call in flight is only
+    `reserved`; `spent` counts both, as enforcement does."""
+    path = sqlite_config(tmp_path)
+    with costguard.Guard.from_yaml(path) as guard:
+        with guard.reserve("support_agent", estimate_usd=0.5) as done:
+            done.commit(0.1)
+        guard.reserve("support_agent", estimate_usd=0.25)  # in flight: never settled here
+        reserve = guard.store.reserve
+        guard.store.reserve = lambda plan, record: reserve(  # type: ignore[method-assign]
+            dataclasses.replace(plan, reservation_id=LEASE_PREFIX + plan.reservation_id), record
+        )
+        guard.reserve("support_agent", estimate_usd=0.5)  # held as a slice
+    result = runner.invoke(main, ["status", "--config", str(path), "--json", "--feature", "support_agent"])
+    day = {row["period"]: row for row in json.loads(result.stdout)["ceilings"]}["day"]
+    assert (day["spent_usd"], day["reserved_usd"], day["leased_usd"]) == (0.85, 0.75, 0.5)
+    result = runner.invoke(main, ["status", "--config", str(path), "--feature", "support_agent"])
+    assert result.exit_code == 0, result.output
+    for text in ("reserved", "leased", "$0.8500", "$0.7500", "$0.5000"):
         assert text in result.stdout
 
 

@@ -211,6 +211,33 @@ def test_a_hot_feature_is_served_from_a_slice(fleet_store_url: str) -> None:
     check.close()
 
 
+def test_status_shows_the_slice_as_leased_apart_from_an_ordinary_reservation(fleet_store_url: str) -> None:
+    """`leased` is the part of `reserved` held by slices: a call in flight elsewhere is reserved, not leased."""
+    ceilings = [usd_ceiling({"feature": "f"}, day=100.0)]
+    guard = Guard(fleet_store_url, ceilings=ceilings)
+    other = Guard(fleet_store_url, ceilings=ceilings, leases=False)
+    for _ in range(50):
+        with guard.reserve("f", estimate_usd=0.01) as r:
+            r.commit(0.005)
+    leases = guard.calls.leases
+    assert leases is not None
+    (slice_,) = leases.book.slices()
+    held = other.reserve("f", estimate_usd=0.03)  # in flight, one by one
+    (row,) = other.status(feature="f").ceilings
+    # The live slice, and one retired moments ago if the background thread has not settled it yet.
+    assert row.leased >= slice_.granted[0] / 1_000_000 > 0
+    assert row.reserved == pytest.approx(row.leased + 0.03)
+    data = row.to_dict()
+    assert (data["reserved_usd"], data["leased_usd"]) == (row.reserved, row.leased)
+    (forecast,) = other.forecast(feature="f").ceilings
+    assert (forecast.reserved_usd, forecast.leased_usd) == (row.reserved, row.leased)
+    held.release()
+    guard.close()  # the slice goes back
+    (row,) = other.status(feature="f").ceilings
+    assert (row.reserved, row.leased) == (0.0, 0.0)
+    other.close()
+
+
 def test_leases_off_reserves_call_by_call(fleet_store_url: str) -> None:
     guard = Guard(fleet_store_url, ceilings=[usd_ceiling({"feature": "f"}, day=100.0)], leases=False)
     for _ in range(50):

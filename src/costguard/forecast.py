@@ -46,7 +46,8 @@ def velocity(hourly: Sequence[float], elapsed_in_hour_s: float) -> tuple[float, 
 
 @dataclass(frozen=True)
 class CeilingForecast:
-    """One USD ceiling instance in its current period."""
+    """One USD ceiling instance in its current period (`spent_usd` counts what is in flight, `reserved_usd`,
+    and the part of it live slices hold, `leased_usd`, as the status row does)."""
 
     ceiling: str
     labels: Mapping[str, str]
@@ -61,6 +62,8 @@ class CeilingForecast:
     history_hours: int
     confidence: float
     exhausted: bool = False  # spent has reached the limit: it ran out already, `depletion_at` is when we looked
+    reserved_usd: float = 0.0
+    leased_usd: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""
@@ -70,6 +73,8 @@ class CeilingForecast:
             "labels": dict(self.labels),
             "period": self.period,
             "spent_usd": self.spent_usd,
+            "reserved_usd": self.reserved_usd,
+            "leased_usd": self.leased_usd,
             "limit_usd": self.limit_usd,
             "velocity_usd_per_hour": self.velocity_usd_per_hour,
             "projected_usd": self.projected_usd,
@@ -104,6 +109,9 @@ def build(
     hourly: Sequence[float],
     now: float,
     resets_at: float | None,
+    *,
+    reserved: float = 0.0,
+    leased: float = 0.0,
 ) -> CeilingForecast:
     """A row from a status row's numbers and its hourly history (USD, newest first)."""
     elapsed = now - math.floor(now / 3600.0) * 3600.0
@@ -127,6 +135,8 @@ def build(
         history_hours=hours,
         confidence=round(min(1.0, hours / FULL_CONFIDENCE_H), 3),
         exhausted=spent >= limit,
+        reserved_usd=round(reserved, 6),
+        leased_usd=round(leased, 6),
     )
 
 

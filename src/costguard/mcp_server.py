@@ -82,7 +82,8 @@ def build_server(
 
     @server.tool(name="costguard_budget_status")
     def budget_status(feature: Label = None, customer: Label = None) -> dict[str, Any]:
-        """Spend against every ceiling in its current period (USD rows: spent_usd, limit_usd, ratio) and the
+        """Spend against every ceiling in its current period (USD rows: spent_usd, limit_usd, ratio;
+        reserved_usd: in flight, counted in spent_usd; leased_usd: the part of it slices hold) and the
         active kill switches. Filter by feature or customer."""
         data = guard.status(feature=feature, customer=customer).to_dict()
         data["ceilings"] = [row for row in data["ceilings"] if sees(row["labels"])]

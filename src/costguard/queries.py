@@ -55,6 +55,7 @@ class Queries:
             reserved: int,
             period: Period,
             unit: Unit,
+            leased: int = 0,
         ) -> None:
             bound = dict(scope)
             if any(bound.get(k) != v for k, v in wanted.items()):
@@ -62,12 +63,13 @@ class Queries:
             for limit in engine.effective_limits(ceiling, bound, state.overrides):
                 if limit.period is period and limit.unit is unit:
                     seen.add((ceiling.id, scope, period, unit))
-                    out.append(CeilingStatus.build(ceiling, bound, limit, committed, reserved, buckets[period].end))
+                    end = buckets[period].end
+                    out.append(CeilingStatus.build(ceiling, bound, limit, committed, reserved, end, leased))
 
         for row in rows:
             ceiling = by_id.get(row.ceiling_id)
             if ceiling is not None:
-                add(ceiling, row.scope, row.committed, row.reserved, row.period, row.unit)
+                add(ceiling, row.scope, row.committed, row.reserved, row.period, row.unit, row.leased)
         for ceiling in state.ceilings:
             if "*" in ceiling.match_dict.values():
                 continue
@@ -94,7 +96,20 @@ class Queries:
         for index, row in enumerate(rows):
             hourly = [micros_to_usd(v) for v in totals[index * len(hours) : (index + 1) * len(hours)]]
             resets = row.resets_at.timestamp() if row.resets_at else None
-            out.append(fc.build(row.ceiling, row.labels, row.period, row.spent, row.limit, hourly, now, resets))
+            out.append(
+                fc.build(
+                    row.ceiling,
+                    row.labels,
+                    row.period,
+                    row.spent,
+                    row.limit,
+                    hourly,
+                    now,
+                    resets,
+                    reserved=row.reserved,
+                    leased=row.leased,
+                )
+            )
         return fc.Forecast(status.at, tuple(out))
 
     def audit(

@@ -15,7 +15,11 @@ __all__ = ["CeilingStatus", "Status"]
 
 @dataclass(frozen=True)
 class CeilingStatus:
-    """One counter: a ceiling's bound labels in one period, in its unit (USD as floats)."""
+    """One counter: a ceiling's bound labels in one period, in its unit (USD as floats).
+
+    `spent` counts everything in flight, as enforcement does; `reserved` is what is in flight (the calls'
+    estimates and the slices processes hold), `leased` the part of it slices hold (`leases: on`).
+    """
 
     ceiling: str
     labels: Mapping[str, str]
@@ -28,6 +32,7 @@ class CeilingStatus:
     ratio: float
     resets_at: datetime | None
     enforcement: str
+    leased: float = 0.0
 
     @classmethod
     def build(
@@ -38,8 +43,10 @@ class CeilingStatus:
         committed: int,
         reserved: int,
         resets: float | None,
+        leased: int = 0,
     ) -> CeilingStatus:
-        """A row from raw counter values (`spent` counts in-flight reservations, as enforcement does)."""
+        """A row from raw counter values (`spent` counts in-flight reservations, as enforcement does;
+        `leased` is the part of `reserved` live slices hold)."""
 
         def shown(value: int) -> float:
             return micros_to_usd(value) if limit.unit is Unit.USD else float(value)
@@ -57,14 +64,15 @@ class CeilingStatus:
             ratio=round(total / limit.amount, 6) if limit.amount else (1.0 if total else 0.0),
             resets_at=None if resets is None else datetime.fromtimestamp(resets, timezone.utc),
             enforcement=ceiling.enforcement,
+            leased=shown(leased),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view; USD rows say spent_usd / limit_usd / remaining_usd."""
+        """A JSON-ready view; USD rows say spent_usd / reserved_usd / leased_usd / limit_usd / remaining_usd."""
         names = (
-            ("spent_usd", "reserved_usd", "limit_usd", "remaining_usd")
+            ("spent_usd", "reserved_usd", "limit_usd", "remaining_usd", "leased_usd")
             if self.unit == "usd"
-            else ("spent", "reserved", "limit", "remaining")
+            else ("spent", "reserved", "limit", "remaining", "leased")
         )
         return {
             "ceiling": self.ceiling,
@@ -73,6 +81,7 @@ class CeilingStatus:
             "unit": self.unit,
             names[0]: self.spent,
             names[1]: self.reserved,
+            names[4]: self.leased,
             names[2]: self.limit,
             names[3]: self.remaining,
             "ratio": self.ratio,

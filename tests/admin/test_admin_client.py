@@ -18,6 +18,7 @@ from test_admin_serve import free_port, start_serve, stop_serve, wait_for_health
 from costguard import Guard
 from costguard.client import (
     ApiError,
+    CeilingRow,
     Client,
     ForecastRow,
     KillSwitchChange,
@@ -133,6 +134,22 @@ def test_forecast_rows_are_typed(server: Server) -> None:
                 assert row.depletion_hour is None
             else:
                 assert row.depletion_hour == row.depletion_at.replace(minute=0, second=0, microsecond=0)
+
+
+def test_rows_read_the_leased_part_of_reserved_and_default_it_for_an_earlier_server() -> None:
+    row = {"ceiling": "feature=f", "labels": {"feature": "f"}, "period": "day", "unit": "usd", "ratio": 0.5}
+    row |= {"spent_usd": 5.0, "reserved_usd": 2.0, "limit_usd": 10.0, "remaining_usd": 5.0}
+    row |= {"resets_at": None, "enforcement": "hard"}
+    assert CeilingRow.from_json(row).leased == 0.0  # a server of an earlier version doesn't say
+    assert CeilingRow.from_json({**row, "leased_usd": 1.5}).leased == 1.5
+    calls = {**row, "unit": "calls", "spent": 5.0, "reserved": 2.0, "leased": 1.0, "limit": 10.0, "remaining": 5.0}
+    assert CeilingRow.from_json(calls).leased == 1.0
+    forecast = {key: row[key] for key in ("ceiling", "labels", "period", "spent_usd", "limit_usd", "resets_at")}
+    forecast |= {"velocity_usd_per_hour": 0.1, "projected_usd": None, "on_track": True, "exhausted": False}
+    forecast |= {"depletion_at": None, "depletion_hour": None, "history_hours": 1, "confidence": 0.1}
+    assert (ForecastRow.from_json(forecast).reserved_usd, ForecastRow.from_json(forecast).leased_usd) == (0.0, 0.0)
+    both = ForecastRow.from_json({**forecast, "reserved_usd": 2.0, "leased_usd": 1.5})
+    assert (both.reserved_usd, both.leased_usd) == (2.0, 1.5)
 
 
 def test_killswitch_activate_status_deactivate(server: Server) -> None:

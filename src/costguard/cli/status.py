@@ -36,7 +36,9 @@ def _status_table(status: Status) -> Table:
     table.add_column("ceiling", overflow="fold")
     table.add_column("labels", overflow="fold")
     table.add_column("period")
-    for name in ("spent", "limit", "%"):
+    # `spent` counts what is in flight, as enforcement does; `reserved` is that part, `leased` the part of
+    # it slices hold.
+    for name in ("spent", "reserved", "leased", "limit", "%"):
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("resets (UTC)", no_wrap=True)
     for row in status.ceilings:
@@ -45,6 +47,8 @@ def _status_table(status: Status) -> Table:
             ", ".join(f"{k}={v}" for k, v in sorted(row.labels.items())),
             row.period,
             amount(row.spent, row.unit),
+            amount(row.reserved, row.unit),
+            amount(row.leased, row.unit),
             amount(row.limit, row.unit),
             _percent(row),
             f"{row.resets_at:%Y-%m-%d %H:%M}" if row.resets_at else "never",

@@ -49,7 +49,8 @@ class PeriodBudget:
 
 @dataclass(frozen=True)
 class CeilingRow:
-    """One ceiling's counter in its current period, in its `unit` (USD in dollars)."""
+    """One ceiling's counter in its current period, in its `unit` (USD in dollars): `spent` counts what is
+    in flight, `reserved`, and `leased` the part of that live slices hold."""
 
     ceiling: str
     labels: Mapping[str, str]
@@ -62,6 +63,7 @@ class CeilingRow:
     ratio: float
     resets_at: datetime | None
     enforcement: str
+    leased: float = 0.0
 
     @classmethod
     def from_json(cls, data: Any) -> CeilingRow:
@@ -79,6 +81,7 @@ class CeilingRow:
             ratio=float(data["ratio"]),
             resets_at=_time(data["resets_at"]),
             enforcement=str(data["enforcement"]),
+            leased=float(data.get("leased" + suffix, 0.0)),  # absent from a server of an earlier version
         )
 
 
@@ -146,6 +149,8 @@ class ForecastRow:
     resets_at: datetime | None
     history_hours: int
     confidence: float
+    reserved_usd: float = 0.0
+    leased_usd: float = 0.0
 
     @classmethod
     def from_json(cls, data: Any) -> ForecastRow:
@@ -165,6 +170,9 @@ class ForecastRow:
             resets_at=_time(data["resets_at"]),
             history_hours=int(data["history_hours"]),
             confidence=float(data["confidence"]),
+            # absent from a server of an earlier version
+            reserved_usd=float(data.get("reserved_usd", 0.0)),
+            leased_usd=float(data.get("leased_usd", 0.0)),
         )
 
 
