@@ -19,7 +19,7 @@ import pytest
 from conftest import RedisURLs
 from costguard import BudgetExceeded, BudgetExpired, Guard, KillSwitchActive
 from costguard.config import load_config
-from costguard.engine import PlanCache, ReserveOutcome
+from costguard.engine import Grant, PlanCache, ReserveOutcome
 from costguard.engine.leases import HEADROOM_SHARE, HOT_CALLS, MIN_SLICE_CALLS, LeaseBook, is_lease
 from costguard.errors import ConfigError
 from costguard.model import Unit
@@ -135,6 +135,46 @@ def test_a_refused_slice_means_calls_one_by_one_for_a_period() -> None:
     assert book.take(plan, CENT, NOW + 1.0)[1] != []
 
 
+def _renewal(holders: int) -> tuple[int, int, list[Grant]]:
+    """A first slice whose reserve the store answered with `holders` slices on its counters (this one
+    included), spent until the next one is due: (the first slice's calls, the headroom left, the grants)."""
+    book = LeaseBook(period_s=1.0)
+    plan = _plan()
+    (grant,) = _warm(book, plan)
+    amounts = tuple(op.amount for op in grant.plan.counters)
+    assert book.install(grant, ReserveOutcome(True, amounts, holders=(holders,) * len(amounts)), NOW)
+    for _ in range(grant.calls):
+        take, grants = book.take(plan, CENT, NOW)
+        assert take is not None
+        if grants:
+            break
+    return grant.calls, 100_000_000 - grant.calls * 10_000, grants
+
+
+def test_a_slice_is_at_most_a_fair_share_among_the_slices_holding_its_counter() -> None:
+    """headroom / (holders + 1), the holders the store counted less this process's own live slice — and
+    never more than 1/HEADROOM_SHARE, however few hold it."""
+    first, left, (few,) = _renewal(holders=2)
+    assert first == 100_000_000 // (10_000 * HEADROOM_SHARE)  # nobody had said how many hold it yet
+    assert few.calls == left // (10_000 * HEADROOM_SHARE)  # 1 other + this one: 1/64 binds
+    _, left, (many,) = _renewal(holders=201)
+    assert many.calls == left // (10_000 * 201) < few.calls  # 200 others + this one
+    assert {op.amount for op in many.plan.counters if op.unit is Unit.USD} == {many.calls * 10_000}
+
+
+def test_no_slice_when_a_fair_share_is_under_the_smallest_slice() -> None:
+    """With so many holders that a fair share is under MIN_SLICE_CALLS, the calls go one by one."""
+    _, left, grants = _renewal(holders=_most_holders_for_a_min_slice() + 1)
+    assert left // (10_000 * (_most_holders_for_a_min_slice() + 1)) < MIN_SLICE_CALLS
+    assert grants == []
+
+
+def _most_holders_for_a_min_slice() -> int:
+    """The most holders for which the headroom left after a first slice still gives MIN_SLICE_CALLS each."""
+    left = 100_000_000 - (100_000_000 // (10_000 * HEADROOM_SHARE)) * 10_000
+    return left // (10_000 * MIN_SLICE_CALLS)
+
+
 # ----------------------------------------------------------------------------- the guard, on stores that lease
 def _spend(guard: Guard) -> tuple[float, float]:
     (row,) = guard.status(feature="f").ceilings
@@ -214,8 +254,9 @@ def test_a_hot_feature_is_served_from_a_slice(fleet_store_url: str) -> None:
 def test_status_shows_the_slice_as_leased_apart_from_an_ordinary_reservation(fleet_store_url: str) -> None:
     """`leased` is the part of `reserved` held by slices: a call in flight elsewhere is reserved, not leased."""
     ceilings = [usd_ceiling({"feature": "f"}, day=100.0)]
-    guard = Guard(fleet_store_url, ceilings=ceilings)
-    other = Guard(fleet_store_url, ceilings=ceilings, leases=False)
+    clock = FakeClock(NOW)  # standing still: the one slice neither expires nor is renewed
+    guard = Guard(fleet_store_url, ceilings=ceilings, clock=clock)
+    other = Guard(fleet_store_url, ceilings=ceilings, leases=False, clock=clock)
     for _ in range(50):
         with guard.reserve("f", estimate_usd=0.01) as r:
             r.commit(0.005)
@@ -224,8 +265,7 @@ def test_status_shows_the_slice_as_leased_apart_from_an_ordinary_reservation(fle
     (slice_,) = leases.book.slices()
     held = other.reserve("f", estimate_usd=0.03)  # in flight, one by one
     (row,) = other.status(feature="f").ceilings
-    # The live slice, and one retired moments ago if the background thread has not settled it yet.
-    assert row.leased >= slice_.granted[0] / 1_000_000 > 0
+    assert row.leased == slice_.granted[0] / 1_000_000 > 0
     assert row.reserved == pytest.approx(row.leased + 0.03)
     data = row.to_dict()
     assert (data["reserved_usd"], data["leased_usd"]) == (row.reserved, row.leased)

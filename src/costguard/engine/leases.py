@@ -4,11 +4,13 @@ A *group* is the counters of one ceiling instance (a ceiling and the label value
 periods, units and its history counter): every call that touches one of them touches all of them,
 with the same amounts. When this process calls a group often, it reserves a *slice* — an ordinary
 atomic reservation of about `period_s` of its own recent use, never more than `HEADROOM_SHARE`-th
-of the headroom the store last reported — and admits the group's next calls from the slice without
-a round trip. The store counts the whole slice as reserved, so committed + reserved never passes a
-limit however the fleet's slices are spent: the cap stays exact. A slice is retired when it is used
-up, older than `period_s`, revoked (a control change) or closed, and settled (what its calls
-really cost; the rest goes back) once its last call in flight has finished.
+of the headroom the store last reported nor more than a fair share of it among the slices that
+hold the counter (headroom / (holders + 1), holders as the store counted them at this process's
+last slice) — and admits the group's next calls from the slice without a round trip. The store
+counts the whole slice as reserved (and apart, as leased by one more holder), so committed +
+reserved never passes a limit however the fleet's slices are spent: the cap stays exact. A slice is
+retired when it is used up, older than `period_s`, revoked (a control change) or closed, and
+settled (what its calls really cost; the rest goes back) once its last call in flight has finished.
 
 Pure bookkeeping: no I/O and no locks (`costguard.leasing` holds its lock around every method).
 """
@@ -47,6 +49,9 @@ MIN_SLICE_CALLS = 16
 # at most 40 %), and near the cap — under MIN_SLICE_CALLS x HEADROOM_SHARE (1 024) calls' worth — nobody
 # leases: headroom a slice holds is never what another process is refused for long.
 HEADROOM_SHARE = 64
+# A slice is also at most a fair share of that headroom among the slices holding the counter: headroom /
+# (holders + 1), the holders as the store counted them (`ReserveOutcome.holders`) — it binds past
+# HEADROOM_SHARE - 1 other holders.
 # ... and at most this many calls' worth (bounds what a crashed holder leaves counted).
 MAX_SLICE_CALLS = 10_000
 # Reservation ids of slices start with this.
@@ -135,6 +140,8 @@ class _Group:
     tight_until: float = float("-inf")  # the store refused a slice: calls go one by one until then
     granting: bool = False  # a slice is being reserved (one at a time per group)
     totals: dict[str, int] = field(default_factory=dict)  # last totals the store reported, per counter key
+    # Live slices holding each counter, as the store counted them after this process's last slice (its own included).
+    holders: dict[str, int] = field(default_factory=dict)
 
 
 _NOT_LEASED: GroupKey = ("", ())
@@ -235,13 +242,16 @@ class LeaseBook:
         # About one period of this process's use: the last full window, or this one's pace so far.
         elapsed = max(now - group.window_start, self.period_s / 20)
         calls = min(max(group.rate, int(group.calls * self.period_s / elapsed)), MAX_SLICE_CALLS)
+        own = 1 if group.slice is not None else 0  # this process's live slice, counted among the holders
         for op in ops:
             if not op.hard or op.amount <= 0:
                 continue
             total = group.totals.get(op.key)
             if total is None:
                 return None  # the store hasn't said where this counter stands: one more call one by one
-            calls = min(calls, (op.limit - total) // (op.amount * HEADROOM_SHARE))
+            # A fair share among the other slices holding the counter and this one, never more than 1/HEADROOM_SHARE.
+            share = max(HEADROOM_SHARE, max(0, group.holders.get(op.key, 0) - own) + 1)
+            calls = min(calls, (op.limit - total) // (op.amount * share))
         if calls < MIN_SLICE_CALLS:
             return None
         lease = ReservePlan(
@@ -265,6 +275,7 @@ class LeaseBook:
             group.tight_until = now + self.period_s
             return False
         counters = grant.plan.counters
+        group.holders.update(zip((op.key for op in counters), outcome.holders))  # noqa: B905 - none from a repeat
         slice_ = Slice(
             lease_id=grant.plan.reservation_id,
             group=grant.group,
