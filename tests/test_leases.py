@@ -22,7 +22,8 @@ from costguard.config import load_config
 from costguard.engine import Grant, PlanCache, ReserveOutcome
 from costguard.engine.leases import HEADROOM_SHARE, HOT_CALLS, MIN_SLICE_CALLS, LeaseBook, is_lease
 from costguard.errors import ConfigError
-from costguard.model import Unit
+from costguard.model import Period, Unit
+from costguard.periods import bucket_for
 from helpers import FakeClock, usd_ceiling
 
 NOW = 1_780_000_000.0
@@ -224,6 +225,9 @@ def test_threads_spend_exactly_the_cap_and_close_gives_the_slices_back(fleet_sto
     assert granted, "no slice was ever granted"
     assert sum(allowed) == 1500
     assert _spend(check) == (15.0, 0.0)
+    # Every slice granted on the way left the counters' leased part and holders as it was settled.
+    buckets = {period: bucket_for(period, time.time(), timezone.utc).id for period in Period}
+    assert {(row.leased, row.holders) for row in check.store.list_counters(buckets)} == {(0, 0)}
     records = check.audit(feature="f", decision="commit", limit=1000) + check.audit(
         feature="f",
         decision="commit",
