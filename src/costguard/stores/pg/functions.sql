@@ -351,6 +351,7 @@ BEGIN
       ELSIF lease THEN
         UPDATE {p}counters SET reserved = reserved + amount, fired = v_fired,
                                expires_at = (op->>'expires_at')::float8,
+                               first_at = CASE WHEN op->>'ttl' IS NULL THEN first_at ELSE coalesce(first_at, v_at) END,
                                leased = coalesce(leased, 0) + amount, holders = coalesce(holders, 0) + 1
           WHERE key = op->>'key' RETURNING {p}counters.holders INTO v_holders;
         a_holders := a_holders || v_holders;
