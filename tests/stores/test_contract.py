@@ -657,6 +657,14 @@ def run_ceiling(ttl: float = 3600, expire: float | None = 7 * 86_400) -> Ceiling
     return Ceiling(make_match({"run": "*"}), (usd(Period.TOTAL, 1.0),), expire_after_s=expire, ttl_s=ttl)
 
 
+def test_a_slice_starts_a_ttl_like_any_reservation(store: Store) -> None:
+    """The guard never leases a run with a ttl; a slice reserved on one anyway starts its ttl, as the
+    store's every other admitted reserve does."""
+    first = lease(plan([run_ceiling()], run="r1"))
+    assert store.reserve(first, None).allowed
+    assert store.reserve(plan([run_ceiling()], run="r1", now=NOW + 3600), None).expired
+
+
 def test_a_ttl_refuses_a_run_from_its_first_call_until_its_counter_is_dropped(store: Store) -> None:
     run = run_ceiling()
     first = plan([FEATURE, run], run="r1")
