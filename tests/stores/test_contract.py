@@ -534,6 +534,20 @@ def capped(max_instances: int, overflow: str = "refuse") -> Ceiling:
     )
 
 
+def test_a_slice_never_leases_a_registry(store: Store) -> None:
+    """The guard never leases a `max_instances` ceiling; a slice reserved with a registry anyway counts
+    only its spend counters as leased, and answers holders for every counter in plan order."""
+    p = lease(plan([capped(2), FEATURE], customer="a"))
+    outcome = store.reserve(p, None)
+    assert outcome.allowed
+    registry = [op.counts_new >= 0 for op in p.counters]
+    assert [0 if kept else 1 for kept in registry] == list(outcome.holders)
+    rows = {r.key: (r.leased, r.holders) for r in store.list_counters({op.period: op.bucket for op in p.counters})}
+    assert [rows[op.key] for op in p.counters] == [
+        (0, 0) if kept else (op.amount, 1) for op, kept in zip(p.counters, registry, strict=True)
+    ]
+
+
 def test_a_ceiling_counts_distinct_instances_and_refuses_past_max(store: Store) -> None:
     cap = capped(2)
     first = {name: plan([cap], customer=name) for name in ("a", "b", "c")}

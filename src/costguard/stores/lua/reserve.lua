@@ -149,8 +149,11 @@ else
       redis.call('HINCRBY', key, ARGV[a + 11] ~= '0' and 'c' or 'r', integer(amount))
     end
     if lease then
-      redis.call('HINCRBY', key, 'l', integer(amount))
-      holders[i] = redis.call('HINCRBY', key, 'h', 1)
+      holders[i] = 0 -- a registry is never part of a slice
+      if ARGV[a + 11] == '0' then
+        redis.call('HINCRBY', key, 'l', integer(amount))
+        holders[i] = redis.call('HINCRBY', key, 'h', 1)
+      end
     end
     local total = current[i] + amount
     totals[i] = total

@@ -343,6 +343,7 @@ BEGIN
           v_fired := {p}fired_text(claimed.new_fired);
         END IF;
       END IF;
+      v_holders := 0;  -- a registry is never part of a slice
       IF (op->>'counts_new')::integer > 0 THEN
         -- A registry counts instances for good: committed at once, never settled.
         UPDATE {p}counters SET committed = committed + amount, fired = v_fired,
@@ -354,13 +355,15 @@ BEGIN
                                first_at = CASE WHEN op->>'ttl' IS NULL THEN first_at ELSE coalesce(first_at, v_at) END,
                                leased = coalesce(leased, 0) + amount, holders = coalesce(holders, 0) + 1
           WHERE key = op->>'key' RETURNING {p}counters.holders INTO v_holders;
-        a_holders := a_holders || v_holders;
       ELSE
         -- A ttl counter's first admitted call starts its ttl.
         UPDATE {p}counters SET reserved = reserved + amount, fired = v_fired,
                                expires_at = (op->>'expires_at')::float8,
                                first_at = CASE WHEN op->>'ttl' IS NULL THEN first_at ELSE coalesce(first_at, v_at) END
           WHERE key = op->>'key';
+      END IF;
+      IF lease THEN
+        a_holders := a_holders || v_holders;
       END IF;
     END LOOP;
   END IF;
