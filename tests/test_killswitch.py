@@ -215,11 +215,11 @@ def test_a_burst_of_threads_reads_the_control_state_once() -> None:
         start = threading.Barrier(32)
         results: list[bool] = []
 
-        def call() -> None:
+        def call(start: threading.Barrier, results: list[bool]) -> None:
             start.wait()
             results.append(allowed(guard))
 
-        threads = [threading.Thread(target=call) for _ in range(32)]
+        threads = [threading.Thread(target=call, args=(start, results)) for _ in range(32)]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -56,19 +56,18 @@ class LeasedView:
 
     __slots__ = ("_parts",)
 
-    def __init__(self, parts: list[tuple[Slice, tuple[int, ...]]]) -> None:
+    def __init__(self, parts: list[tuple[Slice, dict[str, int], tuple[int, ...]]]) -> None:
         self._parts = parts
 
     def ceilings(self) -> list[dict[str, object]]:
         """The audit `leased_ceilings` (see `leased_ceilings`)."""
         out: list[dict[str, object]] = []
-        for slice_, used in self._parts:
-            base = slice_.base
+        for slice_, base, used in self._parts:
             holder = ReservePlan(reservation_id="", at=0.0, labels=(), counters=slice_.ops, estimate_usd=0)
             out.extend(ceilings_data(holder, [base.get(op.key, 0) + used[UNIT_INDEX[op.unit]] for op in slice_.ops]))
         return out
 
 
 def leased_view(take: Take) -> LeasedView:
-    """The slices of `take` as they stand now (a slice's base never changes; its use is copied)."""
-    return LeasedView([(slice_, tuple(slice_.used)) for slice_, _ in take.parts])
+    """The slices of `take` as they stand now (a slice's base is replaced, never changed; its use is copied)."""
+    return LeasedView([(slice_, slice_.base, tuple(slice_.used)) for slice_, _ in take.parts])

@@ -80,7 +80,7 @@ class Slice:
     keys: tuple[str, ...]  # the group's counter keys (a new period bucket is a new slice)
     ops: tuple[CounterOp, ...]  # as reserved: `amount` is the slice in the counter's unit
     granted: list[int]  # per unit (USD, calls, tokens)
-    base: dict[str, int]  # each counter's total in the store before the slice (for decisions)
+    base: dict[str, int]  # each counter's total in the store beside the slice (for decisions); replaced, never changed
     expires: float
     used: list[int] = field(default_factory=lambda: [0, 0, 0])  # in-flight estimates + finished actuals
     spent: list[int] = field(default_factory=lambda: [0, 0, 0])  # finished actuals
@@ -300,6 +300,14 @@ class LeaseBook:
             group = groups.get(_group_of(op))
             if group is not None:
                 group.totals[op.key] = total
+                current = group.slice
+                if current is not None and op.key in current.base:
+                    # A reserve the store applied after the slice (its total holds the whole slice) also
+                    # counts in what stands beside it: a call that went to the store while the slice was
+                    # being reserved is then in the totals the slice's calls see.
+                    beside = total - current.granted[_INDEX[op.unit]]
+                    if beside > current.base[op.key]:
+                        current.base = {**current.base, op.key: beside}  # a new dict: views keep the old one
 
     # ----------------------------------------------------------------- a call ends
     def finish(self, take: Take, actual: Mapping[Unit, int] | None) -> None:
