@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
@@ -30,6 +31,7 @@ from costguard.estimates import Estimates
 from costguard.events import AuditRecord
 from costguard.leasing import Leases
 from costguard.model import Money, Unit, encode_scope, micros_to_usd, normalize_labels
+from costguard.observe import Fanout, timed
 from costguard.pricing import Pricing
 from costguard.reporting import Reporter
 from costguard.reservation import Reservation
@@ -91,6 +93,7 @@ class CallPath:
     clock: Callable[[], float]
     leases: Leases | None = None
     plans: engine.PlanCache = field(default_factory=engine.PlanCache, init=False)
+    observer: Fanout | None = field(default=None, init=False)  # metrics and traces (`Guard.observe`)
     _last_purge: float = field(default=0.0, init=False)
     _next_orphan_scan: float = field(default=0.0, init=False)
 
@@ -121,6 +124,38 @@ class CallPath:
         fallback: str | None = None,
     ) -> Steps[Reservation]:
         """Steps: reserve the call's estimate against every ceiling that applies; raises `Blocked`."""
+        steps = self._reserve(feature, labels, estimate_usd, estimate_tokens, fallback)
+        observer = self.observer
+        return steps if observer is None else self._observed(steps, observer, feature, estimate_usd, estimate_tokens)
+
+    def _observed(
+        self,
+        steps: Steps[Reservation],
+        observer: Fanout,
+        feature: str,
+        estimate_usd: Money | None,
+        estimate_tokens: int | None,
+    ) -> Steps[Reservation]:
+        """`steps`, with the decision, its estimate and the time taken told to the observer."""
+        start = time.perf_counter()
+        try:
+            reservation = yield from timed(steps, observer)
+        except Blocked as blocked:
+            amounts = self.estimates.amounts(feature, self.feature(feature), estimate_usd, estimate_tokens)
+            observer.decided(blocked.decision, micros_to_usd(amounts[Unit.USD]), time.perf_counter() - start)
+            raise
+        estimate = micros_to_usd(reservation.plan.estimate_usd)
+        observer.decided(reservation.decision, estimate, time.perf_counter() - start)
+        return reservation
+
+    def _reserve(
+        self,
+        feature: str,
+        labels: Mapping[str, object],
+        estimate_usd: Money | None,
+        estimate_tokens: int | None,
+        fallback: str | None,
+    ) -> Steps[Reservation]:
         now = self.clock()
         call_labels = self.labels(feature, labels)
         settings = self.feature(feature)

@@ -30,16 +30,9 @@ from costguard.events import AuditRecord
 from costguard.forecast import Forecast
 from costguard.guarded import Decorated, GuardOptions, decorate
 from costguard.limits import LimitStart, limit_amount
-from costguard.model import (
-    DEFAULT_MAX_LABEL_LENGTH,
-    Ceiling,
-    Money,
-    Period,
-    Unit,
-    micros_to_usd,
-    to_micros,
-)
+from costguard.model import DEFAULT_MAX_LABEL_LENGTH, Ceiling, Money, Period, Unit, micros_to_usd, to_micros
 from costguard.notify.dispatcher import DEFAULT_GROUP_S, LaneStats, Notifier
+from costguard.observe import Observer
 from costguard.pricing import Pricing
 from costguard.reservation import AsyncReserveContext, Reservation
 from costguard.settings import CallErrorPolicy, CommitMode, FeatureSettings, GuardSettings, StoreErrorPolicy
@@ -269,6 +262,10 @@ class Guard:
     def spool(self) -> Spool | None:
         """The durable spool of writes the store does not have yet (None for `memory://`)."""
         return self._settlement.spool
+
+    def observe(self, observer: Observer) -> None:
+        """Report every decision, settle, store call, store error and alert to `observer` (metrics, traces)."""
+        self._parts.observe(observer)
 
     def alert_stats(self) -> list[LaneStats]:
         """Per notifier in this process: delivered, given up after retries, dropped, queued, rate-limited."""

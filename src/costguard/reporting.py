@@ -14,12 +14,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 from costguard import engine
 from costguard.errors import StoreError
 from costguard.events import NEW_PERIOD, AuditRecord, Event, EventKind
 from costguard.model import encode_scope, micros_to_usd
 from costguard.notify.dispatcher import Background, Dispatcher, LaneStats, Notifier
+from costguard.observe import Fanout, error_kind
 from costguard.stores.base import Store
 
 __all__ = ["Reporter"]
@@ -67,10 +69,15 @@ class Reporter:
         self._audit_scheduled = False
         self._audit_hurry = threading.Event()  # set while someone waits for the background work
         self.audit_dropped = 0  # records the store did not take (it was down)
+        self.observer: Fanout | None = None  # metrics and traces (`Guard.observe`)
+        # The backend's name for metrics: the URL's scheme only (the URL may hold a password).
+        self.store_kind = urlsplit(store.url).scheme.partition("+")[0] or type(store).__name__
 
     # ----------------------------------------------------------------- events
     def notify(self, event: Event) -> None:
         """Hand an event to every notifier's lane (never blocks, never raises)."""
+        if self.observer is not None:
+            self.observer.alert(event.kind)
         self.alerts.dispatch(event)
 
     def crossings(self, crossings: Sequence[engine.Crossing], now: float) -> None:
@@ -180,6 +187,8 @@ class Reporter:
     def store_error(self, exc: StoreError, during: str, *, topic: str = "store") -> None:
         """Log and alert, at most once a minute per topic (an outage fails every call: one report, with
         a count of the rest, is what an operator can use)."""
+        if self.observer is not None:  # every error counts; only the log and the event are throttled
+            self.observer.store_error(self.store_kind, error_kind(exc, topic))
         now = self.clock()
         with self._error_lock:
             last, suppressed = self._error_reports.get(topic, (float("-inf"), 0))

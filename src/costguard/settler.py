@@ -7,8 +7,9 @@ settler, so settling never goes back through the `Guard`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from costguard import deadline as dl
 from costguard.engine import CommitOutcome
@@ -16,6 +17,7 @@ from costguard.estimates import Estimates
 from costguard.events import AuditRecord
 from costguard.leasing import Leases
 from costguard.model import Money, Unit, check_count, micros_to_usd, to_micros
+from costguard.observe import Fanout, timed
 from costguard.pricing import Pricing
 from costguard.reporting import Reporter
 from costguard.reservation import Reservation
@@ -39,6 +41,7 @@ class Settler:
     on_call_error: CallErrorPolicy
     deadline_s: float
     leases: Leases | None = None
+    observer: Fanout | None = field(default=None, init=False)  # metrics and traces (`Guard.observe`)
 
     def commit(self, reservation: Reservation, usd_micros: int | None, tokens: int | None) -> Steps[None]:
         """Steps: record the actual cost (None: the estimate) plus what the call `charge()`d (built now)."""
@@ -81,6 +84,26 @@ class Settler:
         return self._settle(reservation, None, record)
 
     def _settle(self, reservation: Reservation, actual: Mapping[Unit, int] | None, record: AuditRecord) -> Steps[None]:
+        steps = self._settle_steps(reservation, actual, record)
+        observer = self.observer
+        return steps if observer is None else self._observed(steps, observer, reservation, actual)
+
+    @staticmethod
+    def _observed(
+        steps: Steps[None], observer: Fanout, reservation: Reservation, actual: Mapping[Unit, int] | None
+    ) -> Steps[None]:
+        """`steps`, with the settle (estimate, actual, time taken) told to the observer."""
+        start = time.perf_counter()
+        try:
+            yield from timed(steps, observer)
+        finally:
+            actual_usd = None if actual is None else micros_to_usd(actual[Unit.USD])
+            estimate = micros_to_usd(reservation.plan.estimate_usd)
+            observer.settled(reservation.decision, estimate, actual_usd, time.perf_counter() - start)
+
+    def _settle_steps(
+        self, reservation: Reservation, actual: Mapping[Unit, int] | None, record: AuditRecord
+    ) -> Steps[None]:
         local = reservation.local
         if local is not None:
             assert self.leases is not None

@@ -25,6 +25,7 @@ from costguard.leasing import Leases
 from costguard.limits import Limits
 from costguard.model import WILDCARD, Ceiling, pattern_message
 from costguard.notify.dispatcher import Notifier
+from costguard.observe import Fanout, Observer
 from costguard.pricing import Pricing
 from costguard.queries import Queries
 from costguard.reporting import Reporter
@@ -77,6 +78,12 @@ class Parts:
     limits: Limits
     queries: Queries
     leases: Leases | None
+
+    def observe(self, observer: Observer) -> None:
+        """Report calls, settles, store calls and errors, and alerts to `observer` too."""
+        current = self.reporter.observer
+        fanout = Fanout((observer,)) if current is None else current.with_(observer)
+        self.reporter.observer = self.calls.observer = self.settler.observer = fanout
 
     def flush(self, timeout: float) -> bool:
         """Give slices back, write queued costs, wait for background work; False if some remain."""

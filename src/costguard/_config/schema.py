@@ -33,6 +33,7 @@ __all__ = [
     "LearnConfig",
     "Limits",
     "LogOptions",
+    "MetricsConfig",
     "ModelPriceConfig",
     "NotifierConfig",
     "PagerDutyOptions",
@@ -323,6 +324,13 @@ class AdminToken(StrictModel):
     tenant: str | None = None
 
 
+class MetricsConfig(StrictModel):
+    auth: Literal["token", "none"] = "token"  # token: any admin token without a tenant; none: anyone who reaches it
+    top_n: Annotated[int, Field(ge=0, le=10_000)] = 20
+    cache_s: Annotated[float, Field(ge=0, le=3600)] = 5.0
+
+
 class AdminConfig(StrictModel):
     tokens: list[AdminToken] = Field(default_factory=list)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     max_limit_usd: Usd | None = None

@@ -176,15 +176,16 @@ def _query_names(dependant: Dependant) -> set[str]:
     return names
 
 
-def route_class(tokens: TokenBook) -> type[APIRoute]:
-    """An APIRoute that authenticates first, caps the body at 64 KB and answers every error as JSON."""
+def route_class(tokens: TokenBook, public_routes: frozenset[str] = PUBLIC_ROUTES) -> type[APIRoute]:
+    """An APIRoute that authenticates first (except routes named in `public_routes`), caps the body at
+    64 KB and answers every error as JSON."""
 
     class CostGuardRoute(APIRoute):
         """Authenticate, cap the body, refuse unknown query parameters, answer errors as JSON."""
 
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
-            public = self.name in PUBLIC_ROUTES
+            public = self.name in public_routes
             known = _query_names(self.dependant)
 
             async def run(request: Request) -> Response:

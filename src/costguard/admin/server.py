@@ -1,4 +1,4 @@
-"""`costguard.admin.app()`: the admin API plus the dashboard at `/`, as one FastAPI app."""
+"""`costguard.admin.app()`: the admin API, the dashboard at `/` and `/metrics`, as one FastAPI app."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import costguard
 from costguard.admin.api import build_router
 from costguard.admin.http import error_response, http_error_code, validation_message
 from costguard.admin.schemas import tighten_openapi
+from costguard.admin.scrape import build_metrics_router
 from costguard.config import AdminConfig
 from costguard.guard import Guard
 
@@ -54,6 +55,7 @@ def build_app(guard: Guard, admin: AdminConfig | Mapping[str, Any] | None = None
         openapi_url="/openapi.json",
     )
     app.include_router(build_router(guard, admin))
+    app.include_router(build_metrics_router(guard, admin))  # GET /metrics (Prometheus)
 
     def openapi() -> dict[str, Any]:
         # FastAPI's schema, with the rules only this guard knows (its labels, its label length) stated.
