@@ -5,6 +5,7 @@
 - `GET /search?q=...`: a smaller ceiling and a cached fallback — past the ceiling a query asked before gets
   its cached answer, a new one gets plain keyword matching instead of a model call.
 - `GET /budget`: this customer's spend against every ceiling; `GET /health`: never blocked.
+- `GET /metrics`: Prometheus metrics (calls, refusals, spend per ceiling) when `prometheus-client` is installed.
 
 With no `OPENAI_API_KEY` a fake model answers with realistic OpenAI-shaped `usage`; with one (and
 `pip install openai`) the real API is called. Either way the cost is computed from `usage` and the per-token
@@ -17,11 +18,13 @@ import hashlib
 import os
 import re
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
 from pydantic import BaseModel
 
 import costguard
@@ -136,7 +139,24 @@ class ChatIn(BaseModel):
 
 def create_app() -> FastAPI:
     """The app; costguard's guard is the default one (./costguard.yaml, or COSTGUARD_CONFIG)."""
-    app = FastAPI(title="costguard FastAPI example")
+    registry: Any = None
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        nonlocal registry
+        try:
+            from prometheus_client import CollectorRegistry
+
+            import costguard.metrics
+        except ImportError:  # pip install "costguard-ai[prometheus]" for /metrics
+            yield
+            return
+        # Registered at start, so every guarded call from then on is counted.
+        registry = CollectorRegistry()
+        registry.register(costguard.metrics.collector(costguard.default_guard()))
+        yield
+
+    app = FastAPI(title="costguard FastAPI example", lifespan=lifespan)
     app.add_middleware(CostGuardMiddleware)  # customer from X-Customer-Id; 503 while a kill switch is on
     chat_budget = Depends(guarded("chat"))
 
@@ -169,6 +189,15 @@ def create_app() -> FastAPI:
     def budget(request: Request) -> dict[str, Any]:
         customer = request.headers.get("X-Customer-Id")
         return costguard.default_guard().status(customer=customer).to_dict()
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        # Unauthenticated here, as most apps' /metrics: keep it off the public network (docs/metrics.md).
+        if registry is None:
+            return Response("pip install prometheus-client for /metrics\n", status_code=501)
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

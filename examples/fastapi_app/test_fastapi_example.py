@@ -123,3 +123,38 @@ def test_the_80_percent_warning_shows_in_the_log(
     guard.flush()
     warnings = [r.getMessage() for r in caplog.records if r.name == "costguard.alerts"]
     assert any(message.startswith("costguard warn:") for message in warnings), warnings
+
+
+def test_metrics_after_a_scripted_run_show_the_calls_refusals_and_spend(
+    example: tuple[ModuleType, costguard.Guard],
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    module, guard = example
+    with TestClient(module.app) as client:
+        statuses = [
+            client.post("/chat", json={"message": "Where is my refund?"}, headers=ACME).status_code for _ in range(8)
+        ]
+        client.post("/chat", json={"message": "Hello"}, headers={"X-Customer-Id": "globex"})
+        text = client.get("/metrics").text
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value for f in text_string_to_metric_families(text) for s in f.samples
+    }
+    allowed, refused = statuses.count(200), statuses.count(429)
+    assert allowed
+    assert refused
+    calls = {
+        dict(labels)["decision"]: v
+        for (name, labels), v in samples.items()
+        if name == "costguard_calls_total" and dict(labels)["feature"] == "chat"
+    }
+    assert calls == {"allowed": allowed + 1, "blocked": refused}
+    spent = {
+        dict(labels)["scope"]: v
+        for (name, labels), v in samples.items()
+        if name == "costguard_spent_usd" and dict(labels)["ceiling"] == "customer=*,feature=chat"
+    }
+    status = {tuple(sorted(row.labels.items())): row.spent for row in guard.status(feature="chat").ceilings}
+    assert spent["customer=acme,feature=chat"] == pytest.approx(status[(("customer", "acme"), ("feature", "chat"))])
+    assert spent["customer=acme,feature=chat"] > 0.015  # most of acme's $0.02 day
+    assert "customer=globex,feature=chat" in spent
