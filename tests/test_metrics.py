@@ -284,3 +284,21 @@ def test_async_calls_are_counted_and_timed() -> None:
         customer="",
         scope="feature=chat",
     ) == pytest.approx(0.02)
+
+
+def test_the_grafana_dashboard_reads_only_series_the_collector_exposes() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).parents[1] / "docs" / "grafana-dashboard.json").read_text(encoding="utf-8"))
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"\bcostguard_[a-z_]+", expr)}
+    guard = make_guard(FEATURE, PER_CUSTOMER)
+    registry = registry_for(guard, cache_s=0)
+    scripted_run(guard)
+    text = exposition(registry)[0].decode()
+    # Series with samples, and families declared without one yet (no store error so far).
+    exposed = {name for name, _ in scrape(registry)} | set(re.findall(r"^# TYPE (\S+)", text, re.MULTILINE))
+    assert used
+    assert used <= exposed, used - exposed
