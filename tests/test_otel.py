@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -13,8 +14,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import costguard
-from costguard import BudgetExceeded, FeatureSettings, Guard
+from costguard import BudgetExceeded, FeatureSettings, Guard, Period
 from costguard.otel import EVENT, instrument
+from costguard.stores import CounterRow, MemoryStore
 from helpers import make_guard, usd_ceiling
 
 FEATURE = usd_ceiling({"feature": "chat"}, day=1.0)
@@ -145,3 +147,32 @@ def test_instrument_is_once_per_guard_and_no_span_means_no_event(reader: InMemor
     assert instrument(guard, meter_provider=provider) is first
     spend(guard, "acme", 0.01, 0.01)  # no current span: nothing to add to, nothing raised
     assert number(points(reader), "costguard_calls", feature="chat", decision="allowed") == 1
+
+
+class _CountingReads(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def list_counters(self, buckets: Mapping[Period, str]) -> list[CounterRow]:
+        self.reads += 1
+        return super().list_counters(buckets)
+
+
+def test_one_collection_reads_the_store_once_for_every_gauge(reader: InMemoryMetricReader) -> None:
+    store = _CountingReads()
+    guard = make_guard(FEATURE, store=store)
+    instrument(guard, meter_provider=MeterProvider(metric_readers=[reader]), cache_s=0)
+    spend(guard, "acme", 0.01, 0.01)
+    found = points(reader)
+    assert number(
+        found,
+        "costguard_spent_usd",
+        ceiling=FEATURE.id,
+        period="day",
+        feature="chat",
+        customer="",
+        scope="feature=chat",
+    ) == pytest.approx(0.01)
+    assert number(found, "costguard_commit_queue") == 0
+    assert store.reads == 1

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["EVENT", "OtelObserver", "instrument"]
 
 EVENT = "costguard.decision"
+_SHARED_READ_S = 1.0
 
 _Attributes = dict[str, str | float | bool]
 
@@ -41,7 +42,8 @@ class OtelObserver:
 
     def __init__(self, guard: Guard, meter_provider: MeterProvider | None, top_n: int, cache_s: float) -> None:
         meter = metrics.get_meter("costguard", __version__, meter_provider=meter_provider)
-        self.snapshots = Snapshots(guard, top_n=top_n, cache_s=cache_s)
+        # A reader calls the gauges' callbacks one by one: a floor of one second makes them share a read.
+        self.snapshots = Snapshots(guard, top_n=top_n, cache_s=max(cache_s, _SHARED_READ_S))
         self.calls = meter.create_counter("costguard_calls", "1", "Guarded calls by outcome.")
         self.blocked = meter.create_counter("costguard_blocked", "1", "Guarded calls refused, by why.")
         self.store_errors = meter.create_counter("costguard_store_errors", "1", "Failed store calls.")
