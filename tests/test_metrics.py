@@ -302,3 +302,12 @@ def test_the_grafana_dashboard_reads_only_series_the_collector_exposes() -> None
     exposed = {name for name, _ in scrape(registry)} | set(re.findall(r"^# TYPE (\S+)", text, re.MULTILINE))
     assert used
     assert used <= exposed, used - exposed
+
+
+def test_label_values_with_quotes_newlines_and_unicode_come_back_exactly() -> None:
+    guard = make_guard(FEATURE, PER_CUSTOMER)
+    registry = registry_for(guard, cache_s=0)
+    customer = 'ac"me\\\n{x}=ü,y'
+    spend(guard, customer, 0.01, 0.01)
+    spent = {s["customer"] for s in named(scrape(registry), "costguard_spent_usd") if s["ceiling"] == PER_CUSTOMER.id}
+    assert spent == {customer}
