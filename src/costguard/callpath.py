@@ -13,8 +13,6 @@ up to the outage allowance, spooled by `Settlement` until the store answers.
 
 from __future__ import annotations
 
-import itertools
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from costguard.decision import Decision
 from costguard.errors import Blocked, BudgetExceeded, BudgetExpired, KillSwitchActive, StoreError
 from costguard.estimates import Estimates
 from costguard.events import AuditRecord
+from costguard.ids import reservation_id
 from costguard.leasing import Leases
 from costguard.model import Money, Unit, encode_scope, micros_to_usd, normalize_labels
 from costguard.observe import Fanout, timed
@@ -51,25 +50,6 @@ _ORPHANS_EVERY_S = 30.0
 # 1 % of the tightest hard USD ceiling the call falls under.
 _ALLOWANCE_CAP = 1_000_000
 _ALLOWANCE_SHARE = 100
-
-
-class _Ids:
-    """Reservation ids: 80 random bits drawn once per process (again in a forked child), then a count —
-    unique across the fleet without a system call per guarded call."""
-
-    def __init__(self) -> None:
-        self._draw()
-        os.register_at_fork(after_in_child=self._draw)
-
-    def _draw(self) -> None:
-        self._prefix = os.urandom(10).hex()
-        self._count = itertools.count()
-
-    def next(self) -> str:
-        return f"{self._prefix}{next(self._count):012x}"
-
-
-_ids = _Ids()
 
 
 @dataclass(eq=False, kw_only=True, repr=False)
@@ -328,7 +308,7 @@ class CallPath:
         self, state: ControlState, labels: Mapping[str, str], amounts: Mapping[Unit, int], now: float
     ) -> engine.ReservePlan:
         return self.plans.plan(
-            reservation_id=_ids.next(),
+            reservation_id=reservation_id(),
             ceilings=state.ceilings,
             overrides=state.overrides,
             labels=labels,
