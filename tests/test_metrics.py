@@ -100,6 +100,29 @@ def test_reserved_is_what_is_in_flight_at_the_scrape() -> None:
     assert value(after, "costguard_reserved_usd", **labels) == 0
 
 
+def test_a_leased_slice_is_shown_apart_from_what_is_reserved(fleet_store_url: str) -> None:
+    """A hot feature on a store that leases: the slice the process holds is in reserved and in leased;
+    given back at close, both are 0."""
+    roomy = usd_ceiling({"feature": "chat"}, day=100.0)  # far from the cap: worth a slice
+    guard = Guard(fleet_store_url, ceilings=[roomy])
+    registry = registry_for(guard, cache_s=0)
+    for _ in range(30):
+        with guard.reserve("chat", estimate_usd=0.001) as r:
+            r.commit(0.001)
+    labels = {"ceiling": roomy.id, "period": "day", "feature": "chat", "customer": "", "scope": "feature=chat"}
+    held = scrape(registry)
+    assert value(held, "costguard_leased_usd", **labels) > 0
+    assert value(held, "costguard_leased_usd", **labels) == pytest.approx(
+        value(held, "costguard_reserved_usd", **labels)
+    )
+    guard.close()
+    check = Guard(fleet_store_url, ceilings=[roomy], leases=False)
+    after = scrape(registry_for(check, cache_s=0))
+    assert value(after, "costguard_leased_usd", **labels) == 0
+    assert value(after, "costguard_spent_usd", **labels) == pytest.approx(0.03)
+    check.close()
+
+
 def test_degraded_calls_and_kill_switch_refusals_have_their_own_labels() -> None:
     guard = make_guard(FEATURE, features={"chat": FeatureSettings(degrade_at=0.5)})
     registry = registry_for(guard, cache_s=0)

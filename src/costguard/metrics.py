@@ -145,6 +145,9 @@ class CostGuardCollector(Collector):
         )
         limit = GaugeMetricFamily("costguard_limit_usd", "The limit in force for the period.", labels=labels)
         reserved = GaugeMetricFamily("costguard_reserved_usd", "Reservations in flight.", labels=labels)
+        leased = GaugeMetricFamily(
+            "costguard_leased_usd", "The part of the reservations held by leased slices.", labels=labels
+        )
         counters = GaugeMetricFamily(
             "costguard_counters",
             "Counters a ceiling has in its current period (the top N of them have their own series).",
@@ -159,7 +162,7 @@ class CostGuardCollector(Collector):
         )
         spool = GaugeMetricFamily("costguard_spool_items", "Entries in this process's outage spool on disk.")
         dropped = CounterMetricFamily("costguard_dropped_records", "Writes the spool had no room for (this process).")
-        families: list[Metric] = [spent, limit, reserved, counters, up, unrecorded, pending, spool, dropped]
+        families: list[Metric] = [spent, limit, reserved, leased, counters, up, unrecorded, pending, spool, dropped]
         if snapshots is None:
             return families
         snap = snapshots.get()
@@ -168,6 +171,7 @@ class CostGuardCollector(Collector):
             spent.add_metric(values, series.spent_usd)
             limit.add_metric(values, series.limit_usd)
             reserved.add_metric(values, series.reserved_usd)
+            leased.add_metric(values, series.leased_usd)
         for (ceiling, period), count in snap.counters.items():
             counters.add_metric([ceiling, period], count)
         up.add_metric([], 1.0 if snap.store_up else 0.0)

@@ -58,6 +58,7 @@ class OtelObserver:
             ("costguard_spent_usd", "Spend in the current period, in flight included.", _series("spent_usd")),
             ("costguard_limit_usd", "The limit in force for the period.", _series("limit_usd")),
             ("costguard_reserved_usd", "Reservations in flight.", _series("reserved_usd")),
+            ("costguard_leased_usd", "The part of the reservations held by leased slices.", _series("leased_usd")),
             ("costguard_counters", "Counters a ceiling has in its current period.", _counters),
             ("costguard_store_up", "Whether the store answered the last read.", _one("store_up")),
             ("costguard_unrecorded_usd", "USD admitted while the store was unreachable.", _one("unrecorded_usd")),

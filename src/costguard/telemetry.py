@@ -50,6 +50,7 @@ class Series:
     spent_usd: float
     limit_usd: float
     reserved_usd: float
+    leased_usd: float = 0.0  # the part of reserved_usd held by leased slices
 
     @property
     def labels(self) -> tuple[str, str, str, str, str]:
@@ -98,6 +99,7 @@ def bounded_series(rows: Iterable[CeilingStatus], top_n: int) -> tuple[list[Seri
                     row.spent,
                     row.limit,
                     row.reserved,
+                    row.leased,
                 )
             )
         if len(members) > len(top):
@@ -113,6 +115,7 @@ def bounded_series(rows: Iterable[CeilingStatus], top_n: int) -> tuple[list[Seri
                     round(sum(r.spent for r in rest), 6),
                     round(sum(r.limit for r in rest), 6),
                     round(sum(r.reserved for r in rest), 6),
+                    round(sum(r.leased for r in rest), 6),
                 )
             )
     return out, {key: len(members) for key, members in groups.items()}
