@@ -59,7 +59,8 @@ def decide(plan: ReservePlan, outcome: ReserveOutcome, *, now: float, degrade_at
     ratio = 0.0
     soft_over = False
     for op, total in zip(plan.counters, outcome.totals, strict=True):
-        value = _ratio(total, op.limit)
+        limit = op.limit
+        value = total / limit if limit > 0 else _ratio(total, limit)  # inline: every allowed call, every counter
         if op.hard:
             ratio = max(ratio, value)
         elif value >= 1.0:

@@ -9,7 +9,7 @@ from dataclasses import replace
 from costguard.engine.counters import CounterOp, ReservePlan
 from costguard.engine.decisions import ceilings_data
 from costguard.engine.evaluate import ReserveOutcome
-from costguard.engine.leases import UNIT_INDEX, Slice, Take
+from costguard.engine.leases import Slice, Take
 
 __all__ = ["LeasedView", "cold_plan", "leased_ceilings", "leased_view", "local_outcome"]
 
@@ -33,13 +33,15 @@ def local_outcome(
     its counters, this process's view (before the slice plus what it used) for the leased ones."""
     totals: dict[str, int] = {}
     for slice_, _ in take.parts:
-        for op in slice_.ops:
-            totals[op.key] = slice_.total(op)
+        base, used = slice_.base, slice_.used
+        for key, unit in slice_.slots:
+            totals[key] = base.get(key, 0) + used[unit]
     if cold is not None:
         totals.update(zip((op.key for op in cold_counters), cold.totals, strict=True))
+    get = totals.get
     return ReserveOutcome(
         True,
-        tuple(totals.get(op.key, 0) for op in plan.counters),
+        tuple([get(op.key, 0) for op in plan.counters]),
         crossings=() if cold is None else cold.crossings,
     )
 
@@ -64,7 +66,7 @@ class LeasedView:
         out: list[dict[str, object]] = []
         for slice_, base, used in self._parts:
             holder = ReservePlan(reservation_id="", at=0.0, labels=(), counters=slice_.ops, estimate_usd=0)
-            out.extend(ceilings_data(holder, [base.get(op.key, 0) + used[UNIT_INDEX[op.unit]] for op in slice_.ops]))
+            out.extend(ceilings_data(holder, [base.get(key, 0) + used[unit] for key, unit in slice_.slots]))
         return out
 
 

@@ -31,7 +31,6 @@ __all__ = [
     "HOT_CALLS",
     "LEASE_PREFIX",
     "MIN_SLICE_CALLS",
-    "UNIT_INDEX",
     "Grant",
     "LeaseBook",
     "Slice",
@@ -58,8 +57,9 @@ MAX_SLICE_CALLS = 10_000
 LEASE_PREFIX = "lease-"
 
 _UNITS = (Unit.USD, Unit.CALLS, Unit.TOKENS)
-UNIT_INDEX = _INDEX = {unit: i for i, unit in enumerate(_UNITS)}  # a unit's place in `Slice.used`
+_INDEX = {unit: i for i, unit in enumerate(_UNITS)}
 GroupKey = tuple[str, tuple[tuple[str, str], ...]]
+_Part = tuple[GroupKey, tuple[int, ...], tuple[str, ...]]  # a group of a call: its key, counter indexes and keys
 
 
 def is_lease(reservation_id: str) -> bool:
@@ -86,6 +86,10 @@ class Slice:
     spent: list[int] = field(default_factory=lambda: [0, 0, 0])  # finished actuals
     inflight: int = 0
     retired: bool = False
+    slots: tuple[tuple[str, int], ...] = field(init=False)  # each counter's key and its unit's place in `used`
+
+    def __post_init__(self) -> None:
+        self.slots = tuple((op.key, _INDEX[op.unit]) for op in self.ops)
 
     def fits(self, amounts: Sequence[int]) -> bool:
         """Whether a call needing `amounts` (per unit) fits in what is left."""
@@ -101,7 +105,11 @@ class Slice:
         if now >= self.expires - period_s / 4:
             return True
         used, granted = self.used, self.granted
-        return any(granted[i] and 4 * (used[i] + amounts[i]) > 3 * granted[i] for i in range(3))
+        return bool(
+            (granted[0] and 4 * (used[0] + amounts[0]) > 3 * granted[0])
+            or (granted[1] and 4 * (used[1] + amounts[1]) > 3 * granted[1])
+            or (granted[2] and 4 * (used[2] + amounts[2]) > 3 * granted[2])
+        )
 
     def total(self, op: CounterOp) -> int:
         """A counter's total as far as this process knows (before the slice, plus what it used of it)."""
@@ -155,7 +163,7 @@ class LeaseBook:
         self._groups: dict[GroupKey, _Group] = {}
         self._control: object = None
         self._epoch = 0  # bumped at every control change
-        self._split: dict[int, tuple[tuple[CounterOp, ...], list[tuple[GroupKey, tuple[int, ...]]]]] = {}
+        self._split: dict[int, tuple[tuple[CounterOp, ...], list[_Part]]] = {}
         self._done: list[Slice] = []  # retired, no call in flight: to settle in the store
 
     # ----------------------------------------------------------------- admission
@@ -173,7 +181,7 @@ class LeaseBook:
         covered: list[tuple[Slice, tuple[int, int, int]]] = []
         cold: list[int] = []
         grants: list[Grant] = []
-        for key, indexes in self._groups_of(counters):
+        for key, indexes, keys in self._groups_of(counters):
             if key is _NOT_LEASED:  # a `max_instances` registry and what it counts, a run with a ttl
                 cold.extend(indexes)
                 continue
@@ -187,7 +195,7 @@ class LeaseBook:
                 group.calls += 1
             current = group.slice
             if current is not None:
-                fresh = now < current.expires and current.keys == tuple(counters[i].key for i in indexes)
+                fresh = now < current.expires and current.keys == keys
                 if fresh and current.fits(per_call):
                     covered.append((current, per_call))
                     if not group.granting and current.nearly_spent(per_call, now, self.period_s):
@@ -212,8 +220,9 @@ class LeaseBook:
         cold.sort()
         return Take(covered, tuple(counters[i] for i in cold)), grants
 
-    def _groups_of(self, counters: tuple[CounterOp, ...]) -> list[tuple[GroupKey, tuple[int, ...]]]:
-        """The call's counters by group, in plan order (cached per planned tuple of counters)."""
+    def _groups_of(self, counters: tuple[CounterOp, ...]) -> list[_Part]:
+        """The call's counters by group, in plan order: the group, its counters' indexes and keys
+        (cached per planned tuple of counters)."""
         cached = self._split.get(id(counters))
         if cached is not None and cached[0] is counters:
             return cached[1]
@@ -227,7 +236,7 @@ class LeaseBook:
             if op.counts_new >= 0 or key[0] in registered:
                 key = _NOT_LEASED
             groups.setdefault(key, []).append(i)
-        split = [(key, tuple(indexes)) for key, indexes in groups.items()]
+        split = [(key, tuple(indexes), tuple(counters[i].key for i in indexes)) for key, indexes in groups.items()]
         if len(self._split) > 4096:
             self._split.clear()
         self._split[id(counters)] = (counters, split)
@@ -312,16 +321,25 @@ class LeaseBook:
     # ----------------------------------------------------------------- a call ends
     def finish(self, take: Take, actual: Mapping[Unit, int] | None) -> None:
         """A call served from slices ended: its actual cost (None: released) replaces its estimate."""
+        costs: tuple[int, int, int] | None = None
         for slice_, amounts in take.parts:
             slice_.inflight -= 1
-            used, spent = slice_.used, slice_.spent
-            for i, unit in enumerate(_UNITS):
-                if actual is None:
-                    used[i] -= amounts[i]
-                else:
-                    cost = actual.get(unit, amounts[i])
-                    used[i] += cost - amounts[i]
-                    spent[i] += cost
+            used = slice_.used
+            if actual is None:
+                used[0] -= amounts[0]
+                used[1] -= amounts[1]
+                used[2] -= amounts[2]
+            else:
+                if costs is None:  # every slice of a call takes the same amounts: priced once
+                    costs = (
+                        actual.get(Unit.USD, amounts[0]),
+                        actual.get(Unit.CALLS, amounts[1]),
+                        actual.get(Unit.TOKENS, amounts[2]),
+                    )
+                spent = slice_.spent
+                for i in range(3):
+                    used[i] += costs[i] - amounts[i]
+                    spent[i] += costs[i]
             if not slice_.retired and not slice_.fits((0, 0, 0)):
                 self._retire_slice(slice_)  # overdrawn: actual costs above their estimates
             elif slice_.retired and slice_.inflight == 0:
