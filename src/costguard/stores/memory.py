@@ -70,7 +70,7 @@ class MemoryStore(Store):
         self._killswitches: dict[str, KillSwitchState] = {}
         self._overrides: dict[tuple[str, Period, Unit], LimitOverride] = {}
         # (id, record) pairs: the id is attached when a record is read, not on the call path.
-        self._audit: deque[tuple[int, AuditRecord]] = deque(maxlen=max_audit)
+        self._audit: deque[tuple[int, AuditRecord | _Allowed]] = deque(maxlen=max_audit)
         self._cache: dict[str, tuple[bytes, float]] = {}
         self._ids = itertools.count(1)
 
@@ -137,7 +137,14 @@ class MemoryStore(Store):
                 for op, created, index in zip(plan.counters, new, range(len(new)), strict=True):
                     if created and index != outcome.blocked:
                         del known[op.key]
-            self._append(None if record is None else reserve_record(plan, outcome, record))
+            if record is not None:
+                # An allowed call's line (its ceilings' spend and limit) is written out when it is read:
+                # the plan and the totals it is made from never change.
+                self._audit.append(
+                    (next(self._ids), _Allowed(plan, outcome.totals, record))
+                    if outcome.allowed
+                    else (next(self._ids), reserve_record(plan, outcome, record))
+                )
             return outcome
 
     def settle(
@@ -243,9 +250,10 @@ class MemoryStore(Store):
         with self._lock:
             out = []
             unpaged = replace(query, before_id=None)  # stored records carry no id; paged here
-            for record_id, stored in reversed(self._audit):
+            for record_id, kept in reversed(self._audit):
                 if query.before_id is not None and record_id >= query.before_id:
                     continue
+                stored = kept.record() if isinstance(kept, _Allowed) else kept
                 if unpaged.matches(stored):
                     out.append(replace(stored, id=record_id))
                     if len(out) >= query.limit:
@@ -280,3 +288,17 @@ class MemoryStore(Store):
             for key in stale:
                 del self._cache[key]
             return len(dead) + len(old) + len(stale)
+
+
+class _Allowed:
+    """An allowed reserve's audit line, kept as what it is made from until it is read."""
+
+    __slots__ = ("_plan", "_record", "_totals")
+
+    def __init__(self, plan: ReservePlan, totals: tuple[int, ...], record: AuditRecord) -> None:
+        self._plan = plan
+        self._totals = totals
+        self._record = record
+
+    def record(self) -> AuditRecord:
+        return reserve_record(self._plan, ReserveOutcome(True, self._totals), self._record)
