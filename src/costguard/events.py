@@ -45,6 +45,8 @@ AuditDecision = Literal[
     "limit_changed",
     "killswitch_activated",
     "killswitch_deactivated",
+    "key_issued",
+    "key_revoked",
 ]
 AUDIT_DECISIONS: tuple[str, ...] = get_args(AuditDecision)
 

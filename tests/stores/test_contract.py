@@ -406,6 +406,22 @@ def test_killswitch_and_overrides_round_trip(store: Store) -> None:
     assert store.control().overrides == ()
 
 
+def test_run_keys_round_trip_in_the_control_state(store: Store) -> None:
+    from costguard.stores.base import RunKeyState
+
+    key = RunKeyState(
+        "k1", "ab" * 32, (("agent", "billing"), ("run", "r-42")), ("openai",), (("total_usd", 1.5),), NOW, NOW + 60
+    )
+    store.set_run_key(key, AuditRecord(NOW, "key_issued", dict(key.labels), data={"key_id": "k1"}))
+    assert store.control().keys == (key,)
+    revoked = RunKeyState(**{**key.__dict__, "revoked_at": NOW + 1})
+    store.set_run_key(revoked, AuditRecord(NOW + 1, "key_revoked", dict(key.labels), data={"key_id": "k1"}))
+    control = store.control()
+    assert control.keys == (revoked,)
+    assert control.killswitches == () and control.overrides == ()
+    assert [r.decision for r in store.audit(AuditQuery(decision="key_revoked"))] == ["key_revoked"]
+
+
 def test_audit_is_append_only_and_filterable(store: Store) -> None:
     p = plan([FEATURE], estimate=10_000, customer="acme")
     store.reserve(p, AuditRecord(NOW, "reserve", dict(p.labels), p.reservation_id, {"estimate_usd": 0.01}))

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator
 
+from costguard._config.proxy import ProxyConfig
 from costguard._config.schema import (
     AdminConfig,
     CeilingConfig,
@@ -62,6 +63,7 @@ class ConfigDocument(StrictModel):
     alert_group_s: Annotated[float, Field(gt=0)] | None = 60.0
     killswitch: KillSwitchConfig = Field(default_factory=KillSwitchConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
 
     @field_validator("store")
     @classmethod

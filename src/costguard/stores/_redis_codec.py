@@ -313,7 +313,7 @@ class Codec:
 
     @staticmethod
     def control_from(fields: Mapping[bytes, bytes]) -> Control:
-        kinds = {b"k|": "killswitch", b"o|": "override"}
+        kinds = {b"k|": "killswitch", b"o|": "override", b"r|": "key"}
         return Control.from_entries(
             (kinds.get(field[:2], ""), json.loads(value)) for field, value in sorted(fields.items())
         )

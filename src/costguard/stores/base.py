@@ -16,7 +16,17 @@ from costguard.errors import StoreError
 from costguard.events import AuditQuery, AuditRecord
 from costguard.model import Period, Unit
 
-__all__ = ["Control", "CounterRow", "KillSwitchState", "Store", "killswitch_entry", "override_entry", "redacted"]
+__all__ = [
+    "Control",
+    "CounterRow",
+    "KillSwitchState",
+    "RunKeyState",
+    "Store",
+    "killswitch_entry",
+    "override_entry",
+    "redacted",
+    "run_key_entry",
+]
 
 _SECRET_QUERY = re.compile(r"(?i)^(password|passwd|pwd|pass|secret|token|access_token|api_key|sslpassword)$")
 
@@ -53,18 +63,54 @@ class KillSwitchState:
 
 
 @dataclass(frozen=True)
+class RunKeyState:
+    """A run key as the store keeps it: its id, the sha256 of the key (never the key), the labels its
+    calls carry, the upstreams it may use (empty: all), and when it expires or was revoked."""
+
+    id: str
+    key_hash: str
+    labels: tuple[tuple[str, str], ...]
+    upstreams: tuple[str, ...] = ()
+    caps: tuple[tuple[str, float], ...] = ()
+    created_at: float = 0.0
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    actor: str | None = None
+
+    def __repr__(self) -> str:  # the hash is not the key, but no need to print it either
+        return f"RunKeyState(id={self.id!r}, labels={dict(self.labels)!r}, revoked_at={self.revoked_at!r})"
+
+
+@dataclass(frozen=True)
 class Control:
-    """Operator state every process follows: active kill switches and limit overrides."""
+    """Operator state every process follows: active kill switches, limit overrides and run keys."""
 
     killswitches: tuple[KillSwitchState, ...] = ()
     overrides: tuple[LimitOverride, ...] = ()
+    keys: tuple[RunKeyState, ...] = ()
 
     @classmethod
     def from_entries(cls, entries: Iterable[tuple[str, Mapping[str, Any]]]) -> Control:
         """Control state from stored (kind, JSON data) entries, kind `killswitch` or `override`."""
         switches: list[KillSwitchState] = []
         overrides: list[LimitOverride] = []
+        keys: list[RunKeyState] = []
         for kind, data in entries:
+            if kind == "key":
+                keys.append(
+                    RunKeyState(
+                        str(data["id"]),
+                        str(data["key_hash"]),
+                        tuple((str(a), str(b)) for a, b in data["labels"]),
+                        tuple(str(u) for u in data.get("upstreams", ())),
+                        tuple((str(a), float(b)) for a, b in data.get("caps", ())),
+                        float(data.get("created_at", 0.0)),
+                        None if data.get("expires_at") is None else float(data["expires_at"]),
+                        None if data.get("revoked_at") is None else float(data["revoked_at"]),
+                        data.get("actor"),
+                    )
+                )
+                continue
             scope = tuple((str(a), str(b)) for a, b in data["scope"])
             if kind == "killswitch":
                 switches.append(KillSwitchState(scope, data["reason"], data["actor"], data["since"]))
@@ -80,7 +126,7 @@ class Control:
                         data["at"],
                     )
                 )
-        return cls(tuple(switches), tuple(overrides))
+        return cls(tuple(switches), tuple(overrides), tuple(keys))
 
 
 def killswitch_entry(state: KillSwitchState) -> dict[str, Any]:
@@ -103,6 +149,21 @@ def override_entry(override: LimitOverride) -> dict[str, Any]:
         "reason": override.reason,
         "actor": override.actor,
         "at": override.at,
+    }
+
+
+def run_key_entry(state: RunKeyState) -> dict[str, Any]:
+    """A run key as a store keeps it: the JSON data `Control.from_entries` reads back as `key`."""
+    return {
+        "id": state.id,
+        "key_hash": state.key_hash,
+        "labels": [list(item) for item in state.labels],
+        "upstreams": list(state.upstreams),
+        "caps": [list(item) for item in state.caps],
+        "created_at": state.created_at,
+        "expires_at": state.expires_at,
+        "revoked_at": state.revoked_at,
+        "actor": state.actor,
     }
 
 
@@ -192,6 +253,10 @@ class Store(ABC):
     @abstractmethod
     def set_override(self, override: LimitOverride, clear: bool, record: AuditRecord) -> None:
         """Store (or with `clear`, remove) a limit override."""
+
+    def set_run_key(self, state: RunKeyState, record: AuditRecord) -> None:
+        """Store a run key (issued, or revoked: the same id written again) with its audit record, together."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep run keys")
 
     @abstractmethod
     def append(self, records: Sequence[AuditRecord]) -> None:

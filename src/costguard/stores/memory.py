@@ -27,7 +27,7 @@ from costguard.engine import (
 )
 from costguard.events import AuditQuery, AuditRecord
 from costguard.model import Period, Unit, encode_scope
-from costguard.stores.base import Control, CounterRow, KillSwitchState, Store
+from costguard.stores.base import Control, CounterRow, KillSwitchState, RunKeyState, Store
 
 __all__ = ["MemoryStore"]
 
@@ -69,6 +69,7 @@ class MemoryStore(Store):
         self._reservations: dict[str, _Reservation] = {}
         self._killswitches: dict[str, KillSwitchState] = {}
         self._overrides: dict[tuple[str, Period, Unit], LimitOverride] = {}
+        self._keys: dict[str, RunKeyState] = {}
         # (id, record) pairs: the id is attached when a record is read, not on the call path.
         self._audit: deque[tuple[int, AuditRecord | _Allowed]] = deque(maxlen=max_audit)
         self._cache: dict[str, tuple[bytes, float]] = {}
@@ -218,7 +219,9 @@ class MemoryStore(Store):
 
     def control(self) -> Control:
         with self._lock:
-            return Control(tuple(self._killswitches.values()), tuple(self._overrides.values()))
+            return Control(
+                tuple(self._killswitches.values()), tuple(self._overrides.values()), tuple(self._keys.values())
+            )
 
     def set_killswitch(self, state: KillSwitchState, active: bool, record: AuditRecord) -> bool:
         key = encode_scope(dict(state.scope))
@@ -239,6 +242,11 @@ class MemoryStore(Store):
                 self._overrides.pop(key, None)
             else:
                 self._overrides[key] = override
+            self._append(record)
+
+    def set_run_key(self, state: RunKeyState, record: AuditRecord) -> None:
+        with self._lock:
+            self._keys[state.id] = state
             self._append(record)
 
     def append(self, records: Sequence[AuditRecord]) -> None:

@@ -45,7 +45,16 @@ from costguard.model import Period, Unit, encode_scope
 from costguard.stores._redis_clients import RedisClients, amapped, mapped, noscript
 from costguard.stores._redis_codec import MAX_SEQ, Codec, hash_reply, previous_id, record_from, record_json, text
 from costguard.stores._redis_conn import SCRIPTS, map_error, parse_options, redacted, redis_errors
-from costguard.stores.base import Control, CounterRow, KillSwitchState, Store, killswitch_entry, override_entry
+from costguard.stores.base import (
+    Control,
+    CounterRow,
+    KillSwitchState,
+    RunKeyState,
+    Store,
+    killswitch_entry,
+    override_entry,
+    run_key_entry,
+)
 
 __all__ = ["RedisStore"]
 
@@ -295,6 +304,11 @@ class RedisStore(RedisClients, Store):
     def set_override(self, override: LimitOverride, clear: bool, record: AuditRecord) -> None:
         field = f"o|{override.scope_key}|{override.period.value}|{override.unit.value}"
         keys, args = self.codec.control_call("del" if clear else "set", field, override_entry(override), record)
+        self._eval(SCRIPTS["control"], keys, args)
+
+    @mapped
+    def set_run_key(self, state: RunKeyState, record: AuditRecord) -> None:
+        keys, args = self.codec.control_call("set", f"r|{state.id}", run_key_entry(state), record)
         self._eval(SCRIPTS["control"], keys, args)
 
     # ----------------------------------------------------------------- audit log

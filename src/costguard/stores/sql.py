@@ -51,10 +51,12 @@ from costguard.stores.base import (
     Control,
     CounterRow,
     KillSwitchState,
+    RunKeyState,
     Store,
     killswitch_entry,
     override_entry,
     redacted,
+    run_key_entry,
 )
 
 __all__ = ["SQLStore", "map_error"]
@@ -241,6 +243,12 @@ class SQLStore(Store):
         key = f"override|{override.scope_key}|{override.period.value}|{override.unit.value}"
         with self._sessions.tx() as conn:
             self._put_control(conn, key, "override", None if clear else override_entry(override))
+            self._rows.write(conn, (), [record])
+
+    @mapped
+    def set_run_key(self, state: RunKeyState, record: AuditRecord) -> None:
+        with self._sessions.tx() as conn:
+            self._put_control(conn, f"key|{state.id}", "key", run_key_entry(state))
             self._rows.write(conn, (), [record])
 
     # ----------------------------------------------------------------- audit log

@@ -1,0 +1,341 @@
+"""The proxy as a plain ASGI app: run key → reservation → forward → settle.
+
+Stateless: every decision is in the shared store (keys and caps in its control state, spend in its
+counters), so any number of proxies behind a load balancer share one cap exactly. Streams are passed
+through event by event as they arrive; the usage at their end is committed, and a stream the client
+abandons is settled from what was streamed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
+
+import httpx
+
+from costguard._config.proxy import ProxyConfig, UpstreamConfig
+from costguard._web import Reply, blocked_reply, header_text
+from costguard.errors import Blocked, LabelError
+from costguard.guard import Guard
+from costguard.integrations._streams import Meter
+from costguard.proxy.pricing import BadRequest, Estimate, actual_cost, estimate
+from costguard.proxy.sse import EventSplitter
+from costguard.reservation import Reservation
+from costguard.runkeys import KeyIndex
+from costguard.steps import arun
+
+__all__ = ["ProxyApp"]
+
+log = logging.getLogger("costguard.proxy")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+MAX_BODY = 32 * 1024 * 1024
+# Request headers never forwarded: the agent's key (the proxy puts the vendor's in), hop-by-hop ones,
+# and what httpx sets itself.
+_DROP_REQUEST = frozenset(
+    {
+        "host",
+        "authorization",
+        "x-api-key",
+        "content-length",
+        "connection",
+        "transfer-encoding",
+        "accept-encoding",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "proxy-authorization",
+        "cookie",
+    }
+)
+_DROP_RESPONSE = frozenset({"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"})
+
+
+def _reply(status: int, body: Mapping[str, Any], headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+    return Reply(status, body, headers)
+
+
+async def _send_reply(send: Send, reply: Reply) -> None:
+    content = reply.content
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in reply.headers]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": content})
+
+
+def _invalid_key(problem: str) -> Reply:
+    message = {
+        "missing": "no run key: send it as the API key (Authorization: Bearer … or x-api-key)",
+        "unknown": "unknown run key",
+        "revoked": "this run key was revoked",
+        "expired": "this run key has expired",
+    }[problem]
+    body = {
+        "code": "invalid_key",
+        "reason": problem,
+        "message": message,
+        "error": {"type": "invalid_key", "message": message},
+    }
+    return _reply(401, body)
+
+
+def _presented_key(headers: Mapping[str, str]) -> str | None:
+    auth = headers.get("authorization")
+    if auth and auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return headers.get("x-api-key")
+
+
+class ProxyApp:
+    """`costguard proxy`'s ASGI app over a guard and the config's `proxy:` section."""
+
+    def __init__(self, guard: Guard, config: ProxyConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.guard = guard
+        self.upstreams: dict[str, UpstreamConfig] = dict(config.upstreams)
+        self._keys = KeyIndex()
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+
+    def __repr__(self) -> str:
+        return f"ProxyApp(upstreams={sorted(self.upstreams)!r})"
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+            self._client = httpx.AsyncClient(transport=self._transport, limits=limits, timeout=600.0)
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the upstream connections."""
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        if path == "/health":
+            await _send_reply(send, _reply(200, {"status": "ok"}))
+            return
+        name, _, rest = path.lstrip("/").partition("/")
+        upstream = self.upstreams.get(name)
+        if upstream is None:
+            await _send_reply(send, _reply(404, {"code": "unknown_upstream", "message": f"no upstream {name!r}"}))
+            return
+        await self._proxy(scope, receive, send, name, upstream, rest)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _proxy(
+        self, scope: Scope, receive: Receive, send: Send, name: str, upstream: UpstreamConfig, rest: str
+    ) -> None:
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope["headers"]:
+            value = header_text(raw_value)
+            if value is not None:
+                headers[raw_name.decode("latin-1").lower()] = value
+        now = self.guard.clock()
+        state = await arun(self.guard.control.refresh(now))
+        check = self._keys.check(state.control, _presented_key(headers), now)
+        if check.state is None:
+            assert check.problem is not None
+            await _send_reply(send, _invalid_key(check.problem))
+            return
+        key = check.state
+        if key.upstreams and name not in key.upstreams:
+            refused = {"code": "upstream_not_allowed", "message": f"this run key may not use {name!r}"}
+            await _send_reply(send, _reply(403, refused))
+            return
+        raw = await _read_body(receive)
+        if raw is None:
+            await _send_reply(send, _reply(413, {"code": "body_too_large", "message": f"over {MAX_BODY} bytes"}))
+            return
+        content_type = headers.get("content-type", "")
+        body: Any = None
+        if raw and "json" in content_type:
+            with contextlib.suppress(ValueError):
+                body = json.loads(raw)
+        try:
+            est = estimate(upstream, rest, body, raw, content_type, self.guard.pricing)
+        except BadRequest as exc:
+            await _send_reply(send, _reply(400, {"code": "bad_request", "message": str(exc)}))
+            return
+        labels = dict(key.labels)
+        feature = labels.pop("feature", None) or upstream.feature or name
+        labels.setdefault("vendor", name)
+        if est.model is not None:
+            labels.setdefault("model", est.model)
+        try:
+            reservation = await self.guard.areserve(feature, estimate_usd=est.usd, estimate_tokens=est.tokens, **labels)
+        except Blocked as exc:
+            await _send_reply(send, _blocked(exc))
+            return
+        except LabelError as exc:
+            await _send_reply(send, _reply(400, {"code": "bad_label", "message": str(exc)}))
+            return
+        streamed, hide_usage = False, False
+        if est.endpoint is not None and isinstance(body, dict) and body.get("stream") is True:
+            streamed = True
+            if est.endpoint.asks_for_usage and not (body.get("stream_options") or {}).get("include_usage"):
+                # OpenAI chat streams report usage only when asked; the agent didn't, so it doesn't see it.
+                body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+                raw, hide_usage = json.dumps(body).encode(), True
+        try:
+            await self._forward(
+                scope, receive, send, upstream, rest, headers, raw, reservation, est, hide_usage, streamed
+            )
+        except BaseException:
+            if not reservation.settled:
+                await asyncio.shield(reservation.arelease("proxy_error"))
+            raise
+
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        upstream: UpstreamConfig,
+        rest: str,
+        headers: dict[str, str],
+        raw: bytes,
+        reservation: Reservation,
+        est: Estimate,
+        hide_usage: bool,
+        streamed: bool,
+    ) -> None:
+        out = [(k, v) for k, v in headers.items() if k not in _DROP_REQUEST and not k.startswith("x-costguard")]
+        out.append(("accept-encoding", "identity"))
+        if upstream.api_key is not None:
+            secret = upstream.api_key.get_secret_value()
+            if upstream.kind == "anthropic":
+                out.append(("x-api-key", secret))
+            else:
+                out.append(("authorization", f"Bearer {secret}"))
+        url = upstream.url.rstrip("/") + "/" + rest
+        query = scope.get("query_string", b"")
+        if query:
+            url += "?" + query.decode("latin-1")
+        client = self._http()
+        request = client.build_request(
+            scope["method"], url, headers=out, content=raw, timeout=httpx.Timeout(upstream.timeout_s, connect=10.0)
+        )
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            await reservation.arelease("upstream_error")
+            log.warning("costguard proxy: upstream %s unreachable: %s", upstream.url, type(exc).__name__)
+            body = {"code": "upstream_unreachable", "message": f"the upstream did not answer ({type(exc).__name__})"}
+            await _send_reply(send, _reply(502, body))
+            return
+        try:
+            kept = [
+                (k.lower().encode("latin-1"), v.encode("latin-1"))
+                for k, v in response.headers.multi_items()
+                if k.lower() not in _DROP_RESPONSE
+            ]
+            is_stream = response.headers.get("content-type", "").startswith("text/event-stream")
+            if response.status_code >= 400 or not (streamed and is_stream):
+                content = await response.aread()
+                if response.status_code >= 400:
+                    await reservation.arelease("upstream_error")  # failed before usage: nothing charged
+                else:
+                    usd, tokens = actual_cost(est, content, self.guard.pricing)
+                    await reservation.acommit(usd, tokens=tokens)
+                kept.append((b"content-length", str(len(content)).encode()))
+                await send({"type": "http.response.start", "status": response.status_code, "headers": kept})
+                await send({"type": "http.response.body", "body": content})
+                return
+            assert est.endpoint is not None
+            meter = Meter(
+                reservation,
+                self.guard.pricing,
+                est.endpoint.provider,
+                est.max_output_tokens,
+                hide_usage_chunk=hide_usage,
+            )
+            await send({"type": "http.response.start", "status": response.status_code, "headers": kept})
+            await _pump(response, receive, send, meter)
+        finally:
+            await response.aclose()
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise asyncio.CancelledError  # the client left before sending its request: nothing to do
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def _pump(response: httpx.Response, receive: Receive, send: Send, meter: Meter) -> None:
+    """Pass a stream on event by event while metering it; settle it when it ends or the client leaves."""
+    splitter = EventSplitter()
+
+    async def copy() -> None:
+        async for chunk in response.aiter_raw():
+            out = []
+            for event, data in splitter.feed(chunk):
+                if data is not None and not meter.see(data):
+                    continue  # the usage chunk the proxy asked for and the agent didn't
+                out.append(event)
+            if out:
+                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+        tail = splitter.rest()
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    async def left() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    copying = asyncio.ensure_future(copy())
+    watching = asyncio.ensure_future(left())
+    try:
+        await asyncio.wait({copying, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (copying, watching):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(copying, watching, return_exceptions=True)
+        # Read to its end: the usage it reported; cut (by the client or the upstream): input plus the
+        # request's whole output cap, or the estimate when nothing was reported.
+        await asyncio.shield(meter.asettle())
+    if copying.done() and not copying.cancelled() and copying.exception() is not None:
+        log.warning("costguard proxy: stream from upstream broke: %s", type(copying.exception()).__name__)
+
+
+def _blocked(exc: Blocked) -> Reply:
+    reply = blocked_reply(exc)
+    body = dict(reply.body)
+    if reply.status == 429:
+        body["retry_after"] = exc.retry_after_s
+        body["error"] = {"type": "cap_exhausted", "code": "cap_exhausted", "message": str(exc)}
+    # The vendors' SDKs retry a 429 unless told not to; a cap doesn't come back in a second.
+    return Reply(reply.status, body, (*reply.headers, ("x-should-retry", "false")))

@@ -1,0 +1,105 @@
+"""What a proxied request may cost before it is forwarded, and what it did cost from the answer.
+
+OpenAI-compatible and Anthropic requests are estimated as the SDK integrations estimate them (the
+prompt's tokens plus `max_tokens` of output, priced) and charged from the `usage` the vendor reports;
+generic upstreams cost a fixed price per call or an amount read from the request.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import parse_qs
+
+from costguard._config.proxy import UpstreamConfig
+from costguard.integrations._request import CHAT_COMPLETIONS, MESSAGES, RESPONSES, Endpoint, estimate_request
+from costguard.model import Money
+from costguard.pricing import Pricing
+from costguard.usage import usage_from
+
+__all__ = ["BadRequest", "Estimate", "actual_cost", "endpoint_for", "estimate"]
+
+_ENDPOINTS = {"chat/completions": CHAT_COMPLETIONS, "responses": RESPONSES, "messages": MESSAGES}
+
+
+class BadRequest(ValueError):
+    """The request can't be priced (a generic upstream's amount is missing or not a number)."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The reservation for one request, and what the stream meter needs to know about it."""
+
+    usd: Money | None  # None: the feature's estimate_usd
+    tokens: int | None
+    max_output_tokens: int | None
+    endpoint: Endpoint | None
+    model: str | None
+
+
+def endpoint_for(upstream: UpstreamConfig, path: str) -> Endpoint | None:
+    """The priced endpoint a path names (`v1/chat/completions`, `v1/messages`…), for LLM upstreams."""
+    if upstream.kind == "generic":
+        return None
+    endpoint = _ENDPOINTS.get(path.strip("/").removeprefix("v1/"))
+    if endpoint is None or endpoint.provider != upstream.kind:
+        return None
+    return endpoint
+
+
+def _field(body: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(body, dict) or part not in body:
+            return None
+        body = body[part]
+    return body
+
+
+def estimate(
+    upstream: UpstreamConfig, path: str, body: Any, raw: bytes, content_type: str, pricing: Pricing
+) -> Estimate:
+    """The most this request can cost, from its body (`body`: the parsed JSON, or None)."""
+    fallback: Money | None = None if upstream.estimate_usd is None else Decimal(upstream.estimate_usd).scaleb(-6)
+    if upstream.kind == "generic":
+        if upstream.price_usd is not None:
+            return Estimate(upstream.price_usd, None, None, None, None)
+        assert upstream.amount is not None
+        if content_type.startswith("application/x-www-form-urlencoded"):
+            values = parse_qs(raw.decode("utf-8", "replace"))
+            value: Any = values.get(upstream.amount.json_path, [None])[0]
+        else:
+            value = _field(body, upstream.amount.json_path)
+        try:
+            amount = Decimal(str(value)) * upstream.amount.scale
+        except (InvalidOperation, ValueError):
+            amount = Decimal("NaN")
+        if value is None or isinstance(value, bool) or not amount.is_finite() or amount < 0:
+            raise BadRequest(f"this request needs a numeric `{upstream.amount.json_path}` (it is what it costs)")
+        return Estimate(amount, None, None, None, None)
+    endpoint = endpoint_for(upstream, path)
+    if endpoint is None or not isinstance(body, dict):
+        return Estimate(fallback, None, None, None, None)
+    found = estimate_request(pricing, endpoint, body, None)
+    model = body.get("model") if isinstance(body.get("model"), str) else None
+    usd = found.usd if found.usd is not None else fallback
+    return Estimate(usd, found.tokens, found.max_output_tokens, endpoint, model)
+
+
+def actual_cost(est: Estimate, content: bytes, pricing: Pricing) -> tuple[Decimal | None, int | None]:
+    """USD and tokens from a JSON answer's `usage` (None: not reported, the estimate stands)."""
+    if est.endpoint is None:
+        return None, None
+    try:
+        answer = json.loads(content)
+    except ValueError:
+        return None, None
+    if not isinstance(answer, dict):
+        return None, None
+    model = answer.get("model") if isinstance(answer.get("model"), str) else est.model
+    usage = usage_from(answer.get("usage"), model, est.endpoint.provider)
+    if usage is None:
+        return None, None
+    micros = pricing.micros(usage)
+    return (None if micros is None else Decimal(micros).scaleb(-6)), usage.total_tokens

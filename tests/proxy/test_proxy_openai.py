@@ -1,0 +1,214 @@
+"""`costguard proxy` driven by the real `openai` SDK (and curl) against the local fake vendor."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+from proxy_helpers import VENDOR_KEY, Clock, proxy_stack
+
+from costguard.guard import Guard
+from costguard.model import Period
+from costguard.runkeys import RunKeys
+
+MESSAGES = [{"role": "user", "content": "Where is my order?"}]
+
+
+@pytest.fixture
+def stack() -> Iterator[tuple[Guard, str, object]]:
+    with proxy_stack() as parts:
+        yield parts
+
+
+def spent(guard: Guard, **labels: str) -> float:
+    rows = [c for c in guard.status(**labels).to_dict()["ceilings"] if c["unit"] == "usd" and c["labels"] == labels]
+    assert rows, f"no ceiling on {labels}"
+    return float(rows[0]["spent_usd"])
+
+
+_clients: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
+def client(url: str, key: str) -> openai.OpenAI:
+    agent = openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key, max_retries=0)
+    _clients.append(agent)
+    return agent
+
+
+def test_a_call_is_forwarded_with_the_vendor_key_and_charged_its_usage(stack) -> None:
+    guard, url, fake = stack
+    issued = RunKeys(guard).issue({"run": "r-1", "agent": "billing"}, {"total_usd": 1})
+    answer = client(url, issued.key).chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, max_tokens=10, extra_headers={"x-fake-output-tokens": "4"}
+    )
+    assert answer.choices[0].message.content == "Your order ships on Tuesday."
+    sent = fake.requests[-1]["headers"]
+    assert sent["authorization"] == f"Bearer {VENDOR_KEY}"  # the run key never reaches the vendor
+    assert issued.key not in json.dumps(fake.requests[-1])
+    # Reserved $0.01 (10 output tokens at most), charged the 4 reported: $0.004.
+    assert spent(guard, agent="billing", run="r-1") == pytest.approx(0.004)
+    commits = [r for r in guard.audit(decision="commit") if r.labels.get("run") == "r-1"]
+    assert len(commits) == 1
+    assert commits[0].labels["agent"] == "billing" and commits[0].labels["feature"] == "openai"
+
+
+def test_the_cap_answers_429_cap_exhausted_before_the_vendor_sees_the_call(stack) -> None:
+    guard, url, fake = stack
+    issued = RunKeys(guard).issue({"run": "r-2"}, {"daily_usd": 0.03})
+    agent = client(url, issued.key)
+    for _ in range(3):
+        agent.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=10)
+    forwarded = len(fake.requests)
+    with pytest.raises(openai.RateLimitError) as caught:
+        agent.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=10)
+    assert len(fake.requests) == forwarded
+    response = caught.value.response
+    body = response.json()
+    assert body["code"] == "cap_exhausted"
+    assert body["cap_usd"] == 0.03 and body["spent_usd"] == 0.03
+    assert body["scope"] == {"run": "r-2"}
+    assert body["retry_after"] > 0
+    assert int(response.headers["retry-after"]) == pytest.approx(body["retry_after"], abs=1)
+    assert response.headers["x-should-retry"] == "false"
+    blocked = [r for r in guard.audit(decision="blocked") if r.labels.get("run") == "r-2"]
+    assert len(blocked) == 1
+
+
+def test_unknown_revoked_and_expired_keys_get_401() -> None:
+    clock = Clock()
+    with proxy_stack(clock=clock) as (guard, url, fake):
+        keys = RunKeys(guard)
+        with pytest.raises(openai.AuthenticationError) as caught:
+            client(url, "cgk-0123456789ab-" + "x" * 43).chat.completions.create(
+                model="gpt-4o-mini", messages=MESSAGES, max_tokens=10
+            )
+        assert caught.value.response.json()["reason"] == "unknown"
+        revoked = keys.issue({"run": "r-3"}, {"total_usd": 1})
+        client(url, revoked.key).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=10)
+        assert keys.revoke(revoked.id, actor="ops") is not None
+        with pytest.raises(openai.AuthenticationError) as caught:
+            client(url, revoked.key).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=10)
+        assert caught.value.response.json()["reason"] == "revoked"
+        short = keys.issue({"run": "r-4"}, {"total_usd": 1}, ttl_s=60)
+        client(url, short.key).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=10)
+        clock.now += 61
+        with pytest.raises(openai.AuthenticationError) as caught:
+            client(url, short.key).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=10)
+        assert caught.value.response.json()["reason"] == "expired"
+        assert len(fake.requests) == 2
+
+
+def test_a_key_limited_to_other_upstreams_is_refused(stack) -> None:
+    guard, url, fake = stack
+    issued = RunKeys(guard).issue({"run": "r-5"}, {"total_usd": 1}, upstreams=["anthropic"])
+    with pytest.raises(openai.PermissionDeniedError):
+        client(url, issued.key).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=10)
+    assert fake.requests == []
+
+
+def test_an_upstream_error_is_passed_through_and_released(stack) -> None:
+    guard, url, _fake = stack
+    issued = RunKeys(guard).issue({"run": "r-6"}, {"total_usd": 1})
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(url, issued.key).chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, max_tokens=10, extra_headers={"x-fake-status": "400"}
+        )
+    assert caught.value.response.json() == {
+        "error": {"message": "bad request", "type": "invalid_request_error", "code": None}
+    }
+    assert spent(guard, run="r-6") == 0
+    assert all(c.reserved == 0 for c in guard.store.list_counters({Period.TOTAL: "total"}))
+    released = [r for r in guard.audit(decision="release") if r.labels.get("run") == "r-6"]
+    assert len(released) == 1
+
+
+def test_an_unreachable_upstream_is_502_and_released() -> None:
+    with proxy_stack() as (guard, url, fake):
+        issued = RunKeys(guard).issue({"run": "r-7"}, {"total_usd": 1})
+        fake.stop()
+        with pytest.raises(openai.InternalServerError) as caught:
+            client(url, issued.key).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=10)
+        assert caught.value.response.status_code == 502
+        assert spent(guard, run="r-7") == 0
+
+
+def test_the_kill_switch_answers_503_with_its_header(stack) -> None:
+    guard, url, fake = stack
+    issued = RunKeys(guard).issue({"run": "r-8"}, {"total_usd": 1})
+    guard.killswitch.activate(reason="incident #7", actor="ops")
+    with pytest.raises(openai.InternalServerError) as caught:
+        client(url, issued.key).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=10)
+    assert caught.value.response.status_code == 503
+    assert caught.value.response.headers["x-costguard-kill-switch"] == "active"
+    assert fake.requests == []
+
+
+def test_a_stream_is_passed_through_and_its_usage_committed(stack) -> None:
+    guard, url, fake = stack
+    issued = RunKeys(guard).issue({"run": "r-9"}, {"total_usd": 1})
+    stream = client(url, issued.key).chat.completions.create(
+        model="gpt-4o-mini",
+        messages=MESSAGES,
+        max_tokens=10,
+        stream=True,
+        extra_headers={"x-fake-output-tokens": "3"},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Your order ships on Tuesday."
+    # The proxy asked for usage; the agent didn't, so it never sees the usage-only chunk.
+    assert all(c.choices for c in chunks)
+    assert fake.requests[-1]["body"]["stream_options"] == {"include_usage": True}
+    assert spent(guard, run="r-9") == pytest.approx(0.003)
+
+
+def test_a_stream_the_client_abandons_is_settled(stack) -> None:
+    guard, url, fake = stack
+    issued = RunKeys(guard).issue({"run": "r-10"}, {"total_usd": 1})
+    fake.delay_s = 0.0
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 10, "stream": True}
+    with httpx.Client() as http:
+        with http.stream(
+            "POST",
+            f"{url}/openai/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {issued.key}"},
+        ) as response:
+            assert response.status_code == 200
+            next(response.iter_raw())  # the first event, then the client hangs up
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        rows = guard.store.list_counters({Period.TOTAL: "total"})
+        if rows and all(r.reserved == 0 for r in rows):
+            break
+        time.sleep(0.02)
+    rows = [r for r in guard.store.list_counters({Period.TOTAL: "total"}) if dict(r.scope) == {"run": "r-10"}]
+    assert rows and rows[0].reserved == 0
+    assert rows[0].committed == 10_000  # the whole output cap: it may have run on to it
+
+
+def test_curl_works_as_an_agent_in_any_language(stack) -> None:
+    guard, url, _fake = stack
+    issued = RunKeys(guard).issue({"run": "r-11"}, {"total_usd": 1})
+    body = json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 10})
+    out = subprocess.run(
+        [
+            "curl", "-sS", f"{url}/openai/v1/chat/completions",
+            "-H", f"Authorization: Bearer {issued.key}", "-H", "Content-Type: application/json", "-d", body,
+        ],
+        capture_output=True, check=True, timeout=30,
+    )  # fmt: skip
+    assert json.loads(out.stdout)["choices"][0]["message"]["content"] == "Your order ships on Tuesday."
+    assert spent(guard, run="r-11") == pytest.approx(0.01)
