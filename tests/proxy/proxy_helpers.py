@@ -21,9 +21,21 @@ from costguard.config import parse_config
 from costguard.guard import Guard
 from costguard.proxy import ProxyApp
 
-__all__ = ["VENDOR_KEY", "Clock", "FakeLLM", "build", "free_port", "serve"]
+__all__ = [
+    "OPERATOR_TOKEN",
+    "READ_TOKEN",
+    "VENDOR_KEY",
+    "Clock",
+    "FakeLLM",
+    "build",
+    "free_port",
+    "proxy_stack",
+    "serve",
+]
 
 VENDOR_KEY = "sk-vendor-secret-0123456789"
+OPERATOR_TOKEN = "op-token-0123456789abcdef"
+READ_TOKEN = "read-token-0123456789abcdef"
 # Priced so a call's cost is exact: nothing for input, $0.001 per output token (max_tokens=10 → $0.01).
 PRICING = {"models": {"gpt-4o-mini*": {"output_per_mtok": 1000}, "claude-*": {"output_per_mtok": 1000}}}
 
@@ -50,7 +62,12 @@ def build(fake: FakeLLM, store: str = "memory://", clock: Clock | None = None, *
         "store": store,
         "spool_dir": False,
         "pricing": PRICING,
-        "admin": {"tokens": [{"name": "ops", "token": "op-token-0123456789abcdef", "role": "operator"}]},
+        "admin": {
+            "tokens": [
+                {"name": "ops", "token": OPERATOR_TOKEN, "role": "operator"},
+                {"name": "viewer", "token": READ_TOKEN, "role": "read"},
+            ]
+        },
         "proxy": {
             "upstreams": {
                 "openai": {"kind": "openai", "url": fake.anthropic_url, "api_key": VENDOR_KEY},

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BeforeValidator
 
 from costguard.admin.http import ERROR_RESPONSES, ApiError, current_principal, route_class
+from costguard.admin.keys import add_key_routes
 from costguard.admin.policy import Principal, TokenBook, admin_settings, plan_limit_change, visible
 from costguard.admin.schemas import (
     AuditPage,
@@ -207,6 +208,7 @@ def build_router(guard: Guard, admin: AdminConfig | Mapping[str, Any] | None = N
         records, next_id = _audit_page(guard, caller, query, limit, before_id)
         return AuditPage(records=[r.to_dict() for r in records], next_before_id=next_id)
 
+    add_key_routes(router, guard, max_limit_usd)
     return router
 
 

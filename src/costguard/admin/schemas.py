@@ -70,7 +70,7 @@ class _Body(BaseModel):
 # but JSON can't carry one in valid UTF-8, and a pattern can't name them: regex engines refuse.)
 LABEL_VALUE_PATTERN = "^[^\\u0000]*$"
 # The bodies with a `scope`: `tighten_openapi` states in their schema which labels this server knows.
-SCOPED_BODIES = ("LimitRequest", "KillSwitchActivate", "KillSwitchDeactivate")
+SCOPED_BODIES = ("LimitRequest", "KillSwitchActivate", "KillSwitchDeactivate", "KeyIssue")
 
 
 def scope_schema(known_labels: Sequence[str], max_label_length: int) -> dict[str, Any]:
@@ -94,6 +94,10 @@ def tighten_openapi(openapi: dict[str, Any], known_labels: Sequence[str], max_la
     exact = scope_schema(known_labels, max_label_length)
     for name in SCOPED_BODIES:
         properties = schemas.get(name, {}).get("properties", {})
+        if "labels" in properties:  # a run key's labels: values, never '*' (its caps would cap every run)
+            value = {"type": "string", "minLength": 1, "maxLength": max_label_length, "pattern": LABEL_VALUE_PATTERN}
+            values = {key: {**value, "not": {"const": "*"}} for key in exact["properties"]}
+            properties["labels"] = {**exact, "properties": values, "minProperties": 1}
         if "scope" not in properties:
             continue
         optional = "anyOf" in properties["scope"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from costguard.cli import audit, check, demo, killswitch, limits, serve, status
+from costguard.cli import audit, check, demo, keys, killswitch, limits, proxy, serve, status
 
 __all__ = ["main"]
 
@@ -29,3 +29,5 @@ main.add_command(audit.audit)
 main.add_command(serve.serve)
 main.add_command(serve.mcp_command)
 main.add_command(demo.demo)
+main.add_command(keys.keys)
+main.add_command(proxy.proxy)
