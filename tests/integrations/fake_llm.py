@@ -48,7 +48,7 @@ class FakeLLM:
         class Handler(_Handler):
             server_fake = fake
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._server.block_on_close = False
         self._thread = threading.Thread(
@@ -76,6 +76,10 @@ class FakeLLM:
     def record(self, path: str, model: str, usage: dict[str, Any]) -> None:
         with self._lock:
             self.reported.append({"path": path, "model": model, "usage": usage})
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # many concurrent clients (the proxy's fleet test) must not be refused
 
 
 class _Handler(BaseHTTPRequestHandler):
