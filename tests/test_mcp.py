@@ -25,6 +25,8 @@ TOOLS = {
     "costguard_killswitch_activate",
     "costguard_killswitch_deactivate",
     "costguard_killswitch_status",
+    "costguard_key_issue",
+    "costguard_key_revoke",
 }
 
 CONFIG = f"""\
@@ -229,3 +231,29 @@ def test_activating_a_switch_already_on_names_who_turned_it_on(config: Path) -> 
 
     result = payload(with_server(config, ADMIN, activate))
     assert (result["changed"], result["actor"], result["activated_by"]) == (False, "mcp:ops", "pager-duty-bot")
+
+
+def test_an_operator_token_mints_and_revokes_a_run_key_for_a_sub_agent(config: Path) -> None:
+    async def body(client: Any) -> Any:
+        issued = await client.call_tool(
+            "costguard_key_issue", {"labels": {"run": "sub-1"}, "caps": {"total_usd": 2}, "ttl_s": 600}
+        )
+        revoked = await client.call_tool("costguard_key_revoke", {"key_id": payload(issued)["id"]})
+        unknown = await client.call_tool("costguard_key_revoke", {"key_id": "0123456789ab"})
+        return payload(issued), payload(revoked), unknown
+
+    issued, revoked, unknown = with_server(config, OPERATOR, body)
+    assert issued["key"].startswith("cgk-") and issued["caps"] == {"total_usd": 2.0}
+    assert revoked == {"id": issued["id"], "revoked": True}
+    assert "no run key" in error_text(unknown)
+    with Guard.from_yaml(config) as guard:
+        (state,) = guard.store.control().keys
+        assert state.revoked_at is not None and state.actor == "mcp:oncall"
+        assert guard.current_limit({"run": "sub-1"}, "total") == 2.0
+
+
+def test_minting_a_key_needs_a_token(config: Path) -> None:
+    async def body(client: Any) -> Any:
+        return await client.call_tool("costguard_key_issue", {"labels": {"run": "sub-2"}})
+
+    assert "needs an admin token" in error_text(with_server(config, None, body))

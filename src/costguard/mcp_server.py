@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
 from costguard.admin.policy import AccessDenied, Principal, TokenBook, admin_settings, visible
 from costguard.config import AdminConfig
 from costguard.guard import Guard
+from costguard.runkeys import RunKeys
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
@@ -51,13 +52,13 @@ def build_server(
     principal = tokens.lookup(presented) if presented else None
     tenant = principal.tenant if principal is not None else None
 
-    def writer(action: str) -> Principal:
+    def writer(action: str, role: Literal["operator", "admin"] = "admin") -> Principal:
         if not presented:
             raise ToolError(f"{action} needs an admin token: set {TOKEN_ENV} in the MCP server's environment")
         if principal is None:
             raise ToolError(f"{TOKEN_ENV} is not one of the config's admin.tokens; {action} is refused")
-        if not principal.allows("admin"):
-            raise ToolError(f"{TOKEN_ENV} names the {principal.role} token {principal.name!r}; {action} needs admin")
+        if not principal.allows(role):
+            raise ToolError(f"{TOKEN_ENV} names the {principal.role} token {principal.name!r}; {action} needs {role}")
         return principal
 
     def in_scope(who: Principal, scope: dict[str, str], action: str) -> None:
@@ -146,6 +147,39 @@ def build_server(
             "switches": [s for s in data["switches"] if sees(s["scope"])],
             "history": [r for r in data["history"] if sees(r["labels"])][:history],
         }
+
+    keys = RunKeys(guard)
+
+    @server.tool(name="costguard_key_issue")
+    def key_issue(
+        labels: Annotated[dict[str, str], Field(description='The labels of its calls, e.g. {"run": "r-42"}.')],
+        caps: Annotated[
+            dict[str, float] | None, Field(default=None, description='Caps on those labels, e.g. {"total_usd": 2}.')
+        ] = None,
+        ttl_s: Annotated[float | None, Field(default=None, gt=0, description="Seconds the key is valid.")] = None,
+        upstreams: Annotated[
+            list[str] | None, Field(default=None, description="Proxy upstreams it may use (omit: all).")
+        ] = None,
+    ) -> dict[str, Any]:
+        """Mint a capped run key for a sub-agent's run: it uses the key as its API key and costguard proxy as its
+        base URL. The key is in this answer only (the store keeps a hash). Needs an operator token."""
+        who = writer("issuing a run key", "operator")
+        try:
+            who.require_scope(labels, "issue a run key")
+            issued = keys.issue(labels, caps or {}, ttl_s=ttl_s, upstreams=upstreams or (), actor=f"mcp:{who.name}")
+        except (AccessDenied, ValueError) as exc:
+            raise ToolError(str(exc)) from None
+        return issued.to_dict()
+
+    @server.tool(name="costguard_key_revoke")
+    def key_revoke(key_id: Annotated[str, Field(min_length=1, max_length=64)]) -> dict[str, Any]:
+        """Revoke a run key: every proxy refuses it within its control refresh. Needs an operator token."""
+        who = writer("revoking a run key", "operator")
+        if not any(k.id == key_id and sees(dict(k.labels)) for k in keys.list()):
+            raise ToolError(f"no run key {key_id!r}")
+        state = keys.revoke(key_id, actor=f"mcp:{who.name}")
+        assert state is not None
+        return {"id": key_id, "revoked": True}
 
     return server
 
