@@ -87,6 +87,22 @@ def build(fake: FakeLLM, store: str = "memory://", clock: Clock | None = None, *
     return config.build(clock=clock), config.proxy
 
 
+def wait_settled(guard: Guard, timeout: float = 5.0) -> None:
+    """Wait until nothing is reserved: the proxy settles a call just after its answer is sent."""
+    deadline = time.monotonic() + timeout
+    while any(row["reserved_usd"] for row in guard.status().to_dict()["ceilings"]):
+        assert time.monotonic() < deadline, guard.status().to_dict()
+        time.sleep(0.01)
+
+
+def spent(guard: Guard, **labels: str) -> float:
+    """USD spent by the ceiling on exactly `labels`, once every call has been settled."""
+    wait_settled(guard)
+    rows = [c for c in guard.status(**labels).to_dict()["ceilings"] if c["labels"] == labels and c["unit"] == "usd"]
+    assert rows, f"no ceiling on {labels}"
+    return float(rows[0]["spent_usd"])
+
+
 @contextmanager
 def serve(app: Any) -> Iterator[str]:
     """Serve an ASGI app on 127.0.0.1 in a thread; yields its base URL."""

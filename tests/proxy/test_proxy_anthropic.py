@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import anthropic
 import pytest
-from proxy_helpers import VENDOR_KEY, proxy_stack
+from proxy_helpers import VENDOR_KEY, proxy_stack, spent
 
 from costguard.guard import Guard
 from costguard.runkeys import RunKeys
@@ -18,11 +18,6 @@ MESSAGES = [{"role": "user", "content": "Where is my order?"}]
 def stack() -> Iterator[tuple[Guard, str, object]]:
     with proxy_stack() as parts:
         yield parts
-
-
-def spent(guard: Guard, **labels: str) -> float:
-    rows = [c for c in guard.status(**labels).to_dict()["ceilings"] if c["labels"] == labels and c["unit"] == "usd"]
-    return float(rows[0]["spent_usd"])
 
 
 def test_messages_are_forwarded_with_the_vendor_key_and_charged_their_usage(stack) -> None:

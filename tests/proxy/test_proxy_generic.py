@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from proxy_helpers import VENDOR_KEY, proxy_stack
+from proxy_helpers import VENDOR_KEY, proxy_stack, spent
 
 from costguard.runkeys import RunKeys
 
 # The fake vendor answers this path with JSON; a generic upstream doesn't care what it is.
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
-
-
-def spent(guard, **labels: str) -> float:
-    rows = [c for c in guard.status(**labels).to_dict()["ceilings"] if c["labels"] == labels and c["unit"] == "usd"]
-    return float(rows[0]["spent_usd"])
 
 
 def test_a_fixed_price_and_an_amount_from_the_body_are_reserved_and_charged() -> None:

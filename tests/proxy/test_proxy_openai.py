@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from proxy_helpers import VENDOR_KEY, Clock, proxy_stack
+from proxy_helpers import VENDOR_KEY, Clock, proxy_stack, spent
 
 from costguard.guard import Guard
 from costguard.model import Period
@@ -23,12 +23,6 @@ MESSAGES = [{"role": "user", "content": "Where is my order?"}]
 def stack() -> Iterator[tuple[Guard, str, object]]:
     with proxy_stack() as parts:
         yield parts
-
-
-def spent(guard: Guard, **labels: str) -> float:
-    rows = [c for c in guard.status(**labels).to_dict()["ceilings"] if c["unit"] == "usd" and c["labels"] == labels]
-    assert rows, f"no ceiling on {labels}"
-    return float(rows[0]["spent_usd"])
 
 
 _clients: list[openai.OpenAI] = []

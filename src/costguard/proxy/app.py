@@ -103,6 +103,7 @@ class ProxyApp:
         self._keys = KeyIndex()
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        self._settling: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"ProxyApp(upstreams={sorted(self.upstreams)!r})"
@@ -113,8 +114,29 @@ class ProxyApp:
             self._client = httpx.AsyncClient(transport=self._transport, limits=limits, timeout=600.0)
         return self._client
 
+    def _settle_later(self, settle: Awaitable[None]) -> None:
+        """Settle a reservation once the answer is sent, off the request: the agent (and the next request on
+        its connection) doesn't wait for the store's write. Until it is written the estimate stays reserved:
+        never under-counted."""
+
+        async def run() -> None:
+            try:
+                await settle
+            except Exception:  # the guard reports store errors itself; never an unhandled task error
+                log.exception("costguard proxy: settling a reservation failed")
+
+        task = asyncio.ensure_future(run())
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def drain(self) -> None:
+        """Wait for every reservation still being settled (at shutdown)."""
+        while self._settling:
+            await asyncio.gather(*list(self._settling), return_exceptions=True)
+
     async def aclose(self) -> None:
-        """Close the upstream connections."""
+        """Settle what is pending and close the upstream connections."""
+        await self.drain()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -200,13 +222,14 @@ class ProxyApp:
                 # OpenAI chat streams report usage only when asked; the agent didn't, so it doesn't see it.
                 body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
                 raw, hide_usage = json.dumps(body).encode(), True
+        handed = [False]  # set once the reservation's settling is scheduled (commit, or release)
         try:
             await self._forward(
-                scope, receive, send, upstream, rest, headers, raw, reservation, est, hide_usage, streamed
+                scope, receive, send, upstream, rest, headers, raw, reservation, est, hide_usage, streamed, handed
             )
         except BaseException:
-            if not reservation.settled:
-                await asyncio.shield(reservation.arelease("proxy_error"))
+            if not handed[0]:  # broke before the answer was settled (the client left, a bug): give it back
+                self._settle_later(reservation.arelease("proxy_error"))
             raise
 
     async def _forward(
@@ -222,6 +245,7 @@ class ProxyApp:
         est: Estimate,
         hide_usage: bool,
         streamed: bool,
+        handed: list[bool],
     ) -> None:
         out = [(k, v) for k, v in headers.items() if k not in _DROP_REQUEST and not k.startswith("x-costguard")]
         out.append(("accept-encoding", "identity"))
@@ -242,6 +266,7 @@ class ProxyApp:
         try:
             response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
+            handed[0] = True
             await reservation.arelease("upstream_error")
             log.warning("costguard proxy: upstream %s unreachable: %s", upstream.url, type(exc).__name__)
             body = {"code": "upstream_unreachable", "message": f"the upstream did not answer ({type(exc).__name__})"}
@@ -256,14 +281,17 @@ class ProxyApp:
             is_stream = response.headers.get("content-type", "").startswith("text/event-stream")
             if response.status_code >= 400 or not (streamed and is_stream):
                 content = await response.aread()
-                if response.status_code >= 400:
-                    await reservation.arelease("upstream_error")  # failed before usage: nothing charged
-                else:
-                    usd, tokens = actual_cost(est, content, self.guard.pricing)
-                    await reservation.acommit(usd, tokens=tokens)
                 kept.append((b"content-length", str(len(content)).encode()))
-                await send({"type": "http.response.start", "status": response.status_code, "headers": kept})
-                await send({"type": "http.response.body", "body": content})
+                try:
+                    await send({"type": "http.response.start", "status": response.status_code, "headers": kept})
+                    await send({"type": "http.response.body", "body": content})
+                finally:
+                    handed[0] = True
+                    if response.status_code >= 400:
+                        self._settle_later(reservation.arelease("upstream_error"))  # failed before usage
+                    else:
+                        usd, tokens = actual_cost(est, content, self.guard.pricing)
+                        self._settle_later(reservation.acommit(usd, tokens=tokens))
                 return
             assert est.endpoint is not None
             meter = Meter(
@@ -274,7 +302,8 @@ class ProxyApp:
                 hide_usage_chunk=hide_usage,
             )
             await send({"type": "http.response.start", "status": response.status_code, "headers": kept})
-            await _pump(response, receive, send, meter)
+            handed[0] = True  # _pump settles the stream however it ends
+            await _pump(response, receive, send, meter, self._settle_later)
         finally:
             await response.aclose()
 
@@ -295,7 +324,9 @@ async def _read_body(receive: Receive) -> bytes | None:
             return b"".join(parts)
 
 
-async def _pump(response: httpx.Response, receive: Receive, send: Send, meter: Meter) -> None:
+async def _pump(
+    response: httpx.Response, receive: Receive, send: Send, meter: Meter, later: Callable[[Awaitable[None]], None]
+) -> None:
     """Pass a stream on event by event while metering it; settle it when it ends or the client leaves."""
     splitter = EventSplitter()
 
@@ -326,7 +357,7 @@ async def _pump(response: httpx.Response, receive: Receive, send: Send, meter: M
         await asyncio.gather(copying, watching, return_exceptions=True)
         # Read to its end: the usage it reported; cut (by the client or the upstream): input plus the
         # request's whole output cap, or the estimate when nothing was reported.
-        await asyncio.shield(meter.asettle())
+        later(meter.asettle())
     if copying.done() and not copying.cancelled() and copying.exception() is not None:
         log.warning("costguard proxy: stream from upstream broke: %s", type(copying.exception()).__name__)
 
