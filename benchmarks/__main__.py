@@ -21,6 +21,7 @@ SCRIPTS = [
     ["memory.py"],
     ["alerts_bench.py"],
     ["redis_bench.py"],
+    ["proxy_bench.py"],
 ]
 
 
