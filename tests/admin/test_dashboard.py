@@ -16,6 +16,7 @@ from admin_helpers import ADMIN_CONFIG, TOKENS, build_guard, spend
 
 from costguard import BudgetExceeded, Guard
 from costguard.admin import app
+from costguard.runkeys import RunKeys
 
 pytestmark = pytest.mark.browser
 
@@ -38,6 +39,7 @@ def dashboard_guard() -> Iterator[Guard]:
     with pytest.raises(BudgetExceeded):
         guard.reserve("doc_search", customer="globex", estimate_usd=0.5)
     guard.flush()
+    RunKeys(guard).issue({"run": "r-dash"}, {"total_usd": 2})
     yield guard
     guard.close()
 
@@ -142,6 +144,14 @@ def test_dashboard_in_chromium(server: str, dashboard_guard: Guard, tmp_path: Pa
             blocked = page.inner_text("#blocked tbody")
             assert "customer=globex" in blocked
             assert "feature=doc_search" in blocked
+
+            # Run keys: listed (never the key), and an operator revokes one from its row.
+            keys = page.inner_text("#keys tbody")
+            assert "run=r-dash" in keys and "total_usd 2" in keys and "active" in keys
+            page.once("dialog", lambda dialog: dialog.accept())
+            page.click("#keys tr[data-status='active'] button.revoke")
+            page.wait_for_selector("#keys tr[data-status='revoked']")
+            assert dashboard_guard.store.control().keys[0].revoked_at is not None
 
             # Change a limit from its row: an operator may lower it, not raise it.
             day_row = "#ceilings .ceiling[data-labels='feature=support_agent'][data-period='day'] button.change"

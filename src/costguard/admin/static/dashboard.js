@@ -164,19 +164,52 @@ function renderBlocked(page) {
   }
 }
 
+function renderKeys(keys) {
+  const body = $("keys").querySelector("tbody");
+  body.replaceChildren();
+  if (!keys.length) {
+    body.append(el("tr", {}, el("td", { colspan: "5", class: "empty" }, "No run keys.")));
+    return;
+  }
+  for (const key of keys.slice().reverse()) {
+    const caps = Object.entries(key.caps).map(([name, value]) => `${name} ${value}`).join(", ") || "–";
+    const action = el("td", {});
+    if (key.status === "active") {
+      const button = el("button", { type: "button", class: "revoke" }, "Revoke");
+      button.addEventListener("click", () => revoke(key));
+      action.append(button);
+    }
+    body.append(el("tr", { "data-key": key.id, "data-status": key.status }, el("td", {}, key.id),
+      el("td", {}, labelText(key.labels)), el("td", {}, caps), el("td", {}, key.status), action));
+  }
+}
+
+async function revoke(key) {
+  if (!window.confirm(`Revoke run key ${key.id} (${labelText(key.labels)})? Every proxy refuses it within its cache.`)) return;
+  try {
+    await api(`v1/keys/${encodeURIComponent(key.id)}`, { method: "DELETE" });
+    show(`Run key ${key.id} revoked.`);
+    await refresh();
+  } catch (error) {
+    show(`Run key not revoked: ${error.message}`, true);
+  }
+}
+
 async function refresh() {
   if (!token()) return;
   try {
-    const [status, forecast, switches, blocked] = await Promise.all([
+    const [status, forecast, switches, blocked, keys] = await Promise.all([
       api("v1/budget/status"),
       api("v1/budget/forecast"),
       api("v1/killswitch/status?history=5"),
       api("v1/audit?decision=blocked&limit=20"),
+      api("v1/keys"),
     ]);
     renderCeilings(status);
     renderForecast(forecast);
     renderKillSwitch(switches);
     renderBlocked(blocked);
+    renderKeys(keys);
     $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
     document.body.dataset.loaded = "true";
   } catch (error) {
