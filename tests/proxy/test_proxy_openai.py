@@ -206,3 +206,16 @@ def test_curl_works_as_an_agent_in_any_language(stack) -> None:
     )  # fmt: skip
     assert json.loads(out.stdout)["choices"][0]["message"]["content"] == "Your order ships on Tuesday."
     assert spent(guard, run="r-11") == pytest.approx(0.01)
+
+
+def test_a_path_can_not_climb_out_of_the_upstream(stack) -> None:
+    guard, url, fake = stack
+    issued = RunKeys(guard).issue({"run": "r-12"}, {"total_usd": 1})
+    with httpx.Client() as http:
+        response = http.send(
+            http.build_request(
+                "POST", f"{url}/openai/v1/%2e%2e/%2e%2e/admin", headers={"authorization": f"Bearer {issued.key}"}, json={}
+            )
+        )
+    assert response.status_code == 400 and response.json()["code"] == "bad_path"
+    assert fake.requests == []

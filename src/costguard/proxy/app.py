@@ -152,6 +152,9 @@ class ProxyApp:
             await _send_reply(send, _reply(200, {"status": "ok"}))
             return
         name, _, rest = path.lstrip("/").partition("/")
+        if any(part in (".", "..") for part in rest.split("/")):  # never outside the upstream's URL
+            await _send_reply(send, _reply(400, {"code": "bad_path", "message": "'.' and '..' are not allowed"}))
+            return
         upstream = self.upstreams.get(name)
         if upstream is None:
             await _send_reply(send, _reply(404, {"code": "unknown_upstream", "message": f"no upstream {name!r}"}))
