@@ -214,8 +214,27 @@ def test_a_path_can_not_climb_out_of_the_upstream(stack) -> None:
     with httpx.Client() as http:
         response = http.send(
             http.build_request(
-                "POST", f"{url}/openai/v1/%2e%2e/%2e%2e/admin", headers={"authorization": f"Bearer {issued.key}"}, json={}
+                "POST",
+                f"{url}/openai/v1/%2e%2e/%2e%2e/admin",
+                headers={"authorization": f"Bearer {issued.key}"},
+                json={},
             )
         )
     assert response.status_code == 400 and response.json()["code"] == "bad_path"
     assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"max_tokens": 10**30}, {"max_tokens": 10, "stream": True, "stream_options": "yes"}, {"max_tokens": -5}],
+)
+def test_odd_bodies_get_an_answer_never_a_crash(stack, extra) -> None:
+    guard, url, _fake = stack
+    issued = RunKeys(guard).issue({"run": "r-13"}, {"total_usd": 1})
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES, **extra}
+    with httpx.Client() as http:
+        response = http.post(
+            f"{url}/openai/v1/chat/completions", json=body, headers={"authorization": f"Bearer {issued.key}"}
+        )
+    assert response.status_code in (200, 400, 429, 502), response.text
+    spent(guard, run="r-13")  # everything settled

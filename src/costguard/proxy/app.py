@@ -218,12 +218,16 @@ class ProxyApp:
         except LabelError as exc:
             await _send_reply(send, _reply(400, {"code": "bad_label", "message": str(exc)}))
             return
+        except ValueError as exc:  # an estimate the guard can't take (e.g. an absurd max_tokens)
+            await _send_reply(send, _reply(400, {"code": "bad_request", "message": str(exc)}))
+            return
         streamed, hide_usage = False, False
         if est.endpoint is not None and isinstance(body, dict) and body.get("stream") is True:
             streamed = True
-            if est.endpoint.asks_for_usage and not (body.get("stream_options") or {}).get("include_usage"):
+            options = body.get("stream_options") or {}
+            if est.endpoint.asks_for_usage and isinstance(options, dict) and not options.get("include_usage"):
                 # OpenAI chat streams report usage only when asked; the agent didn't, so it doesn't see it.
-                body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+                body = {**body, "stream_options": {**options, "include_usage": True}}
                 raw, hide_usage = json.dumps(body).encode(), True
         handed = [False]  # set once the reservation's settling is scheduled (commit, or release)
         try:
