@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
-from proxy_helpers import VENDOR_KEY, proxy_stack, spent
+from proxy_helpers import VENDOR_KEY, proxy_stack, serve, spent
 
+from costguard.config import parse_config
+from costguard.proxy import ProxyApp
 from costguard.runkeys import RunKeys
 
 # The fake vendor answers this path with JSON; a generic upstream doesn't care what it is.
@@ -28,3 +32,51 @@ def test_a_fixed_price_and_an_amount_from_the_body_are_reserved_and_charged() ->
         missing = http.post(f"{url}/stripe/v1/chat/completions", json=BODY, headers=auth)
         assert missing.status_code == 400
         assert len(fake.requests) == 2
+
+
+async def form_upstream(scope, receive, send) -> None:
+    """Stripe's shape: a form-encoded body, a JSON answer echoing what it got."""
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    auth = dict(scope["headers"]).get(b"authorization", b"").decode()
+    answer = json.dumps({"received": body.decode(), "auth": auth}).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": answer})
+
+
+def test_a_form_encoded_amount_is_read_like_stripe_s() -> None:
+    with serve(form_upstream) as upstream_url:
+        config = parse_config(
+            {
+                "store": "memory://",
+                "spool_dir": False,
+                "proxy": {
+                    "upstreams": {
+                        "stripe": {
+                            "kind": "generic",
+                            "url": upstream_url,
+                            "api_key": VENDOR_KEY,
+                            "amount": {"json": "amount", "scale": 0.01},
+                        }
+                    }
+                },
+            }
+        )
+        guard = config.build()
+        issued = RunKeys(guard).issue({"run": "g-2"}, {"total_usd": 5})
+        with serve(ProxyApp(guard, config.proxy)) as url, httpx.Client() as http:
+            response = http.post(
+                f"{url}/stripe/v1/payment_intents",
+                data={"amount": "250", "currency": "usd"},
+                headers={"authorization": f"Bearer {issued.key}"},
+            )
+            assert response.status_code == 200, response.text
+            assert response.json() == {"received": "amount=250&currency=usd", "auth": f"Bearer {VENDOR_KEY}"}
+            assert spent(guard, run="g-2") == 2.5
+        guard.close()
