@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +20,7 @@ from costguard.config import load_config
 from costguard.estimators import LearnSettings, percentile
 from costguard.pricing import TokenUsage, UsageAccumulator, count_tokens, extract_usage, resolve_cost
 from costguard.testing import FakeClock
+from costguard.usage import _encoding
 from helpers import make_guard, usd_ceiling
 
 FIXTURES = Path(__file__).parent / "fixtures" / "usage"
@@ -176,7 +178,30 @@ def test_token_count_without_tiktoken_is_chars_over_four(monkeypatch: pytest.Mon
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_tiktoken)
+    _encoding.cache_clear()
     assert count_tokens("a" * 401) == 101
+    _encoding.cache_clear()
+
+
+def test_tiktoken_that_cannot_load_its_encoding_counts_chars_and_tries_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # tiktoken downloads encodings on first use; offline (litellm and langchain-openai install it) that raises.
+    attempts: list[str] = []
+
+    def offline(name: str) -> Any:
+        attempts.append(name)
+        raise ConnectionError("Failed to resolve 'openaipublic.blob.core.windows.net'")
+
+    fake = SimpleNamespace(encoding_for_model=offline, get_encoding=offline)
+    monkeypatch.setitem(sys.modules, "tiktoken", fake)
+    _encoding.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="costguard"):
+        assert count_tokens("a" * 401, "gpt-4o-mini") == 101
+        assert count_tokens("b" * 8, "gpt-4o-mini") == 2
+    assert attempts == ["gpt-4o-mini"]  # not once per call
+    assert caplog.text.count("tiktoken could not load") == 1
+    _encoding.cache_clear()
 
 
 def test_charge_unit_prices_metered_work() -> None:

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -24,6 +26,8 @@ __all__ = [
     "usage_from",
     "usage_tokens",
 ]
+
+log = logging.getLogger("costguard")
 
 
 @dataclass(frozen=True)
@@ -201,17 +205,36 @@ def _tail(usage: TokenUsage) -> tuple[Any, ...]:
     )
 
 
-def count_tokens(text: str, model: str | None = None) -> int:
-    """Tokens in `text`: exact with `tiktoken` when it is installed and knows the model, otherwise
-    about one token per four characters (rounded up), which over-estimates English slightly."""
+@functools.lru_cache(maxsize=64)
+def _encoding(model: str) -> Any:
+    """tiktoken's encoding for `model` (o200k_base for models it doesn't know), or None when tiktoken is
+    not installed or can't load it: its encoding files are downloaded on first use, which fails offline
+    (litellm and langchain-openai install tiktoken). Tried once per model and process, not per call."""
     try:
         import tiktoken
     except ImportError:
-        return math.ceil(len(text) / 4)
+        return None
     try:
-        encoding = tiktoken.encoding_for_model(model or "gpt-4o")
-    except KeyError:
-        encoding = tiktoken.get_encoding("o200k_base")
+        try:
+            return tiktoken.encoding_for_model(model)
+        except KeyError:
+            return tiktoken.get_encoding("o200k_base")
+    except Exception as exc:  # noqa: BLE001 - no network, no cache: the character estimate serves
+        log.warning(
+            "costguard: tiktoken could not load an encoding for %r (%s); prompts are counted at about "
+            "four characters a token. Pre-seed TIKTOKEN_CACHE_DIR for exact counts.",
+            model,
+            type(exc).__name__,
+        )
+        return None
+
+
+def count_tokens(text: str, model: str | None = None) -> int:
+    """Tokens in `text`: exact with `tiktoken` when it is installed and can load the model's encoding,
+    otherwise about one token per four characters (rounded up), which over-estimates English slightly."""
+    encoding = _encoding(model or "gpt-4o")
+    if encoding is None:
+        return math.ceil(len(text) / 4)
     return len(encoding.encode(text, disallowed_special=()))
 
 
