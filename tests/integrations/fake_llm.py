@@ -7,7 +7,9 @@ kept in `reported` so tests can price it independently. Request headers steer it
 - `x-fake-status: 400` answers with that status and the vendor's error body;
 - `x-fake-cached: N` reports N of the input tokens as cache reads;
 - `x-fake-output-tokens: N` reports N output tokens (at most the request's cap; default 17);
-- `x-fake-cut-after: N` sends N stream events, then drops the connection mid-body.
+- `x-fake-cut-after: N` sends N stream events, then drops the connection mid-body;
+- `x-fake-tool-call: NAME` (chat completions with `tools`) calls tool NAME with no arguments until the
+  conversation holds a tool result, then answers.
 """
 
 from __future__ import annotations
@@ -197,9 +199,21 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if not body.get("stream"):
             self.server_fake.record(self.path, model, usage)
-            message = {"role": "assistant", "content": "".join(REPLY_WORDS), "refusal": None, "annotations": []}
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": "".join(REPLY_WORDS),
+                "refusal": None,
+                "annotations": [],
+            }
+            finish = "stop"
+            tool = self.headers.get("x-fake-tool-call")
+            answered = any(m.get("role") == "tool" for m in body["messages"])
+            if tool and body.get("tools") and not answered:
+                call = {"id": "call_4417", "type": "function", "function": {"name": tool, "arguments": "{}"}}
+                message = {**message, "content": None, "tool_calls": [call]}
+                finish = "tool_calls"
             choice = [
-                {"index": i, "message": message, "logprobs": None, "finish_reason": "stop"} for i in range(choices)
+                {"index": i, "message": message, "logprobs": None, "finish_reason": finish} for i in range(choices)
             ]
             self._send_json(200, {**base, "object": "chat.completion", "choices": choice, "usage": usage})
             return
