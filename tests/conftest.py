@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,42 @@ import costguard.wiring
 from costguard.stores import Store, open_store
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+# The suite talks to loopback only (real servers it starts or is given on 127.0.0.1, fakes): a library
+# that would fetch something from the internet on the way (tiktoken's encodings, LiteLLM's price
+# map, a typo'd URL) gets the error an offline machine gives, at once, and nothing leaves the box.
+def _is_loopback(host: object) -> bool:
+    if host is None:
+        return True
+    name = (host.decode() if isinstance(host, bytes) else str(host)).strip("[]")
+    if name in ("", "localhost") or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+_real_getaddrinfo = socket.getaddrinfo
+_real_connect = socket.socket.connect
+
+
+def _loopback_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+    if not _is_loopback(host):
+        raise socket.gaierror(socket.EAI_NONAME, f"the test suite reaches loopback only, not {host!r}")
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+def _loopback_connect(self: socket.socket, address: Any) -> None:
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address[0]):
+        raise ConnectionRefusedError(f"the test suite reaches loopback only, not {address[0]!r}")
+    _real_connect(self, address)
+
+
+socket.getaddrinfo = _loopback_getaddrinfo
+socket.socket.connect = _loopback_connect  # type: ignore[method-assign]
 
 
 @pytest.fixture(autouse=True, scope="session")

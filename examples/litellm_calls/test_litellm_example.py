@@ -53,5 +53,6 @@ def test_summaries_until_the_ceiling_then_the_fallback(monkeypatch: pytest.Monke
     finally:
         guard.close()
         for obj in gc.get_objects():  # LiteLLM's own stray event loops (see tests/integrations/test_litellm.py)
-            if isinstance(obj, asyncio.BaseEventLoop) and not obj.is_running() and not obj.is_closed():
+            # type(), not isinstance: isinstance would set up lazy objects (Django's storages)
+            if issubclass(type(obj), asyncio.BaseEventLoop) and not obj.is_running() and not obj.is_closed():
                 obj.close()

@@ -45,7 +45,8 @@ def _close_litellms_stray_event_loops() -> Iterator[None]:
     worker's); closed here, or its ResourceWarning fails whichever later test the collector runs in."""
     yield
     for obj in gc.get_objects():
-        if isinstance(obj, asyncio.BaseEventLoop) and not obj.is_running() and not obj.is_closed():
+        # type(), not isinstance: isinstance asks a lazy object (Django's storages) for its class and sets it up
+        if issubclass(type(obj), asyncio.BaseEventLoop) and not obj.is_running() and not obj.is_closed():
             obj.close()
 
 
