@@ -257,3 +257,18 @@ def test_minting_a_key_needs_a_token(config: Path) -> None:
         return await client.call_tool("costguard_key_issue", {"labels": {"run": "sub-2"}})
 
     assert "needs an admin token" in error_text(with_server(config, None, body))
+
+
+def test_a_minted_key_cannot_raise_a_ceiling_its_operator_could_not(config: Path) -> None:
+    """Customers have $20 a month each: a key labelled with one customer and a $500 monthly cap would lift
+    it; an operator's token can't (an admin's can), and nothing is written."""
+
+    async def body(client: Any) -> Any:
+        return await client.call_tool(
+            "costguard_key_issue", {"labels": {"customer": "acme"}, "caps": {"monthly_usd": 500}}
+        )
+
+    assert "admin" in error_text(with_server(config, OPERATOR, body))
+    with Guard.from_yaml(config) as guard:
+        assert guard.store.control().keys == ()
+        assert guard.current_limit({"customer": "acme"}, "month") == 20.0

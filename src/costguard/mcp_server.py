@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
-from costguard.admin.policy import AccessDenied, Principal, TokenBook, admin_settings, visible
+from costguard.admin.policy import AccessDenied, Principal, TokenBook, admin_settings, plan_limit_change, visible
 from costguard.config import AdminConfig
 from costguard.guard import Guard
+from costguard.model import Period, Unit
 from costguard.runkeys import RunKeys
 
 if TYPE_CHECKING:
@@ -47,7 +48,8 @@ def build_server(
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
         raise ImportError(_MISSING) from exc
 
-    tokens = TokenBook(admin_settings(guard, admin).tokens)
+    settings = admin_settings(guard, admin)
+    tokens = TokenBook(settings.tokens)
     presented = os.environ.get(TOKEN_ENV) if token is None else token
     principal = tokens.lookup(presented) if presented else None
     tenant = principal.tenant if principal is not None else None
@@ -164,9 +166,16 @@ def build_server(
         """Mint a capped run key for a sub-agent's run: it uses the key as its API key and costguard proxy as its
         base URL. The key is in this answer only (the store keeps a hash). Needs an operator token."""
         who = writer("issuing a run key", "operator")
+
+        def judged(scope: Mapping[str, str], period: Period, unit: Unit, amount: int) -> object:
+            # Each cap is a limit change, judged as the admin API judges one (role, tenant, max_limit_usd).
+            return plan_limit_change(guard, who, scope, period, unit, amount, settings.max_limit_usd)
+
         try:
             who.require_scope(labels, "issue a run key")
-            issued = keys.issue(labels, caps or {}, ttl_s=ttl_s, upstreams=upstreams or (), actor=f"mcp:{who.name}")
+            issued = keys.issue(
+                labels, caps or {}, ttl_s=ttl_s, upstreams=upstreams or (), actor=f"mcp:{who.name}", check=judged
+            )
         except (AccessDenied, ValueError) as exc:
             raise ToolError(str(exc)) from None
         return issued.to_dict()

@@ -14,7 +14,7 @@ import hmac
 import math
 import re
 import secrets
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from costguard._config.schema import Limits as CapsModel
 from costguard.events import AuditRecord
 from costguard.guard import Guard
-from costguard.model import Unit, micros_to_usd, normalize_labels
+from costguard.model import Period, Unit, micros_to_usd, normalize_labels
 from costguard.stores.base import Control, RunKeyState
 
 __all__ = ["KEY_PREFIX", "IssuedKey", "KeyCheck", "KeyIndex", "RunKeys", "hash_key", "key_view"]
@@ -123,8 +123,13 @@ class RunKeys:
         ttl_s: float | None = None,
         upstreams: Collection[str] = (),
         actor: str | None = None,
+        check: Callable[[Mapping[str, str], Period, Unit, int], object] | None = None,
     ) -> IssuedKey:
-        """A new key for calls labelled `labels`, its `caps` set as run-time limits on that scope."""
+        """A new key for calls labelled `labels`, its `caps` set as run-time limits on that scope.
+
+        `check(scope, period, unit, amount)` judges each cap before any is set (the admin API and the MCP
+        server pass their caller's limit policy: a cap is a limit change like any other, and raising a
+        ceiling that scope already has needs an admin); it raises to refuse the key."""
         bound = normalize_labels(labels, max_length=self.guard.max_label_length)
         if not bound:
             raise ValueError("a run key needs at least one label (e.g. run: r-42): its caps are limits on that scope")
@@ -141,6 +146,9 @@ class RunKeys:
         for name in upstreams:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"upstreams must be names, got {name!r}")
+        if check is not None:
+            for limit in limits:
+                check(bound, limit.period, limit.unit, limit.amount)
         key_id = secrets.token_hex(_ID_LENGTH // 2)
         key = f"{KEY_PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
         shown: list[tuple[str, float]] = []

@@ -80,3 +80,22 @@ def test_costguard_keys_issue_list_revoke_against_a_running_proxy(tmp_path: Path
             call(url, issued["key"])
         missing = runner.invoke(main, ["keys", "revoke", "--config", str(config), "0123456789ab"])
         assert missing.exit_code != 0
+
+
+def test_a_key_cannot_raise_a_limit_its_issuer_could_not() -> None:
+    """A key's caps are limit changes: an operator can't lift a scope's $50 a month to $1 000 by issuing a key
+    labelled with that scope (raising needs an admin), but may cap it lower."""
+    with proxy_stack() as (guard, _url, _fake):
+        guard.set_limit({"customer": "acme"}, period="month", usd=50, reason="contract", actor="ops")
+        admin = TestClient(app(guard, admin=guard.admin))
+        op = {"authorization": f"Bearer {OPERATOR_TOKEN}"}
+        raised = admin.post(
+            "/v1/keys", json={"labels": {"customer": "acme"}, "caps": {"monthly_usd": 1000}}, headers=op
+        )
+        assert raised.status_code == 403, raised.text
+        assert "admin" in raised.json()["message"]
+        (row,) = [c for c in guard.status(customer="acme").ceilings if c.labels == {"customer": "acme"}]
+        assert row.limit == 50.0  # nothing changed
+        assert admin.get("/v1/keys", headers=op).json() == []
+        lowered = admin.post("/v1/keys", json={"labels": {"customer": "acme"}, "caps": {"monthly_usd": 10}}, headers=op)
+        assert lowered.status_code == 201, lowered.text

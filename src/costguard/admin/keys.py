@@ -5,6 +5,7 @@ A key is shown once, in the answer to the POST that issued it; the store keeps o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -12,10 +13,10 @@ from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from costguard.admin.http import ApiError, current_principal
-from costguard.admin.policy import Principal
+from costguard.admin.policy import Principal, plan_limit_change
 from costguard.admin.schemas import Count, ErrorBody, Usd, _scope
 from costguard.guard import Guard
-from costguard.model import to_micros
+from costguard.model import Period, Unit, to_micros
 from costguard.runkeys import RunKeys, key_view
 
 __all__ = ["KeyCaps", "KeyIssue", "KeyIssued", "KeyRow", "add_key_routes"]
@@ -101,9 +102,19 @@ def add_key_routes(router: APIRouter, guard: Guard, max_limit_usd: int | None) -
             for name, value in body.caps.amounts().items():
                 if name.endswith("_usd") and to_micros(value, what=name) > max_limit_usd:
                     raise ApiError(403, "limit_too_high", f"caps.{name} is over this API's max_limit_usd")
+
+        def judged(scope: Mapping[str, str], period: Period, unit: Unit, amount: int) -> object:
+            # Each cap is a limit change, judged like PUT /v1/limits on every ceiling it touches.
+            return plan_limit_change(guard, caller, scope, period, unit, amount, max_limit_usd)
+
         try:
             issued = keys.issue(
-                body.labels, body.caps.amounts(), ttl_s=body.ttl_s, upstreams=body.upstreams, actor=caller.actor
+                body.labels,
+                body.caps.amounts(),
+                ttl_s=body.ttl_s,
+                upstreams=body.upstreams,
+                actor=caller.actor,
+                check=judged,
             )
         except ValueError as exc:
             raise ApiError(422, "invalid_key_request", str(exc)) from None
