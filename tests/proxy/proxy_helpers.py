@@ -56,7 +56,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def build(fake: FakeLLM, store: str = "memory://", clock: Clock | None = None, **extra: Any) -> tuple[Guard, Any]:
+def build(
+    fake: FakeLLM,
+    store: str = "memory://",
+    clock: Clock | None = None,
+    upstream_timeout_s: float | None = None,
+    **extra: Any,
+) -> tuple[Guard, Any]:
     """A guard and the config's `proxy:` section, with an openai and an anthropic upstream at the fake."""
     data: dict[str, Any] = {
         "store": store,
@@ -83,6 +89,8 @@ def build(fake: FakeLLM, store: str = "memory://", clock: Clock | None = None, *
         },
         **extra,
     }
+    if upstream_timeout_s is not None:
+        data["proxy"]["upstreams"]["openai"]["timeout_s"] = upstream_timeout_s
     config = parse_config(data)
     return config.build(clock=clock), config.proxy
 
@@ -124,11 +132,11 @@ def serve(app: Any) -> Iterator[str]:
 
 @contextmanager
 def proxy_stack(
-    store: str = "memory://", clock: Clock | None = None, **extra: Any
+    store: str = "memory://", clock: Clock | None = None, upstream_timeout_s: float | None = None, **extra: Any
 ) -> Iterator[tuple[Guard, str, FakeLLM]]:
     """The fake vendor, a guard and a proxy in front of it: (guard, proxy URL, fake)."""
     fake = FakeLLM().start()
-    guard, config = build(fake, store, clock, **extra)
+    guard, config = build(fake, store, clock, upstream_timeout_s, **extra)
     try:
         with serve(ProxyApp(guard, config)) as url:
             yield guard, url, fake

@@ -238,3 +238,78 @@ def test_odd_bodies_get_an_answer_never_a_crash(stack, extra) -> None:
         )
     assert response.status_code in (200, 400, 429, 502), response.text
     spent(guard, run="r-13")  # everything settled
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "v1/chat/completions%23",  # '#': the upstream would be sent v1/chat/completions, priced flat here
+        "v1/chat/completions%3Fx=1",  # '?': likewise, as a query
+        "v1/..%3F/chat/completions",  # '..?' is not '..', but the URL would still climb
+        "v1/chat%5C..%5Ccompletions",  # backslashes
+        "v1/chat/completions%0d%0aX-Injected:%201",  # control characters
+    ],
+)
+def test_a_path_that_would_not_reach_the_upstream_as_written_is_refused(stack, path: str) -> None:
+    """The server decodes the path: a percent-encoded '?', '#', '\\' or control character would change what
+    the upstream is sent while the proxy priced something else (review finding)."""
+    guard, url, fake = stack
+    issued = RunKeys(guard).issue({"run": "r-20"}, {"total_usd": 1})
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 10}
+    with httpx.Client() as http:
+        response = http.post(f"{url}/openai/{path}", json=body, headers={"authorization": f"Bearer {issued.key}"})
+    assert response.status_code == 400 and response.json()["code"] == "bad_path", response.text
+    assert fake.requests == []
+    assert spent(guard, run="r-20") == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "v1/batches"),
+        ("POST", "v1/images/generations"),
+        ("GET", "v1/files"),
+        ("DELETE", "v1/files/file-1"),
+        ("GET", "v1/chat/completions"),
+    ],
+)
+def test_only_the_priced_endpoints_go_out_with_the_vendor_key(stack, method: str, path: str) -> None:
+    """Batches, images, files…: the proxy can't price them, and a run key must not reach the organisation's
+    files with the vendor key; they get 404 and the vendor sees nothing."""
+    guard, url, fake = stack
+    issued = RunKeys(guard).issue({"run": "r-21"}, {"total_usd": 1})
+    with httpx.Client() as http:
+        response = http.request(
+            method, f"{url}/openai/{path}", json={}, headers={"authorization": f"Bearer {issued.key}"}
+        )
+    assert response.status_code == 404 and response.json()["code"] == "unsupported_path", response.text
+    assert fake.requests == []
+
+
+def test_a_priced_endpoint_needs_a_json_body(stack) -> None:
+    guard, url, fake = stack
+    issued = RunKeys(guard).issue({"run": "r-22"}, {"total_usd": 1})
+    with httpx.Client() as http:
+        response = http.post(
+            f"{url}/openai/v1/chat/completions",
+            content=b"model=gpt-4o-mini&max_tokens=100000",
+            headers={"authorization": f"Bearer {issued.key}", "content-type": "application/x-www-form-urlencoded"},
+        )
+    assert response.status_code == 400 and response.json()["code"] == "bad_request"
+    assert fake.requests == []
+
+
+def test_an_upstream_that_took_the_request_and_never_answered_is_charged_the_estimate() -> None:
+    """Sent, then no answer within the upstream's timeout: the vendor may have run it, so the estimate is
+    recorded (over-count, never under); a connection refused is released (test above)."""
+    with proxy_stack(upstream_timeout_s=0.3) as (guard, url, fake):
+        fake.delay_s = 1.0
+        issued = RunKeys(guard).issue({"run": "r-23"}, {"total_usd": 1})
+        with httpx.Client(timeout=10) as http:
+            response = http.post(
+                f"{url}/openai/v1/chat/completions",
+                json={"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 10},
+                headers={"authorization": f"Bearer {issued.key}"},
+            )
+        assert response.status_code == 502
+        assert spent(guard, run="r-23") == pytest.approx(0.01)

@@ -22,7 +22,7 @@ from costguard._web import Reply, blocked_reply, header_text
 from costguard.errors import Blocked, LabelError
 from costguard.guard import Guard
 from costguard.integrations._streams import Meter
-from costguard.proxy.pricing import BadRequest, Estimate, actual_cost, estimate
+from costguard.proxy.pricing import BadRequest, Estimate, actual_cost, endpoint_for, estimate
 from costguard.proxy.sse import EventSplitter
 from costguard.reservation import Reservation
 from costguard.runkeys import KeyIndex
@@ -152,12 +152,19 @@ class ProxyApp:
             await _send_reply(send, _reply(200, {"status": "ok"}))
             return
         name, _, rest = path.lstrip("/").partition("/")
-        if any(part in (".", "..") for part in rest.split("/")):  # never outside the upstream's URL
-            await _send_reply(send, _reply(400, {"code": "bad_path", "message": "'.' and '..' are not allowed"}))
-            return
         upstream = self.upstreams.get(name)
         if upstream is None:
             await _send_reply(send, _reply(404, {"code": "unknown_upstream", "message": f"no upstream {name!r}"}))
+            return
+        problem = _path_problem(upstream, rest)
+        if problem is not None:
+            await _send_reply(send, _reply(400, {"code": "bad_path", "message": problem}))
+            return
+        if upstream.kind != "generic" and (scope["method"] != "POST" or endpoint_for(upstream, rest) is None):
+            # Only what the proxy can price goes out with the vendor key: not batches, files, fine-tuning…
+            supported = "v1/chat/completions, v1/responses" if upstream.kind == "openai" else "v1/messages"
+            refused = {"code": "unsupported_path", "message": f"this proxy forwards POST {supported} only"}
+            await _send_reply(send, _reply(404, refused))
             return
         await self._proxy(scope, receive, send, name, upstream, rest)
 
@@ -200,6 +207,10 @@ class ProxyApp:
         if raw and "json" in content_type:
             with contextlib.suppress(ValueError):
                 body = json.loads(raw)
+        if upstream.kind != "generic" and not isinstance(body, dict):
+            refused = {"code": "bad_request", "message": "the request body must be a JSON object (content-type json)"}
+            await _send_reply(send, _reply(400, refused))
+            return
         try:
             est = estimate(upstream, rest, body, raw, content_type, self.guard.pricing)
         except BadRequest as exc:
@@ -274,8 +285,11 @@ class ProxyApp:
             response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
             handed[0] = True
-            await reservation.arelease("upstream_error")
-            log.warning("costguard proxy: upstream %s unreachable: %s", upstream.url, type(exc).__name__)
+            if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+                await reservation.arelease("upstream_error")  # never reached it: nothing to pay
+            else:
+                await reservation.acommit()  # sent, no answer: it may have run — the estimate stands
+            log.warning("costguard proxy: upstream %s did not answer: %s", upstream.url, type(exc).__name__)
             body = {"code": "upstream_unreachable", "message": f"the upstream did not answer ({type(exc).__name__})"}
             await _send_reply(send, _reply(502, body))
             return
@@ -313,6 +327,24 @@ class ProxyApp:
             await _pump(response, receive, send, meter, self._settle_later)
         finally:
             await response.aclose()
+
+
+def _path_problem(upstream: UpstreamConfig, rest: str) -> str | None:
+    """Why a request path can't go to `upstream` (None: it can). The path is the one the server decoded:
+    a `?`, `#` or control character in it was percent-encoded by the agent, and would be taken by the
+    upstream's URL for a query, a fragment or worse; `.` and `..` would climb out of the upstream's URL."""
+    if any(part in (".", "..") for part in rest.split("/")):
+        return "'.' and '..' are not allowed in the path"
+    if any(ch in "?#\\" or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in rest):
+        return "the path may not hold '?', '#', '\\' or control characters (percent-encoded or not)"
+    base = httpx.URL(upstream.url).path.rstrip("/")
+    try:
+        sent = httpx.URL(upstream.url.rstrip("/") + "/" + rest).path
+    except httpx.InvalidURL:
+        return "the path is not one a URL can hold"
+    if sent != f"{base}/{rest}":
+        return "the path would not reach the upstream as written"
+    return None
 
 
 async def _read_body(receive: Receive) -> bytes | None:
