@@ -111,6 +111,8 @@ class Control:
                     )
                 )
                 continue
+            if kind not in ("killswitch", "override"):
+                continue  # an entry of a later version: this one doesn't know it
             scope = tuple((str(a), str(b)) for a, b in data["scope"])
             if kind == "killswitch":
                 switches.append(KillSwitchState(scope, data["reason"], data["actor"], data["since"]))
@@ -164,6 +166,9 @@ def run_key_entry(state: RunKeyState) -> dict[str, Any]:
         "expires_at": state.expires_at,
         "revoked_at": state.revoked_at,
         "actor": state.actor,
+        # Read by nothing here: a process of an earlier version reads every control entry's scope before
+        # its kind, and would fail every control read once a key is issued.
+        "scope": [],
     }
 
 
