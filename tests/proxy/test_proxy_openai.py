@@ -313,3 +313,19 @@ def test_an_upstream_that_took_the_request_and_never_answered_is_charged_the_est
             )
         assert response.status_code == 502
         assert spent(guard, run="r-23") == pytest.approx(0.01)
+
+
+def test_a_utf8_header_is_forwarded_as_sent(stack) -> None:
+    """Clients send UTF-8 header values; the proxy passes the agent's bytes on (it used to answer 500)."""
+    guard, url, fake = stack
+    issued = RunKeys(guard).issue({"run": "r-24"}, {"total_usd": 1})
+    note = "ümlaut-客户"
+    with httpx.Client() as http:
+        response = http.post(
+            f"{url}/openai/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 10},
+            headers=[("authorization", f"Bearer {issued.key}"), ("x-note", note.encode())],
+        )
+    assert response.status_code == 200, response.text
+    assert fake.requests[-1]["headers"]["x-note"].encode("latin-1").decode() == note
+    assert spent(guard, run="r-24") > 0

@@ -265,22 +265,33 @@ class ProxyApp:
         streamed: bool,
         handed: list[bool],
     ) -> None:
-        out = [(k, v) for k, v in headers.items() if k not in _DROP_REQUEST and not k.startswith("x-costguard")]
-        out.append(("accept-encoding", "identity"))
+        out: list[tuple[bytes, bytes]] = []
+        for raw_name, raw_value in scope["headers"]:  # the bytes the agent sent (UTF-8 values included)
+            name = raw_name.decode("latin-1").lower()
+            if name in headers and name not in _DROP_REQUEST and not name.startswith("x-costguard"):
+                out.append((name.encode("latin-1"), raw_value))
+        out.append((b"accept-encoding", b"identity"))
         if upstream.api_key is not None:
-            secret = upstream.api_key.get_secret_value()
+            secret = upstream.api_key.get_secret_value().encode()
             if upstream.kind == "anthropic":
-                out.append(("x-api-key", secret))
+                out.append((b"x-api-key", secret))
             else:
-                out.append(("authorization", f"Bearer {secret}"))
+                out.append((b"authorization", b"Bearer " + secret))
         url = upstream.url.rstrip("/") + "/" + rest
         query = scope.get("query_string", b"")
         if query:
             url += "?" + query.decode("latin-1")
         client = self._http()
-        request = client.build_request(
-            scope["method"], url, headers=out, content=raw, timeout=httpx.Timeout(upstream.timeout_s, connect=10.0)
-        )
+        try:
+            request = client.build_request(
+                scope["method"], url, headers=out, content=raw, timeout=httpx.Timeout(upstream.timeout_s, connect=10.0)
+            )
+        except (UnicodeEncodeError, httpx.InvalidURL) as exc:  # a header or query no HTTP request can carry
+            handed[0] = True
+            await reservation.arelease("bad_request")
+            refused = {"code": "bad_request", "message": f"the request can't be forwarded ({type(exc).__name__})"}
+            await _send_reply(send, _reply(400, refused))
+            return
         try:
             response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
@@ -294,10 +305,8 @@ class ProxyApp:
             await _send_reply(send, _reply(502, body))
             return
         try:
-            kept = [
-                (k.lower().encode("latin-1"), v.encode("latin-1"))
-                for k, v in response.headers.multi_items()
-                if k.lower() not in _DROP_RESPONSE
+            kept = [  # the bytes the upstream sent (a decoded value may not encode back)
+                (k.lower(), v) for k, v in response.headers.raw if k.lower().decode("latin-1") not in _DROP_RESPONSE
             ]
             is_stream = response.headers.get("content-type", "").startswith("text/event-stream")
             if response.status_code >= 400 or not (streamed and is_stream):
