@@ -23,6 +23,7 @@ from costguard.errors import Blocked, LabelError
 from costguard.guard import Guard
 from costguard.integrations._streams import Meter
 from costguard.proxy.pricing import BadRequest, Estimate, actual_cost, endpoint_for, estimate
+from costguard.proxy.requests import MAX_BODY, path_problem, read_body
 from costguard.proxy.sse import EventSplitter
 from costguard.reservation import Reservation
 from costguard.runkeys import KeyIndex
@@ -37,7 +38,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-MAX_BODY = 32 * 1024 * 1024
 # Request headers never forwarded: the agent's key (the proxy puts the vendor's in), hop-by-hop ones,
 # and what httpx sets itself.
 _DROP_REQUEST = frozenset(
@@ -156,7 +156,7 @@ class ProxyApp:
         if upstream is None:
             await _send_reply(send, _reply(404, {"code": "unknown_upstream", "message": f"no upstream {name!r}"}))
             return
-        problem = _path_problem(upstream, rest)
+        problem = path_problem(upstream, rest)
         if problem is not None:
             await _send_reply(send, _reply(400, {"code": "bad_path", "message": problem}))
             return
@@ -198,7 +198,7 @@ class ProxyApp:
             refused = {"code": "upstream_not_allowed", "message": f"this run key may not use {name!r}"}
             await _send_reply(send, _reply(403, refused))
             return
-        raw = await _read_body(receive)
+        raw = await read_body(receive)
         if raw is None:
             await _send_reply(send, _reply(413, {"code": "body_too_large", "message": f"over {MAX_BODY} bytes"}))
             return
@@ -336,40 +336,6 @@ class ProxyApp:
             await _pump(response, receive, send, meter, self._settle_later)
         finally:
             await response.aclose()
-
-
-def _path_problem(upstream: UpstreamConfig, rest: str) -> str | None:
-    """Why a request path can't go to `upstream` (None: it can). The path is the one the server decoded:
-    a `?`, `#` or control character in it was percent-encoded by the agent, and would be taken by the
-    upstream's URL for a query, a fragment or worse; `.` and `..` would climb out of the upstream's URL."""
-    if any(part in (".", "..") for part in rest.split("/")):
-        return "'.' and '..' are not allowed in the path"
-    if any(ch in "?#\\" or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in rest):
-        return "the path may not hold '?', '#', '\\' or control characters (percent-encoded or not)"
-    base = httpx.URL(upstream.url).path.rstrip("/")
-    try:
-        sent = httpx.URL(upstream.url.rstrip("/") + "/" + rest).path
-    except httpx.InvalidURL:
-        return "the path is not one a URL can hold"
-    if sent != f"{base}/{rest}":
-        return "the path would not reach the upstream as written"
-    return None
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError  # the client left before sending its request: nothing to do
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            return None
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(parts)
 
 
 async def _pump(

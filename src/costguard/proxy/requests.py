@@ -1,0 +1,52 @@
+"""What a proxied request may be: its path (forwarded exactly as written, never out of the upstream's
+URL) and its body (read whole, up to `MAX_BODY`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import httpx
+
+from costguard._config.proxy import UpstreamConfig
+
+__all__ = ["MAX_BODY", "path_problem", "read_body"]
+
+MAX_BODY = 32 * 1024 * 1024
+
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+
+
+def path_problem(upstream: UpstreamConfig, rest: str) -> str | None:
+    """Why a request path can't go to `upstream` (None: it can). The path is the one the server decoded:
+    a `?`, `#` or control character in it was percent-encoded by the agent, and would be taken by the
+    upstream's URL for a query, a fragment or worse; `.` and `..` would climb out of the upstream's URL."""
+    if any(part in (".", "..") for part in rest.split("/")):
+        return "'.' and '..' are not allowed in the path"
+    if any(ch in "?#\\" or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in rest):
+        return "the path may not hold '?', '#', '\\' or control characters (percent-encoded or not)"
+    base = httpx.URL(upstream.url).path.rstrip("/")
+    try:
+        sent = httpx.URL(upstream.url.rstrip("/") + "/" + rest).path
+    except httpx.InvalidURL:
+        return "the path is not one a URL can hold"
+    if sent != f"{base}/{rest}":
+        return "the path would not reach the upstream as written"
+    return None
+
+
+async def read_body(receive: Receive) -> bytes | None:
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise asyncio.CancelledError  # the client left before sending its request: nothing to do
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
