@@ -21,7 +21,7 @@ the guarded ones) N times in turn and ends with the median of the per-round rati
 the machine moves the rates from one series to the next, and a ratio within a round is steadier.
 
 Store operations per call over the window ("ops/call") are counted in the workers: every command
-redis-py sends (a pipeline's each one), every statement SQLAlchemy executes (for the raw floors,
+redis-py sends (a pipeline's each one), every statement psycopg executes (for the raw floors,
 one per call). The server's own counters give the column "server" as a cross-check; they count
 every client of the server, so the rate from other clients just before each store's runs is
 printed too:
@@ -166,10 +166,17 @@ def count_ops(store: str) -> Callable[[], int] | None:
         AbstractConnection.send_command = send_command  # type: ignore[method-assign]
         AbstractConnection.pack_commands = pack_commands  # type: ignore[method-assign]
     elif store == "postgres":
-        from sqlalchemy import event
-        from sqlalchemy.engine import Engine
+        # At the driver: SQLAlchemy's statements and the server-function calls costguard makes on the
+        # pooled driver connection itself both go through psycopg's cursor.
+        import psycopg
 
-        event.listen(Engine, "before_cursor_execute", tally.tick)
+        execute = psycopg.Cursor.execute
+
+        def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+            tally.tick()
+            return execute(self, *args, **kwargs)
+
+        psycopg.Cursor.execute = counted  # type: ignore[method-assign]
     else:
         return None
     return tally.read

@@ -24,6 +24,8 @@ PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,40}")
 
 # The server functions' signatures, for dropping them.
 FUNCTIONS = (
+    "reserve_many(jsonb)",
+    "settle_many(jsonb)",
     "reserve(jsonb)",
     "settle(jsonb)",
     "claim(jsonb, bigint, bigint, text[], boolean, integer, jsonb)",

@@ -203,7 +203,7 @@ BEGIN
                          CASE WHEN expired THEN op || '{"reason": "expired"}'::jsonb ELSE op END,
                          a_committed[blocked] + a_reserved[blocked]);
         RETURN jsonb_build_object('allowed', false, 'blocked', blocked, 'expired', expired, 'totals', to_jsonb(totals),
-                                  'crossings', '[]'::jsonb, 'repeat', false);
+                                  'crossings', '[]'::jsonb, 'repeat', false, 'quiet', true);
       END IF;
     END IF;
     blocked := 0;
@@ -408,14 +408,20 @@ DECLARE
   lease boolean := left(rid, 6) = 'lease-';  -- a slice's: it leaves `leased` and `holders` (never below 0)
 BEGIN
   -- Claim the reservation: a second settle finds it settled and changes nothing.
-  UPDATE {p}reservations SET settled = true, at = v_at WHERE id = rid AND NOT settled RETURNING counters INTO stored;
-  IF NOT FOUND THEN
-    IF actual IS NULL OR jsonb_typeof(actual) = 'null' THEN
-      -- A release of a reserve never stored: a tombstone, so that reserve arriving late does nothing.
-      INSERT INTO {p}reservations (id, at, settled, counters) VALUES (rid, v_at, true, '[]') ON CONFLICT (id) DO NOTHING;
+  LOOP
+    UPDATE {p}reservations SET settled = true, at = v_at WHERE id = rid AND NOT settled RETURNING counters INTO stored;
+    EXIT WHEN FOUND;
+    IF actual IS NOT NULL AND jsonb_typeof(actual) <> 'null' THEN
+      RETURN jsonb_build_object('applied', false);
     END IF;
-    RETURN jsonb_build_object('applied', false);
-  END IF;
+    -- A release of a reserve never stored: a tombstone, so that reserve arriving late does nothing.
+    INSERT INTO {p}reservations (id, at, settled, counters) VALUES (rid, v_at, true, '[]') ON CONFLICT (id) DO NOTHING;
+    IF FOUND OR EXISTS (SELECT 1 FROM {p}reservations WHERE id = rid AND settled) THEN
+      RETURN jsonb_build_object('applied', false);
+    END IF;
+    -- The reserve itself was in flight (a late one: its reply was lost and the server ran it only
+    -- now) and committed while the tombstone waited on its row: claim and release what it stored.
+  END LOOP;
   ops := stored::jsonb;
   n := jsonb_array_length(ops);
   -- Each op is engine.op_to_json plus its level names: [key, ceiling_id, scope, period, unit, bucket,
@@ -461,4 +467,40 @@ BEGIN
               rec->>'labels', rec->>'data');
   END IF;
   RETURN jsonb_build_object('applied', true, 'totals', to_jsonb(totals), 'crossings', crossings, 'counters', ops);
+END $$;
+
+-- Several reserves of one process on the same counters (stores/_combine.py), each its own atomic step,
+-- in order, in one transaction: the counter rows are locked once for the batch. A quiet refusal lets
+-- its transaction skip the WAL flush; a batch that wrote anything else flushes as usual.
+CREATE OR REPLACE FUNCTION {p}reserve_many(docs jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+  sync text := current_setting('synchronous_commit');
+  replies jsonb := '[]'::jsonb;
+  reply jsonb;
+  quiet boolean := true;
+  d jsonb;
+BEGIN
+  FOR d IN SELECT value FROM jsonb_array_elements(docs) LOOP
+    reply := {p}reserve(d);
+    quiet := quiet AND coalesce((reply->>'quiet')::boolean, false);
+    replies := replies || jsonb_build_array(reply);
+  END LOOP;
+  IF NOT quiet THEN
+    PERFORM set_config('synchronous_commit', sync, true);
+  END IF;
+  RETURN replies;
+END $$;
+
+-- Several settles of one process on the same counters, in order, in one transaction.
+CREATE OR REPLACE FUNCTION {p}settle_many(docs jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+  replies jsonb := '[]'::jsonb;
+  d jsonb;
+BEGIN
+  FOR d IN SELECT value FROM jsonb_array_elements(docs) LOOP
+    replies := replies || jsonb_build_array({p}settle(d));
+  END LOOP;
+  RETURN replies;
 END $$;
