@@ -54,6 +54,7 @@ class Leases:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._pending: list[Slice] = []  # retired, no call in flight, not yet settled
+        self._settling = 0  # retired slices taken from `_pending` whose settles are on their way
         self._renewals: list[engine.Grant] = []  # next slices to reserve, off the calls' path
         self.deadline_s = deadline_s
         self._closed = False
@@ -64,6 +65,7 @@ class Leases:
         self.book = LeaseBook(self.period_s)
         self._lock = threading.Lock()
         self._pending = []
+        self._settling = 0
         self._renewals = []
         self._sweeper = None
         self._stop = threading.Event()
@@ -158,26 +160,32 @@ class Leases:
 
     @property
     def unsettled(self) -> bool:
-        """Whether retired slices wait to be settled (their unused headroom still counts in the store)."""
-        return bool(self._pending)
+        """Whether retired slices wait to be settled or are being settled (their unused headroom still
+        counts in the store); one the store couldn't take is in the settlement's queue instead."""
+        return bool(self._pending) or self._settling > 0
 
     def settle_now(self, deadline: dl.Deadline | None) -> Steps[None]:
         """Steps: settle the retired slices now — what their calls cost is committed, the rest goes back.
         One the store can't take is handed to the settlement (queued, spooled, written when it answers)."""
         with self._lock:
             batch, self._pending = self._pending, []
+            self._settling += len(batch)
         store = self.store
-        for index, slice_ in enumerate(batch):
-            at = self.clock()
-            try:
-                outcome = yield Io(
-                    store.settle, store.asettle, (slice_.lease_id, slice_.settlement(), at, None), deadline=deadline
-                )
-            except StoreError:
-                for rest in batch[index:]:
-                    run(self.settlement.settle(rest.lease_id, rest.settlement(), at, None, background=True))
-                return
-            self.reporter.settled(outcome, at, False)
+        try:
+            for index, slice_ in enumerate(batch):
+                at = self.clock()
+                try:
+                    outcome = yield Io(
+                        store.settle, store.asettle, (slice_.lease_id, slice_.settlement(), at, None), deadline=deadline
+                    )
+                except StoreError:
+                    for rest in batch[index:]:
+                        run(self.settlement.settle(rest.lease_id, rest.settlement(), at, None, background=True))
+                    return
+                self.reporter.settled(outcome, at, False)
+        finally:
+            with self._lock:
+                self._settling -= len(batch)
 
     def sweep(self) -> None:
         """Reserve the next slices asked for, retire slices older than their period (an idle process gives

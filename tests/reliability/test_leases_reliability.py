@@ -37,11 +37,13 @@ def test_a_killed_holder_leaves_its_slices_counted_never_less(fleet_store_url: s
     victim.join(30)
     assert victim.exitcode == -signal.SIGKILL
     guard = workers.guard_for(fleet_store_url, 100_000_000, leases=False)
-    for row in guard.status().ceilings:
-        counted = round(row.spent * 1_000_000)  # spent counts what is reserved, slices included
-        # $3.00 spent: never less, and at most the unused part of the slices it held more
-        assert 3_000_000 <= counted <= 3_000_000 + unused.get(row.ceiling, 0), (row, unused)
-    guard.close()
+    try:
+        for row in guard.status().ceilings:
+            counted = round(row.spent * 1_000_000)  # spent counts what is reserved, slices included
+            # $3.00 spent: never less, and at most the unused part of the slices it held more
+            assert 3_000_000 <= counted <= 3_000_000 + unused.get(row.ceiling, 0), (row, unused)
+    finally:
+        guard.close()
 
 
 @pytest.mark.redis

@@ -244,9 +244,16 @@ def lease_and_die(url: str, cap_micros: int, calls: int, ready_path: str) -> Non
     while (
         leases is not None
         and time.monotonic() < deadline
-        and (leases._renewals or any(group.granting for group in leases.book._groups.values()))
+        and (
+            leases._renewals
+            or any(group.granting for group in leases.book._groups.values())
+            or leases.unsettled
+            or guard.pending
+        )
     ):
-        time.sleep(0.01)  # a next slice being reserved in the background: held too, once it is granted
+        # A next slice being reserved in the background (held too, once it is granted), or a retired
+        # one whose settle is on its way (not held any more, but the store counts it until it lands).
+        time.sleep(0.01)
     # What it holds: the live slices, and retired ones not settled yet (just after a renewal).
     held = [] if leases is None else [*leases.book.slices(), *leases._pending, *leases.book._done]
     granted: dict[str, int] = {}
