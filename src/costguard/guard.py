@@ -211,6 +211,10 @@ class Guard:
         """Audit records, newest first. Page with `before_id=` the last record's `id`."""
         return self._parts.queries.audit(since, until, feature, customer, decision, limit, before_id)
 
+    def append_audit(self, record: AuditRecord) -> None:
+        """Log `record` (in the background, batched): a refusal made before any reservation (proxy 401s)."""
+        self._reporter.audit_later(record)
+
     # ----------------------------------------------------------------- limits
     def set_limit(
         self,

@@ -80,6 +80,8 @@ class KeyCheck:
 
     state: RunKeyState | None
     problem: Literal["missing", "unknown", "revoked", "expired"] | None
+    # A revoked or expired key that was presented whole (its secret matched): who it was issued to.
+    refused: RunKeyState | None = None
 
 
 class KeyIndex:
@@ -103,9 +105,9 @@ class KeyIndex:
         if state is None or not hmac.compare_digest(state.key_hash, hash_key(presented)):
             return KeyCheck(None, "unknown")
         if state.revoked_at is not None:
-            return KeyCheck(None, "revoked")
+            return KeyCheck(None, "revoked", state)
         if state.expires_at is not None and now >= state.expires_at:
-            return KeyCheck(None, "expired")
+            return KeyCheck(None, "expired", state)
         return KeyCheck(state, None)
 
 

@@ -102,6 +102,18 @@ def test_unknown_revoked_and_expired_keys_get_401() -> None:
             client(url, short.key).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=10)
         assert caught.value.response.json()["reason"] == "expired"
         assert len(fake.requests) == 2
+        # A real key refused is in its run's audit log (who tried, which key, why); an unknown one isn't
+        # (it names no run, and a flood of made-up keys would only fill the log).
+        assert guard.flush(5)
+        refused = sorted(
+            (r.labels.get("run"), r.data["reason"], r.data["key_id"], r.labels["vendor"], r.data["path"])
+            for r in guard.audit(decision="blocked", feature="openai")
+        )
+        assert refused == [
+            ("r-3", "key_revoked", revoked.id, "openai", "v1/chat/completions"),
+            ("r-4", "key_expired", short.id, "openai", "v1/chat/completions"),
+        ]
+        assert all(revoked.key not in json.dumps(r.data) for r in guard.audit())  # the secret never
 
 
 def test_a_key_limited_to_other_upstreams_is_refused(stack) -> None:

@@ -20,6 +20,7 @@ import httpx
 from costguard._config.proxy import ProxyConfig, UpstreamConfig
 from costguard._web import Reply, blocked_reply, header_text
 from costguard.errors import Blocked, LabelError
+from costguard.events import AuditRecord
 from costguard.guard import Guard
 from costguard.integrations._streams import Meter
 from costguard.proxy.pricing import BadRequest, Estimate, actual_cost, endpoint_for, estimate
@@ -191,6 +192,11 @@ class ProxyApp:
         check = self._keys.check(state.control, _presented_key(headers), now)
         if check.state is None:
             assert check.problem is not None
+            if check.refused is not None:  # a real key, revoked or expired: its run's log says it was tried
+                labels = {**dict(check.refused.labels), "vendor": name}
+                labels.setdefault("feature", upstream.feature or name)
+                data = {"reason": f"key_{check.problem}", "key_id": check.refused.id, "upstream": name, "path": rest}
+                self.guard.append_audit(AuditRecord(now, "blocked", labels, data=data))
             await _send_reply(send, _invalid_key(check.problem))
             return
         key = check.state
