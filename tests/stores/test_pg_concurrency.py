@@ -1,6 +1,9 @@
-"""PostgreSQL: a process's concurrent reserves and settles on the same counters go to the server as
-one statement (stores/_combine.py), each applied in order exactly as alone; a batch that wrote anything
-but quiet refusals is flushed to the WAL before it answers."""
+"""PostgreSQL's server functions under concurrency. A process's concurrent reserves and settles on the
+same counters go to the server as one statement (stores/_combine.py), each applied in order exactly as
+alone, and a batch that wrote anything but quiet refusals is flushed to the WAL before it answers. A
+reserve whose reply was lost reaches the server late — a frozen server runs it when it resumes, after
+the client gave up — while the guard's release of that id is on its way: whichever runs first, the
+reservation ends released."""
 
 from __future__ import annotations
 
@@ -14,10 +17,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+import sqlalchemy as sa
 
 from conftest import drop_tables, store_url_for
 from costguard import engine
-from costguard.engine import ReservePlan
+from costguard.engine import CommitOutcome, ReservePlan
 from costguard.model import Ceiling, Limit, Period, Unit, make_match
 from costguard.stores import open_store
 from costguard.stores.sql import SQLStore
@@ -51,6 +55,14 @@ def store(tmp_path: Path) -> Iterator[SQLStore]:
     drop_tables(url)
 
 
+def _wait_queued(combiner: Any, count: int) -> None:
+    """Until `count` callers wait in the combiner's lanes (behind the batch in flight)."""
+    deadline = time.monotonic() + 10
+    while sum(len(lane.waiting) for lane in combiner._lanes.values()) < count:
+        assert time.monotonic() < deadline, "the callers never queued"
+        time.sleep(0.001)
+
+
 def test_32_threads_on_one_counter_go_in_two_statements_and_exactly_10_fit(store: SQLStore) -> None:
     sent: list[tuple[str, int]] = []
     first = threading.Event()
@@ -76,10 +88,7 @@ def test_32_threads_on_one_counter_go_in_two_statements_and_exactly_10_fit(store
     assert first.wait(10)
     for thread in threads[1:]:
         thread.start()
-    deadline = time.monotonic() + 10
-    while sum(len(lane.waiting) for lane in store._server._reserves._lanes.values()) < 31:
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    _wait_queued(store._server._reserves, 31)
     go.set()
     for thread in threads:
         thread.join(10)
@@ -98,9 +107,7 @@ def test_32_threads_on_one_counter_go_in_two_statements_and_exactly_10_fit(store
     assert first.wait(10)
     for thread in settlers[1:]:
         thread.start()
-    while sum(len(lane.waiting) for lane in store._server._settles._lanes.values()) < 9:
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    _wait_queued(store._server._settles, 9)
     go.set()
     for thread in settlers:
         thread.join(10)
@@ -138,3 +145,54 @@ def test_a_batch_with_a_reservation_in_it_waits_for_the_wal(store: SQLStore) -> 
     assert setting_after([fresh(refusal), fresh(refusal)]) == "off"  # full: two quiet refusals
     assert store.settle(full[0].reservation_id, None, NOW + 1, None).applied  # room for one again
     assert setting_after([fresh(refusal), fresh(refusal)]) == "on"  # the first is admitted
+
+
+def _release_waits(conn: sa.Connection) -> bool:
+    """Whether the release's statement is waiting on a lock (the reserve's uncommitted row)."""
+    rows = conn.exec_driver_sql(
+        "SELECT wait_event_type FROM pg_stat_activity WHERE query LIKE '%%settle($1%%' AND pid <> pg_backend_pid()"
+    ).all()
+    conn.rollback()  # the activity view is a snapshot per transaction: the next look takes a new one
+    return any(row[0] == "Lock" for row in rows)
+
+
+def test_a_release_meeting_its_reserve_in_flight_releases_it(store: SQLStore) -> None:
+    """The release finds no reservation (the late reserve hasn't committed), waits on its row to leave a
+    marker, and must then release what that reserve stored instead of leaving it reserved for good."""
+    late = plan()
+    sent: list[str] = []
+
+    class Lost(Exception):
+        pass
+
+    def lose(function: str, doc: str) -> dict[str, Any]:
+        sent.append(doc)  # the request as it went out; its reply never comes back
+        raise Lost
+
+    store._sessions.ensure_schema()
+    real_call = store._sessions.call
+    store._sessions.call = lose  # type: ignore[method-assign]
+    with pytest.raises(Lost):
+        store.reserve(late, None)
+    store._sessions.call = real_call  # type: ignore[method-assign]
+    (doc,) = sent
+
+    with store.engine.connect() as server_side:
+        trans = server_side.begin()
+        server_side.execute(sa.text(f"SELECT {store.prefix}reserve(CAST(:doc AS jsonb))"), {"doc": doc})
+        released: list[CommitOutcome] = []
+        releasing = threading.Thread(
+            target=lambda: released.append(store.settle(late.reservation_id, None, NOW + 1, None))
+        )
+        releasing.start()
+        with store.engine.connect() as watcher:
+            deadline = time.monotonic() + 10
+            while not _release_waits(watcher):
+                assert time.monotonic() < deadline, "the release never met the reserve in flight"
+                time.sleep(0.01)
+        trans.commit()  # the late reserve lands while the release waits on its row
+        releasing.join(10)
+    assert not releasing.is_alive()
+    assert released and released[0].applied
+    (row,) = store.list_counters({late.counters[0].period: late.counters[0].bucket})
+    assert (row.committed, row.reserved) == (0, 0)
