@@ -47,7 +47,9 @@ def plan() -> ReservePlan:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLStore]:
-    url = store_url_for("postgres", tmp_path)
+    # A generous store timeout: these tests hold calls back on purpose, and a loaded machine must not
+    # turn that into a statement timeout.
+    url = store_url_for("postgres", tmp_path) + "&timeout_ms=10000"
     opened = open_store(url)
     assert isinstance(opened, SQLStore)
     yield opened
