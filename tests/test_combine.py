@@ -149,7 +149,7 @@ def test_no_turn_in_time_is_busy_and_a_batch_not_answered_in_time_is_unknown() -
 
     def follower(item: int) -> None:
         try:
-            outcomes[item] = wide.run("hot", item, 0.5)
+            outcomes[item] = wide.run("hot", item, 2.0)
         except (StoreTimeout, StoreBusy) as exc:
             outcomes[item] = exc
 
