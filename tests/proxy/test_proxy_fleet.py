@@ -1,9 +1,11 @@
-"""Two `costguard proxy` processes x 64 concurrent clients on one run key share a $1.00 cap exactly."""
+"""Two `costguard proxy` processes x 64 concurrent clients on one run key share a $1.00 cap exactly, and so
+do the two workers of one `costguard proxy --workers 2`."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import time
@@ -26,14 +28,15 @@ BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
 
 
 @contextmanager
-def proxies(config: Path, count: int, logs: Path) -> Iterator[list[str]]:
-    """`costguard proxy` processes on 127.0.0.1; yields their base URLs."""
+def proxies(config: Path, count: int, logs: Path, workers: int = 1) -> Iterator[list[str]]:
+    """`costguard proxy` processes on 127.0.0.1 (each with `workers` uvicorn workers); yields their base URLs."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     ports = [free_port() for _ in range(count)]
     log = logs.open("wb")
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "costguard.cli", "proxy", "--config", str(config), "--port", str(port)],
+            [sys.executable, "-m", "costguard.cli", "proxy", "--config", str(config), "--port", str(port)]
+            + (["--workers", str(workers)] if workers > 1 else []),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -89,14 +92,13 @@ async def hammer(urls: list[str], key: str, clients: int) -> Counter[int]:
     return statuses
 
 
-def test_2_proxies_x_64_clients_forward_exactly_100_calls_at_a_1_dollar_cap(
-    fleet_store_url: str, tmp_path: Path
-) -> None:
+def forward_at_a_1_dollar_cap(store_url: str, tmp_path: Path, count: int, workers: int) -> None:
+    """64 clients on one run key through `count` proxies of `workers` workers: exactly 100 forwarded."""
     fake = FakeLLM().start()
     try:
         config = tmp_path / "costguard.yaml"
         data = {
-            "store": fleet_store_url,
+            "store": store_url,
             "spool_dir": False,
             "pricing": PRICING,
             "proxy": {"upstreams": {"openai": {"kind": "openai", "url": fake.anthropic_url, "api_key": VENDOR_KEY}}},
@@ -105,7 +107,7 @@ def test_2_proxies_x_64_clients_forward_exactly_100_calls_at_a_1_dollar_cap(
         guard = load_config(config).build()
         try:
             issued = RunKeys(guard).issue({"run": "fleet"}, {"total_usd": 1.00})
-            with proxies(config, 2, tmp_path / "proxies.log") as urls:
+            with proxies(config, count, tmp_path / "proxies.log", workers) as urls:
                 statuses = asyncio.run(hammer(urls, issued.key, 64))
             assert set(statuses) <= {200, 429}, statuses
             assert statuses[200] == 100
@@ -117,3 +119,19 @@ def test_2_proxies_x_64_clients_forward_exactly_100_calls_at_a_1_dollar_cap(
             guard.close()
     finally:
         fake.stop()
+
+
+def test_2_proxies_x_64_clients_forward_exactly_100_calls_at_a_1_dollar_cap(
+    fleet_store_url: str, tmp_path: Path
+) -> None:
+    forward_at_a_1_dollar_cap(fleet_store_url, tmp_path, 2, 1)
+
+
+def test_one_proxy_with_2_workers_forwards_exactly_100_calls_at_a_1_dollar_cap(
+    fleet_store_url: str, tmp_path: Path
+) -> None:
+    """`--workers 2`: uvicorn's workers each build their own guard from the file (the config's path
+    reaches them through the environment) and share the cap through the store."""
+    forward_at_a_1_dollar_cap(fleet_store_url, tmp_path, 1, 2)
+    started = re.findall(r"Started server process \[(\d+)\]", (tmp_path / "proxies.log").read_text())
+    assert len(set(started)) == 2, started  # two worker processes served, not one
