@@ -16,6 +16,7 @@ SCRIPTS = [
     ["overhead.py"],
     ["throughput.py"],
     ["hot_row.py"],
+    ["burst.py", "--rounds", "1"],
     ["roundtrips.py"],
     ["scaling.py", "--sizes", "1000,100000,1000000", "--customers", "10,100000"],
     ["memory.py"],
