@@ -61,9 +61,11 @@ def build(
     store: str = "memory://",
     clock: Clock | None = None,
     upstream_timeout_s: float | None = None,
+    upstream_options: dict[str, dict[str, Any]] | None = None,
     **extra: Any,
 ) -> tuple[Guard, Any]:
-    """A guard and the config's `proxy:` section, with an openai and an anthropic upstream at the fake."""
+    """A guard and the config's `proxy:` section, with an openai and an anthropic upstream at the fake
+    (`upstream_options`: more options by upstream name, or a new upstream)."""
     data: dict[str, Any] = {
         "store": store,
         "spool_dir": False,
@@ -91,6 +93,8 @@ def build(
     }
     if upstream_timeout_s is not None:
         data["proxy"]["upstreams"]["openai"]["timeout_s"] = upstream_timeout_s
+    for name, options in (upstream_options or {}).items():
+        data["proxy"]["upstreams"].setdefault(name, {}).update(options)
     config = parse_config(data)
     return config.build(clock=clock), config.proxy
 
@@ -132,11 +136,15 @@ def serve(app: Any) -> Iterator[str]:
 
 @contextmanager
 def proxy_stack(
-    store: str = "memory://", clock: Clock | None = None, upstream_timeout_s: float | None = None, **extra: Any
+    store: str = "memory://",
+    clock: Clock | None = None,
+    upstream_timeout_s: float | None = None,
+    upstream_options: dict[str, dict[str, Any]] | None = None,
+    **extra: Any,
 ) -> Iterator[tuple[Guard, str, FakeLLM]]:
     """The fake vendor, a guard and a proxy in front of it: (guard, proxy URL, fake)."""
     fake = FakeLLM().start()
-    guard, config = build(fake, store, clock, upstream_timeout_s, **extra)
+    guard, config = build(fake, store, clock, upstream_timeout_s, upstream_options, **extra)
     try:
         with serve(ProxyApp(guard, config)) as url:
             yield guard, url, fake

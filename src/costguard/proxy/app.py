@@ -9,8 +9,6 @@ abandons is settled from what was streamed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
@@ -23,8 +21,8 @@ from costguard.errors import Blocked, LabelError
 from costguard.events import AuditRecord
 from costguard.guard import Guard
 from costguard.integrations._streams import Meter
-from costguard.proxy.pricing import BadRequest, Estimate, actual_cost, endpoint_for, estimate
-from costguard.proxy.requests import MAX_BODY, path_problem, read_body
+from costguard.proxy.pricing import BadRequest, Estimate, actual_cost, endpoint_for, prepare
+from costguard.proxy.requests import MAX_BODY, hop_by_hop, path_problem, read_body
 from costguard.proxy.sse import EventSplitter
 from costguard.reservation import Reservation
 from costguard.runkeys import KeyIndex
@@ -55,8 +53,12 @@ _DROP_REQUEST = frozenset(
         "upgrade",
         "proxy-authorization",
         "cookie",
+        # Which organization or project the proxy's vendor key bills is the proxy's choice (`headers:`).
+        "openai-organization",
+        "openai-project",
     }
 )
+_PARSE_INLINE = 64 * 1024  # bodies past this are parsed and priced in a worker thread
 _DROP_RESPONSE = frozenset({"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"})
 
 
@@ -209,20 +211,23 @@ class ProxyApp:
             await _send_reply(send, _reply(413, {"code": "body_too_large", "message": f"over {MAX_BODY} bytes"}))
             return
         content_type = headers.get("content-type", "")
-        body: Any = None
-        if raw and "json" in content_type:
-            with contextlib.suppress(ValueError):
-                body = json.loads(raw)
-        if upstream.kind != "generic" and not isinstance(body, dict):
-            refused = {"code": "bad_request", "message": "the request body must be a JSON object (content-type json)"}
-            await _send_reply(send, _reply(400, refused))
-            return
+        pricing = self.guard.pricing
         try:
-            est = estimate(upstream, rest, body, raw, content_type, self.guard.pricing)
+            if len(raw) > _PARSE_INLINE:  # parsing and counting a large prompt would stall every other request
+                ready = await asyncio.to_thread(prepare, upstream, rest, raw, content_type, pricing)
+            else:
+                ready = prepare(upstream, rest, raw, content_type, pricing)
         except BadRequest as exc:
-            await _send_reply(send, _reply(400, {"code": "bad_request", "message": str(exc)}))
+            await _send_reply(send, _reply(400, {"code": exc.code, "message": str(exc)}))
             return
+        est = ready.estimate
         labels = dict(key.labels)
+        bound_model = labels.get("model")
+        if bound_model is not None and est.endpoint is not None and est.model != bound_model:
+            # A key bound to a model is a cap on that model: another one would be charged to no ceiling of it.
+            refused = {"code": "model_not_allowed", "message": f"this run key may only use model {bound_model!r}"}
+            await _send_reply(send, _reply(403, refused))
+            return
         feature = labels.pop("feature", None) or upstream.feature or name
         labels.setdefault("vendor", name)
         if est.model is not None:
@@ -238,14 +243,7 @@ class ProxyApp:
         except ValueError as exc:  # an estimate the guard can't take (e.g. an absurd max_tokens)
             await _send_reply(send, _reply(400, {"code": "bad_request", "message": str(exc)}))
             return
-        streamed, hide_usage = False, False
-        if est.endpoint is not None and isinstance(body, dict) and body.get("stream") is True:
-            streamed = True
-            options = body.get("stream_options") or {}
-            if est.endpoint.asks_for_usage and isinstance(options, dict) and not options.get("include_usage"):
-                # OpenAI chat streams report usage only when asked; the agent didn't, so it doesn't see it.
-                body = {**body, "stream_options": {**options, "include_usage": True}}
-                raw, hide_usage = json.dumps(body).encode(), True
+        raw, hide_usage, streamed = ready.raw, ready.hide_usage, ready.streamed
         handed = [False]  # set once the reservation's settling is scheduled (commit, or release)
         try:
             await self._forward(
@@ -271,18 +269,23 @@ class ProxyApp:
         streamed: bool,
         handed: list[bool],
     ) -> None:
+        auth = upstream.auth_header()
+        fixed = [(k.lower().encode("latin-1"), v.encode()) for k, v in upstream.headers.items()]
+        if auth is not None:
+            fixed.append(auth)
+        skip = _DROP_REQUEST | hop_by_hop(headers.get("connection")) | {k.decode("latin-1") for k, _ in fixed}
         out: list[tuple[bytes, bytes]] = []
         for raw_name, raw_value in scope["headers"]:  # the bytes the agent sent (UTF-8 values included)
             name = raw_name.decode("latin-1").lower()
-            if name in headers and name not in _DROP_REQUEST and not name.startswith("x-costguard"):
+            if (
+                name in headers
+                and name not in _DROP_REQUEST
+                and name not in skip
+                and not name.startswith("x-costguard")
+            ):
                 out.append((name.encode("latin-1"), raw_value))
         out.append((b"accept-encoding", b"identity"))
-        if upstream.api_key is not None:
-            secret = upstream.api_key.get_secret_value().encode()
-            if upstream.kind == "anthropic":
-                out.append((b"x-api-key", secret))
-            else:
-                out.append((b"authorization", b"Bearer " + secret))
+        out += fixed
         url = upstream.url.rstrip("/") + "/" + rest
         query = scope.get("query_string", b"")
         if query:
@@ -311,8 +314,9 @@ class ProxyApp:
             await _send_reply(send, _reply(502, body))
             return
         try:
+            dropped = _DROP_RESPONSE | hop_by_hop(response.headers.get("connection"))
             kept = [  # the bytes the upstream sent (a decoded value may not encode back)
-                (k.lower(), v) for k, v in response.headers.raw if k.lower().decode("latin-1") not in _DROP_RESPONSE
+                (k.lower(), v) for k, v in response.headers.raw if k.lower().decode("latin-1") not in dropped
             ]
             is_stream = response.headers.get("content-type", "").startswith("text/event-stream")
             if response.status_code >= 400 or not (streamed and is_stream):

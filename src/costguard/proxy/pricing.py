@@ -17,15 +17,21 @@ from costguard._config.proxy import UpstreamConfig
 from costguard.integrations._request import CHAT_COMPLETIONS, MESSAGES, RESPONSES, Endpoint, estimate_request
 from costguard.model import Money
 from costguard.pricing import Pricing
+from costguard.proxy.requests import DuplicateKey, parse_json
 from costguard.usage import usage_from
 
-__all__ = ["BadRequest", "Estimate", "actual_cost", "endpoint_for", "estimate"]
+__all__ = ["BadRequest", "Estimate", "Prepared", "actual_cost", "bounded", "endpoint_for", "estimate", "prepare"]
 
 _ENDPOINTS = {"chat/completions": CHAT_COMPLETIONS, "responses": RESPONSES, "messages": MESSAGES}
 
 
 class BadRequest(ValueError):
-    """The request can't be priced (a generic upstream's amount is missing or not a number)."""
+    """The request can't be priced (a generic upstream's amount is missing or not a number, a model
+    costguard has no price for)."""
+
+    def __init__(self, message: str, code: str = "bad_request") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,17 @@ def endpoint_for(upstream: UpstreamConfig, path: str) -> Endpoint | None:
     return endpoint
 
 
+def bounded(upstream: UpstreamConfig, endpoint: Endpoint | None, body: Any) -> dict[str, Any] | None:
+    """The body with the upstream's `max_output_tokens` as its output cap, when it names none (None: it
+    names one, or the upstream adds none). Without a cap a request may run to the model's limit, and no
+    reservation would bound what it costs."""
+    if endpoint is None or upstream.max_output_tokens is None or not isinstance(body, dict):
+        return None
+    if any(body.get(key) is not None for key in endpoint.max_output_keys):
+        return None  # a cap that is not a count is priced as none and left to the vendor to refuse
+    return {**body, endpoint.max_output_keys[0]: upstream.max_output_tokens}
+
+
 def _field(body: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         if not isinstance(body, dict) or part not in body:
@@ -68,7 +85,10 @@ def estimate(
         assert upstream.amount is not None
         if content_type.startswith("application/x-www-form-urlencoded"):
             values = parse_qs(raw.decode("utf-8", "replace"))
-            value: Any = values.get(upstream.amount.json_path, [None])[0]
+            given = values.get(upstream.amount.json_path, [None])
+            if len(given) > 1:  # which one the vendor reads is its business: never guess the price
+                raise BadRequest(f"`{upstream.amount.json_path}` is given {len(given)} times; send it once")
+            value: Any = given[0]
         else:
             value = _field(body, upstream.amount.json_path)
         try:
@@ -84,7 +104,54 @@ def estimate(
     found = estimate_request(pricing, endpoint, body, None)
     model = body.get("model") if isinstance(body.get("model"), str) else None
     usd = found.usd if found.usd is not None else fallback
+    if usd is None and model is not None and found.max_output_tokens is not None:
+        # It would be charged a guess and its usage couldn't be priced after: the cap would mean nothing.
+        raise BadRequest(
+            f"costguard has no price for model {model!r}: add it under pricing.models in the config "
+            "(or give this upstream an estimate_usd to charge a flat price per call)",
+            "unpriced_model",
+        )
     return Estimate(usd, found.tokens, found.max_output_tokens, endpoint, model)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request ready to reserve and forward: its body as sent on (an output cap or a usage report
+    added when it lacked them), priced."""
+
+    raw: bytes
+    body: Any
+    estimate: Estimate
+    streamed: bool  # asked for a stream
+    hide_usage: bool  # the usage chunk is the proxy's: not passed on to the agent
+
+
+def prepare(upstream: UpstreamConfig, path: str, raw: bytes, content_type: str, pricing: Pricing) -> Prepared:
+    """Parse, bound and price one request (CPU work: run it off the event loop for a large body)."""
+    body: Any = None
+    if raw and "json" in content_type:
+        try:
+            body = parse_json(raw)
+        except DuplicateKey as exc:
+            raise BadRequest(str(exc)) from None
+    if upstream.kind != "generic" and not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object (content-type json)")
+    endpoint = endpoint_for(upstream, path)
+    changed = bounded(upstream, endpoint, body)
+    if changed is not None:
+        body = changed
+    est = estimate(upstream, path, body, raw, content_type, pricing)
+    streamed = hide_usage = False
+    if endpoint is not None and isinstance(body, dict) and body.get("stream") is True:
+        streamed = True
+        options = body.get("stream_options") or {}
+        if endpoint.asks_for_usage and isinstance(options, dict) and not options.get("include_usage"):
+            # OpenAI chat streams report usage only when asked; the agent didn't, so it doesn't see it.
+            body = changed = {**body, "stream_options": {**options, "include_usage": True}}
+            hide_usage = True
+    if changed is not None:
+        raw = json.dumps(body).encode()
+    return Prepared(raw, body, est, streamed, hide_usage)
 
 
 def actual_cost(est: Estimate, content: bytes, pricing: Pricing) -> tuple[Decimal | None, int | None]:

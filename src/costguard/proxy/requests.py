@@ -4,6 +4,7 @@ URL) and its body (read whole, up to `MAX_BODY`)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -11,11 +12,44 @@ import httpx
 
 from costguard._config.proxy import UpstreamConfig
 
-__all__ = ["MAX_BODY", "path_problem", "read_body"]
+__all__ = ["MAX_BODY", "DuplicateKey", "hop_by_hop", "parse_json", "path_problem", "read_body"]
 
 MAX_BODY = 32 * 1024 * 1024
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+
+
+class DuplicateKey(ValueError):
+    """A JSON object names a key twice."""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(f"the JSON body names {key!r} twice")
+            seen.add(key)
+    return out
+
+
+def parse_json(raw: bytes) -> Any:
+    """The body's JSON (None when it isn't JSON). A key named twice raises DuplicateKey: the proxy would
+    price one `max_tokens` (or amount) and the vendor might read the other."""
+    try:
+        return json.loads(raw, object_pairs_hook=_object)
+    except DuplicateKey:
+        raise
+    except ValueError:
+        return None
+
+
+def hop_by_hop(connection: str | None) -> frozenset[str]:
+    """The header names a `Connection` header lists: meant for this hop only, never forwarded."""
+    if not connection:
+        return frozenset()
+    return frozenset(part.strip().lower() for part in connection.split(",") if part.strip())
 
 
 def path_problem(upstream: UpstreamConfig, rest: str) -> str | None:

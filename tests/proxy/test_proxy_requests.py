@@ -1,0 +1,220 @@
+"""What a proxied request may be: bounded before it is priced, unambiguous, bound to its key's model, and
+sent on with only the headers that are the agent's to send."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+import httpx
+import pytest
+from proxy_helpers import VENDOR_KEY, proxy_stack, spent
+
+from costguard.config import parse_config
+from costguard.errors import ConfigError
+from costguard.proxy import ProxyApp
+from costguard.runkeys import RunKeys
+
+MESSAGES = [{"role": "user", "content": "Where is my order?"}]
+
+
+def _post(url: str, key: str, path: str, body: Any, **headers: str) -> httpx.Response:
+    sent = {"authorization": f"Bearer {key}", **headers}
+    if isinstance(body, (bytes, str)):
+        sent.setdefault("content-type", "application/json")
+        return httpx.post(f"{url}{path}", content=body, headers=sent)
+    return httpx.post(f"{url}{path}", json=body, headers=sent)
+
+
+def test_a_request_without_an_output_cap_gets_the_upstreams_so_the_cap_holds() -> None:
+    """Without a cap the model may write on to its limit: the reservation would bound nothing, and a few
+    concurrent calls could spend past the key's cap. The proxy adds the upstream's `max_output_tokens`."""
+    options = {"openai": {"max_output_tokens": 20}, "anthropic": {"max_output_tokens": 20}}
+    with proxy_stack(upstream_options=options) as (guard, url, fake):
+        key = RunKeys(guard).issue({"run": "r-cap"}, {"total_usd": 0.05}).key
+        wants = {"x-fake-output-tokens": "40"}  # the fake would write 40 tokens ($0.04) if let
+        body = {"model": "gpt-4o-mini", "messages": MESSAGES}
+        for _ in range(2):
+            answer = _post(url, key, "/openai/v1/chat/completions", body, **wants)
+            assert answer.status_code == 200, answer.text
+            assert fake.requests[-1]["body"]["max_completion_tokens"] == 20
+            assert answer.json()["usage"]["completion_tokens"] == 20
+        refused = _post(url, key, "/openai/v1/chat/completions", body, **wants)
+        assert refused.status_code == 429  # $0.04 spent, $0.02 more can't fit under $0.05
+        assert spent(guard, run="r-cap") == pytest.approx(0.04)
+        # A cap the agent gave is kept as it is; the Responses API and Anthropic get theirs too.
+        _post(url, key, "/openai/v1/chat/completions", {**body, "max_tokens": 3})
+        assert "max_completion_tokens" not in fake.requests[-1]["body"]
+        anthropic = _post(
+            url, key, "/anthropic/v1/messages", {"model": "claude-3-5-haiku-latest", "messages": MESSAGES}
+        )
+        assert anthropic.status_code == 429  # $0.02 reserved for its 20 tokens: over what is left
+
+
+def test_a_stream_without_a_cap_is_bounded_and_asked_for_its_usage() -> None:
+    with proxy_stack(upstream_options={"openai": {"max_output_tokens": 6}}) as (guard, url, fake):
+        key = RunKeys(guard).issue({"run": "r-s"}, {"total_usd": 1}).key
+        body = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
+        with httpx.stream(
+            "POST", f"{url}/openai/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
+        ) as answer:
+            text = "".join(answer.iter_text())
+        sent = fake.requests[-1]["body"]
+        assert sent["max_completion_tokens"] == 6 and sent["stream_options"] == {"include_usage": True}
+        assert '"usage": {' not in text.replace('"usage": null', "")  # the usage chunk is the proxy's
+        assert spent(guard, run="r-s") == pytest.approx(0.006)
+
+
+def test_no_cap_added_when_the_upstream_says_so() -> None:
+    with proxy_stack(upstream_options={"openai": {"max_output_tokens": None, "estimate_usd": 0.5}}) as (g, url, fake):
+        key = RunKeys(g).issue({"run": "r-n"}, {"total_usd": 1}).key
+        answer = _post(url, key, "/openai/v1/chat/completions", {"model": "gpt-4o-mini", "messages": MESSAGES})
+        assert answer.status_code == 200
+        assert "max_completion_tokens" not in fake.requests[-1]["body"]
+
+
+def test_a_model_costguard_cannot_price_is_refused_unless_the_upstream_has_a_flat_price() -> None:
+    body = {"model": "my-own-llama", "messages": MESSAGES, "max_tokens": 10}
+    with proxy_stack() as (guard, url, fake):
+        key = RunKeys(guard).issue({"run": "r-u"}, {"total_usd": 1}).key
+        refused = _post(url, key, "/openai/v1/chat/completions", body)
+        assert refused.status_code == 400 and refused.json()["code"] == "unpriced_model"
+        assert "pricing.models" in refused.json()["message"] and "my-own-llama" in refused.json()["message"]
+        assert fake.requests == []
+        assert guard.audit(decision="reserve") == []
+    with proxy_stack(upstream_options={"openai": {"estimate_usd": 0.25}}) as (guard, url, fake):
+        key = RunKeys(guard).issue({"run": "r-u"}, {"total_usd": 1}).key
+        assert _post(url, key, "/openai/v1/chat/completions", body).status_code == 200
+        assert spent(guard, run="r-u") == pytest.approx(0.25)  # its usage can't be priced: the flat price stands
+
+
+def test_a_body_that_names_a_key_twice_is_refused() -> None:
+    """`{"max_tokens": 1, "max_tokens": 100000}`: the proxy would price one and the vendor might read the
+    other. Likewise a form amount given twice."""
+    with proxy_stack() as (guard, url, fake):
+        key = RunKeys(guard).issue({"run": "r-d"}, {"total_usd": 1}).key
+        twice = '{"model": "gpt-4o-mini", "messages": [], "max_tokens": 1, "max_tokens": 100000}'
+        refused = _post(url, key, "/openai/v1/chat/completions", twice)
+        assert refused.status_code == 400 and "'max_tokens' twice" in refused.json()["message"]
+        nested = '{"model": "gpt-4o-mini", "messages": [], "max_tokens": 1, "stream_options": {"a": 1, "a": 2}}'
+        assert _post(url, key, "/openai/v1/chat/completions", nested).status_code == 400
+        form = "amount=1&amount=900000"
+        refused = _post(url, key, "/stripe/v1/charges", form, **{"content-type": "application/x-www-form-urlencoded"})
+        assert refused.status_code == 400 and "given 2 times" in refused.json()["message"]
+        assert fake.requests == []
+
+
+def test_a_key_bound_to_a_model_may_use_only_that_model() -> None:
+    with proxy_stack() as (guard, url, fake):
+        key = RunKeys(guard).issue({"run": "r-m", "model": "gpt-4o-mini"}, {"total_usd": 1}).key
+        body = {"model": "gpt-4o-mini-2024-07-18", "messages": MESSAGES, "max_tokens": 10}
+        refused = _post(url, key, "/openai/v1/chat/completions", body)
+        assert refused.status_code == 403 and refused.json()["code"] == "model_not_allowed"
+        assert fake.requests == []
+        allowed = _post(url, key, "/openai/v1/chat/completions", {**body, "model": "gpt-4o-mini"})
+        assert allowed.status_code == 200
+
+
+def test_headers_for_this_hop_or_the_vendor_account_are_not_the_agents_to_send() -> None:
+    options = {"openai": {"headers": {"OpenAI-Organization": "org-proxy"}}}
+    with proxy_stack(upstream_options=options) as (guard, url, fake):
+        key = RunKeys(guard).issue({"run": "r-h"}, {"total_usd": 1}).key
+        body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 10}
+        headers = {
+            "connection": "keep-alive, x-hop-secret",
+            "x-hop-secret": "for the proxy only",
+            "openai-organization": "org-agent",
+            "openai-project": "proj-agent",
+            "x-trace": "kept",
+        }
+        assert _post(url, key, "/openai/v1/chat/completions", body, **headers).status_code == 200
+        sent = {k.lower(): v for k, v in fake.requests[-1]["headers"].items()}
+        assert "x-hop-secret" not in sent and "openai-project" not in sent
+        assert sent["openai-organization"] == "org-proxy" and sent["x-trace"] == "kept"
+        assert sent["authorization"] == f"Bearer {VENDOR_KEY}"
+
+
+@pytest.mark.parametrize(
+    ("auth", "header", "value"),
+    [
+        ("basic", "authorization", "Basic " + base64.b64encode(b"AC123:tok-456").decode()),  # Twilio
+        ("header:X-Key", "x-key", "AC123:tok-456"),
+        (None, "authorization", "Bearer AC123:tok-456"),
+    ],
+)
+def test_a_generic_upstream_sends_its_key_as_configured(auth: str | None, header: str, value: str) -> None:
+    options = {"twilio": {"api_key": "AC123:tok-456", "auth": auth}}
+    with proxy_stack(upstream_options=options) as (guard, url, fake):
+        key = RunKeys(guard).issue({"run": "r-a"}, {"total_usd": 1}).key
+        spoofed = {"x-key": "agent's own"}
+        _post(url, key, "/twilio/v1/chat/completions", {"model": "gpt-4o-mini", "messages": MESSAGES}, **spoofed)
+        sent = {k.lower(): v for k, v in fake.requests[-1]["headers"].items()}
+        assert sent[header] == value
+        assert key not in json.dumps(sent)
+        if header == "x-key":
+            assert "authorization" not in sent
+
+
+def test_an_upstream_answers_hop_by_hop_headers_the_agent_never_sees() -> None:
+    async def vendor(request: httpx.Request) -> httpx.Response:
+        usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+        headers = {"connection": "x-upstream-hop", "x-upstream-hop": "1", "x-request-id": "req-1"}
+        return httpx.Response(200, json={"model": "gpt-4o-mini", "usage": usage}, headers=headers)
+
+    config = parse_config(
+        {
+            "store": "memory://",
+            "spool_dir": False,
+            "proxy": {"upstreams": {"openai": {"kind": "openai", "url": "http://vendor.invalid", "api_key": "k"}}},
+        }
+    )
+    guard = config.build()
+    app = ProxyApp(guard, config.proxy, transport=httpx.MockTransport(vendor))
+    key = RunKeys(guard).issue({"run": "r-x"}, {"total_usd": 1}).key
+
+    async def ask() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://proxy") as client:
+            body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 1}
+            answer = await client.post("/openai/v1/chat/completions", json=body, headers={"x-api-key": key})
+            await app.aclose()
+            return answer
+
+    try:
+        answer = asyncio.run(ask())
+    finally:
+        guard.close()
+    assert answer.status_code == 200 and answer.headers["x-request-id"] == "req-1"
+    assert "x-upstream-hop" not in answer.headers
+
+
+def test_a_large_body_is_priced_like_a_small_one() -> None:
+    """Bodies past 64 KiB are parsed and counted in a worker thread, with the same result."""
+    with proxy_stack() as (guard, url, fake):
+        key = RunKeys(guard).issue({"run": "r-l"}, {"total_usd": 1}).key
+        long = [{"role": "user", "content": "word " * 40_000}]
+        answer = _post(
+            url, key, "/openai/v1/chat/completions", {"model": "gpt-4o-mini", "messages": long, "max_tokens": 10}
+        )
+        assert answer.status_code == 200
+        assert len(json.dumps(fake.requests[-1]["body"])) > 64 * 1024
+        assert spent(guard, run="r-l") > 0
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"auth": "digest"}, "auth must be bearer, basic or header:<Name>"),
+        ({"auth": "header:bad name"}, "auth must be"),
+        ({"auth": "basic"}, "'user:password'"),
+        ({"headers": {"Host": "evil.example"}}, "can't be set here"),
+        ({"headers": {"X-Ok": "a\r\nInjected: 1"}}, "control character"),
+        ({"max_output_tokens": 0}, "at least 1"),
+    ],
+)
+def test_upstream_options_are_checked_when_the_config_loads(options: dict[str, Any], problem: str) -> None:
+    upstream = {"kind": "openai", "url": "http://127.0.0.1:9", "api_key": "sk-no-colon", **options}
+    with pytest.raises(ConfigError, match=problem) as caught:
+        parse_config({"store": "memory://", "proxy": {"upstreams": {"openai": upstream}}})
+    assert "sk-no-colon" not in str(caught.value)
