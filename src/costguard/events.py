@@ -47,6 +47,7 @@ AuditDecision = Literal[
     "killswitch_deactivated",
     "key_issued",
     "key_revoked",
+    "key_purged",
 ]
 AUDIT_DECISIONS: tuple[str, ...] = get_args(AuditDecision)
 

@@ -46,7 +46,7 @@ __all__ = ["FeatureSettings", "Guard"]
 
 log = logging.getLogger("costguard")
 
-_NOT_OPTIONS = ("store", "notifiers", "admin")  # GuardSettings fields that are not keyword options
+_NOT_OPTIONS = ("store", "notifiers", "admin", "proxy_upstreams")  # GuardSettings fields that are not keyword options
 
 
 class Guard:
@@ -97,16 +97,14 @@ class Guard:
         self.commit_batch = commit_batch
         self.pricing: Pricing = pricing or Pricing()
         self.admin: Any = None  # the config's `admin:` block (AdminConfig) when built from YAML
+        self.proxy_upstreams: tuple[str, ...] | None = None  # the config's proxy upstreams (run keys name them)
         self.killswitch_cache_s = killswitch_cache_ms / 1000.0
-        self.exempt_features = frozenset(exempt_features)
-        self.exempt_paths = tuple(exempt_paths)
+        self.exempt_features, self.exempt_paths = frozenset(exempt_features), tuple(exempt_paths)
         self.max_label_length = max_label_length
         self.deadline_s = store_deadline_ms / 1000.0
         allowance = outage_allowance_usd
         self.outage_allowance = None if allowance is None else to_micros(allowance, what="outage_allowance_usd")
-        self.store: Store = (
-            store if isinstance(store, Store) else open_store_within(store, store_deadline_ms, store_options)
-        )
+        self.store = store if isinstance(store, Store) else open_store_within(store, store_deadline_ms, store_options)
         self.notifiers: list[Notifier] = list(notifiers)
         self._closed = False
         parts = wire(
@@ -132,7 +130,7 @@ class Guard:
         """Build a guard from `GuardSettings` (a config file's content); `notifiers` go before its own."""
         options = {f.name: getattr(settings, f.name) for f in fields(settings) if f.name not in _NOT_OPTIONS}
         guard = cls(settings.store, notifiers=[*notifiers, *settings.notifiers], clock=clock, **options)
-        guard.admin = settings.admin
+        guard.admin, guard.proxy_upstreams = settings.admin, settings.proxy_upstreams
         return guard
 
     def feature(self, name: str) -> FeatureSettings:
@@ -226,9 +224,11 @@ class Guard:
         tokens: int | None = None,
         reason: str,
         actor: str | None = None,
+        notify: bool = True,
     ) -> LimitStart:
-        """Set a ceiling's limit at run time (persisted, wins over the config, needs a reason); what it counts from."""
-        return self._parts.limits.set_limit(scope, period, *limit_amount(usd, calls, tokens), reason, actor)
+        """Set a ceiling's limit at run time (persisted, wins over the config, needs a reason; `notify=False`: no
+        alert or warning); what it counts from."""
+        return self._parts.limits.set_limit(scope, period, *limit_amount(usd, calls, tokens), reason, actor, notify)
 
     def clear_limit(
         self,

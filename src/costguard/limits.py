@@ -82,10 +82,17 @@ class Limits:
     tz: tzinfo = timezone.utc
 
     def set_limit(
-        self, scope: Mapping[str, str], period: str | Period, unit: Unit, amount: int, reason: str, actor: str | None
+        self,
+        scope: Mapping[str, str],
+        period: str | Period,
+        unit: Unit,
+        amount: int,
+        reason: str,
+        actor: str | None,
+        notify: bool = True,
     ) -> LimitStart:
         """Set the run-time limit of a ceiling scope, period and unit; what it counts from this period."""
-        start = self.change(scope, period, unit, amount, reason, actor)
+        start = self.change(scope, period, unit, amount, reason, actor, notify)
         assert start is not None
         return start
 
@@ -97,9 +104,10 @@ class Limits:
         amount: int | None,
         reason: str,
         actor: str | None,
+        notify: bool = True,
     ) -> LimitStart | None:
         """Set (`amount`) or clear (None) the run-time limit of a ceiling scope, period and unit; what a
-        limit set counts from this period."""
+        limit set counts from this period. `notify=False`: audited, but no alert and no warning logged."""
         if not isinstance(reason, str) or not reason.strip():
             raise ValueError("a reason is required to change a limit (it goes in the audit log)")
         try:
@@ -145,6 +153,8 @@ class Limits:
         start = None if amount is None else self._start(state, dict(bound), Limit(period, unit, amount), now)
         self.store.set_override(override, amount is None, record)
         self.control.invalidate()
+        if not notify:
+            return start
         self.reporter.notify(
             Event(
                 kind="limit_changed",

@@ -21,14 +21,16 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from costguard._config.schema import Limits as CapsModel
+from costguard.engine import LimitOverride
 from costguard.events import AuditRecord
 from costguard.guard import Guard
 from costguard.model import Period, Unit, micros_to_usd, normalize_labels
 from costguard.stores.base import Control, RunKeyState
 
-__all__ = ["KEY_PREFIX", "IssuedKey", "KeyCheck", "KeyIndex", "RunKeys", "hash_key", "key_view"]
+__all__ = ["DEFAULT_RETENTION_S", "KEY_PREFIX", "IssuedKey", "KeyCheck", "KeyIndex", "RunKeys", "hash_key", "key_view"]
 
 KEY_PREFIX = "cgk-"
+DEFAULT_RETENTION_S = 7 * 86400.0  # how long `purge` keeps a key that stopped working (it is still listed)
 _ID_LENGTH = 12
 _KEY_PATTERN = re.compile(r"cgk-([0-9a-f]{12})-[A-Za-z0-9_-]{20,100}")
 
@@ -145,9 +147,13 @@ class RunKeys:
             raise ValueError(f"caps: {problems}") from None
         if ttl_s is not None and (isinstance(ttl_s, bool) or not math.isfinite(ttl_s) or ttl_s <= 0):
             raise ValueError(f"ttl_s must be a number of seconds above 0, got {ttl_s!r}")
+        known = self.guard.proxy_upstreams
         for name in upstreams:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"upstreams must be names, got {name!r}")
+            if known is not None and name not in known:
+                # A typo would make a key no proxy forwards for: the agent would only ever get 403s.
+                raise ValueError(f"upstreams: {name!r} is not one of the proxy's upstreams ({', '.join(known)})")
         if check is not None:
             for limit in limits:
                 check(bound, limit.period, limit.unit, limit.amount)
@@ -162,6 +168,7 @@ class RunKeys:
                 **{limit.unit.value: amount},  # type: ignore[arg-type]
                 reason=f"run key {key_id}",
                 actor=actor,
+                notify=False,  # one key_issued line says it; an alert per key and cap would be noise
             )
             shown.append((_cap_name(limit.period.value, limit.unit), float(amount)))
         now = self.guard.clock()
@@ -196,10 +203,61 @@ class RunKeys:
                 return revoked
         return None
 
+    def purge(
+        self,
+        older_than_s: float = DEFAULT_RETENTION_S,
+        actor: str | None = None,
+        only: Callable[[RunKeyState], bool] | None = None,
+    ) -> tuple[RunKeyState, ...]:
+        """Delete the keys revoked or expired more than `older_than_s` ago, with the caps they set (the limits
+        whose reason is `run key <id>`, unless another key still needs that scope's limits); each purge is
+        audited (`key_purged`). Their counters stay: what the runs spent is still counted and shown. `only`
+        narrows it (a tenant's operator purges the keys it sees)."""
+        if isinstance(older_than_s, bool) or not math.isfinite(older_than_s) or older_than_s < 0:
+            raise ValueError(f"older_than_s must be a number of seconds, 0 or more, got {older_than_s!r}")
+        control = self.guard.store.control()
+        now = self.guard.clock()
+        ended = [
+            k for k in control.keys if (_ended_at(k) or math.inf) <= now - older_than_s and (only is None or only(k))
+        ]
+        gone = {k.id for k in ended}
+        kept_scopes = {k.labels for k in control.keys if k.id not in gone}
+        for state in ended:
+            if state.labels not in kept_scopes:
+                for override in control.overrides:
+                    if override.scope == state.labels and override.reason == f"run key {state.id}":
+                        self._clear_cap(override, state, now, actor)
+            data = {**{k: v for k, v in key_view(state, now).items() if k != "labels"}, "actor": actor}
+            record = AuditRecord(now, "key_purged", dict(state.labels), data=data)
+            self.guard.store.set_run_key(state, record, remove=True)
+        self.guard.control.invalidate()
+        return tuple(ended)
+
+    def _clear_cap(self, override: LimitOverride, state: RunKeyState, now: float, actor: str | None) -> None:
+        amount = micros_to_usd(override.amount) if override.unit is Unit.USD else float(override.amount)
+        data = {
+            "scope": dict(override.scope),
+            "period": override.period.value,
+            "unit": override.unit.value,
+            "old": amount,
+            "new": None,
+            "reason": f"run key {state.id} purged",
+            "actor": actor,
+        }
+        record = AuditRecord(now, "limit_changed", dict(override.scope), data=data)
+        self.guard.store.set_override(override, True, record)
+
     def _write(self, state: RunKeyState, decision: Literal["key_issued", "key_revoked"], now: float) -> None:
         data = {k: v for k, v in key_view(state, now).items() if k not in ("labels", "status")}
         self.guard.store.set_run_key(state, AuditRecord(now, decision, dict(state.labels), data=data))
         self.guard.control.invalidate()
+
+
+def _ended_at(state: RunKeyState) -> float | None:
+    """When a key stopped working (revoked, or its ttl ran out); None while it may still be used."""
+    if state.revoked_at is not None:
+        return state.revoked_at if state.expires_at is None else min(state.revoked_at, state.expires_at)
+    return state.expires_at
 
 
 def _cap_name(period: str, unit: Unit) -> str:

@@ -79,3 +79,4 @@ class GuardSettings:
     leases: bool = True
     lease_period_ms: float = 1000.0
     admin: Any = None
+    proxy_upstreams: tuple[str, ...] | None = None  # the names of `proxy.upstreams` (None: no proxy section)

@@ -190,6 +190,7 @@ def test_openapi_lists_every_endpoint_with_bearer_auth(client: TestClient) -> No
         "/v1/killswitch/status",
         "/v1/audit",
         "/v1/keys",
+        "/v1/keys/purge",
         "/v1/keys/{key_id}",
     }
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"

@@ -420,6 +420,11 @@ def test_run_keys_round_trip_in_the_control_state(store: Store) -> None:
     assert control.keys == (revoked,)
     assert control.killswitches == () and control.overrides == ()
     assert [r.decision for r in store.audit(AuditQuery(decision="key_revoked"))] == ["key_revoked"]
+    other = RunKeyState("k2", "cd" * 32, (("run", "r-43"),), (), (), NOW, None)
+    store.set_run_key(other, AuditRecord(NOW + 2, "key_issued", dict(other.labels), data={"key_id": "k2"}))
+    store.set_run_key(revoked, AuditRecord(NOW + 3, "key_purged", dict(key.labels), data={"key_id": "k1"}), remove=True)
+    assert store.control().keys == (other,)  # purged: gone from the control state, the other kept
+    assert [r.data["key_id"] for r in store.audit(AuditQuery(decision="key_purged"))] == ["k1"]
 
 
 def test_audit_is_append_only_and_filterable(store: Store) -> None:

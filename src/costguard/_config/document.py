@@ -203,6 +203,7 @@ class ConfigDocument(StrictModel):
             leases=self.leases in (True, "on"),
             lease_period_ms=self.lease_period_ms,
             admin=self.admin,  # the admin API and `costguard serve` read their tokens here
+            proxy_upstreams=tuple(self.proxy.upstreams) or None,  # run keys may name only these
         )
 
     def _notifiers(self, file: str | None) -> list[Notifier]:

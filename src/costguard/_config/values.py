@@ -27,6 +27,7 @@ __all__ = [
     "Usd",
     "UsdEstimate",
     "check_threshold",
+    "duration_seconds",
     "shown",
 ]
 
@@ -117,6 +118,14 @@ def _duration(value: object) -> float:
     if seconds <= 0:
         raise ValueError(f"expected a positive duration, got {value!r}")
     return seconds
+
+
+def duration_seconds(text: str) -> float:
+    """A duration as a command line gives it (`30m`, `12h`, `7d`, or seconds) in seconds; ValueError if not."""
+    try:
+        return _duration(float(text))
+    except ValueError:
+        return _duration(text)
 
 
 def _price(value: object) -> Decimal:

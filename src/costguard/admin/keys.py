@@ -1,4 +1,5 @@
-"""The admin API's run keys: `POST /v1/keys` (operator), `GET /v1/keys` (read), `DELETE /v1/keys/{id}` (operator).
+"""The admin API's run keys: `POST /v1/keys` (operator), `GET /v1/keys` (read), `DELETE /v1/keys/{id}` and
+`POST /v1/keys/purge` (operator).
 
 A key is shown once, in the answer to the POST that issued it; the store keeps only its hash.
 """
@@ -17,9 +18,9 @@ from costguard.admin.policy import Principal, plan_limit_change
 from costguard.admin.schemas import Count, ErrorBody, Usd, _scope
 from costguard.guard import Guard
 from costguard.model import Period, Unit, to_micros
-from costguard.runkeys import RunKeys, key_view
+from costguard.runkeys import DEFAULT_RETENTION_S, RunKeys, key_view
 
-__all__ = ["KeyCaps", "KeyIssue", "KeyIssued", "KeyRow", "add_key_routes"]
+__all__ = ["KeyCaps", "KeyIssue", "KeyIssued", "KeyPurge", "KeyRow", "add_key_routes"]
 
 Caller = Annotated[Principal, Depends(current_principal)]
 
@@ -67,6 +68,14 @@ class KeyIssue(BaseModel):
     upstreams: list[Upstream] = Field(default_factory=list, max_length=64)
 
     _labels = field_validator("labels")(classmethod(lambda cls, v: _scope(v)))
+
+
+class KeyPurge(BaseModel):
+    """`POST /v1/keys/purge`: delete the keys revoked or expired longer ago than `older_than_s`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    older_than_s: float = Field(default=DEFAULT_RETENTION_S, ge=0, le=100 * 365 * 86400, allow_inf_nan=False)
 
 
 class KeyRow(BaseModel):
@@ -143,3 +152,12 @@ def add_key_routes(router: APIRouter, guard: Guard, max_limit_usd: int | None) -
         state = keys.revoke(key_id, actor=caller.actor)
         assert state is not None
         return key_view(state, guard.clock())
+
+    @router.post("/v1/keys/purge", tags=["keys"], response_model=list[KeyRow])
+    def key_purge(body: KeyPurge, caller: Caller) -> list[dict[str, Any]]:
+        """Delete the keys that stopped working (revoked or expired) over `older_than_s` ago (default 7 days),
+        with the caps they set; their spend stays counted. Answers the purged keys (operator)."""
+        caller.require("operator", "purge run keys")
+        purged = keys.purge(body.older_than_s, actor=caller.actor, only=lambda s: caller.sees(dict(s.labels)))
+        now = guard.clock()
+        return [key_view(state, now) for state in purged]

@@ -117,3 +117,32 @@ def keys_revoke(config: Path | None, key_id: str, actor: str | None) -> None:
     if state is None:
         raise click.ClickException(f"no key {key_id!r} (`costguard keys list` shows them)")
     click.echo(f"key {key_id} revoked")
+
+
+@keys.command("purge")
+@config_option()
+@click.option(
+    "--older-than",
+    "older_than",
+    default="7d",
+    show_default=True,
+    help="Purge keys revoked or expired longer ago than this (30m, 12h, 7d or seconds; 0: all of them).",
+)
+@json_option("Print JSON: the purged keys (never the keys themselves).")
+@actor_option()
+def keys_purge(config: Path | None, older_than: str, as_json: bool, actor: str | None) -> None:
+    """Delete keys that stopped working a while ago, with the caps they set (their spend stays counted)."""
+    from costguard._config.values import duration_seconds
+    from costguard.runkeys import RunKeys, key_view
+
+    try:
+        seconds = 0.0 if older_than.strip() in ("0", "0s") else duration_seconds(older_than)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    with open_guard(config) as guard, changing("no key was purged"):
+        purged = RunKeys(guard).purge(seconds, actor=actor_name(actor))
+        now = guard.clock()
+    if as_json:
+        print_json([key_view(state, now) for state in purged])
+        return
+    click.echo(f"purged {len(purged)} key{'' if len(purged) == 1 else 's'} revoked or expired over {older_than} ago")

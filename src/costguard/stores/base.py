@@ -259,8 +259,9 @@ class Store(ABC):
     def set_override(self, override: LimitOverride, clear: bool, record: AuditRecord) -> None:
         """Store (or with `clear`, remove) a limit override."""
 
-    def set_run_key(self, state: RunKeyState, record: AuditRecord) -> None:
-        """Store a run key (issued, or revoked: the same id written again) with its audit record, together."""
+    def set_run_key(self, state: RunKeyState, record: AuditRecord, remove: bool = False) -> None:
+        """Store a run key (issued, or revoked: the same id written again), or with `remove` delete it (purged),
+        with its audit record, together."""
         raise NotImplementedError(f"{type(self).__name__} does not keep run keys")
 
     @abstractmethod

@@ -244,9 +244,12 @@ class MemoryStore(Store):
                 self._overrides[key] = override
             self._append(record)
 
-    def set_run_key(self, state: RunKeyState, record: AuditRecord) -> None:
+    def set_run_key(self, state: RunKeyState, record: AuditRecord, remove: bool = False) -> None:
         with self._lock:
-            self._keys[state.id] = state
+            if remove:
+                self._keys.pop(state.id, None)
+            else:
+                self._keys[state.id] = state
             self._append(record)
 
     def append(self, records: Sequence[AuditRecord]) -> None:

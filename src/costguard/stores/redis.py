@@ -307,8 +307,8 @@ class RedisStore(RedisClients, Store):
         self._eval(SCRIPTS["control"], keys, args)
 
     @mapped
-    def set_run_key(self, state: RunKeyState, record: AuditRecord) -> None:
-        keys, args = self.codec.control_call("set", f"r|{state.id}", run_key_entry(state), record)
+    def set_run_key(self, state: RunKeyState, record: AuditRecord, remove: bool = False) -> None:
+        keys, args = self.codec.control_call("del" if remove else "set", f"r|{state.id}", run_key_entry(state), record)
         self._eval(SCRIPTS["control"], keys, args)
 
     # ----------------------------------------------------------------- audit log

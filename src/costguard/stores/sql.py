@@ -246,9 +246,9 @@ class SQLStore(Store):
             self._rows.write(conn, (), [record])
 
     @mapped
-    def set_run_key(self, state: RunKeyState, record: AuditRecord) -> None:
+    def set_run_key(self, state: RunKeyState, record: AuditRecord, remove: bool = False) -> None:
         with self._sessions.tx() as conn:
-            self._put_control(conn, f"key|{state.id}", "key", run_key_entry(state))
+            self._put_control(conn, f"key|{state.id}", "key", None if remove else run_key_entry(state))
             self._rows.write(conn, (), [record])
 
     # ----------------------------------------------------------------- audit log
