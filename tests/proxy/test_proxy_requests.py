@@ -218,3 +218,20 @@ def test_upstream_options_are_checked_when_the_config_loads(options: dict[str, A
     with pytest.raises(ConfigError, match=problem) as caught:
         parse_config({"store": "memory://", "proxy": {"upstreams": {"openai": upstream}}})
     assert "sk-no-colon" not in str(caught.value)
+
+
+def test_every_request_a_live_key_makes_and_the_proxy_refuses_is_in_its_runs_audit_log() -> None:
+    """Forwarded or blocked, every request is audited: refusals before any reservation (an upstream or model
+    the key may not use, a request that can't be priced) too, with the key's labels and id."""
+    with proxy_stack() as (guard, url, fake):
+        issued = RunKeys(guard).issue({"run": "r-a", "model": "gpt-4o-mini"}, {"total_usd": 1}, upstreams=["openai"])
+        body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 10}
+        assert _post(url, issued.key, "/anthropic/v1/messages", body).status_code == 403
+        assert _post(url, issued.key, "/openai/v1/chat/completions", {**body, "model": "gpt-4o"}).status_code == 403
+        assert _post(url, issued.key, "/openai/v1/chat/completions", '{"model": 1, "model": 2}').status_code == 400
+        guard.flush()
+        refused = list(reversed(guard.audit(decision="blocked")))  # oldest first
+        assert [r.data["reason"] for r in refused] == ["upstream_not_allowed", "model_not_allowed", "bad_request"]
+        assert all(r.labels["run"] == "r-a" and r.data["key_id"] == issued.id for r in refused)
+        assert [r.data["upstream"] for r in refused] == ["anthropic", "openai", "openai"]
+        assert fake.requests == []

@@ -10,23 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import httpx
 
 from costguard._config.proxy import ProxyConfig, UpstreamConfig
-from costguard._web import Reply, blocked_reply, header_text
+from costguard._web import Reply, header_text
 from costguard.errors import Blocked, LabelError
 from costguard.events import AuditRecord
 from costguard.guard import Guard
 from costguard.integrations._streams import Meter
 from costguard.proxy.pricing import BadRequest, Estimate, actual_cost, endpoint_for, prepare
+from costguard.proxy.replies import Send, blocked, invalid_key, presented_key, refusal, send_reply
 from costguard.proxy.requests import MAX_BODY, hop_by_hop, path_problem, read_body
 from costguard.proxy.sse import EventSplitter
 from costguard.reservation import Reservation
 from costguard.runkeys import KeyIndex
 from costguard.steps import arun
+from costguard.stores.base import RunKeyState
 
 __all__ = ["ProxyApp"]
 
@@ -35,7 +37,6 @@ log = logging.getLogger("costguard.proxy")
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 # Request headers never forwarded: the agent's key (the proxy puts the vendor's in), hop-by-hop ones,
 # and what httpx sets itself.
@@ -60,41 +61,6 @@ _DROP_REQUEST = frozenset(
 )
 _PARSE_INLINE = 64 * 1024  # bodies past this are parsed and priced in a worker thread
 _DROP_RESPONSE = frozenset({"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"})
-
-
-def _reply(status: int, body: Mapping[str, Any], headers: tuple[tuple[str, str], ...] = ()) -> Reply:
-    return Reply(status, body, headers)
-
-
-async def _send_reply(send: Send, reply: Reply) -> None:
-    content = reply.content
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in reply.headers]
-    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-    await send({"type": "http.response.body", "body": content})
-
-
-def _invalid_key(problem: str) -> Reply:
-    message = {
-        "missing": "no run key: send it as the API key (Authorization: Bearer … or x-api-key)",
-        "unknown": "unknown run key",
-        "revoked": "this run key was revoked",
-        "expired": "this run key has expired",
-    }[problem]
-    body = {
-        "code": "invalid_key",
-        "reason": problem,
-        "message": message,
-        "error": {"type": "invalid_key", "message": message},
-    }
-    return _reply(401, body)
-
-
-def _presented_key(headers: Mapping[str, str]) -> str | None:
-    auth = headers.get("authorization")
-    if auth and auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    return headers.get("x-api-key")
 
 
 class ProxyApp:
@@ -152,24 +118,31 @@ class ProxyApp:
             return
         path: str = scope["path"]
         if path == "/health":
-            await _send_reply(send, _reply(200, {"status": "ok"}))
+            await send_reply(send, Reply(200, {"status": "ok"}, ()))
             return
         name, _, rest = path.lstrip("/").partition("/")
         upstream = self.upstreams.get(name)
         if upstream is None:
-            await _send_reply(send, _reply(404, {"code": "unknown_upstream", "message": f"no upstream {name!r}"}))
+            await send_reply(send, refusal(404, "unknown_upstream", f"no upstream {name!r}"))
             return
         problem = path_problem(upstream, rest)
         if problem is not None:
-            await _send_reply(send, _reply(400, {"code": "bad_path", "message": problem}))
+            await send_reply(send, refusal(400, "bad_path", problem))
             return
         if upstream.kind != "generic" and (scope["method"] != "POST" or endpoint_for(upstream, rest) is None):
             # Only what the proxy can price goes out with the vendor key: not batches, files, fine-tuning…
             supported = "v1/chat/completions, v1/responses" if upstream.kind == "openai" else "v1/messages"
-            refused = {"code": "unsupported_path", "message": f"this proxy forwards POST {supported} only"}
-            await _send_reply(send, _reply(404, refused))
+            await send_reply(send, refusal(404, "unsupported_path", f"this proxy forwards POST {supported} only"))
             return
         await self._proxy(scope, receive, send, name, upstream, rest)
+
+    def _audit_refusal(
+        self, key: RunKeyState, reason: str, name: str, upstream: UpstreamConfig, rest: str, now: float
+    ) -> None:
+        labels = {**dict(key.labels), "vendor": name}
+        labels.setdefault("feature", upstream.feature or name)
+        data = {"reason": reason, "key_id": key.id, "upstream": name, "path": rest}
+        self.guard.append_audit(AuditRecord(now, "blocked", labels, data=data))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -191,24 +164,26 @@ class ProxyApp:
                 headers[raw_name.decode("latin-1").lower()] = value
         now = self.guard.clock()
         state = await arun(self.guard.control.refresh(now))
-        check = self._keys.check(state.control, _presented_key(headers), now)
+        check = self._keys.check(state.control, presented_key(headers), now)
         if check.state is None:
             assert check.problem is not None
             if check.refused is not None:  # a real key, revoked or expired: its run's log says it was tried
-                labels = {**dict(check.refused.labels), "vendor": name}
-                labels.setdefault("feature", upstream.feature or name)
-                data = {"reason": f"key_{check.problem}", "key_id": check.refused.id, "upstream": name, "path": rest}
-                self.guard.append_audit(AuditRecord(now, "blocked", labels, data=data))
-            await _send_reply(send, _invalid_key(check.problem))
+                self._audit_refusal(check.refused, f"key_{check.problem}", name, upstream, rest, now)
+            await send_reply(send, invalid_key(check.problem))
             return
         key = check.state
+
+        async def refuse(status: int, code: str, message: str) -> None:
+            """Refused before any reservation: answered, and in the key's run's audit log."""
+            self._audit_refusal(key, code, name, upstream, rest, now)
+            await send_reply(send, refusal(status, code, message))
+
         if key.upstreams and name not in key.upstreams:
-            refused = {"code": "upstream_not_allowed", "message": f"this run key may not use {name!r}"}
-            await _send_reply(send, _reply(403, refused))
+            await refuse(403, "upstream_not_allowed", f"this run key may not use {name!r}")
             return
         raw = await read_body(receive)
         if raw is None:
-            await _send_reply(send, _reply(413, {"code": "body_too_large", "message": f"over {MAX_BODY} bytes"}))
+            await refuse(413, "body_too_large", f"over {MAX_BODY} bytes")
             return
         content_type = headers.get("content-type", "")
         pricing = self.guard.pricing
@@ -218,15 +193,14 @@ class ProxyApp:
             else:
                 ready = prepare(upstream, rest, raw, content_type, pricing)
         except BadRequest as exc:
-            await _send_reply(send, _reply(400, {"code": exc.code, "message": str(exc)}))
+            await refuse(400, exc.code, str(exc))
             return
         est = ready.estimate
         labels = dict(key.labels)
         bound_model = labels.get("model")
         if bound_model is not None and est.endpoint is not None and est.model != bound_model:
             # A key bound to a model is a cap on that model: another one would be charged to no ceiling of it.
-            refused = {"code": "model_not_allowed", "message": f"this run key may only use model {bound_model!r}"}
-            await _send_reply(send, _reply(403, refused))
+            await refuse(403, "model_not_allowed", f"this run key may only use model {bound_model!r}")
             return
         feature = labels.pop("feature", None) or upstream.feature or name
         labels.setdefault("vendor", name)
@@ -234,14 +208,14 @@ class ProxyApp:
             labels.setdefault("model", est.model)
         try:
             reservation = await self.guard.areserve(feature, estimate_usd=est.usd, estimate_tokens=est.tokens, **labels)
-        except Blocked as exc:
-            await _send_reply(send, _blocked(exc))
+        except Blocked as exc:  # audited by the guard, with the ceiling that refused it
+            await send_reply(send, blocked(exc))
             return
         except LabelError as exc:
-            await _send_reply(send, _reply(400, {"code": "bad_label", "message": str(exc)}))
+            await refuse(400, "bad_label", str(exc))
             return
         except ValueError as exc:  # an estimate the guard can't take (e.g. an absurd max_tokens)
-            await _send_reply(send, _reply(400, {"code": "bad_request", "message": str(exc)}))
+            await refuse(400, "bad_request", str(exc))
             return
         raw, hide_usage, streamed = ready.raw, ready.hide_usage, ready.streamed
         handed = [False]  # set once the reservation's settling is scheduled (commit, or release)
@@ -299,7 +273,7 @@ class ProxyApp:
             handed[0] = True
             await reservation.arelease("bad_request")
             refused = {"code": "bad_request", "message": f"the request can't be forwarded ({type(exc).__name__})"}
-            await _send_reply(send, _reply(400, refused))
+            await send_reply(send, Reply(400, refused, ()))
             return
         try:
             response = await client.send(request, stream=True)
@@ -311,7 +285,7 @@ class ProxyApp:
                 await reservation.acommit()  # sent, no answer: it may have run — the estimate stands
             log.warning("costguard proxy: upstream %s did not answer: %s", upstream.url, type(exc).__name__)
             body = {"code": "upstream_unreachable", "message": f"the upstream did not answer ({type(exc).__name__})"}
-            await _send_reply(send, _reply(502, body))
+            await send_reply(send, Reply(502, body, ()))
             return
         try:
             dropped = _DROP_RESPONSE | hop_by_hop(response.headers.get("connection"))
@@ -384,13 +358,3 @@ async def _pump(
         later(meter.asettle())
     if copying.done() and not copying.cancelled() and copying.exception() is not None:
         log.warning("costguard proxy: stream from upstream broke: %s", type(copying.exception()).__name__)
-
-
-def _blocked(exc: Blocked) -> Reply:
-    reply = blocked_reply(exc)
-    body = dict(reply.body)
-    if reply.status == 429:
-        body["retry_after"] = exc.retry_after_s
-        body["error"] = {"type": "cap_exhausted", "code": "cap_exhausted", "message": str(exc)}
-    # The vendors' SDKs retry a 429 unless told not to; a cap doesn't come back in a second.
-    return Reply(reply.status, body, (*reply.headers, ("x-should-retry", "false")))
