@@ -45,14 +45,17 @@ class UpstreamConfig(StrictModel):
     headers: dict[str, str] = Field(default_factory=dict)  # sent with every request, replacing the agent's
     price_usd: Price | None = None  # generic: a fixed price per call
     amount: AmountFrom | None = None  # generic: the price from a request field
+    actual: AmountFrom | None = None  # generic: what the call cost, from a field of the JSON answer
     timeout_s: Duration = 600.0
 
     @model_validator(mode="after")
     def _generic_price(self) -> UpstreamConfig:
         if self.kind == "generic" and (self.price_usd is None) == (self.amount is None):
             raise ValueError("a generic upstream needs exactly one of price_usd (per call) or amount (from the body)")
-        if self.kind != "generic" and (self.price_usd is not None or self.amount is not None):
-            raise ValueError(f"price_usd and amount are for generic upstreams; a {self.kind} one is priced by usage")
+        if self.kind != "generic" and (self.price_usd is not None or self.amount is not None or self.actual):
+            raise ValueError(
+                f"price_usd, amount and actual are for generic upstreams; a {self.kind} one is priced by usage"
+            )
         if self.max_output_tokens == 0:
             raise ValueError("max_output_tokens must be at least 1 (or null: add no output cap)")
         if self.auth is not None and self.auth not in ("bearer", "basic"):

@@ -13,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qs
 
-from costguard._config.proxy import UpstreamConfig
+from costguard._config.proxy import AmountFrom, UpstreamConfig
 from costguard.integrations._request import CHAT_COMPLETIONS, MESSAGES, RESPONSES, Endpoint, estimate_request
 from costguard.model import Money
 from costguard.pricing import Pricing
@@ -43,6 +43,7 @@ class Estimate:
     max_output_tokens: int | None
     endpoint: Endpoint | None
     model: str | None
+    actual_from: AmountFrom | None = None  # a generic upstream's cost in its answer
 
 
 def endpoint_for(upstream: UpstreamConfig, path: str) -> Endpoint | None:
@@ -81,7 +82,7 @@ def estimate(
     fallback: Money | None = None if upstream.estimate_usd is None else Decimal(upstream.estimate_usd).scaleb(-6)
     if upstream.kind == "generic":
         if upstream.price_usd is not None:
-            return Estimate(upstream.price_usd, None, None, None, None)
+            return Estimate(upstream.price_usd, None, None, None, None, upstream.actual)
         assert upstream.amount is not None
         if content_type.startswith("application/x-www-form-urlencoded"):
             values = parse_qs(raw.decode("utf-8", "replace"))
@@ -97,7 +98,7 @@ def estimate(
             amount = Decimal("NaN")
         if value is None or isinstance(value, bool) or not amount.is_finite() or amount < 0:
             raise BadRequest(f"this request needs a numeric `{upstream.amount.json_path}` (it is what it costs)")
-        return Estimate(amount, None, None, None, None)
+        return Estimate(amount, None, None, None, None, upstream.actual)
     endpoint = endpoint_for(upstream, path)
     if endpoint is None or not isinstance(body, dict):
         return Estimate(fallback, None, None, None, None)
@@ -155,8 +156,9 @@ def prepare(upstream: UpstreamConfig, path: str, raw: bytes, content_type: str, 
 
 
 def actual_cost(est: Estimate, content: bytes, pricing: Pricing) -> tuple[Decimal | None, int | None]:
-    """USD and tokens from a JSON answer's `usage` (None: not reported, the estimate stands)."""
-    if est.endpoint is None:
+    """USD and tokens from a JSON answer's `usage`, or a generic upstream's `actual` field (None: not reported,
+    the estimate stands)."""
+    if est.endpoint is None and est.actual_from is None:
         return None, None
     try:
         answer = json.loads(content)
@@ -164,6 +166,16 @@ def actual_cost(est: Estimate, content: bytes, pricing: Pricing) -> tuple[Decima
         return None, None
     if not isinstance(answer, dict):
         return None, None
+    if est.endpoint is None:
+        assert est.actual_from is not None
+        value = _field(answer, est.actual_from.json_path)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            return None, None
+        try:
+            usd = Decimal(str(value)) * est.actual_from.scale
+        except (InvalidOperation, ValueError):
+            return None, None
+        return (usd if usd.is_finite() and usd >= 0 else None), None
     model = answer.get("model") if isinstance(answer.get("model"), str) else est.model
     usage = usage_from(answer.get("usage"), model, est.endpoint.provider)
     if usage is None:
