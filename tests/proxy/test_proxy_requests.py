@@ -235,3 +235,17 @@ def test_every_request_a_live_key_makes_and_the_proxy_refuses_is_in_its_runs_aud
         assert all(r.labels["run"] == "r-a" and r.data["key_id"] == issued.id for r in refused)
         assert [r.data["upstream"] for r in refused] == ["anthropic", "openai", "openai"]
         assert fake.requests == []
+
+
+def test_an_upstreams_own_headers_are_secrets_to_its_repr() -> None:
+    config = parse_config(
+        {
+            "store": "memory://",
+            "proxy": {
+                "upstreams": {
+                    "v": {"kind": "openai", "url": "http://127.0.0.1:9", "headers": {"X-Vendor-Token": "tok-s3cret"}}
+                }
+            },
+        }
+    )
+    assert "tok-s3cret" not in repr(config) and "tok-s3cret" not in str(config.proxy.upstreams["v"])

@@ -42,7 +42,8 @@ class UpstreamConfig(StrictModel):
     # How the vendor key is sent: `bearer` (Authorization: Bearer), `basic` (api_key is "user:password"),
     # or `header:<Name>` (the key as it is, in that header). Default: anthropic `header:x-api-key`, else bearer.
     auth: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)  # sent with every request, replacing the agent's
+    # Sent with every request, replacing the agent's; kept as secrets (never in a repr, log or error).
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
     price_usd: Price | None = None  # generic: a fixed price per call
     amount: AmountFrom | None = None  # generic: the price from a request field
     actual: AmountFrom | None = None  # generic: what the call cost, from a field of the JSON answer
@@ -71,7 +72,7 @@ class UpstreamConfig(StrictModel):
                 raise ValueError(
                     f"headers: {name!r} can't be set here (an HTTP field name the proxy doesn't set itself)"
                 )
-            if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+            if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value.get_secret_value()):
                 raise ValueError(f"headers: the value of {name!r} holds a control character")
         return self
 

@@ -244,7 +244,7 @@ class ProxyApp:
         handed: list[bool],
     ) -> None:
         auth = upstream.auth_header()
-        fixed = [(k.lower().encode("latin-1"), v.encode()) for k, v in upstream.headers.items()]
+        fixed = [(k.lower().encode("latin-1"), v.get_secret_value().encode()) for k, v in upstream.headers.items()]
         if auth is not None:
             fixed.append(auth)
         skip = _DROP_REQUEST | hop_by_hop(headers.get("connection")) | {k.decode("latin-1") for k, _ in fixed}
