@@ -25,6 +25,7 @@ from costguard.proxy.pricing import BadRequest, Estimate, actual_cost, endpoint_
 from costguard.proxy.replies import Send, blocked, invalid_key, presented_key, refusal, send_reply
 from costguard.proxy.requests import MAX_BODY, hop_by_hop, path_problem, read_body
 from costguard.proxy.sse import EventSplitter
+from costguard.proxy.upstream import UpstreamClient, UpstreamPool, UpstreamResponse
 from costguard.reservation import Reservation
 from costguard.runkeys import KeyIndex
 from costguard.steps import arun
@@ -66,21 +67,20 @@ _DROP_RESPONSE = frozenset({"content-length", "transfer-encoding", "connection",
 class ProxyApp:
     """`costguard proxy`'s ASGI app over a guard and the config's `proxy:` section."""
 
-    def __init__(self, guard: Guard, config: ProxyConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, guard: Guard, config: ProxyConfig, *, transport: UpstreamPool | None = None) -> None:
         self.guard = guard
         self.upstreams: dict[str, UpstreamConfig] = dict(config.upstreams)
         self._keys = KeyIndex()
         self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        self._client: UpstreamClient | None = None
         self._settling: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"ProxyApp(upstreams={sorted(self.upstreams)!r})"
 
-    def _http(self) -> httpx.AsyncClient:
+    def _http(self) -> UpstreamClient:
         if self._client is None:
-            limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
-            self._client = httpx.AsyncClient(transport=self._transport, limits=limits, timeout=600.0)
+            self._client = UpstreamClient(self._transport, max_connections=1000)
         return self._client
 
     def _settle_later(self, settle: Awaitable[None]) -> None:
@@ -276,7 +276,7 @@ class ProxyApp:
             await send_reply(send, Reply(400, refused, ()))
             return
         try:
-            response = await client.send(request, stream=True)
+            response = await client.send(request)
         except httpx.HTTPError as exc:
             handed[0] = True
             if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
@@ -323,7 +323,7 @@ class ProxyApp:
 
 
 async def _pump(
-    response: httpx.Response, receive: Receive, send: Send, meter: Meter, later: Callable[[Awaitable[None]], None]
+    response: UpstreamResponse, receive: Receive, send: Send, meter: Meter, later: Callable[[Awaitable[None]], None]
 ) -> None:
     """Pass a stream on event by event while metering it; settle it when it ends or the client leaves."""
     splitter = EventSplitter()
