@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
+import yaml
 
 from costguard.config import parse_config
 from costguard.errors import ConfigError
@@ -60,3 +64,25 @@ def test_a_run_key_needs_labels_and_valid_caps() -> None:
         assert guard.store.control().keys == ()
     finally:
         guard.close()
+
+
+def test_the_cli_serves_on_the_fastest_stack_installed_and_can_drop_the_access_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """httptools and uvloop come with the `[proxy]` extra; `--no-access-log` saves uvicorn's line per call."""
+    import uvicorn
+    from click.testing import CliRunner
+
+    from costguard.cli import main
+
+    pytest.importorskip("httptools")
+    pytest.importorskip("uvloop")
+    path = tmp_path / "costguard.yaml"
+    path.write_text(yaml.safe_dump(upstreams(openai={"kind": "openai", "url": "http://127.0.0.1:9", "api_key": "k"})))
+    runs: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: runs.append(options))
+    result = CliRunner().invoke(main, ["proxy", "--config", str(path), "--no-access-log"])
+    assert result.exit_code == 0, result.output
+    assert (runs[0]["http"], runs[0]["loop"]) == ("httptools", "uvloop")
+    assert runs[0]["access_log"] is False
+    assert "(httptools, uvloop)" in result.output

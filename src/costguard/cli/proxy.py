@@ -16,7 +16,13 @@ __all__ = ["proxy"]
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8788, show_default=True, help="Port to listen on.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes.")
-def proxy(config: Path | None, host: str, port: int, workers: int) -> None:
+@click.option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    help="uvicorn's line per request (costguard's audit log records every decision either way).",
+)
+def proxy(config: Path | None, host: str, port: int, workers: int, access_log: bool) -> None:
     """Serve the proxy (uvicorn): /<upstream>/<path> with a run key as the API key."""
     try:
         import httpx  # noqa: F401
@@ -32,7 +38,12 @@ def proxy(config: Path | None, host: str, port: int, workers: int) -> None:
     if not upstreams:
         click.echo(f"costguard: {path}: proxy.upstreams is empty: nothing to forward to", err=True)
         raise click.exceptions.Exit(2)
-    click.echo(f"costguard proxy on http://{host}:{port}/ for {', '.join(sorted(upstreams))}", err=True)
+    from costguard.proxy.serve import server_stack
+
+    http, loop = server_stack()
+    click.echo(
+        f"costguard proxy on http://{host}:{port}/ for {', '.join(sorted(upstreams))} ({http}, {loop})", err=True
+    )
     # Each worker builds its own guard from the file (uvicorn imports the factory in each process).
     import os
 
@@ -44,5 +55,8 @@ def proxy(config: Path | None, host: str, port: int, workers: int) -> None:
         port=port,
         workers=workers,
         log_level="info",
+        access_log=access_log,
         server_header=False,
+        http=http,
+        loop=loop,
     )
