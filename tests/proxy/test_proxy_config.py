@@ -86,3 +86,10 @@ def test_the_cli_serves_on_the_fastest_stack_installed_and_can_drop_the_access_l
     assert (runs[0]["http"], runs[0]["loop"]) == ("httptools", "uvloop")
     assert runs[0]["access_log"] is False
     assert "(httptools, uvloop)" in result.output
+
+
+def test_without_the_c_stack_the_proxy_runs_on_uvicorn_s_pure_python_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import costguard.proxy.serve as serve
+
+    monkeypatch.setattr(serve, "find_spec", lambda name: None)
+    assert serve.server_stack() == ("h11", "asyncio")
