@@ -3,14 +3,13 @@ sent on with only the headers that are the agent's to send."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from typing import Any
 
 import httpx
 import pytest
-from proxy_helpers import VENDOR_KEY, proxy_stack, spent
+from proxy_helpers import VENDOR_KEY, proxy_stack, serve, spent
 
 from costguard.config import parse_config
 from costguard.errors import ConfigError
@@ -158,33 +157,33 @@ def test_a_generic_upstream_sends_its_key_as_configured(auth: str | None, header
 
 
 def test_an_upstream_answers_hop_by_hop_headers_the_agent_never_sees() -> None:
-    async def vendor(request: httpx.Request) -> httpx.Response:
+    async def vendor(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
         usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-        headers = {"connection": "x-upstream-hop", "x-upstream-hop": "1", "x-request-id": "req-1"}
-        return httpx.Response(200, json={"model": "gpt-4o-mini", "usage": usage}, headers=headers)
+        body = json.dumps({"model": "gpt-4o-mini", "usage": usage}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"connection", b"keep-alive, x-upstream-hop"),
+            (b"x-upstream-hop", b"1"),
+            (b"x-request-id", b"req-1"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
-    config = parse_config(
-        {
-            "store": "memory://",
-            "spool_dir": False,
-            "proxy": {"upstreams": {"openai": {"kind": "openai", "url": "http://vendor.invalid", "api_key": "k"}}},
-        }
-    )
-    guard = config.build()
-    app = ProxyApp(guard, config.proxy, transport=httpx.MockTransport(vendor))
-    key = RunKeys(guard).issue({"run": "r-x"}, {"total_usd": 1}).key
-
-    async def ask() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://proxy") as client:
-            body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 1}
-            answer = await client.post("/openai/v1/chat/completions", json=body, headers={"x-api-key": key})
-            await app.aclose()
-            return answer
-
-    try:
-        answer = asyncio.run(ask())
-    finally:
-        guard.close()
+    with serve(vendor) as vendor_url:
+        upstream = {"kind": "openai", "url": vendor_url, "api_key": "k"}
+        config = parse_config({"store": "memory://", "spool_dir": False, "proxy": {"upstreams": {"openai": upstream}}})
+        guard = config.build()
+        key = RunKeys(guard).issue({"run": "r-x"}, {"total_usd": 1}).key
+        try:
+            with serve(ProxyApp(guard, config.proxy)) as url:
+                body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 1}
+                answer = _post(url, key, "/openai/v1/chat/completions", body)
+        finally:
+            guard.close()
     assert answer.status_code == 200 and answer.headers["x-request-id"] == "req-1"
     assert "x-upstream-hop" not in answer.headers
 
