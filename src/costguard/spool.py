@@ -8,6 +8,11 @@ died (or closed its guard with the store still down); the next guard that opens 
 writes its remaining entries and deletes it. Every store write is idempotent by reservation id, so
 an entry written twice (a crash between the write and its `done` line) still counts once.
 
+A process that serves calls from leased slices also keeps each slice's write-ahead *mark* here (what
+it may have used of it, `costguard.slicemarks`): one outstanding mark per slice, each new one written
+with the `done` of the one before in the same write and the same segment, so whoever adopts the
+segment of a holder that died finds the slice's last mark and commits the slice at it.
+
 Lines are JSON, read back as data and validated: nothing in a spool is ever executed.
 """
 
@@ -159,6 +164,26 @@ class Spool:
             for entry in entries:
                 self._where[entry.seq] = segment
 
+    def replace(self, entry: Entry, previous: Entry | None) -> None:
+        """Append `entry` and mark `previous` done in one write, in the segment that holds `previous` (a
+        slice's marks stay together, so one adopter sees its last). Raises `OSError` when the disk refuses."""
+        data = encode(entry).encode()
+        before = -1 if previous is None else previous.seq
+        with self._lock:
+            segment = self._where.get(before)
+            if segment is not None:
+                data += (json.dumps({"done": [before]}) + "\n").encode()
+                os.write(segment.fd, data)
+                del self._where[before]
+            else:
+                segment = self._current
+                if segment is None or segment.size >= self.segment_bytes:
+                    segment = self._current = self._open_segment()
+                os.write(segment.fd, data)
+                segment.outstanding += 1
+            segment.size += len(data)
+            self._where[entry.seq] = segment
+
     def done(self, entries: Sequence[Entry]) -> None:
         """Mark entries written to the store; a segment with nothing outstanding is emptied or deleted."""
         with self._lock:
@@ -248,4 +273,7 @@ def _read_segment(fd: int, path: Path) -> list[Entry]:
             log.warning("costguard: spool %s line %d skipped: %s", path.name, number, exc)
             continue
         entries[entry.seq] = entry
-    return [entry for seq, entry in entries.items() if seq not in done]
+    left = [entry for seq, entry in entries.items() if seq not in done]
+    # A slice's mark gives way to a later entry of the same slice: its next mark, or what it really cost.
+    last = {entry.reservation_id: entry.seq for entry in left}
+    return [entry for entry in left if not entry.mark or last[entry.reservation_id] == entry.seq]

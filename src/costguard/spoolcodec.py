@@ -20,7 +20,11 @@ __all__ = ["Entry", "decode", "encode"]
 @dataclass(frozen=True)
 class Entry:
     """One write the store still owes: record `plan` first (without checking limits, idempotent by
-    id), then, with `settle`, commit `actual` (or release when it is None)."""
+    id), then, with `settle`, commit `actual` (or release when it is None).
+
+    A `mark` is a slice's write-ahead record (`costguard.slicemarks`): its holder may have used up to
+    `actual` of it. Nobody writes it while the holder lives; a holder that died has its slice committed
+    at its last mark, unless a later entry of the same id says what it really cost."""
 
     seq: int
     reservation_id: str
@@ -31,6 +35,7 @@ class Entry:
     record: AuditRecord | None = None
     feature: str = ""
     unreserved: int = 0  # micro-dollars admitted without a reservation, back in the allowance once written
+    mark: bool = False
 
 
 def encode(entry: Entry) -> str:
@@ -44,7 +49,11 @@ def encode(entry: Entry) -> str:
             "counters": [op_to_json(op) for op in plan.counters],
             "estimate": plan.estimate_usd,
         }
-    if entry.settle:
+    if entry.mark:
+        # Not a `settle`: a version before marks skips the line (the slice then counts whole) rather than
+        # committing a slice at its first mark.
+        data["mark"] = {unit.value: int(v) for unit, v in (entry.actual or {}).items()}
+    elif entry.settle:
         data["settle"] = None if entry.actual is None else {unit.value: int(v) for unit, v in entry.actual.items()}
     if entry.record is not None:
         record = entry.record
@@ -108,13 +117,17 @@ def decode(line: str) -> Entry:
             estimate_usd=estimate,
             force=True,
         )
-    settle = "settle" in data
+    mark = "mark" in data
+    settle = mark or "settle" in data
     actual: dict[Unit, int] | None = None
-    if settle and data["settle"] is not None:
-        if not isinstance(data["settle"], dict):
+    amounts = data["mark" if mark else "settle"] if settle else None
+    if mark and not isinstance(amounts, dict):
+        raise ValueError("mark is malformed")
+    if amounts is not None:
+        if not isinstance(amounts, dict):
             raise ValueError("settle is malformed")
         actual = {}
-        for unit, amount in data["settle"].items():
+        for unit, amount in amounts.items():
             if isinstance(amount, bool) or not isinstance(amount, int):
                 raise ValueError("settle amounts are not integers")
             actual[Unit(unit)] = amount
@@ -135,4 +148,4 @@ def decode(line: str) -> Entry:
         )
     if plan is None and not settle:
         raise ValueError("an entry neither records nor settles anything")
-    return Entry(seq, reservation_id, at, plan, settle, actual, record)
+    return Entry(seq, reservation_id, at, plan, settle, actual, record, mark=mark)

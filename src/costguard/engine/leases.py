@@ -13,7 +13,7 @@ retired when it is used up, older than `period_s`, revoked (a control change) or
 settled (what its calls really cost; the rest goes back) once its last call in flight has finished.
 
 Pure bookkeeping: no I/O and no locks (`costguard.leasing` holds its lock around every method). One
-slice's own arithmetic is `engine.slices`.
+slice's own arithmetic, its write-ahead marks included, is `engine.slices`.
 """
 
 from __future__ import annotations
@@ -282,6 +282,10 @@ class LeaseBook:
             group.slice = None
         if slice_.inflight == 0:
             self._done.append(slice_)
+
+    def retire(self, slice_: Slice) -> None:
+        """Retire one slice (its spool refused a mark): no more calls from it, settled once they end."""
+        self._retire_slice(slice_)
 
     def revoke_if_changed(self, control: object) -> None:
         """Retire every slice when the control state (kill switches, limits) differs from the one last seen."""

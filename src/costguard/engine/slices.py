@@ -1,7 +1,11 @@
 """A slice of a hot counter group's headroom, what one call took from slices, and a slice to reserve.
 
 `engine.leases` keeps the books of which slice serves which group; this is one slice's arithmetic:
-whether a call fits, when the next one is due, and what its calls cost.
+whether a call fits, when the next one is due, what its calls cost, and its write-ahead *mark* — how
+much this process may have used of it as far as a crash can tell. Before a call takes a slice past its
+last mark (or its actual cost does, when it ends), the holder records the next mark durably, a step
+ahead (`MARK_STEPS`): a process killed with slices is settled at its marks by the next process, which
+never counts less than the slice's calls used and at most about one step more.
 """
 
 from __future__ import annotations
@@ -12,10 +16,13 @@ from dataclasses import dataclass, field
 from costguard.engine.counters import CounterOp, ReservePlan
 from costguard.model import Unit
 
-__all__ = ["LEASE_PREFIX", "UNITS", "Grant", "GroupKey", "Slice", "Take", "is_lease"]
+__all__ = ["LEASE_PREFIX", "MARK_STEPS", "UNITS", "Grant", "GroupKey", "Slice", "Take", "is_lease"]
 
 # Reservation ids of slices start with this.
 LEASE_PREFIX = "lease-"
+# A mark moves a slice's recorded use ahead in steps of this fraction (1/n) of the slice: one record per
+# step, not per call, and a crashed holder's slice counts at most one step more than its calls used.
+MARK_STEPS = 8
 
 UNITS = (Unit.USD, Unit.CALLS, Unit.TOKENS)
 INDEX = {unit: i for i, unit in enumerate(UNITS)}
@@ -40,6 +47,8 @@ class Slice:
     expires: float
     used: list[int] = field(default_factory=lambda: [0, 0, 0])  # in-flight estimates + finished actuals
     spent: list[int] = field(default_factory=lambda: [0, 0, 0])  # finished actuals
+    # What a crash can tell it used, per unit: the last mark recorded durably (by `costguard.slicemarks`).
+    marked: list[int] = field(default_factory=lambda: [0, 0, 0])
     inflight: int = 0
     retired: bool = False
     slots: tuple[tuple[str, int], ...] = field(init=False)  # each counter's key and its unit's place in `used`
@@ -74,6 +83,19 @@ class Slice:
     def settlement(self) -> dict[Unit, int]:
         """What the slice's calls cost, per unit: the slice's commit (the rest of it goes back)."""
         return {unit: self.spent[i] for i, unit in enumerate(UNITS)}
+
+    def unmarked(self) -> bool:
+        """Whether it has used more than its last mark (in any unit): a new mark is due before going on."""
+        used, marked = self.used, self.marked
+        return used[0] > marked[0] or used[1] > marked[1] or used[2] > marked[2]
+
+    def next_mark(self) -> list[int]:
+        """The next mark: a step (1/`MARK_STEPS` of the slice) beyond what it has used, never past the
+        slice — unless actual costs above their estimates took it past already — and never below the last."""
+        return [
+            max(marked, used, min(granted, used + -(-granted // MARK_STEPS)))
+            for marked, used, granted in zip(self.marked, self.used, self.granted, strict=True)
+        ]
 
 
 @dataclass(eq=False)
