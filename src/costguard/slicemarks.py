@@ -23,7 +23,8 @@ import logging
 import threading
 from collections.abc import Iterable, Sequence
 
-from costguard.engine.slices import UNITS, Slice
+from costguard.engine.slices import Slice
+from costguard.model import Unit
 from costguard.spool import Spool
 from costguard.spoolcodec import Entry
 
@@ -47,9 +48,9 @@ class SliceMarks:
         """Record that slice `lease_id` may have used up to `upto` (per unit: USD, calls, tokens).
         Raises `OSError` when the disk refuses (the mark before stays)."""
         spool = self.spool
-        entry = Entry(
-            spool.next_seq(), lease_id, at, settle=True, actual=dict(zip(UNITS, upto, strict=True)), mark=True
-        )
+        usd, calls, tokens = upto
+        actual = {Unit.USD: usd, Unit.CALLS: calls, Unit.TOKENS: tokens}
+        entry = Entry(spool.next_seq(), lease_id, at, settle=True, actual=actual, mark=True)
         with self._lock:
             spool.replace(entry, self._last.get(lease_id))
             self._last[lease_id] = entry

@@ -172,7 +172,7 @@ class Spool:
         with self._lock:
             segment = self._where.get(before)
             if segment is not None:
-                data += (json.dumps({"done": [before]}) + "\n").encode()
+                data += b'{"done": [%d]}\n' % before
                 os.write(segment.fd, data)
                 del self._where[before]
             else:
