@@ -3,7 +3,10 @@
 `engine.leases` keeps the books (pure); this part holds its lock, reserves slices in the store (an
 ordinary atomic reservation each, so the cap stays exact across the fleet), hands retired slices to
 the settlement (what their calls cost is committed, the rest goes back) and retires idle slices from a
-background thread. Only remote stores lease: memory and SQLite answer in-process already.
+background thread. With a spool, it keeps each slice's write-ahead mark there (`costguard.slicemarks`),
+under its lock, before a call is served past the last one: a holder killed with slices is settled at
+its marks by the next process, not counted whole. Only remote stores lease: memory and SQLite answer
+in-process already.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from costguard.errors import StoreError
 from costguard.model import Unit
 from costguard.reporting import Reporter
 from costguard.settlement import Settlement
+from costguard.slicemarks import SliceMarks
 from costguard.steps import Io, Steps, run
 from costguard.stores.base import Store
 
@@ -56,6 +60,7 @@ class Leases:
         self._pending: list[Slice] = []  # retired, no call in flight, not yet settled
         self._settling = 0  # retired slices taken from `_pending` whose settles are on their way
         self._renewals: list[engine.Grant] = []  # next slices to reserve, off the calls' path
+        self.marks = None if settlement.spool is None else SliceMarks(settlement.spool)
         self.deadline_s = deadline_s
         self._closed = False
         os.register_at_fork(after_in_child=functools.partial(_forked, weakref.ref(self)))
@@ -70,6 +75,8 @@ class Leases:
         self._sweeper = None
         self._stop = threading.Event()
         self._wake = threading.Event()
+        if self.marks is not None:
+            self.marks.forget()
 
     # ----------------------------------------------------------------- admission
     def admit(
@@ -84,9 +91,16 @@ class Leases:
         if self._closed:
             return None
         book = self.book
+        marks = self.marks
         with self._lock:
             book.revoke_if_changed(control)
             take, grants = book.take(plan, amounts, now)
+            if take is not None and marks is not None:
+                for slice_, _ in take.parts:
+                    used, marked = slice_.used, slice_.marked
+                    if used[0] > marked[0] or used[1] > marked[1] or used[2] > marked[2]:
+                        take = self._mark(take, now)
+                        break
             done = book.done()
         self._settle(done)
         if not grants:
@@ -109,8 +123,26 @@ class Leases:
             if take is not None:
                 book.finish(take, None)
             take, _ = book.take(plan, amounts, now, count=False)
+            if take is not None and marks is not None:
+                take = self._mark(take, now)
             done = book.done()
         self._settle(done)
+        return take
+
+    def _mark(self, take: Take, now: float) -> Take | None:
+        """Under the lock, before the call is served: a new mark for each slice it takes past its last one.
+        A mark the disk refuses gives the call back (to the store) and retires its slices."""
+        assert self.marks is not None
+        for slice_, _ in take.parts:
+            if slice_.unmarked():
+                try:
+                    self.marks.advance(slice_, now)
+                except OSError as exc:
+                    self.book.finish(take, None)
+                    for failed, _ in take.parts:
+                        self.book.retire(failed)
+                    self.reporter.write_error(exc, "spool write (a slice's mark)")
+                    return None
         return take
 
     def _reserve(self, grants: list[engine.Grant], now: float, deadline: dl.Deadline | None) -> Steps[bool]:
@@ -118,23 +150,34 @@ class Leases:
         installed = False
         store = self.store
         book = self.book
+        marks = self.marks
         for index, grant in enumerate(grants):
+            lease_id = grant.plan.reservation_id
+            if marks is not None:  # nothing used yet: a holder killed from here on has it committed at 0
+                try:
+                    marks.mark(lease_id, (0, 0, 0), now)
+                except OSError as exc:  # without a mark, a crash leaves the slice counted whole
+                    self.reporter.write_error(exc, "spool write (a slice's mark)")
             try:
                 outcome = yield Io(store.reserve, store.areserve, (grant.plan, None), deadline=deadline)
             except BaseException as exc:
                 # Failed or cancelled mid-grant: it may have been applied, so it is given back; this group and
                 # the rest go one by one for a period (the call's own reserve finds out what the store is up to).
                 if not isinstance(exc, StoreError) or deadline is None or deadline.unknown:
-                    self.settlement.abandon(grant.plan.reservation_id, now)
+                    self.settlement.abandon(lease_id, now)
                 with self._lock:
                     for failed in grants[index:]:
                         book.install(failed, engine.ReserveOutcome(False, ()), now)
+                if marks is not None:
+                    marks.done([lease_id])
                 if isinstance(exc, StoreError):
                     return installed
                 raise
             self.reporter.crossings(outcome.crossings, now)
             with self._lock:
                 installed = book.install(grant, outcome, now) or installed
+            if marks is not None and not outcome.allowed:
+                marks.done([lease_id])
         return installed
 
     def observe(self, plan: engine.ReservePlan, outcome: engine.ReserveOutcome) -> None:
@@ -144,8 +187,19 @@ class Leases:
 
     def finish(self, take: Take, actual: Mapping[Unit, int] | None) -> None:
         """A call served from slices ended: its actual cost (None: given back)."""
+        marks = self.marks
         with self._lock:
             self.book.finish(take, actual)
+            if actual is not None and marks is not None:
+                # An actual cost above its estimate may take a slice past its mark: a new one before returning.
+                for slice_, _ in take.parts:
+                    used, marked = slice_.used, slice_.marked
+                    if used[0] > marked[0] or used[1] > marked[1] or used[2] > marked[2]:
+                        try:
+                            marks.advance(slice_, self.clock())
+                        except OSError as exc:
+                            self.book.retire(slice_)
+                            self.reporter.write_error(exc, "spool write (a slice's mark)")
             done = self.book.done()
         self._settle(done)
 
@@ -181,7 +235,11 @@ class Leases:
                 except StoreError:
                     for rest in batch[index:]:
                         run(self.settlement.settle(rest.lease_id, rest.settlement(), at, None, background=True))
+                    if self.marks is not None:  # queued and spooled after them: the marks give way to it
+                        self.marks.done(rest.lease_id for rest in batch[index:])
                     return
+                if self.marks is not None:
+                    self.marks.done([slice_.lease_id])
                 self.reporter.settled(outcome, at, False)
         finally:
             with self._lock:

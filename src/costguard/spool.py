@@ -8,6 +8,11 @@ died (or closed its guard with the store still down); the next guard that opens 
 writes its remaining entries and deletes it. Every store write is idempotent by reservation id, so
 an entry written twice (a crash between the write and its `done` line) still counts once.
 
+A process that serves calls from leased slices also keeps each slice's write-ahead *mark* here (what
+it may have used of it, `costguard.slicemarks`): one outstanding mark per slice, each new one written
+with the `done` of the one before in the same write and the same segment, so whoever adopts the
+segment of a holder that died finds the slice's last mark and commits the slice at it.
+
 Lines are JSON, read back as data and validated: nothing in a spool is ever executed.
 """
 
@@ -22,14 +27,10 @@ import secrets
 import socket
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
-from costguard.engine import ReservePlan, op_from_json, op_to_json
-from costguard.events import AuditRecord
-from costguard.model import Unit
+from costguard.spoolcodec import Entry, decode, encode
 
 __all__ = ["Entry", "Orphan", "Spool", "decode", "default_spool_dir", "encode"]
 
@@ -38,22 +39,6 @@ log = logging.getLogger("costguard")
 SEGMENT_BYTES = 4 * 1024 * 1024  # a segment still being written rolls over past this
 _SUFFIX = ".jsonl"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One write the store still owes: record `plan` first (without checking limits, idempotent by
-    id), then, with `settle`, commit `actual` (or release when it is None)."""
-
-    seq: int
-    reservation_id: str
-    at: float
-    plan: ReservePlan | None = None
-    settle: bool = False
-    actual: Mapping[Unit, int] | None = None
-    record: AuditRecord | None = None
-    feature: str = ""
-    unreserved: int = 0  # micro-dollars admitted without a reservation, back in the allowance once written
 
 
 def default_spool_dir(identity: str) -> Path:
@@ -66,112 +51,6 @@ def default_spool_dir(identity: str) -> Path:
 
         root = str(Path(user_state_dir("costguard", appauthor=False)) / "spool")
     return Path(root) / key
-
-
-# --------------------------------------------------------------------------------------- encoding
-def encode(entry: Entry) -> str:
-    """An entry as one JSON line."""
-    data: dict[str, Any] = {"seq": entry.seq, "id": entry.reservation_id, "at": entry.at}
-    if entry.plan is not None:
-        plan = entry.plan
-        data["plan"] = {
-            "at": plan.at,
-            "labels": [list(item) for item in plan.labels],
-            "counters": [op_to_json(op) for op in plan.counters],
-            "estimate": plan.estimate_usd,
-        }
-    if entry.settle:
-        data["settle"] = None if entry.actual is None else {unit.value: int(v) for unit, v in entry.actual.items()}
-    if entry.record is not None:
-        record = entry.record
-        data["record"] = [record.at, record.decision, dict(record.labels), record.reservation_id, dict(record.data)]
-    if entry.feature:
-        data["feature"] = entry.feature
-        data["unreserved"] = entry.unreserved
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n"
-
-
-def _text(value: object, what: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{what} is not a string")
-    return value
-
-
-def _number(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{what} is not a number")
-    return float(value)
-
-
-def _pairs(value: object, what: str) -> tuple[tuple[str, str], ...]:
-    if not isinstance(value, list):
-        raise ValueError(f"{what} is not a list")
-    out = []
-    for item in value:
-        if not isinstance(item, list) or len(item) != 2:
-            raise ValueError(f"{what} holds something other than pairs")
-        out.append((_text(item[0], what), _text(item[1], what)))
-    return tuple(out)
-
-
-def decode(line: str) -> Entry:
-    """An entry from its line; `ValueError` for anything malformed."""
-    data = json.loads(line)
-    if not isinstance(data, dict):
-        raise ValueError("not an object")
-    seq = data.get("seq")
-    if isinstance(seq, bool) or not isinstance(seq, int):
-        raise ValueError("seq is not an integer")
-    reservation_id = _text(data.get("id"), "id")
-    at = _number(data.get("at"), "at")
-    plan = None
-    if "plan" in data:
-        raw = data["plan"]
-        if not isinstance(raw, dict) or not isinstance(raw.get("counters"), list):
-            raise ValueError("plan is malformed")
-        try:
-            counters = tuple(op_from_json(item) for item in raw["counters"])
-        except (TypeError, ValueError, KeyError) as exc:
-            raise ValueError(f"plan counters are malformed: {exc}") from None
-        estimate = raw.get("estimate")
-        if isinstance(estimate, bool) or not isinstance(estimate, int):
-            raise ValueError("plan estimate is not an integer")
-        plan = ReservePlan(
-            reservation_id=reservation_id,
-            at=_number(raw.get("at"), "plan at"),
-            labels=_pairs(raw.get("labels"), "plan labels"),
-            counters=counters,
-            estimate_usd=estimate,
-            force=True,
-        )
-    settle = "settle" in data
-    actual: dict[Unit, int] | None = None
-    if settle and data["settle"] is not None:
-        if not isinstance(data["settle"], dict):
-            raise ValueError("settle is malformed")
-        actual = {}
-        for unit, amount in data["settle"].items():
-            if isinstance(amount, bool) or not isinstance(amount, int):
-                raise ValueError("settle amounts are not integers")
-            actual[Unit(unit)] = amount
-    record = None
-    if data.get("record") is not None:
-        raw_record = data["record"]
-        if not isinstance(raw_record, list) or len(raw_record) != 5:
-            raise ValueError("record is malformed")
-        rec_at, decision, labels, rid, extra = raw_record
-        if not isinstance(labels, dict) or not isinstance(extra, dict):
-            raise ValueError("record is malformed")
-        record = AuditRecord(
-            at=_number(rec_at, "record at"),
-            decision=_text(decision, "record decision"),
-            labels={_text(k, "label"): _text(v, "label") for k, v in labels.items()},
-            reservation_id=None if rid is None else _text(rid, "record id"),
-            data=extra,
-        )
-    if plan is None and not settle:
-        raise ValueError("an entry neither records nor settles anything")
-    return Entry(seq, reservation_id, at, plan, settle, actual, record)
 
 
 # --------------------------------------------------------------------------------------- file locks
@@ -285,6 +164,26 @@ class Spool:
             for entry in entries:
                 self._where[entry.seq] = segment
 
+    def replace(self, entry: Entry, previous: Entry | None) -> None:
+        """Append `entry` and mark `previous` done in one write, in the segment that holds `previous` (a
+        slice's marks stay together, so one adopter sees its last). Raises `OSError` when the disk refuses."""
+        data = encode(entry).encode()
+        before = -1 if previous is None else previous.seq
+        with self._lock:
+            segment = self._where.get(before)
+            if segment is not None:
+                data += b'{"done": [%d]}\n' % before
+                os.write(segment.fd, data)
+                del self._where[before]
+            else:
+                segment = self._current
+                if segment is None or segment.size >= self.segment_bytes:
+                    segment = self._current = self._open_segment()
+                os.write(segment.fd, data)
+                segment.outstanding += 1
+            segment.size += len(data)
+            self._where[entry.seq] = segment
+
     def done(self, entries: Sequence[Entry]) -> None:
         """Mark entries written to the store; a segment with nothing outstanding is emptied or deleted."""
         with self._lock:
@@ -374,4 +273,7 @@ def _read_segment(fd: int, path: Path) -> list[Entry]:
             log.warning("costguard: spool %s line %d skipped: %s", path.name, number, exc)
             continue
         entries[entry.seq] = entry
-    return [entry for seq, entry in entries.items() if seq not in done]
+    left = [entry for seq, entry in entries.items() if seq not in done]
+    # A slice's mark gives way to a later entry of the same slice: its next mark, or what it really cost.
+    last = {entry.reservation_id: entry.seq for entry in left}
+    return [entry for entry in left if not entry.mark or last[entry.reservation_id] == entry.seq]

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from costguard import Blocked, Ceiling, Guard, Limit, Period, Unit
+from costguard.engine.slices import MARK_STEPS
 from costguard.model import make_match
 
 
@@ -232,13 +233,15 @@ def chatter(url: str, spool_dir: str, log_path: str, stop_path: str, threads: in
     os.close(log)
 
 
-def lease_and_die(url: str, cap_micros: int, calls: int, ready_path: str) -> None:
-    """Make `calls` $0.01 calls of one hot feature (served from slices), tell the parent how much the
-    slices it holds were granted, and wait to be killed: the slices are never settled."""
-    guard = guard_for(url, cap_micros)
-    for _ in range(calls):
+def lease_and_die(url: str, cap_micros: int, costs: list[int], ready_path: str, spool_dir: str) -> None:
+    """Make one call per cost in `costs` (micro-dollars, each reserved at $0.01) of one hot feature, served
+    from slices that live 30 s; tell the parent, per ceiling, what the slices it holds have left unused,
+    how far their marks in the spool are above what their calls spent, and the largest step of a mark;
+    then wait to be killed: the slices are never settled."""
+    guard = guard_for(url, cap_micros, spool_dir=spool_dir, lease_period_ms=30_000)
+    for cost in costs:
         with guard.reserve("f", estimate_usd=0.01, customer="hot") as r:
-            r.commit(0.01)
+            r.commit(cost / 1_000_000)
     leases = guard.calls.leases
     deadline = time.monotonic() + 10
     while (
@@ -256,10 +259,13 @@ def lease_and_die(url: str, cap_micros: int, calls: int, ready_path: str) -> Non
         time.sleep(0.01)
     # What it holds: the live slices, and retired ones not settled yet (just after a renewal).
     held = [] if leases is None else [*leases.book.slices(), *leases._pending, *leases.book._done]
-    granted: dict[str, int] = {}
+    report: dict[str, dict[str, int]] = {}
     for s in held:
-        granted[s.ops[0].ceiling_id] = granted.get(s.ops[0].ceiling_id, 0) + s.granted[0] - s.spent[0]
+        row = report.setdefault(s.ops[0].ceiling_id, {"unused": 0, "over": 0, "step": 0})
+        row["unused"] += s.granted[0] - s.spent[0]
+        row["over"] += s.marked[0] - s.spent[0]
+        row["step"] = max(row["step"], -(-s.granted[0] // MARK_STEPS))
     with open(ready_path + ".tmp", "w") as ready:
-        ready.write(repr(granted))
+        ready.write(repr(report))
     os.rename(ready_path + ".tmp", ready_path)
     time.sleep(600)  # SIGKILL arrives here: no settle, no close, no exit hooks

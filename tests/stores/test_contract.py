@@ -355,6 +355,19 @@ def test_a_slice_counts_as_leased_until_it_is_settled(store: Store) -> None:
     assert store.totals([op.key for op in first.counters]) == [12_001, 12_001]
 
 
+def test_a_settled_slice_committed_again_at_its_mark_changes_nothing(store: Store) -> None:
+    """A holder settled its slice and died before its spool mark was marked done: the process that adopts
+    the spool commits the slice at the mark (in a batch), and that second commit is a no-op."""
+    held = lease(plan([FEATURE], estimate=40_000))
+    assert store.reserve(held, None).allowed
+    assert store.settle(held.reservation_id, {Unit.USD: 12_000, Unit.CALLS: 2}, NOW, None).applied
+    mark = {Unit.USD: 25_000, Unit.CALLS: 3, Unit.TOKENS: 0}
+    (again,) = store.settle_many([(held.reservation_id, mark, NOW, None)])
+    assert isinstance(again, engine.CommitOutcome) and not again.applied
+    assert leased(store, held) == dict.fromkeys((op.key for op in held.counters), (0, 0, 0))
+    assert store.totals([op.key for op in held.counters]) == [12_000, 12_000]
+
+
 def test_ordinary_reservations_never_touch_leased(store: Store) -> None:
     p = plan([FEATURE, CUSTOMER], estimate=30_000, customer="acme")
     store.reserve(p, None)

@@ -12,7 +12,9 @@ package re-exports the names the guard, the stores and the tests use:
 - `crossings`: threshold levels and claiming crossings once;
 - `evaluate`: the atomic reserve every store runs, and what a commit or release changes;
 - `decisions`: a store's outcome as the caller's `Decision` and the audit record;
-- `starts`: the counter a limit set at run time counts with, and what can tell its scope's spend so far.
+- `starts`: the counter a limit set at run time counts with, and what can tell its scope's spend so far;
+- `leases`, `slices`, `leased`: the books of slices of hot counters, one slice's arithmetic (its write-ahead
+  marks too), and a call served from slices.
 """
 
 from __future__ import annotations

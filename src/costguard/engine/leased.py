@@ -9,7 +9,7 @@ from dataclasses import replace
 from costguard.engine.counters import CounterOp, ReservePlan
 from costguard.engine.decisions import ceilings_data
 from costguard.engine.evaluate import ReserveOutcome
-from costguard.engine.leases import Slice, Take
+from costguard.engine.slices import Slice, Take
 
 __all__ = ["LeasedView", "cold_plan", "leased_ceilings", "leased_view", "local_outcome"]
 

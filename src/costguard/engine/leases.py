@@ -12,7 +12,8 @@ reserved never passes a limit however the fleet's slices are spent: the cap stay
 retired when it is used up, older than `period_s`, revoked (a control change) or closed, and
 settled (what its calls really cost; the rest goes back) once its last call in flight has finished.
 
-Pure bookkeeping: no I/O and no locks (`costguard.leasing` holds its lock around every method).
+Pure bookkeeping: no I/O and no locks (`costguard.leasing` holds its lock around every method). One
+slice's own arithmetic, its write-ahead marks included, is `engine.slices`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from costguard.engine.counters import CounterOp, ReservePlan
 from costguard.engine.evaluate import ReserveOutcome
 from costguard.engine.keys import HISTORY_PREFIX
+from costguard.engine.slices import INDEX, LEASE_PREFIX, Grant, GroupKey, Slice, Take, is_lease
 from costguard.model import Unit
 
 __all__ = [
@@ -53,90 +55,11 @@ HEADROOM_SHARE = 64
 # HEADROOM_SHARE - 1 other holders.
 # ... and at most this many calls' worth (bounds what a crashed holder leaves counted).
 MAX_SLICE_CALLS = 10_000
-# Reservation ids of slices start with this.
-LEASE_PREFIX = "lease-"
-
-_UNITS = (Unit.USD, Unit.CALLS, Unit.TOKENS)
-_INDEX = {unit: i for i, unit in enumerate(_UNITS)}
-GroupKey = tuple[str, tuple[tuple[str, str], ...]]
 _Part = tuple[GroupKey, tuple[int, ...], tuple[str, ...]]  # a group of a call: its key, counter indexes and keys
-
-
-def is_lease(reservation_id: str) -> bool:
-    """Whether a reservation id is a slice's."""
-    return reservation_id.startswith(LEASE_PREFIX)
 
 
 def _group_of(op: CounterOp) -> GroupKey:
     return (op.ceiling_id.removeprefix(HISTORY_PREFIX), op.scope)
-
-
-@dataclass(eq=False)
-class Slice:
-    """One slice: what was reserved in the store, and what this process has used of it."""
-
-    lease_id: str
-    group: GroupKey
-    keys: tuple[str, ...]  # the group's counter keys (a new period bucket is a new slice)
-    ops: tuple[CounterOp, ...]  # as reserved: `amount` is the slice in the counter's unit
-    granted: list[int]  # per unit (USD, calls, tokens)
-    base: dict[str, int]  # each counter's total in the store beside the slice (for decisions); replaced, never changed
-    expires: float
-    used: list[int] = field(default_factory=lambda: [0, 0, 0])  # in-flight estimates + finished actuals
-    spent: list[int] = field(default_factory=lambda: [0, 0, 0])  # finished actuals
-    inflight: int = 0
-    retired: bool = False
-    slots: tuple[tuple[str, int], ...] = field(init=False)  # each counter's key and its unit's place in `used`
-
-    def __post_init__(self) -> None:
-        self.slots = tuple((op.key, _INDEX[op.unit]) for op in self.ops)
-
-    def fits(self, amounts: Sequence[int]) -> bool:
-        """Whether a call needing `amounts` (per unit) fits in what is left."""
-        used, granted = self.used, self.granted
-        return (
-            used[0] + amounts[0] <= granted[0]
-            and used[1] + amounts[1] <= granted[1]
-            and (used[2] + amounts[2] <= granted[2])
-        )
-
-    def nearly_spent(self, amounts: Sequence[int], now: float, period_s: float) -> bool:
-        """Three quarters used (with this call) or three quarters of its life gone: time for the next."""
-        if now >= self.expires - period_s / 4:
-            return True
-        used, granted = self.used, self.granted
-        return bool(
-            (granted[0] and 4 * (used[0] + amounts[0]) > 3 * granted[0])
-            or (granted[1] and 4 * (used[1] + amounts[1]) > 3 * granted[1])
-            or (granted[2] and 4 * (used[2] + amounts[2]) > 3 * granted[2])
-        )
-
-    def total(self, op: CounterOp) -> int:
-        """A counter's total as far as this process knows (before the slice, plus what it used of it)."""
-        return self.base.get(op.key, 0) + self.used[_INDEX[op.unit]]
-
-    def settlement(self) -> dict[Unit, int]:
-        """What the slice's calls cost, per unit: the slice's commit (the rest of it goes back)."""
-        return {unit: self.spent[i] for i, unit in enumerate(_UNITS)}
-
-
-@dataclass(eq=False)
-class Take:
-    """What one call took from slices (given back on release, settled locally on commit)."""
-
-    parts: list[tuple[Slice, tuple[int, int, int]]]
-    cold: tuple[CounterOp, ...]  # the counters the store reserves for this call, one by one
-
-
-@dataclass(frozen=True)
-class Grant:
-    """A slice to reserve for a hot group: one ordinary reservation of `calls` calls' worth."""
-
-    group: GroupKey
-    plan: ReservePlan
-    per_call: tuple[int, int, int]
-    calls: int
-    epoch: int = 0  # the control state it was planned under (a change since: given back, not used)
 
 
 @dataclass(eq=False)
@@ -267,7 +190,7 @@ class LeaseBook:
             reservation_id=LEASE_PREFIX + os.urandom(12).hex(),
             at=now,
             labels=ops[0].scope,
-            counters=tuple(_with_amount(op, calls * per_call[_INDEX[op.unit]]) for op in ops),
+            counters=tuple(_with_amount(op, calls * per_call[INDEX[op.unit]]) for op in ops),
             estimate_usd=calls * per_call[0],
         )
         group.granting = True
@@ -314,7 +237,7 @@ class LeaseBook:
                     # A reserve the store applied after the slice (its total holds the whole slice) also
                     # counts in what stands beside it: a call that went to the store while the slice was
                     # being reserved is then in the totals the slice's calls see.
-                    beside = total - current.granted[_INDEX[op.unit]]
+                    beside = total - current.granted[INDEX[op.unit]]
                     if beside > current.base[op.key]:
                         current.base = {**current.base, op.key: beside}  # a new dict: views keep the old one
 
@@ -359,6 +282,10 @@ class LeaseBook:
             group.slice = None
         if slice_.inflight == 0:
             self._done.append(slice_)
+
+    def retire(self, slice_: Slice) -> None:
+        """Retire one slice (its spool refused a mark): no more calls from it, settled once they end."""
+        self._retire_slice(slice_)
 
     def revoke_if_changed(self, control: object) -> None:
         """Retire every slice when the control state (kill switches, limits) differs from the one last seen."""
