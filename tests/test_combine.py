@@ -49,6 +49,57 @@ def test_callers_waiting_in_one_lane_go_in_one_batch_in_order() -> None:
     assert not combiner._lanes  # an idle lane is dropped
 
 
+def test_callers_whose_replies_came_return_while_the_next_batch_is_in_flight() -> None:
+    """A batch's callers are woken at once when its replies come, and the first caller still waiting
+    sends the next batch: none of them waits out the next batch's round trip (as a caller woken only by
+    taking the lane's turn could, behind a slow batch, with its reply already in hand)."""
+    gates = [threading.Event(), threading.Event(), threading.Event()]
+    sent: list[list[int]] = []
+    in_flight = threading.Semaphore(0)
+
+    def send(items: Sequence[int]) -> list[int]:
+        sent.append(list(items))
+        in_flight.release()
+        gates[len(sent) - 1].wait(5)
+        return [item * 10 for item in items]
+
+    combiner: Combiner[int, int] = Combiner(send)
+    done: set[int] = set()
+
+    def call(item: int) -> None:
+        combiner.run("hot", item, 5.0)
+        done.add(item)
+
+    def start(items: range) -> list[threading.Thread]:
+        threads = [threading.Thread(target=call, args=(i,)) for i in items]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 5
+        while len(combiner._lanes["hot"].waiting) < len(items):
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        return threads
+
+    threads = [threading.Thread(target=call, args=(0,))]
+    threads[0].start()
+    assert in_flight.acquire(timeout=5)  # batch 1: [0]
+    threads += start(range(1, 25))
+    gates[0].set()
+    assert in_flight.acquire(timeout=5)  # batch 2: 1..24
+    threads += start(range(25, 49))
+    gates[1].set()
+    assert in_flight.acquire(timeout=5)  # batch 3: 25..48, held in flight
+    deadline = time.monotonic() + 5
+    while done != set(range(25)):  # every caller of batches 1 and 2 is back while batch 3 is out
+        assert time.monotonic() < deadline, sorted(done)
+        time.sleep(0.005)
+    gates[2].set()
+    for thread in threads:
+        thread.join(5)
+    assert done == set(range(49))
+    assert [sorted(batch) for batch in sent] == [[0], list(range(1, 25)), list(range(25, 49))]
+
+
 def test_other_lanes_are_not_held_up() -> None:
     gate = threading.Event()
 

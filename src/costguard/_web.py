@@ -157,6 +157,8 @@ def blocked_reply(exc: Blocked) -> Reply:
     decision = exc.decision
     if decision.reason == "store_error":
         return Reply(503, {"code": "store_unavailable", "reason": str(exc)})
+    if decision.reason == "store_busy":
+        return Reply(503, {"code": "store_busy", "reason": str(exc)}, (("Retry-After", "1"),))
     after = retry_after(exc.retry_after_s)
     body = {
         "code": "cap_exhausted",

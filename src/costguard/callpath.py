@@ -7,8 +7,9 @@
     reserve  one atomic store call; an overflow instance takes a second
     decide   `engine.decide`: allowed, degraded, or `BudgetExceeded` (`BudgetExpired` past a ceiling's ttl)
 
-When the store can't be reached the call follows `on_store_error`: `closed` refuses, `open` admits
-up to the outage allowance, spooled by `Settlement` until the store answers.
+When the store can't be reached the call follows `on_store_error` (`Outage`): `closed` refuses, `open`
+admits up to the outage allowance, spooled by `Settlement` until the store answers; a store that is only
+slow refuses the call (`store_busy`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from costguard.ids import reservation_id
 from costguard.leasing import Leases
 from costguard.model import Money, Unit, encode_scope, micros_to_usd, normalize_labels
 from costguard.observe import Fanout, timed
+from costguard.outage import Outage
 from costguard.pricing import Pricing
 from costguard.reporting import Reporter
 from costguard.reservation import Reservation
@@ -45,11 +47,6 @@ __all__ = ["CallPath"]
 
 _PURGE_EVERY_S = 600.0
 _ORPHANS_EVERY_S = 30.0
-# While the store can't be reached, `on_store_error: open` admits at most this much per process and
-# feature without a reservation (unless `outage_allowance_usd` says otherwise): the smaller of $1 and
-# 1 % of the tightest hard USD ceiling the call falls under.
-_ALLOWANCE_CAP = 1_000_000
-_ALLOWANCE_SHARE = 100
 
 
 @dataclass(eq=False, kw_only=True, repr=False)
@@ -76,9 +73,13 @@ class CallPath:
     observer: Fanout | None = field(default=None, init=False)  # metrics and traces (`Guard.observe`)
     _last_purge: float = field(default=0.0, init=False)
     _next_orphan_scan: float = field(default=0.0, init=False)
+    outage: Outage = field(init=False)
 
     def __post_init__(self) -> None:
         self._last_purge = self.clock()
+        self.outage = Outage(
+            self.store, self.settlement, self.settler, self.reporter, self.on_store_error, self.outage_allowance
+        )
 
     @property
     def pricing(self) -> Pricing:
@@ -175,7 +176,7 @@ class CallPath:
         except StoreError as exc:
             if take is not None:  # admitted without the store (or refused): the whole call, as without leases
                 self._give_back(take)
-            return self._unreserved(full, call_labels, settings, exc, deadline, now)
+            return self.outage.unreserved(full, call_labels, settings, exc, deadline, now)
         self._maintain(now)
         self.reporter.crossings(outcome.crossings, now)
         if self.leases is not None:
@@ -289,20 +290,8 @@ class CallPath:
                 message=f"kill switch active for {encode_scope(scope) or 'everything'}: {switch.reason}",
             )
             raise KillSwitchActive(decision, reason=switch.reason)
-        if not state.ok and state.control is None and self._policy(settings) == "closed":
-            self._refuse(labels, now)
-
-    def _policy(self, settings: FeatureSettings) -> StoreErrorPolicy:
-        return settings.on_store_error or self.on_store_error
-
-    def _refuse(
-        self,
-        labels: Mapping[str, str],
-        now: float,
-        message: str = "the costguard store can't be reached and on_store_error is 'closed'",
-    ) -> None:
-        self.reporter.audit_later(AuditRecord(now, "blocked", labels, data={"reason": "store_error"}))
-        raise Blocked(Decision(allowed=False, reason="store_error", labels=dict(labels), message=message))
+        if not state.ok and state.control is None and self.outage.policy(settings) == "closed":
+            self.outage.refuse(labels, now)
 
     def _plan(
         self, state: ControlState, labels: Mapping[str, str], amounts: Mapping[Unit, int], now: float
@@ -331,54 +320,6 @@ class CallPath:
             if engine.INSTANCES_PREFIX + ceiling.id == registry:
                 return engine.overflow_plan(plan, ceiling) if ceiling.overflow == "share" else None
         return None
-
-    # ----------------------------------------------------------------- the store can't be reached
-    def _allowance(self, plan: engine.ReservePlan, settings: FeatureSettings) -> int:
-        """Micro-dollars this process may admit for the feature without a reservation while the store is
-        unreachable: as configured, else the smaller of $1 and 1 % of the tightest hard USD ceiling."""
-        if settings.outage_allowance_usd is not None:
-            return settings.outage_allowance_usd
-        if self.outage_allowance is not None:
-            return self.outage_allowance
-        limits = [op.limit for op in plan.counters if op.hard and op.unit is Unit.USD]
-        return min([_ALLOWANCE_CAP, *(limit // _ALLOWANCE_SHARE for limit in limits)])
-
-    def _unreserved(
-        self,
-        plan: engine.ReservePlan,
-        labels: Mapping[str, str],
-        settings: FeatureSettings,
-        exc: StoreError,
-        deadline: dl.Deadline | None,
-        now: float,
-    ) -> Reservation:
-        """The store could not be reached for the reserve: `closed` serves the fallback; `open` admits the
-        call without a reservation (spooled, recorded when the store answers) up to the outage allowance."""
-        self.reporter.store_error(exc, "reserve")
-        feature = labels.get("feature", "")
-        if self._policy(settings) == "open":
-            allowance = self._allowance(plan, settings)
-            if self.settlement.admit_unreserved(plan, feature, allowance) is not None:
-                self.reporter.outage(feature, allowance)
-                decision = Decision(
-                    allowed=True,
-                    reason="store_error",
-                    labels=dict(labels),
-                    reservation_id=plan.reservation_id,
-                    message="allowed without a reservation: the costguard store can't be reached "
-                    "(on_store_error: open); the cost is spooled and recorded when it answers",
-                )
-                return Reservation(plan, decision, settings, self.settler, stored=False)
-            message = (
-                f"the costguard store can't be reached and {feature}'s outage allowance "
-                f"(${micros_to_usd(allowance):g} per process) is used up"
-            )
-        else:
-            message = "the costguard store can't be reached and on_store_error is 'closed'"
-        if deadline is not None and deadline.unknown:
-            self.settlement.abandon(plan.reservation_id, now)  # it may have been applied: give it back
-        self._refuse(labels, now, message)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _maintain(self, now: float) -> None:
         if now - self._last_purge >= _PURGE_EVERY_S:

@@ -8,7 +8,9 @@ from typing import Any, Literal
 
 __all__ = ["Decision", "Reason", "UsdView"]
 
-Reason = Literal["allowed", "budget_exceeded", "expired", "max_call_usd", "max_instances", "kill_switch", "store_error"]
+Reason = Literal[
+    "allowed", "budget_exceeded", "expired", "max_call_usd", "max_instances", "kill_switch", "store_error", "store_busy"
+]
 
 
 class UsdView:

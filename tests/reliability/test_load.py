@@ -1,7 +1,11 @@
 """The cap holds exactly under a burst: 8 processes x 32 threads (256 callers on a 2-core machine)
 against a $10.00 cap at $0.01 a call, with default settings — on a quiet machine and with a CPU hog
 busy on every core. Exactly 1 000 calls run, $10.00 is recorded, and every refusal is the budget's:
-a slow store is waited for, never taken for an outage."""
+a slow store is waited for, never taken for an outage. (A reply that still misses `store_deadline_ms`
+while the store answers the others is overload: that call is refused `store_busy`, never admitted
+unreserved — at most 5 % of the attempts, or the burst was shed rather than waited for. Its reserve may
+have been applied and holds its room until released, so the burst may fall short by at most that many
+calls: they fit once the processes have closed, and the total is exact.)"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from contextlib import contextmanager
 import pytest
 import workers
 
-from costguard import Guard
+from costguard import BudgetExceeded, Guard
 
 pytestmark = pytest.mark.slow
 
@@ -66,11 +70,40 @@ def burst(url: str, cap: int, attempts: int, hog: bool) -> tuple[int, dict[str, 
     return sum(ran for ran, _, _ in outcomes), refused, [unrecorded for _, _, unrecorded in outcomes]
 
 
+def top_up(url: str, cap: int) -> int:
+    """Once every process has closed: the calls that still fit, made one by one. A reserve whose reply
+    the burst never got (refused `store_busy`) may have been applied; it held its room until its release
+    landed, so the burst may have fallen short by as many calls — never by more, never over."""
+    guard = Guard(url, ceilings=[workers.race_ceiling(cap)], leases=False)
+    made = 0
+    try:
+        while True:
+            try:
+                with guard.reserve("race", estimate_usd=0.01) as reservation:
+                    reservation.commit(0.01)
+            except BudgetExceeded:
+                return made
+            made += 1
+            assert made <= 100, "far more room left than the burst's overload refusals explain"
+    finally:
+        guard.close()
+
+
+def assert_only_the_budget_refused(refused: dict[str, int], attempts: int, ran: int) -> None:
+    """Every refusal the budget's, but for overload refusals (`store_busy`: a batch of one process's
+    calls whose reply missed the deadline, at most 5 % of attempts); never `store_error`: nothing was
+    taken for an outage."""
+    busy = refused.get("store_busy", 0)
+    assert busy <= attempts // 20, refused
+    assert refused == {"budget_exceeded": attempts - ran - busy, **({"store_busy": busy} if busy else {})}
+
+
 @pytest.mark.parametrize("hog", [False, True], ids=["quiet", "cpu-hog"])
 def test_8_processes_x_32_threads_admit_exactly_1000_calls(shared_store_url: str, hog: bool) -> None:
     ran, refused, unrecorded = burst(shared_store_url, CAP, ATTEMPTS, hog)
-    assert ran == 1000
-    assert refused == {"budget_exceeded": PROCESSES * THREADS * ATTEMPTS - 1000}  # no store error, ever
+    late = top_up(shared_store_url, CAP)
+    assert (ran + late, late <= refused.get("store_busy", 0)) == (1000, True), (ran, late, refused)
+    assert_only_the_budget_refused(refused, PROCESSES * THREADS * ATTEMPTS, ran)  # no store error, ever
     assert unrecorded == [0] * PROCESSES
     guard = Guard(shared_store_url, ceilings=[workers.race_ceiling(CAP)])
     (row,) = guard.status(feature="race").ceilings
@@ -87,8 +120,9 @@ def test_8_processes_x_32_threads_with_leased_slices_admit_exactly_5000_calls(fl
     PostgreSQL), with a CPU hog on every core: exactly 5 000 calls, $50.00 recorded, every refusal
     the budget's, nothing left reserved once the processes have closed."""
     ran, refused, unrecorded = burst(fleet_store_url, LEASED_CAP, LEASED_ATTEMPTS, True)
-    assert ran == 5000
-    assert refused == {"budget_exceeded": PROCESSES * THREADS * LEASED_ATTEMPTS - 5000}
+    late = top_up(fleet_store_url, LEASED_CAP)
+    assert (ran + late, late <= refused.get("store_busy", 0)) == (5000, True), (ran, late, refused)
+    assert_only_the_budget_refused(refused, PROCESSES * THREADS * LEASED_ATTEMPTS, ran)
     assert unrecorded == [0] * PROCESSES
     guard = Guard(fleet_store_url, ceilings=[workers.race_ceiling(LEASED_CAP)], leases=False)
     (row,) = guard.status(feature="race").ceilings

@@ -68,6 +68,21 @@ def test_reserve_increments_every_counter(store: Store) -> None:
     assert store.totals([op.key for op in p.counters]) == [10_000, 10_000, 10_000]
 
 
+def test_a_remote_store_notes_when_it_answered(store: Store) -> None:
+    """`answered_at` is what tells an overloaded store (it answers others) from an unreachable one."""
+    import time
+
+    before = time.monotonic()
+    p = plan([FEATURE])
+    store.reserve(p, None)
+    store.settle(p.reservation_id, {Unit.USD: 5_000}, NOW, None)
+    store.totals([p.counters[0].key])
+    if store.remote:
+        assert store.answered_since(before) and store.answered_at <= time.monotonic()
+    else:  # in-process: it never times out, so it never needs the evidence
+        assert not store.answered_since(before)
+
+
 def test_history_counters_ride_along_and_never_block(store: Store) -> None:
     cap = ceiling({"feature": "f"}, usd(Period.DAY, 0.05))
     first = plan([cap], estimate=30_000, history=True)

@@ -13,6 +13,7 @@ outcomes are exactly those of the same calls made one after another.
 from __future__ import annotations
 
 import threading
+from _thread import allocate_lock as _allocate_lock
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
@@ -28,26 +29,34 @@ _WAITING, _SENT, _DONE = 0, 1, 2
 
 
 class _Ticket(Generic[T]):
-    __slots__ = ("error", "item", "reply", "state")
+    __slots__ = ("error", "item", "lead", "reply", "state", "wake")
 
     def __init__(self, item: T) -> None:
         self.item = item
         self.state = _WAITING
+        self.lead = False  # handed the lane: send what waits, this ticket included
         self.reply: Any = None
         self.error: BaseException | None = None
+        self.wake = _allocate_lock()
+        self.wake.acquire()  # released once: its reply came, or the lane is its to lead
 
 
 class _Lane:
-    __slots__ = ("sending", "users", "waiting")
+    __slots__ = ("busy", "users", "waiting")
 
     def __init__(self) -> None:
-        self.sending = threading.Lock()  # one batch of the lane in flight at a time
+        self.busy = False  # a batch of the lane is in flight, or about to be (one at a time)
         self.waiting: deque[_Ticket[Any]] = deque()
         self.users = 0
 
 
 class Combiner(Generic[T, R]):
-    """Items of a lane sent together by `send` (a list of items in, a list of replies out, in order)."""
+    """Items of a lane sent together by `send` (a list of items in, a list of replies out, in order).
+
+    The caller that finds the lane idle sends; the others wait on their own ticket. When a batch's
+    replies come, the sender wakes each of its callers at once and hands the lane to the first caller
+    still waiting, who sends the next batch — no caller whose reply is here waits for another's turn.
+    """
 
     def __init__(self, send: Callable[[Sequence[T]], Sequence[R]], *, max_batch: int = 64) -> None:
         self._send = send
@@ -66,22 +75,23 @@ class Combiner(Generic[T, R]):
                 lane = self._lanes[lane_key] = _Lane()
             lane.waiting.append(ticket)
             lane.users += 1
+            if not lane.busy:
+                lane.busy = ticket.lead = True
         try:
-            if not lane.sending.acquire(timeout=max(timeout, 0.0)):
+            if not ticket.lead and not ticket.wake.acquire(timeout=max(timeout, 0.0)):
                 return self._gave_up(lane, ticket, timeout)
-            try:
-                if ticket.state == _WAITING:
-                    self._send_batch(lane)
-            finally:
-                lane.sending.release()
+            if ticket.lead:
+                self._send_batch(lane)
         finally:
             with self._lock:
                 lane.users -= 1
-                if lane.users == 0 and not lane.waiting:
+                if lane.users == 0 and not lane.waiting and not lane.busy:
                     self._lanes.pop(lane_key, None)
         return self._outcome(ticket)
 
     def _send_batch(self, lane: _Lane) -> None:
+        """Send what waits in the lane (the leader's own ticket first among them), wake its callers, and
+        hand the lane on."""
         with self._lock:
             batch = [lane.waiting.popleft() for _ in range(min(self._max, len(lane.waiting)))]
             for ticket in batch:
@@ -91,16 +101,31 @@ class Combiner(Generic[T, R]):
         except BaseException as exc:  # noqa: BLE001 - every caller of the batch raises it
             for ticket in batch:
                 ticket.error = exc
+            replies = None
+        with self._lock:
+            for i, ticket in enumerate(batch):
+                if replies is not None:
+                    ticket.reply = replies[i]
                 ticket.state = _DONE
-            return
-        for ticket, reply in zip(batch, replies, strict=True):
-            ticket.reply = reply
-            ticket.state = _DONE
+                if not ticket.lead:
+                    ticket.wake.release()
+            self._hand_on(lane)
+
+    def _hand_on(self, lane: _Lane) -> None:
+        """Under the lock: the lane to the first caller still waiting, or idle."""
+        if lane.waiting:
+            successor = lane.waiting[0]
+            successor.lead = True
+            successor.wake.release()
+        else:
+            lane.busy = False
 
     def _gave_up(self, lane: _Lane, ticket: _Ticket[T], timeout: float) -> R:
         with self._lock:
             if ticket.state == _WAITING:
                 lane.waiting.remove(ticket)
+                if ticket.lead:  # handed the lane just as the wait ended: pass it on
+                    self._hand_on(lane)
                 raise StoreBusy(f"SQL store busy: no turn on its rows within {timeout * 1000:.0f} ms")
         if ticket.state == _DONE:
             return self._outcome(ticket)

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -39,7 +40,8 @@ ERRORS = redis_errors()
 
 
 def mapped(method: Callable[Concatenate[C, P], T]) -> Callable[Concatenate[C, P], T]:
-    """The one boundary where redis-py errors become costguard's, behind the circuit breaker."""
+    """The one boundary where redis-py errors become costguard's, behind the circuit breaker; an answer
+    is noted (`Store.answered_at`)."""
 
     def wrapper(self: C, /, *args: P.args, **kwargs: P.kwargs) -> T:
         self._breaker.check()
@@ -48,6 +50,7 @@ def mapped(method: Callable[Concatenate[C, P], T]) -> Callable[Concatenate[C, P]
         except ERRORS as exc:
             raise map_error(exc, self._breaker, method.__name__, self.where) from exc
         self._breaker.succeeded()
+        self.answered_at = time.monotonic()
         return result
 
     functools.update_wrapper(wrapper, method)
@@ -66,6 +69,7 @@ def amapped(
         except ERRORS as exc:
             raise map_error(exc, self._breaker, method.__name__.lstrip("a"), self.where) from exc
         self._breaker.succeeded()
+        self.answered_at = time.monotonic()
         return result
 
     functools.update_wrapper(wrapper, method)
@@ -96,6 +100,7 @@ class RedisClients:
         self.options = options
         self.where = where
         self._breaker = Breaker(options.breaker_s, where)
+        self.answered_at = float("-inf")  # `Store.answered_at`: noted at the boundary below
         self._lock = threading.Lock()
         self._client_obj: SyncClient | None = client
         self._async_factory: Callable[[], Any] = async_client_factory or (lambda: async_client(self.options))

@@ -72,14 +72,17 @@ def map_error(exc: sa_exc.DBAPIError | sa_exc.TimeoutError) -> StoreError:
 
 
 def mapped(method: Callable[P, T]) -> Callable[P, T]:
-    """Driver errors become costguard's at this one boundary (see `map_error`)."""
+    """Driver errors become costguard's at this one boundary (see `map_error`); an answer is noted
+    (`Store.answered_at`)."""
 
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return method(*args, **kwargs)
+            result = method(*args, **kwargs)
         except (sa_exc.DBAPIError, sa_exc.TimeoutError) as exc:
             raise map_error(exc) from exc
+        args[0].answered_at = time.monotonic()  # type: ignore[attr-defined]  # the store: it answered
+        return result
 
     return wrapper
 

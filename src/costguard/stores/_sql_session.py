@@ -155,8 +155,9 @@ class Sessions:
             except self._driver_error as exc:  # never connected: nothing was sent
                 raise sa_exc.DBAPIError.instance(sql, None, exc, self._driver_error) from exc
             driver: Any = fairy.driver_connection
+            watched = None
             try:
-                with watch(driver.pgconn.socket, attempt_s() + 0.05):
+                with watch(driver.pgconn.socket, attempt_s() + 0.05) as watched:
                     driver.autocommit = True
                     try:
                         row = driver.execute(sql, (doc,), prepare=True).fetchone()
@@ -164,15 +165,17 @@ class Sessions:
                         if not driver.closed and not driver.broken:
                             driver.autocommit = False
             except self._driver_error as exc:
-                raise self._wrapped(fairy, sql, exc) from exc
+                raise self._wrapped(fairy, sql, exc, cut=watched is not None and watched.fired) from exc
             finally:
                 fairy.close()
         result = row[0]
         return result if isinstance(result, (dict, list)) else json.loads(result)
 
-    def _wrapped(self, fairy: Any, sql: str, exc: Exception) -> sa_exc.DBAPIError:
+    def _wrapped(self, fairy: Any, sql: str, exc: Exception, *, cut: bool) -> sa_exc.DBAPIError:
         """The driver's error as SQLAlchemy's (which `mapped` turns into costguard's); a connection that
-        died takes the pool's other connections with it, as the engine itself would do."""
+        died takes the pool's other connections with it, as the engine itself would do — unless the
+        watchdog cut it (`cut`): a slow reply says nothing about the others, and reconnecting them all
+        would load an overloaded server with a burst of new sessions."""
         driver = fairy.driver_connection
         lost = bool(
             driver is None
@@ -182,7 +185,8 @@ class Sessions:
         )
         if lost:
             fairy.invalidate(exc)
-            self.engine.pool._invalidate(fairy, exc, _checkin=False)  # what Connection does on a disconnect
+            if not cut:
+                self.engine.pool._invalidate(fairy, exc, _checkin=False)  # what Connection does on a disconnect
         wrapped = sa_exc.DBAPIError.instance(sql, None, exc, self._driver_error, connection_invalidated=lost)
         return cast("sa_exc.DBAPIError", wrapped)
 

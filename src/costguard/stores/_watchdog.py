@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["watch"]
+__all__ = ["Watch", "fired", "watch"]
 
 log = logging.getLogger("costguard")
 
@@ -30,16 +30,16 @@ class _Watchdog:
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._heap: list[tuple[float, int]] = []
-        self._armed: dict[int, int] = {}  # token -> fd
+        self._armed: dict[int, Watch] = {}  # token -> what it watches
         self._tokens = itertools.count()
         self._thread: threading.Thread | None = None
         self.fired = 0
 
-    def arm(self, fd: int, seconds: float) -> int:
+    def arm(self, watched: Watch, seconds: float) -> int:
         token = next(self._tokens)
         when = time.monotonic() + seconds
         with self._lock:
-            self._armed[token] = fd
+            self._armed[token] = watched
             # The thread sleeps until the earliest deadline; it needs waking only for an earlier one
             # (not once per statement: two context switches each, on the hot path).
             earlier = not self._heap or when < self._heap[0][0]
@@ -69,12 +69,13 @@ class _Watchdog:
                     self._lock.wait(wait)
                     continue
                 heapq.heappop(self._heap)
-                fd = self._armed.pop(token, None)
-                if fd is None:
+                watched = self._armed.pop(token, None)
+                if watched is None:
                     continue
                 # Under the lock: the caller can't disarm and hand the connection to someone else meanwhile.
                 self.fired += 1
-                _shut(fd)
+                watched.fired = True
+                _shut(watched.fd)
 
 
 def _shut(fd: int) -> None:
@@ -93,15 +94,28 @@ def _shut(fd: int) -> None:
 _WATCHDOG = _Watchdog()
 
 
+class Watch:
+    """One watched block: its socket, and whether the watchdog shut it (the deadline passed; the server
+    itself may be fine, so the driver's "server closed the connection" says nothing about its other
+    connections)."""
+
+    __slots__ = ("fd", "fired")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.fired = False
+
+
 @contextmanager
-def watch(fd: int | None, seconds: float) -> Iterator[None]:
+def watch(fd: int | None, seconds: float) -> Iterator[Watch]:
     """Shut the socket `fd` down if the block is still running after `seconds`."""
+    watched = Watch(-1 if fd is None else fd)
     if fd is None or fd < 0:
-        yield
+        yield watched
         return
-    token = _WATCHDOG.arm(fd, seconds)
+    token = _WATCHDOG.arm(watched, seconds)
     try:
-        yield
+        yield watched
     finally:
         _WATCHDOG.disarm(token)
 

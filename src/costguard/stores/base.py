@@ -197,6 +197,14 @@ class Store(ABC):
     # Whether hot counters are worth leasing (`costguard.leasing`): a server every process shares.
     # Memory and SQLite answer in-process, where a slice would save nothing.
     leases: bool = True
+    # When this process last had an answer from the store (monotonic): a call that ran out of its
+    # deadline while the store answered others met an overloaded store, not an outage (see
+    # `answered_since`). Set at each store's one error boundary.
+    answered_at: float = float("-inf")
+
+    def answered_since(self, moment: float) -> bool:
+        """Whether the store answered this process at or after `moment` (monotonic time)."""
+        return self.answered_at >= moment
 
     @property
     def identity(self) -> str:
