@@ -118,6 +118,25 @@ def test_an_answer_from_the_start_of_the_wait_is_no_evidence_of_overload() -> No
             admitted.release()
 
 
+def test_a_store_that_answered_none_of_the_calls_is_asked_on_a_connection_of_its_own() -> None:
+    """Every call of the process queued on one hot row, so none got an answer during the wait: a trivial
+    request on the probe's own connection tells overload (it answers) from an outage (it doesn't)."""
+    asked: list[float] = []
+    with slow_guard(StoreTimeout("no reply (test)")) as (guard, store):
+
+        def ping(timeout_s: float) -> bool:
+            asked.append(timeout_s)
+            store.answered_at = time.monotonic()
+            return True
+
+        store.ping = ping  # type: ignore[method-assign]
+        with pytest.raises(Blocked) as refused:
+            guard.reserve("slow", estimate_usd=0.3)
+        assert refused.value.decision.reason == "store_busy"
+        assert asked == [DEADLINE_MS / 1000 / 4]  # at most a quarter of the deadline
+        assert guard.unrecorded_usd == 0.0
+
+
 def test_an_error_the_store_answered_with_follows_the_policy_even_while_other_calls_answer() -> None:
     with slow_guard(StoreError("relation does not exist (test)")) as (guard, store):
         store.others.set()
@@ -160,7 +179,10 @@ def test_the_decorator_serves_the_fallback_and_the_web_reply_is_503_store_busy()
 
 
 @pytest.mark.postgres
-def test_a_postgres_counter_row_locked_past_the_deadline_is_refused_never_admitted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("others", [True, False], ids=["others-answered", "nothing-else-answered"])
+def test_a_postgres_counter_row_locked_past_the_deadline_is_refused_never_admitted(
+    tmp_path: Path, others: bool
+) -> None:
     """A real overload: another session holds the feature's counter row (a long transaction, a slow
     backend) while this process's calls on another feature keep getting answers. The call on the locked
     row is refused `store_busy` after the deadline — before, it was admitted on the outage allowance,
@@ -179,7 +201,7 @@ def test_a_postgres_counter_row_locked_past_the_deadline_is_refused_never_admitt
             first.commit(0.1)
         stop = threading.Event()
 
-        def others() -> None:
+        def other_calls() -> None:
             while not stop.is_set():
                 with guard.reserve("fine", estimate_usd=0.01) as r:
                     r.commit(0.01)
@@ -187,8 +209,9 @@ def test_a_postgres_counter_row_locked_past_the_deadline_is_refused_never_admitt
         prefix = url.rsplit("prefix=", 1)[1]
         with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://").split("?")[0]) as holder:
             holder.execute(f"SELECT 1 FROM {prefix}counters WHERE scope LIKE %s FOR UPDATE", ("%locked%",))
-            thread = threading.Thread(target=others, daemon=True)
-            thread.start()
+            thread = threading.Thread(target=other_calls, daemon=True)
+            if others:  # else the probe's own connection is the only evidence the server is alive
+                thread.start()
             try:
                 started = time.monotonic()
                 with pytest.raises(Blocked) as refused:
@@ -196,10 +219,11 @@ def test_a_postgres_counter_row_locked_past_the_deadline_is_refused_never_admitt
                 took = time.monotonic() - started
             finally:
                 stop.set()
-                thread.join()
+                if others:
+                    thread.join()
             holder.rollback()
         assert refused.value.decision.reason == "store_busy"
-        assert took < 1.5, took  # the deadline, and then no more
+        assert took < 1.5, took  # the deadline and one liveness check, and then no more
         assert guard.unrecorded_usd == 0.0
         assert guard.flush()
         rows = {row.labels["feature"]: row for row in guard.status().ceilings}

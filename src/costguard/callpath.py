@@ -176,7 +176,7 @@ class CallPath:
         except StoreError as exc:
             if take is not None:  # admitted without the store (or refused): the whole call, as without leases
                 self._give_back(take)
-            return self.outage.unreserved(full, call_labels, settings, exc, deadline, now)
+            return (yield from self.outage.unreserved(full, call_labels, settings, exc, deadline, now))
         self._maintain(now)
         self.reporter.crossings(outcome.crossings, now)
         if self.leases is not None:

@@ -23,6 +23,7 @@ from costguard.reservation import Reservation
 from costguard.settings import FeatureSettings, StoreErrorPolicy
 from costguard.settlement import Settlement
 from costguard.settler import Settler
+from costguard.steps import Io, Steps
 from costguard.stores.base import Store
 
 __all__ = ["Outage", "overloaded"]
@@ -34,14 +35,19 @@ _ALLOWANCE_CAP = 1_000_000
 _ALLOWANCE_SHARE = 100
 
 
-def overloaded(store: Store, exc: StoreError, deadline: dl.Deadline) -> bool:
-    """Whether a reserve that failed with `exc` met a slow store rather than an unreachable one: no turn,
-    no reply or no new connection in time, while the store answered this process's other calls during
-    the wait — past its first tenth (at most 100 ms), so that a reply already on its way when a server
-    froze or died is no evidence (a frozen or dead server answers nobody)."""
+def overloaded(store: Store, exc: StoreError, deadline: dl.Deadline) -> Steps[bool]:
+    """Steps: whether a reserve that failed with `exc` met a slow store rather than an unreachable one —
+    no turn, no reply or no new connection in time, while the store answered this process's other calls
+    during the wait (past its first tenth, so that a reply already on its way when a server froze is no
+    evidence), or, when it answered none of them (every call of the process queued on one hot row), a
+    trivial request on a connection of its own (`Store.ping`, at most a quarter of the deadline, 500 ms).
+    A frozen, dead or unreachable server answers neither."""
     if not isinstance(exc, StoreUnavailable):  # an error the store answered with: the policy decides
         return False
-    return store.answered_since(deadline.end - deadline.seconds + min(0.1, deadline.seconds / 10))
+    if store.answered_since(deadline.end - deadline.seconds + min(0.1, deadline.seconds / 10)):
+        return True
+    alive: bool = yield Io(store.ping, store.aping, (min(0.5, deadline.seconds / 4),))
+    return alive
 
 
 @dataclass(eq=False)
@@ -88,13 +94,13 @@ class Outage:
         exc: StoreError,
         deadline: dl.Deadline | None,
         now: float,
-    ) -> Reservation:
-        """The reservation `open` admits without the store, or `Blocked` (`store_busy` when the store is
-        only slow, `store_error` when it is down and the policy or the allowance says no)."""
+    ) -> Steps[Reservation]:
+        """Steps: the reservation `open` admits without the store, or `Blocked` (`store_busy` when the
+        store is only slow, `store_error` when it is down and the policy or the allowance says no)."""
         self.reporter.store_error(exc, "reserve")
         feature = labels.get("feature", "")
         reason: Reason = "store_error"
-        if deadline is not None and overloaded(self.store, exc, deadline):
+        if deadline is not None and (yield from overloaded(self.store, exc, deadline)):
             message = (
                 f"the costguard store answered other calls but not this one within store_deadline_ms "
                 f"({deadline.seconds * 1000:g} ms): it is overloaded, not down, so the call is refused rather "

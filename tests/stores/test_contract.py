@@ -18,6 +18,7 @@ from costguard.engine import LimitOverride, ReservePlan
 from costguard.events import AuditQuery, AuditRecord
 from costguard.model import Ceiling, Limit, Period, Unit, make_match
 from costguard.stores import KillSwitchState, MemoryStore, Store, open_store
+from costguard.stores.redis import RedisStore
 from costguard.stores.sql import SQLStore
 
 NOW = 1_780_000_000.0  # 2026-05-28T20:26:40Z
@@ -79,6 +80,9 @@ def test_a_remote_store_notes_when_it_answered(store: Store) -> None:
     store.totals([p.counters[0].key])
     if store.remote:
         assert store.answered_since(before) and store.answered_at <= time.monotonic()
+        probed = time.monotonic()
+        assert store.ping(1.0) is (not isinstance(store, RedisStore) or store._probe is not None)
+        assert store.answered_since(probed) or (isinstance(store, RedisStore) and store._probe is None)
     else:  # in-process: it never times out, so it never needs the evidence
         assert not store.answered_since(before)
 

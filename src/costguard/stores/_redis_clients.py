@@ -7,6 +7,7 @@ circuit breaker.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import threading
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from costguard.stores._probe import Probe
 from costguard.stores._redis_codec import config_value
 from costguard.stores._redis_conn import (
     SCRIPTS,
@@ -105,6 +107,8 @@ class RedisClients:
         self._client_obj: SyncClient | None = client
         self._async_factory: Callable[[], Any] = async_client_factory or (lambda: async_client(self.options))
         self._async: dict[asyncio.AbstractEventLoop, AsyncClient] = {}
+        # The liveness check's own client (`Store.ping`); none when clients are injected (tests).
+        self._probe = None if client is not None else Probe(self._probe_client, _ping, _close, self._noted)
 
     def _client(self) -> SyncClient:
         client = self._client_obj
@@ -176,8 +180,20 @@ class RedisClients:
         if client is not None:
             await client.aclose()
 
+    def _noted(self) -> None:
+        self.answered_at = time.monotonic()
+
+    def _probe_client(self, timeout_s: float) -> SyncClient:
+        return sync_client(dataclasses.replace(self.options, timeout_s=timeout_s, connect_timeout_s=timeout_s))
+
+    def ping(self, timeout_s: float) -> bool:
+        """`Store.ping`: PING on a connection of its own, with `timeout_s` as its socket timeouts."""
+        return self._probe is not None and self._probe.check(timeout_s)
+
     def close(self) -> None:
         """Disconnect the pool; async clients are closed on their loops where those still run."""
+        if self._probe is not None:
+            self._probe.close()
         with self._lock:
             client, self._client_obj = self._client_obj, None
             clients, self._async = self._async, {}
@@ -219,3 +235,11 @@ def _close_connections_now(client: object) -> bool:
             return False
         close()
     return True
+
+
+def _ping(client: SyncClient, _timeout_s: float) -> None:
+    client.execute_command("PING")  # the client's socket timeouts bound it
+
+
+def _close(client: SyncClient) -> None:
+    client.close()

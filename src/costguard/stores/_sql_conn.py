@@ -23,7 +23,7 @@ from costguard.errors import ConfigError, StoreBusy, StoreError, StoreTimeout, S
 from costguard.stores._sql_schema import PREFIX
 from costguard.stores.base import redacted
 
-__all__ = ["SQLOptions", "map_error", "mapped", "open_engine"]
+__all__ = ["SQLOptions", "connect_within", "map_error", "mapped", "open_engine"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -252,12 +252,12 @@ def _postgres_engine(options: SQLOptions) -> Engine:
 
     @sa.event.listens_for(engine, "do_connect")
     def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
-        return _connect_within(lambda: dialect.loaded_dbapi.connect(*cargs, **cparams), options.attempt_s())
+        return connect_within(lambda: dialect.loaded_dbapi.connect(*cargs, **cparams), options.attempt_s())
 
     return engine
 
 
-def _connect_within(connect: Callable[[], Any], seconds: float) -> Any:
+def connect_within(connect: Callable[[], Any], seconds: float) -> Any:
     """A new connection, or `OperationalError` after `seconds`: libpq's own connect timeout is whole
     seconds, at least 2, and a frozen server accepts the TCP connection and then never answers. The
     attempt goes on in its thread; a connection it makes after we gave up is closed."""

@@ -206,6 +206,16 @@ class Store(ABC):
         """Whether the store answered this process at or after `moment` (monotonic time)."""
         return self.answered_at >= moment
 
+    def ping(self, timeout_s: float) -> bool:
+        """Whether the server answers a trivial request within `timeout_s`, on a connection that queues
+        behind no hot row (an overloaded store does, a frozen or unreachable one doesn't); an answer is
+        noted in `answered_at`. Stores that can't tell say False."""
+        return False
+
+    async def aping(self, timeout_s: float) -> bool:
+        """`ping`, off the event loop."""
+        return await asyncio.to_thread(self.ping, timeout_s)
+
     @property
     def identity(self) -> str:
         """What names this store's data across processes (the spool is kept per identity); empty for a

@@ -21,6 +21,7 @@ transaction), `_sql_pg` (the server-function path) and `_sql_tx` (the engine's s
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,12 +42,14 @@ from costguard.engine import (
 from costguard.errors import StoreError
 from costguard.events import AuditQuery, AuditRecord
 from costguard.model import Period, Unit, encode_scope
-from costguard.stores._sql_conn import map_error, mapped, open_engine
+from costguard.stores._probe import Probe
+from costguard.stores._sql_conn import connect_within, map_error, mapped, open_engine
 from costguard.stores._sql_pg import ServerFunctions
 from costguard.stores._sql_rows import Rows, counter_row, dumps
 from costguard.stores._sql_schema import Schema
 from costguard.stores._sql_session import Sessions
 from costguard.stores._sql_tx import SettleItem, Transactions
+from costguard.stores._watchdog import watch
 from costguard.stores.base import (
     Control,
     CounterRow,
@@ -87,6 +90,27 @@ class SQLStore(Store):
         self._rows = Rows(self._sessions, self.t)
         self._server = ServerFunctions(self._sessions)
         self._txs = Transactions(self._sessions, self._rows)
+        self._probe = None if self.sqlite else Probe(self._probe_connect, _probe_ask, _probe_drop, self._noted)
+
+    def _noted(self) -> None:
+        self.answered_at = time.monotonic()
+
+    def _probe_connect(self, timeout_s: float) -> Any:
+        dialect = self.engine.dialect
+        cargs, cparams = dialect.create_connect_args(self.engine.url)
+        cparams.update(autocommit=True, connect_timeout=2)
+        return connect_within(lambda: dialect.loaded_dbapi.connect(*cargs, **cparams), timeout_s)
+
+    def ping(self, timeout_s: float) -> bool:
+        if self._probe is None:  # SQLite: a file that opens answers (a locked one is overload, not an outage)
+            try:
+                with self.engine.connect() as conn:
+                    conn.execute(sa.text("SELECT 1"))
+            except sa.exc.DBAPIError:
+                return False
+            self._noted()
+            return True
+        return self._probe.check(timeout_s)
 
     @property
     def identity(self) -> str:
@@ -300,9 +324,20 @@ class SQLStore(Store):
 
     # ----------------------------------------------------------------- lifecycle
     def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
         self.engine.dispose()
 
     def drop_schema(self) -> None:
         """Remove costguard's tables (and on PostgreSQL its functions) for this prefix: every counter,
         reservation, audit record and setting is gone. For tests and uninstalling."""
         self._sessions.drop_schema()
+
+
+def _probe_ask(conn: Any, timeout_s: float) -> None:
+    with watch(conn.pgconn.socket, timeout_s):
+        conn.execute("SELECT 1").fetchone()
+
+
+def _probe_drop(conn: Any) -> None:
+    conn.close()
