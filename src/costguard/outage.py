@@ -2,9 +2,10 @@
 
 `closed` serves the fallback; `open` admits the call without a reservation — spooled by `Settlement`
 and recorded when the store answers — up to the outage allowance per process and feature. A store
-that answered this process's other calls while this one waited is overloaded, not down: the call is
-refused with reason `store_busy` whatever the policy, because admitting it unreserved is how a slow
-reply would push a cap past its limit while every other process fills it exactly.
+that answered this process's other calls while this one waited, or that answers a trivial request on a
+connection of its own (`overloaded`), is overloaded, not down: the call is refused with reason
+`store_busy` whatever the policy, because admitting it unreserved is how a slow reply would push a cap
+past its limit while every other process fills it exactly.
 """
 
 from __future__ import annotations

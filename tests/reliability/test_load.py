@@ -137,15 +137,17 @@ def test_8_processes_x_32_threads_with_leased_slices_admit_exactly_5000_calls(fl
     ran, refused, unrecorded = burst(fleet_store_url, LEASED_CAP, LEASED_ATTEMPTS, True)
     late = top_up(fleet_store_url, LEASED_CAP)
     guard = Guard(fleet_store_url, ceilings=[workers.race_ceiling(LEASED_CAP)], leases=False)
-    (row,) = guard.status(feature="race").ceilings
+    try:
+        (row,) = guard.status(feature="race").ceilings
+        leased, before = 0, None
+        while True:  # every reserve line, page by page: how many calls a slice served
+            page = guard.audit(feature="race", decision="reserve", limit=1000, before_id=before)
+            leased += sum(1 for record in page if record.data.get("leased") or record.data.get("leased_ceilings"))
+            if len(page) < 1000:
+                break
+            before = page[-1].id
+    finally:
+        guard.close()
     assert_exact(ran, late, refused, (row.spent, row.reserved), unrecorded, 5000)
     assert_only_the_budget_refused(refused, PROCESSES * THREADS * LEASED_ATTEMPTS, ran)
-    leased, before = 0, None
-    while True:  # every reserve line, page by page: how many calls a slice served
-        page = guard.audit(feature="race", decision="reserve", limit=1000, before_id=before)
-        leased += sum(1 for record in page if record.data.get("leased") or record.data.get("leased_ceilings"))
-        if len(page) < 1000:
-            break
-        before = page[-1].id
-    guard.close()
     assert leased >= 1000, leased  # slices served a good part of the burst

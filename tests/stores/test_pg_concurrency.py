@@ -149,16 +149,17 @@ def test_a_batch_with_a_reservation_in_it_waits_for_the_wal(store: SQLStore) -> 
     assert setting_after([fresh(refusal), fresh(refusal)]) == "on"  # the first is admitted
 
 
-def _release_waits(conn: sa.Connection) -> bool:
+def _release_waits(conn: sa.Connection, statement: str = "%%settle($1%%") -> bool:
     """Whether the release's statement is waiting on a lock (the reserve's uncommitted row)."""
     rows = conn.exec_driver_sql(
-        "SELECT wait_event_type FROM pg_stat_activity WHERE query LIKE '%%settle($1%%' AND pid <> pg_backend_pid()"
+        f"SELECT wait_event_type FROM pg_stat_activity WHERE query LIKE '{statement}' AND pid <> pg_backend_pid()"
     ).all()
     conn.rollback()  # the activity view is a snapshot per transaction: the next look takes a new one
     return any(row[0] == "Lock" for row in rows)
 
 
-def test_a_release_meeting_its_reserve_in_flight_releases_it(store: SQLStore) -> None:
+@pytest.mark.parametrize("path", ["settle", "settle_many"])
+def test_a_release_meeting_its_reserve_in_flight_releases_it(store: SQLStore, path: str) -> None:
     """The release finds no reservation (the late reserve hasn't committed), waits on its row to leave a
     marker, and must then release what that reserve stored instead of leaving it reserved for good."""
     late = plan()
@@ -183,13 +184,21 @@ def test_a_release_meeting_its_reserve_in_flight_releases_it(store: SQLStore) ->
         trans = server_side.begin()
         server_side.execute(sa.text(f"SELECT {store.prefix}reserve(CAST(:doc AS jsonb))"), {"doc": doc})
         released: list[CommitOutcome] = []
-        releasing = threading.Thread(
-            target=lambda: released.append(store.settle(late.reservation_id, None, NOW + 1, None))
-        )
+
+        def release() -> None:
+            if path == "settle":  # a release made on the call's path
+                released.append(store.settle(late.reservation_id, None, NOW + 1, None))
+            else:  # an abandoned reserve's release, written in a background batch (it leaked before)
+                (outcome,) = store.settle_many([(late.reservation_id, None, NOW + 1, None)])
+                assert isinstance(outcome, CommitOutcome)
+                released.append(outcome)
+
+        releasing = threading.Thread(target=release)
         releasing.start()
+        waits_on = "%%settle($1%%" if path == "settle" else "%%INSERT INTO%%reservations%%ON CONFLICT%%"
         with store.engine.connect() as watcher:
             deadline = time.monotonic() + 10
-            while not _release_waits(watcher):
+            while not _release_waits(watcher, waits_on):
                 assert time.monotonic() < deadline, "the release never met the reserve in flight"
                 time.sleep(0.01)
         trans.commit()  # the late reserve lands while the release waits on its row

@@ -285,12 +285,16 @@ class Rows:
             c = self.t["counters"]
             conn.execute(sa.delete(c).where(c.c.key.in_(list(keys))))
 
-    def tombstone(self, conn: Connection, reservation_id: str, actual: Mapping[Unit, int] | None, at: float) -> None:
+    def tombstone(self, conn: Connection, reservation_id: str, actual: Mapping[Unit, int] | None, at: float) -> bool:
         """A release of a reservation not stored: a settled row without counters, so a reserve arriving
-        late (its outcome was unknown to the guard that gave up on it) changes nothing."""
-        if actual is None:
-            insert = self.insert(self.t["reservations"]).values(id=reservation_id, at=at, settled=True, counters="[]")
-            conn.execute(insert.on_conflict_do_nothing(index_elements=["id"]))
+        late (its outcome was unknown to the guard that gave up on it) changes nothing. False when a row
+        with that id was there after all: a reserve in flight committed it while the insert waited on it
+        (the caller claims it again), or a settle did."""
+        if actual is not None:
+            return True
+        r = self.t["reservations"]
+        insert = self.insert(r).values(id=reservation_id, at=at, settled=True, counters="[]")
+        return conn.execute(insert.on_conflict_do_nothing(index_elements=["id"]).returning(r.c.id)).first() is not None
 
     def lease(self, conn: Connection, changes: Mapping[str, tuple[int, int]]) -> dict[str, int]:
         """Slices reserved or settled: per counter key, (change to `leased`, change to `holders`), never

@@ -160,13 +160,19 @@ class Transactions:
                     "FROM json_to_recordset(CAST(:claims AS json)) AS v(id text, at float8) "
                     "WHERE r.id = v.id AND NOT r.settled RETURNING r.id, r.counters"
                 )
+            claim = self._sessions.statement("claim_many", lambda: claim_sql)
             claimed = {
                 row.id: tuple(op_from_json(item) for item in json.loads(row.counters))
-                for row in conn.execute(self._sessions.statement("claim_many", lambda: claim_sql), {"claims": claims})
+                for row in conn.execute(claim, {"claims": claims})
             }
-            for reservation_id, actual, at, _ in items:
-                if reservation_id not in claimed:
-                    rows.tombstone(conn, reservation_id, actual, at)
+            late = [
+                {"id": reservation_id, "at": at}
+                for reservation_id, actual, at, _ in items
+                if reservation_id not in claimed and not rows.tombstone(conn, reservation_id, actual, at)
+            ]
+            if late:  # a reserve in flight committed while its release's tombstone waited: release what it stored
+                for row in conn.execute(claim, {"claims": dumps(late)}):
+                    claimed[row.id] = tuple(op_from_json(item) for item in json.loads(row.counters))
             if not claimed:
                 return out
             union: dict[str, CounterOp] = {}
