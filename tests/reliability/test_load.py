@@ -95,8 +95,7 @@ def assert_exact(
 ) -> None:
     """The cap is full to the cent and nothing is held (`row`: spent, reserved); never a call over it; and
     what ran (in the burst and after it) short of it by at most the overload refusals — each a reserve
-    whose reply was lost, released by id; in about 1 run in 10 under load one to three of them end up
-    counted as spent instead (an over-count, never an under-count; not yet explained)."""
+    whose reply was lost, released by id once the store answers (its room is free again by the top-up)."""
     busy = refused.get("store_busy", 0)
     detail = (ran, late, refused, row, unrecorded)
     assert row == (cap_calls / 100, 0.0), detail

@@ -4,8 +4,9 @@ A reserve that ran out of its deadline met either an overloaded store (every pro
 a hot row, so this process may have had no answer for the whole wait) or one that can't answer at all
 (down, frozen, partitioned). The calls' own connections can't tell those apart; a trivial request on a
 connection that queues behind nothing can: an overloaded server answers it at once, a frozen one never.
-One check runs at a time per store; a failed one is remembered for a moment, so an outage costs one
-check, not one per call.
+One check runs at a time per store, on a connection opened for it and closed after it (the check is
+rare: only a call that ran out of its deadline with no other answer asks); a failed one is remembered
+for a moment, so an outage costs one check, not one per call.
 """
 
 from __future__ import annotations
@@ -46,16 +47,16 @@ class Probe:
                 return False
             began = time.monotonic()
             try:
-                if self._conn is None:
-                    self._conn = self._connect(timeout_s)
+                self._conn = self._connect(timeout_s)
                 self._ask(self._conn, max(0.001, timeout_s - (time.monotonic() - began)))
             except Exception:  # noqa: BLE001 - any failure is no answer
-                conn, self._conn = self._conn, None
-                if conn is not None:
-                    with contextlib.suppress(Exception):  # it is being thrown away
-                        self._drop(conn)
                 self._silent_until = time.monotonic() + max(timeout_s * 4, 0.5)
                 return False
+            finally:  # a connection for one question: none is left open for a store never closed
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        self._drop(conn)
             self._answered()
             return True
         finally:
