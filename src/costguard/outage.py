@@ -34,6 +34,11 @@ __all__ = ["Outage", "overloaded"]
 # 1 % of the tightest hard USD ceiling the call falls under.
 _ALLOWANCE_CAP = 1_000_000
 _ALLOWANCE_SHARE = 100
+# How long the liveness check may take: as long as the deadline, at most this. Taking an overloaded
+# store for a down one admits calls unreserved, past the cap; taking a down one for overloaded only
+# refuses the first calls of an outage a little later — and a server starting sessions for a fleet's
+# cold start took more than a quarter of a 300 ms deadline to open one (8 x 32 callers, CPU hogs).
+_PING_MAX_S = 1.0
 
 
 def overloaded(store: Store, exc: StoreError, deadline: dl.Deadline) -> Steps[bool]:
@@ -41,13 +46,13 @@ def overloaded(store: Store, exc: StoreError, deadline: dl.Deadline) -> Steps[bo
     no turn, no reply or no new connection in time, while the store answered this process's other calls
     during the wait (past its first tenth, so that a reply already on its way when a server froze is no
     evidence), or, when it answered none of them (every call of the process queued on one hot row), a
-    trivial request on a connection of its own (`Store.ping`, at most a quarter of the deadline, 500 ms).
+    trivial request on a connection of its own (`Store.ping`, for as long as the deadline, at most 1 s).
     A frozen, dead or unreachable server answers neither."""
     if not isinstance(exc, StoreUnavailable):  # an error the store answered with: the policy decides
         return False
     if store.answered_since(deadline.end - deadline.seconds + min(0.1, deadline.seconds / 10)):
         return True
-    alive: bool = yield Io(store.ping, store.aping, (min(0.5, deadline.seconds / 4),))
+    alive: bool = yield Io(store.ping, store.aping, (min(_PING_MAX_S, deadline.seconds),))
     return alive
 
 

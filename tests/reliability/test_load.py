@@ -3,7 +3,7 @@ against a $10.00 cap at $0.01 a call, with default settings — on a quiet machi
 busy on every core. Exactly 1 000 calls run, $10.00 is recorded, and every refusal is the budget's:
 a slow store is waited for, never taken for an outage. (A reply that still misses `store_deadline_ms`
 while the store answers the others is overload: that call is refused `store_busy`, never admitted
-unreserved — at most a quarter of the attempts, or the burst was shed rather than waited for. Its reserve may
+unreserved — at most a third of the attempts, or the burst was shed rather than waited for. Its reserve may
 have been applied and holds its room until released, so the burst may fall short by at most that many
 calls: they fit once the processes have closed, and the recorded total is exact.)"""
 
@@ -70,10 +70,11 @@ def burst(url: str, cap: int, attempts: int, hog: bool) -> tuple[int, dict[str, 
     return sum(ran for ran, _, _ in outcomes), refused, [unrecorded for _, _, unrecorded in outcomes]
 
 
-def top_up(url: str, cap: int) -> int:
+def top_up(url: str, cap: int, busy: int) -> int:
     """Once every process has closed: the calls that still fit, made one by one. A reserve whose reply
-    the burst never got (refused `store_busy`) may have been applied; it held its room until its release
-    landed, so the burst may have fallen short by as many calls — never by more, never over."""
+    the burst never got (refused `store_busy`: `busy` of them) may have been applied; it held its room
+    until its release landed, so the burst may have fallen short by as many calls — never by more, never
+    over (one more than `busy` is made at most: `assert_exact` says what was wrong)."""
     guard = Guard(url, ceilings=[workers.race_ceiling(cap)], leases=False)
     made = 0
     try:
@@ -85,7 +86,8 @@ def top_up(url: str, cap: int) -> int:
             except BudgetExceeded:
                 return made
             made += 1
-            assert made <= 100, "far more room left than the burst's overload refusals explain"
+            if made > busy:
+                return made  # more room left than the burst's overload refusals explain
     finally:
         guard.close()
 
@@ -106,18 +108,18 @@ def assert_exact(
 
 def assert_only_the_budget_refused(refused: dict[str, int], attempts: int, ran: int) -> None:
     """Every refusal the budget's, but for overload refusals (`store_busy`: calls whose reply missed the
-    deadline while the store answered — a batch of one process's calls at a time, at most a quarter of
+    deadline while the store answered — a batch of one process's calls at a time, at most a third of
     the attempts, or the burst was shed rather than waited for); never `store_error`: nothing was taken
     for an outage."""
     busy = refused.get("store_busy", 0)
-    assert busy <= attempts // 4, refused
+    assert busy <= attempts // 3, refused
     assert refused == {"budget_exceeded": attempts - ran - busy, **({"store_busy": busy} if busy else {})}
 
 
 @pytest.mark.parametrize("hog", [False, True], ids=["quiet", "cpu-hog"])
 def test_8_processes_x_32_threads_admit_exactly_1000_calls(shared_store_url: str, hog: bool) -> None:
     ran, refused, unrecorded = burst(shared_store_url, CAP, ATTEMPTS, hog)
-    late = top_up(shared_store_url, CAP)
+    late = top_up(shared_store_url, CAP, refused.get("store_busy", 0))
     guard = Guard(shared_store_url, ceilings=[workers.race_ceiling(CAP)])
     (row,) = guard.status(feature="race").ceilings
     guard.close()
@@ -134,7 +136,7 @@ def test_8_processes_x_32_threads_with_leased_slices_admit_exactly_5000_calls(fl
     PostgreSQL), with a CPU hog on every core: exactly 5 000 calls, $50.00 recorded, every refusal
     the budget's, nothing left reserved once the processes have closed."""
     ran, refused, unrecorded = burst(fleet_store_url, LEASED_CAP, LEASED_ATTEMPTS, True)
-    late = top_up(fleet_store_url, LEASED_CAP)
+    late = top_up(fleet_store_url, LEASED_CAP, refused.get("store_busy", 0))
     guard = Guard(fleet_store_url, ceilings=[workers.race_ceiling(LEASED_CAP)], leases=False)
     try:
         (row,) = guard.status(feature="race").ceilings

@@ -195,7 +195,7 @@ def test_a_release_meeting_its_reserve_in_flight_releases_it(store: SQLStore, pa
 
         releasing = threading.Thread(target=release)
         releasing.start()
-        waits_on = "%%settle($1%%" if path == "settle" else "%%INSERT INTO%%reservations%%ON CONFLICT%%"
+        waits_on = "%%settle($%%" if path == "settle" else "%%INSERT INTO%%reservations%%ON CONFLICT%%"
         with store.engine.connect() as watcher:
             deadline = time.monotonic() + 10
             while not _release_waits(watcher, waits_on):

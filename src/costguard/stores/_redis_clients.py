@@ -12,6 +12,7 @@ import functools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -25,6 +26,7 @@ from costguard.stores._redis_conn import (
     Script,
     SyncClient,
     async_client,
+    busy_answer,
     map_error,
     redis_errors,
     sync_client,
@@ -43,13 +45,15 @@ ERRORS = redis_errors()
 
 def mapped(method: Callable[Concatenate[C, P], T]) -> Callable[Concatenate[C, P], T]:
     """The one boundary where redis-py errors become costguard's, behind the circuit breaker; an answer
-    is noted (`Store.answered_at`)."""
+    (a `BUSY` reply included) is noted (`Store.answered_at`)."""
 
     def wrapper(self: C, /, *args: P.args, **kwargs: P.kwargs) -> T:
         self._breaker.check()
         try:
             result = method(self, *args, **kwargs)
         except ERRORS as exc:
+            if busy_answer(exc):
+                self.answered_at = time.monotonic()
             raise map_error(exc, self._breaker, method.__name__, self.where) from exc
         self._breaker.succeeded()
         self.answered_at = time.monotonic()
@@ -69,6 +73,8 @@ def amapped(
         try:
             result = await method(self, *args, **kwargs)
         except ERRORS as exc:
+            if busy_answer(exc):
+                self.answered_at = time.monotonic()
             raise map_error(exc, self._breaker, method.__name__.lstrip("a"), self.where) from exc
         self._breaker.succeeded()
         self.answered_at = time.monotonic()
@@ -109,6 +115,8 @@ class RedisClients:
         self._async: dict[asyncio.AbstractEventLoop, AsyncClient] = {}
         # The liveness check's own client (`Store.ping`); none when clients are injected (tests).
         self._probe = None if client is not None else Probe(self._probe_client, _ping, _close, self._noted)
+        if self._probe is not None:  # its connection is closed with clients nobody closed, too
+            weakref.finalize(self, self._probe.closer())
 
     def _client(self) -> SyncClient:
         client = self._client_obj

@@ -23,6 +23,7 @@ __all__ = [
     "Script",
     "SyncClient",
     "async_client",
+    "busy_answer",
     "map_error",
     "parse_options",
     "redacted",
@@ -286,6 +287,14 @@ _BUSY_REPLIES = ("BUSY", "LOADING", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN", "CLU
 _REFUSING_REPLIES = ("READONLY", "OOM")
 # Connection errors that mean too many clients, not a server that is gone.
 _BUSY_CONNECTS = ("max number of clients", "too many connections")
+
+
+def busy_answer(exc: BaseException) -> bool:
+    """Whether the server itself answered that it is busy (a script running, `BUSY`): alive and taking
+    requests, so a deadline that passes meanwhile is overload, not an outage (`Store.answered_at`)."""
+    from redis import exceptions as rx
+
+    return isinstance(exc, rx.ResponseError) and str(exc).startswith(("BUSY", "TRYAGAIN"))
 
 
 def map_error(exc: BaseException, breaker: Breaker, what: str, where: str) -> StoreError:

@@ -23,7 +23,7 @@ from costguard.errors import ConfigError, StoreBusy, StoreError, StoreTimeout, S
 from costguard.stores._sql_schema import PREFIX
 from costguard.stores.base import redacted
 
-__all__ = ["SQLOptions", "connect_within", "map_error", "mapped", "open_engine"]
+__all__ = ["SQLOptions", "connect_within", "map_error", "mapped", "open_engine", "server_answered"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -71,15 +71,26 @@ def map_error(exc: sa_exc.DBAPIError | sa_exc.TimeoutError) -> StoreError:
     return StoreError(f"SQL store error: {text}")
 
 
+def server_answered(exc: BaseException) -> bool:
+    """Whether the server itself answered with the error — a lock or statement timeout, a constraint: it
+    is alive and taking requests — rather than the connection failing (no SQLSTATE, or class 08), the
+    server out of resources (class 53: its connection limit follows `on_store_error` like an outage) or
+    going down (57P01-57P05)."""
+    state = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return isinstance(state, str) and not state.startswith(("08", "53", "57P0"))
+
+
 def mapped(method: Callable[P, T]) -> Callable[P, T]:
-    """Driver errors become costguard's at this one boundary (see `map_error`); an answer is noted
-    (`Store.answered_at`)."""
+    """Driver errors become costguard's at this one boundary (see `map_error`); an answer — an error the
+    server sent included — is noted (`Store.answered_at`)."""
 
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             result = method(*args, **kwargs)
         except (sa_exc.DBAPIError, sa_exc.TimeoutError) as exc:
+            if server_answered(exc):
+                args[0].answered_at = time.monotonic()  # type: ignore[attr-defined]
             raise map_error(exc) from exc
         args[0].answered_at = time.monotonic()  # type: ignore[attr-defined]  # the store: it answered
         return result

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -91,6 +92,8 @@ class SQLStore(Store):
         self._server = ServerFunctions(self._sessions)
         self._txs = Transactions(self._sessions, self._rows)
         self._probe = None if self.sqlite else Probe(self._probe_connect, _probe_ask, _probe_drop, self._noted)
+        if self._probe is not None:  # its connection is closed with a store nobody closed, too
+            weakref.finalize(self, self._probe.closer())
 
     def _noted(self) -> None:
         self.answered_at = time.monotonic()
