@@ -7,7 +7,7 @@ import gc
 import os
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -89,6 +89,19 @@ def aask(guarded: Any, llm: FakeLLM, **extra: Any) -> Any:
     return guarded.acompletion(MODEL, MESSAGES, **options)
 
 
+def refusal(reply: Any) -> str | None:
+    """Why costguard refused the call this reply answers (None: the model answered)."""
+    decision = reply._hidden_params.get("costguard_blocked")
+    return None if decision is None else decision.reason
+
+
+@pytest.fixture
+def full() -> Iterator[Guard]:
+    guard_ = make_guard(usd_cap({"feature": "chat"}, 0))  # no room: every call is refused
+    yield guard_
+    guard_.close()
+
+
 def the_estimate(max_tokens: int = 200) -> int:
     estimate = Pricing().estimate(GPT, prompt=MESSAGES, max_output_tokens=max_tokens, provider="openai")
     assert estimate is not None
@@ -154,20 +167,117 @@ def test_a_cap_admits_exactly_what_fits_then_the_fallback(llm: FakeLLM) -> None:
 
     guarded = cg_litellm.guard("chat", guard=g, fallback=fallback)
     answers = [ask(guarded, llm) for _ in range(5)]
-    assert [a if isinstance(a, str) else a.choices[0].message.content for a in answers] == [ANSWER] * 3 + [
-        "We'll email you."
-    ] * 2
+    assert all(isinstance(a, litellm.ModelResponse) for a in answers)  # refused too: LiteLLM's own shape
+    assert [a.choices[0].message.content for a in answers] == [ANSWER] * 3 + ["We'll email you."] * 2
+    assert [refusal(a) for a in answers] == [None] * 3 + ["budget_exceeded"] * 2
     assert seen[0]["messages"] == MESSAGES
     assert len(llm.reported) == 4  # the probe and three admitted calls
     assert spent_micros(g) == 3 * actual
     with pytest.raises(BudgetExceeded):
         ask(cg_litellm.guard("chat", guard=g), llm)
+    with pytest.raises(BudgetExceeded):  # a fallback that raises: raised, unchanged
+        ask(cg_litellm.guard("chat", guard=g, fallback=costguard.fallback.raise_()), llm)
 
-    async def main() -> Any:
-        return await aask(cg_litellm.guard("chat", guard=g, fallback="busy"), llm, stream=True)
+    async def main() -> list[str]:
+        astream = await aask(cg_litellm.guard("chat", guard=g, fallback="busy"), llm, stream=True)
+        return [chunk.choices[0].delta.content or "" async for chunk in astream if chunk.choices]
 
-    assert asyncio.run(main()) == "busy"
+    assert "".join(asyncio.run(main())) == "busy"
     assert len(llm.reported) == 4
+    g.close()
+
+
+def test_a_refused_completion_is_a_model_response(llm: FakeLLM, full: Guard) -> None:
+    reply = ask(cg_litellm.guard("chat", guard=full, fallback="busy"), llm)
+    assert isinstance(reply, litellm.ModelResponse)
+    assert reply.choices[0].message.content == "busy"
+    assert reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.model == GPT  # the model as LiteLLM names it in its responses ("openai/" is the provider)
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.total_tokens) == (0, 0, 0)
+    blocked = reply._hidden_params["costguard_blocked"]
+    assert (blocked.reason, blocked.allowed, blocked.feature) == ("budget_exceeded", False, "chat")
+    assert reply._hidden_params["response_cost"] == 0.0
+    assert "costguard_blocked" not in reply.model_dump_json()  # served on as JSON, it is LiteLLM's shape alone
+    # Not text: JSON of the value. A response of the fallback's own (or a dict shaped like one): as it is.
+    assert ask(cg_litellm.guard("chat", guard=full, fallback={"eta": 2}), llm).choices[0].message.content == (
+        '{"eta": 2}'
+    )
+    own = litellm.ModelResponse(model="mine", choices=[{"message": {"role": "assistant", "content": "mine"}}])
+    for value in (own, own.model_dump()):
+        served = ask(cg_litellm.guard("chat", guard=full, fallback=value), llm)
+        assert (served.model, served.choices[0].message.content, refusal(served)) == ("mine", "mine", "budget_exceeded")
+    assert "costguard_blocked" not in own._hidden_params  # a copy is marked, never the shared static response
+    assert llm.requests == []
+
+
+def test_a_refused_stream_yields_litellm_chunks(llm: FakeLLM, full: Guard) -> None:
+    guarded = cg_litellm.guard("chat", guard=full, fallback="Support chat is busy.")
+    chunks = list(ask(guarded, llm, stream=True))
+    assert all(isinstance(chunk, litellm.ModelResponseStream) for chunk in chunks)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks) == "Support chat is busy."
+    assert [chunk.choices[0].delta.content for chunk in chunks] == ["Support chat is busy.", None]
+    assert [chunk.choices[0].finish_reason for chunk in chunks] == [None, "stop"]
+    assert {refusal(chunk) for chunk in chunks} == {"budget_exceeded"}
+    assert litellm.stream_chunk_builder(chunks).choices[0].message.content == "Support chat is busy."
+    # Usage asked for in `stream_options`: a last chunk of zero tokens, as the model's stream would end.
+    *_, last = ask(guarded, llm, stream=True, stream_options={"include_usage": True})
+    assert (last.choices, last.usage.total_tokens) == ([], 0)
+    with ask(guarded, llm, stream=True) as stream:
+        assert next(stream).choices[0].delta.content == "Support chat is busy."
+    assert list(stream) == []  # closed
+    own = litellm.ModelResponse(model="mine", choices=[{"message": {"role": "assistant", "content": "mine"}}])
+    (chunk,) = ask(cg_litellm.guard("chat", guard=full, fallback=own), llm, stream=True)  # as LiteLLM streams it
+    assert (chunk.choices[0].delta.content, chunk.choices[0].finish_reason, refusal(chunk)) == (
+        "mine",
+        "stop",
+        "budget_exceeded",
+    )
+    mine = cg_litellm.guard("chat", guard=full, fallback=lambda **request: iter(["a", "b"]))
+    assert list(ask(mine, llm, stream=True)) == ["a", "b"]  # a stream of the fallback's own: as it is
+    assert llm.requests == []
+
+
+def test_a_refused_async_stream_yields_litellm_chunks(llm: FakeLLM, full: Guard) -> None:
+    async def fallback(**request: Any) -> str:
+        return f"busy, {request['model']}"
+
+    async def own_stream(**request: Any) -> AsyncIterator[str]:
+        yield "a"
+
+    guarded = cg_litellm.guard("chat", guard=full, fallback=fallback)
+
+    async def main() -> tuple[list[Any], Any]:
+        astream = await aask(guarded, llm, stream=True)
+        chunks = [chunk async for chunk in astream]
+        reply = await aask(guarded, llm)
+        async with await aask(guarded, llm, stream=True) as closed:
+            pass
+        assert [chunk async for chunk in closed] == []
+        mine = await aask(cg_litellm.guard("chat", guard=full, fallback=own_stream), llm, stream=True)
+        assert [chunk async for chunk in mine] == ["a"]  # a stream of the fallback's own: as it is
+        return chunks, reply
+
+    chunks, reply = asyncio.run(main())
+    assert all(isinstance(chunk, litellm.ModelResponseStream) for chunk in chunks)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks) == f"busy, {MODEL}"
+    assert [chunk.choices[0].finish_reason for chunk in chunks] == [None, "stop"]
+    assert {refusal(chunk) for chunk in chunks} == {"budget_exceeded"}
+    assert (reply.choices[0].message.content, refusal(reply)) == (f"busy, {MODEL}", "budget_exceeded")
+    assert llm.requests == []
+
+
+def test_a_cached_fallback_serves_the_last_answer_marked(llm: FakeLLM) -> None:
+    g = make_guard(usd_cap({"feature": "chat"}, the_estimate()))  # one call fits
+    guarded = cg_litellm.guard("chat", guard=g, fallback=costguard.fallback.cached(ttl_s=60, otherwise="busy"))
+    first = ask(guarded, llm)
+    g.flush()
+    again = ask(guarded, llm)
+    assert (again.id, again.choices[0].message.content) == (first.id, ANSWER)  # the same request's last answer
+    assert (refusal(first), refusal(again)) == (None, "budget_exceeded")
+    other = ask(guarded, llm, user="u-2")  # another request: nothing cached, `otherwise`
+    assert (other.choices[0].message.content, refusal(other)) == ("busy", "budget_exceeded")
+    assert len(llm.reported) == 1
     g.close()
 
 
@@ -183,7 +293,7 @@ def test_threads_never_overshoot(llm: FakeLLM) -> None:
         for _ in range(5):
             result = ask(guarded, llm, max_tokens=2000, extra_headers={"x-fake-output-tokens": "1900"})
             with lock:
-                outcomes.append("blocked" if result == "blocked" else "ok")
+                outcomes.append("blocked" if refusal(result) else "ok")
 
     threads = [threading.Thread(target=worker) for _ in range(6)]
     for t in threads:
@@ -206,7 +316,8 @@ def test_errors_release_and_the_kill_switch_blocks(llm: FakeLLM, g: Guard) -> No
     g.killswitch.activate(reason="incident #123", actor="ops")
     with pytest.raises(KillSwitchActive):
         ask(guarded, llm)
-    assert ask(cg_litellm.guard("chat", guard=g, fallback="off"), llm) == "off"
+    reply = ask(cg_litellm.guard("chat", guard=g, fallback="off"), llm)
+    assert (reply.choices[0].message.content, refusal(reply)) == ("off", "kill_switch")
     assert len(llm.requests) == 1
 
 

@@ -10,26 +10,31 @@ reply = await llm.acompletion(model="anthropic/claude-3-5-haiku-20241022", messa
 
 Each call reserves the prompt's tokens plus its output cap at costguard's price for the model (LiteLLM's
 `get_llm_provider` says which provider's), then commits the price of the response's `usage` from
-costguard's tables, or LiteLLM's own `response_cost` with `cost="litellm"`. `litellm` is imported here
-only: `pip install "costguard-ai[litellm]"`.
+costguard's tables, or LiteLLM's own `response_cost` with `cost="litellm"`. A refused call answers in
+LiteLLM's shapes: a `ModelResponse` whose message is the fallback's text, or (`stream=True`) its chunks;
+`reply._hidden_params["costguard_blocked"]` is costguard's `Decision`. `litellm` is imported here only:
+`pip install "costguard-ai[litellm]"`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 try:
     import litellm
-    from litellm.types.utils import ModelResponse
+    from litellm.types.utils import Choices, Delta, Message, ModelResponse, ModelResponseStream, StreamingChoices, Usage
 except ImportError as exc:  # pragma: no cover - the extra is not installed
     raise ImportError('costguard.integrations.litellm needs litellm: pip install "costguard-ai[litellm]"') from exc
 
-from costguard.fallback import Cached, Fallback, JSONCodec, as_fallback
+from costguard.decision import Decision
+from costguard.errors import Blocked
+from costguard.fallback import Cache, Cached, Fallback, JSONCodec, as_fallback
 from costguard.guarded import invoke
 from costguard.integrations._streams import AsyncGuardedStream, GuardedStream, Meter
 from costguard.model import Money, to_micros
@@ -47,6 +52,7 @@ __all__ = ["GuardedLiteLLM", "guard"]
 LabelsSpec = Mapping[str, object] | Callable[..., Mapping[str, object]] | None
 EstimateSpec = Money | Callable[..., Money | None] | None
 CostSource = Literal["costguard", "litellm"]
+_Answer = TypeVar("_Answer", ModelResponse, ModelResponseStream)
 # LiteLLM's provider names → genai-prices' provider ids (others: genai-prices finds the model by name).
 _PROVIDERS = {
     "openai": "openai",
@@ -124,6 +130,145 @@ def _usage(result: Any, request: _Request) -> TokenUsage | None:
     return usage
 
 
+# ----------------------------------------------------------------- refused: the fallback in LiteLLM's shapes
+def _own(value: Any) -> ModelResponse | None:
+    """The fallback's own response: a `ModelResponse`, or a dict shaped like one (built as LiteLLM builds a
+    dict `mock_response`)."""
+    if isinstance(value, Mapping) and isinstance(value.get("choices"), list):
+        return ModelResponse(**value)
+    return value if isinstance(value, ModelResponse) else None
+
+
+def _marked(item: _Answer, decision: Decision, hidden: Mapping[str, Any]) -> _Answer:
+    # `_hidden_params` is where LiteLLM keeps what is not part of the OpenAI shape (`response_cost`…): it
+    # never reaches `model_dump()` or JSON, so a refusal served on as an API response looks like any other.
+    item._hidden_params = {**hidden, "response_cost": 0.0, "costguard_blocked": decision}
+    return item
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _no_tokens() -> Usage:
+    return Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+
+
+def _response(value: Any, model: str | None, decision: Decision) -> ModelResponse:
+    """A refused call's `ModelResponse`: the fallback's text as the assistant's message, no tokens used
+    (a response of the fallback's own: a copy of it, unchanged but for the marks)."""
+    own = _own(value)
+    if own is not None:  # a copy: a static fallback's response is shared by every refused call
+        return _marked(own.model_copy(deep=True), decision, own._hidden_params)
+    message = Message(role="assistant", content=_text(value))
+    choice = Choices(index=0, finish_reason="stop", message=message)
+    return _marked(ModelResponse(model=model, choices=[choice], usage=_no_tokens()), decision, {})
+
+
+def _chunks(value: Any, model: str | None, decision: Decision, usage: bool) -> list[ModelResponseStream]:
+    """A refused `stream=True` call's chunks, shaped as `litellm.completion(stream=True, mock_response=...)`
+    yields them: the whole text in one chunk, then the finish reason (then zero usage when `stream_options`
+    asked for it). A response of the fallback's own is one chunk, converted by LiteLLM's own helper as its
+    `mock_response` is."""
+    own = _own(value)
+    if own is not None:
+        from litellm.llms.base_llm.base_model_iterator import convert_model_response_to_streaming
+
+        return [_marked(convert_model_response_to_streaming(own), decision, {})]
+    text = StreamingChoices(index=0, delta=Delta(role="assistant", content=_text(value)))
+    first = ModelResponseStream(choices=[text], model=model)
+    end = StreamingChoices(index=0, delta=Delta(), finish_reason="stop")
+    chunks = [first, ModelResponseStream(choices=[end], id=first.id, created=first.created, model=model)]
+    if usage:
+        chunks.append(
+            ModelResponseStream(choices=[], id=first.id, created=first.created, model=model, usage=_no_tokens())
+        )
+    return [_marked(chunk, decision, {}) for chunk in chunks]
+
+
+class _RefusedStream:
+    """A refused `completion(stream=True)`: iterate it, `with` it, or `close()` it, as the admitted stream."""
+
+    def __init__(self, chunks: Iterable[ModelResponseStream]) -> None:
+        self._chunks = iter(chunks)
+
+    def __iter__(self) -> _RefusedStream:
+        return self
+
+    def __next__(self) -> ModelResponseStream:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        """Nothing to release: the call was never sent."""
+        self._chunks = iter(())
+
+    def __enter__(self) -> _RefusedStream:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+class _AsyncRefusedStream:
+    """A refused `acompletion(stream=True)`: `async for`, `async with`, or `await close()`."""
+
+    def __init__(self, chunks: Iterable[ModelResponseStream]) -> None:
+        self._chunks = iter(chunks)
+
+    def __aiter__(self) -> _AsyncRefusedStream:
+        return self
+
+    async def __anext__(self) -> ModelResponseStream:
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    async def close(self) -> None:
+        """Nothing to release: the call was never sent."""
+        self._chunks = iter(())
+
+    aclose = close  # LiteLLM's async stream closes with `aclose()`
+
+    async def __aenter__(self) -> _AsyncRefusedStream:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class _InLiteLLMShapes(Fallback):
+    """`inner`'s answer to a refused call, in the shape the call would have had (see `_response`, `_chunks`);
+    a stream of the fallback's own (an iterator for `completion`, an async one for `acompletion`) as it is."""
+
+    def __init__(self, inner: Fallback, model: str | None, stream: bool, usage: bool) -> None:
+        self.inner = inner
+        self.kind = inner.kind
+        self.model = model
+        self.stream = stream
+        self.usage = usage
+
+    def serve(self, cache: Cache, feature: str, blocked: Blocked, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        value = self.inner.serve(cache, feature, blocked, args, kwargs)
+        if not self.stream:
+            return _response(value, self.model, blocked.decision)
+        if isinstance(value, Iterator):
+            return value
+        return _RefusedStream(_chunks(value, self.model, blocked.decision, self.usage))
+
+    async def aserve(
+        self, cache: Cache, feature: str, blocked: Blocked, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        value = await self.inner.aserve(cache, feature, blocked, args, kwargs)
+        if not self.stream:
+            return _response(value, self.model, blocked.decision)
+        if isinstance(value, AsyncIterator):
+            return value
+        return _AsyncRefusedStream(_chunks(value, self.model, blocked.decision, self.usage))
+
+
 class GuardedLiteLLM:
     """`completion` and `acompletion` of LiteLLM, guarded as `feature` (see `guard`)."""
 
@@ -159,11 +304,13 @@ class GuardedLiteLLM:
         return default_guard()
 
     def completion(self, model: str, messages: list[Any], **kwargs: Any) -> Any:
-        """`litellm.completion(model, messages, **kwargs)`, guarded; refused, the fallback's value."""
+        """`litellm.completion(model, messages, **kwargs)`, guarded; refused, the fallback's answer as a
+        `ModelResponse` (or, streamed, its chunks) marked `_hidden_params["costguard_blocked"]`."""
         return run(self._steps(litellm.completion, False, {"model": model, "messages": messages, **kwargs}))
 
     async def acompletion(self, model: str, messages: list[Any], **kwargs: Any) -> Any:
-        """`litellm.acompletion(...)`, guarded; refused, the fallback's value (awaited when async)."""
+        """`litellm.acompletion(...)`, guarded; refused, as `completion` (an async fallback awaited, an async
+        stream of chunks for `stream=True`)."""
         return await arun(self._steps(litellm.acompletion, True, {"model": model, "messages": messages, **kwargs}))
 
     def _steps(self, create: Callable[..., Any], is_async: bool, kwargs: dict[str, Any]) -> Steps[Any]:
@@ -177,6 +324,9 @@ class GuardedLiteLLM:
         stream = kwargs.get("stream") is True
         ask = stream and kwargs.get("stream_options") is None
         send = {**kwargs, "stream_options": {"include_usage": True}} if ask else kwargs
+        options = kwargs.get("stream_options")
+        asked_usage = isinstance(options, Mapping) and options.get("include_usage") is True
+        shaped = None if chosen is None else _InLiteLLMShapes(chosen, request.model, stream, asked_usage)
 
         def target(reservation: Reservation, args: tuple[Any, ...], kw: dict[str, Any]) -> Io[Any]:
             return Io(create, create, (), send)
@@ -185,7 +335,7 @@ class GuardedLiteLLM:
             calls: CallPath,
             reservation: Reservation,
             result: Any,
-            fallback: Fallback | None,
+            _shaped: Fallback | None,
             args: tuple[Any, ...],
             kw: dict[str, Any],
         ) -> tuple[Any, tuple[int | None, int | None] | None]:
@@ -199,11 +349,11 @@ class GuardedLiteLLM:
                 reported = (getattr(result, "_hidden_params", None) or {}).get("response_cost")
                 if isinstance(reported, (int, float)) and reported >= 0:
                     micros = to_micros(reported, round_up=True, what="LiteLLM response_cost")
-            if isinstance(fallback, Cached):
-                fallback.remember(calls.cache, self.feature, reservation.decision.labels, args, kw, result)
+            if isinstance(chosen, Cached):
+                chosen.remember(calls.cache, self.feature, reservation.decision.labels, args, kw, result)
             return result, (micros, None if usage is None else usage.total_tokens)
 
-        return invoke(g.calls, self.feature, labels, (request.usd, request.tokens), chosen, target, finish, (), kwargs)
+        return invoke(g.calls, self.feature, labels, (request.usd, request.tokens), shaped, target, finish, (), kwargs)
 
 
 def guard(
@@ -223,6 +373,9 @@ def guard(
     LiteLLM's `response_cost` instead (streams are always priced from their usage chunk). `stream=True`
     returns a wrapped stream that commits when it ends (with `stream_options={"include_usage": True}`
     unless you set `stream_options`). `guard`, `labels`, `fallback` and `estimate` work as in
-    `costguard.integrations.openai.guard`: callables get the request's keyword arguments.
+    `costguard.integrations.openai.guard`: callables get the request's keyword arguments. A refused call
+    answers as LiteLLM would: a `ModelResponse` whose message is the fallback's text (a response of the
+    fallback's own, as it is), or for `stream=True` its chunks; `reply._hidden_params["costguard_blocked"]`
+    (on every chunk of a stream) is the refusal's `Decision`. A fallback that raises, or none, raises `Blocked`.
     """
     return GuardedLiteLLM(feature, guard=guard, labels=labels, fallback=fallback, estimate=estimate, cost=cost)
