@@ -1,7 +1,8 @@
-"""Test helpers: building guards tersely and a store that can be switched off."""
+"""Test helpers: building guards tersely and stores that can be switched off."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -72,3 +73,31 @@ class FlakyStore(MemoryStore):
     def cache_get(self, key: str, now: float) -> bytes | None:
         self._check()
         return super().cache_get(key, now)
+
+
+class SwitchableRedis:
+    """A Redis store whose server can be cut off: `down = True` and every command fails as a refused
+    connection does, through the real client, the store's error boundary and its spool (fakeredis behind
+    a loopback port nothing listens on: nothing leaves the process). The circuit breaker is off
+    (`breaker_s=0`): it would keep failing calls for a second of real time after the server is back."""
+
+    def __init__(self) -> None:
+        import fakeredis
+
+        from costguard.stores.redis import RedisStore
+
+        self.server = fakeredis.FakeServer()
+        self.store = RedisStore(
+            f"redis://127.0.0.1:1/0?namespace=t{uuid.uuid4().hex[:10]}&breaker_s=0",
+            client=fakeredis.FakeRedis(server=self.server),
+            async_client_factory=lambda: fakeredis.FakeAsyncRedis(server=self.server),
+        )
+
+    @property
+    def down(self) -> bool:
+        """Whether the server refuses connections."""
+        return not self.server.connected
+
+    @down.setter
+    def down(self, value: bool) -> None:
+        self.server.connected = not value

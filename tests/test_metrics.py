@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from costguard import BudgetExceeded, FeatureSettings, Guard, Period, Unit
+from costguard import Blocked, BudgetExceeded, FeatureSettings, Guard, Period, Unit
 from costguard.decision import Decision
 from costguard.metrics import collector, exposition, registry_for
 from costguard.stores import CounterRow, MemoryStore
 from costguard.telemetry import OTHER
-from helpers import FlakyStore, make_guard, usd_ceiling
+from costguard.testing import RecordingNotifier
+from helpers import FlakyStore, SwitchableRedis, make_guard, usd_ceiling
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -183,6 +186,82 @@ def test_the_store_url_never_reaches_a_label() -> None:
     text = exposition(registry)[0].decode()
     assert "hunter2" not in text
     assert 'store="memory"' in text
+
+
+WHOLE = {"ceiling": FEATURE.id, "period": "day", "feature": "chat", "customer": "", "scope": "feature=chat"}
+
+
+def outage_guard(redis: SwitchableRedis, spool: Path, **options: Any) -> Guard:
+    """A guard on `redis` spooling in `spool`, up to $1 admitted unreserved; the kill switch read (and
+    cached: the clock is fake) while the store answered. No leased slices: their marks are spool entries too."""
+    guard = make_guard(FEATURE, store=redis.store, leases=False, outage_allowance_usd=1.0, spool_dir=spool, **options)
+    spend(guard, "acme", 0.001, 0.001)
+    return guard
+
+
+def test_an_outage_shows_the_spooled_entries_and_the_unrecorded_usd_until_the_store_has_them(tmp_path: Path) -> None:
+    redis = SwitchableRedis()
+    guard = outage_guard(redis, tmp_path)
+    registry = registry_for(guard, cache_s=0)
+    redis.down = True
+    for cost in (0.01, 0.02, 0.03):
+        spend(guard, "acme", cost, cost)  # admitted without a reservation (on_store_error: open), spooled
+    assert not guard.flush(0.1)  # the writer tried: one more failure
+    samples = scrape(registry)
+    assert value(samples, "costguard_calls_total", feature="chat", decision="unreserved") == 3
+    assert value(samples, "costguard_spool_items") == 6  # per call, its forced reserve and its commit
+    assert value(samples, "costguard_commit_queue") == 3
+    assert value(samples, "costguard_unrecorded_usd") == pytest.approx(0.06)
+    assert value(samples, "costguard_dropped_records_total") == 0
+    # Each call's reserve (a refused connection is tried twice, and counted once) and the writer's first try.
+    assert value(samples, "costguard_store_errors_total", store="redis", kind="unavailable") == 4
+    assert value(samples, "costguard_store_up") == 0
+    (segment,) = tmp_path.glob("*.jsonl")  # on disk, where spool_dir says: one line per entry
+    assert len(segment.read_text(encoding="utf-8").splitlines()) == 6
+
+    redis.down = False
+    assert guard.flush(5.0)
+    samples = scrape(registry)
+    assert value(samples, "costguard_spool_items") == 0
+    assert value(samples, "costguard_commit_queue") == 0
+    assert value(samples, "costguard_unrecorded_usd") == 0
+    assert value(samples, "costguard_store_up") == 1
+    assert value(samples, "costguard_spent_usd", **WHOLE) == pytest.approx(0.061)  # every cost, once
+    assert value(samples, "costguard_reserved_usd", **WHOLE) == 0
+    assert value(samples, "costguard_store_errors_total", store="redis", kind="unavailable") == 4
+    guard.close()
+
+
+def test_writes_a_full_spool_has_no_room_for_are_counted_and_stay_counted(tmp_path: Path) -> None:
+    """Room for 4 writes: two admissions fit (a forced reserve and a commit each), the next two are refused."""
+    redis = SwitchableRedis()
+    notifier = RecordingNotifier()
+    guard = outage_guard(redis, tmp_path, buffer_size=4, notifier=notifier)
+    registry = registry_for(guard, cache_s=0)
+    redis.down = True
+    spend(guard, "acme", 0.01, 0.01)
+    spend(guard, "acme", 0.02, 0.02)
+    for cost in (0.03, 0.04):
+        with pytest.raises(Blocked, match=r"the outage spool could not keep the call \(full at buffer_size=4"):
+            spend(guard, "acme", cost, cost)
+    assert not guard.flush(0.1)
+    full = [e for e in notifier.events if e.kind == "store_error" and "spool is full" in (e.reason or "")]
+    assert len(full) == 1  # the event is held back for a minute; the counters count each one
+    samples = scrape(registry)
+    assert value(samples, "costguard_dropped_records_total") == 2
+    assert value(samples, "costguard_store_errors_total", store="redis", kind="spool") == 2
+    assert value(samples, "costguard_blocked_total", feature="chat", reason="store_error") == 2
+    assert value(samples, "costguard_spool_items") == 4
+    assert value(samples, "costguard_unrecorded_usd") == pytest.approx(0.03)
+
+    redis.down = False
+    assert guard.flush(5.0)
+    samples = scrape(registry)
+    assert value(samples, "costguard_dropped_records_total") == 2  # a counter: what was refused stays counted
+    assert value(samples, "costguard_spool_items") == 0
+    assert value(samples, "costguard_unrecorded_usd") == 0
+    assert value(samples, "costguard_spent_usd", **WHOLE) == pytest.approx(0.031)  # the admitted calls only
+    guard.close()
 
 
 class _ManyCustomers(MemoryStore):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,13 +15,15 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import costguard
-from costguard import BudgetExceeded, FeatureSettings, Guard, Period
+from costguard import Blocked, BudgetExceeded, FeatureSettings, Guard, Period
 from costguard.otel import EVENT, instrument
 from costguard.stores import CounterRow, MemoryStore
-from helpers import make_guard, usd_ceiling
+from costguard.testing import FakeClock
+from helpers import SwitchableRedis, make_guard, usd_ceiling
 
 FEATURE = usd_ceiling({"feature": "chat"}, day=1.0)
 PER_CUSTOMER = usd_ceiling({"feature": "chat", "customer": "*"}, day=0.05)
+WHOLE = {"ceiling": FEATURE.id, "period": "day", "feature": "chat", "customer": "", "scope": "feature=chat"}
 
 Points = dict[str, list[tuple[dict[str, Any], Any]]]
 
@@ -176,3 +179,93 @@ def test_one_collection_reads_the_store_once_for_every_gauge(reader: InMemoryMet
     ) == pytest.approx(0.01)
     assert number(found, "costguard_commit_queue") == 0
     assert store.reads == 1
+
+
+def instrumented(guard: Guard, reader: InMemoryMetricReader) -> FakeClock:
+    """`instrument(guard)` with a reader; the clock of its store reads, moved past the (at least one
+    second) cache to make the next collection read the store again."""
+    observer = instrument(guard, meter_provider=MeterProvider(metric_readers=[reader]), cache_s=0)
+    clock = FakeClock(0.0)
+    observer.snapshots.clock = clock
+    return clock
+
+
+def test_reserved_usd_is_what_is_in_flight_at_the_collection(reader: InMemoryMetricReader) -> None:
+    guard = make_guard(FEATURE)
+    clock = instrumented(guard, reader)
+    with guard.reserve("chat", estimate_usd=0.25) as r:
+        during = points(reader)
+        r.commit(0.2)
+    clock.advance(1.0)
+    after = points(reader)
+    assert number(during, "costguard_reserved_usd", **WHOLE) == pytest.approx(0.25)
+    assert number(during, "costguard_spent_usd", **WHOLE) == pytest.approx(0.25)
+    assert number(after, "costguard_reserved_usd", **WHOLE) == 0
+    assert number(after, "costguard_spent_usd", **WHOLE) == pytest.approx(0.2)
+
+
+def outage_guard(redis: SwitchableRedis, spool: Path, **options: Any) -> Guard:
+    """A guard on `redis` spooling in `spool`, up to $1 admitted unreserved; the kill switch read (and
+    cached: the clock is fake) while the store answered. No leased slices: their marks are spool entries too."""
+    guard = make_guard(FEATURE, store=redis.store, leases=False, outage_allowance_usd=1.0, spool_dir=spool, **options)
+    spend(guard, "acme", 0.001, 0.001)
+    return guard
+
+
+def test_an_outage_shows_in_store_errors_unrecorded_usd_and_spool_items(
+    reader: InMemoryMetricReader, tmp_path: Path
+) -> None:
+    redis = SwitchableRedis()
+    guard = outage_guard(redis, tmp_path)
+    clock = instrumented(guard, reader)
+    redis.down = True
+    for cost in (0.01, 0.02, 0.03):
+        spend(guard, "acme", cost, cost)  # admitted without a reservation (on_store_error: open), spooled
+    assert not guard.flush(0.1)  # the writer tried: one more failure
+    found = points(reader)
+    assert number(found, "costguard_calls", feature="chat", decision="unreserved") == 3
+    # Each call's reserve (a refused connection is tried twice, and counted once) and the writer's first try.
+    assert number(found, "costguard_store_errors", store="redis", kind="unavailable") == 4
+    assert number(found, "costguard_unrecorded_usd") == pytest.approx(0.06)
+    assert number(found, "costguard_spool_items") == 6  # per call, its forced reserve and its commit
+    assert number(found, "costguard_commit_queue") == 3
+    assert number(found, "costguard_dropped_records") == 0
+    assert number(found, "costguard_store_up") == 0
+    assert found.get("costguard_spent_usd", []) == []  # no stale numbers when the store did not answer
+
+    redis.down = False
+    assert guard.flush(5.0)
+    clock.advance(1.0)
+    found = points(reader)
+    assert number(found, "costguard_unrecorded_usd") == 0
+    assert number(found, "costguard_spool_items") == 0
+    assert number(found, "costguard_commit_queue") == 0
+    assert number(found, "costguard_store_up") == 1
+    assert number(found, "costguard_spent_usd", **WHOLE) == pytest.approx(0.061)  # every cost, once
+    assert number(found, "costguard_reserved_usd", **WHOLE) == 0
+    assert number(found, "costguard_store_errors", store="redis", kind="unavailable") == 4
+    guard.close()
+
+
+def test_a_full_spool_shows_in_dropped_records_and_spool_store_errors(
+    reader: InMemoryMetricReader, tmp_path: Path
+) -> None:
+    """Room for 4 writes: two admissions fit (a forced reserve and a commit each), the next two are refused."""
+    redis = SwitchableRedis()
+    guard = outage_guard(redis, tmp_path, buffer_size=4)
+    instrumented(guard, reader)
+    redis.down = True
+    spend(guard, "acme", 0.01, 0.01)
+    spend(guard, "acme", 0.02, 0.02)
+    for cost in (0.03, 0.04):
+        with pytest.raises(Blocked, match="the outage spool could not keep the call"):
+            spend(guard, "acme", cost, cost)
+    found = points(reader)
+    assert number(found, "costguard_dropped_records") == 2
+    assert number(found, "costguard_store_errors", store="redis", kind="spool") == 2
+    assert number(found, "costguard_blocked", feature="chat", reason="store_error") == 2
+    assert number(found, "costguard_spool_items") == 4
+    assert number(found, "costguard_unrecorded_usd") == pytest.approx(0.03)
+    redis.down = False
+    assert guard.flush(5.0)
+    guard.close()

@@ -126,10 +126,17 @@ class Outage:
                     "(on_store_error: open); the cost is spooled and recorded when it answers",
                 )
                 return Reservation(plan, decision, settings, self.settler, stored=False)
-            message = (
-                f"the costguard store can't be reached and {feature}'s outage allowance "
-                f"(${micros_to_usd(allowance):g} per process) is used up"
-            )
+            used = self.settlement.unrecorded(feature)
+            if used >= allowance or used + plan.estimate_usd > allowance:  # as `admit_unreserved` decides
+                message = (
+                    f"the costguard store can't be reached and {feature}'s outage allowance "
+                    f"(${micros_to_usd(allowance):g} per process) is used up"
+                )
+            else:  # the allowance had room: the spool could not keep the admission
+                message = (
+                    "the costguard store can't be reached and the outage spool could not keep the call "
+                    f"(full at buffer_size={self.settlement.max_items} writes, or the disk refused it)"
+                )
         else:
             message = "the costguard store can't be reached and on_store_error is 'closed'"
         if deadline is not None and deadline.unknown:
