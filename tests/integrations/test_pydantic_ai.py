@@ -18,7 +18,7 @@ from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
 import costguard
-from costguard import BudgetExceeded
+from costguard import BudgetExceeded, KillSwitchActive
 from costguard.integrations.pydantic_ai import GuardedModel
 from helpers import make_guard
 
@@ -119,4 +119,81 @@ def test_a_stream_commits_its_usage(llm: FakeLLM) -> None:
     assert len(llm.reported) == 1
     assert spent_micros(g) == price_micros(llm.reported[0])
     assert reserved_micros(g) == 0
+    g.close()
+
+
+def test_a_refused_stream_answers_with_the_fallback_as_a_stream(llm: FakeLLM) -> None:
+    probe = make_guard()
+
+    async def once(model: OpenAIChatModel) -> None:
+        await Agent(GuardedModel(model, "agent", guard=probe), model_settings=SETTINGS).run("When will it ship?")
+
+    with_model(llm, once)
+    probe.close()
+    actual = price_micros(llm.reported[0])
+    estimate = 2 * actual
+    g = make_guard(usd_cap({"feature": "agent"}, actual + estimate - 1))  # one request fits, the next doesn't
+
+    async def streamed(agent: Agent[None, str]) -> tuple[list[str], str]:
+        async with agent.run_stream("When will it ship?") as result:
+            deltas = [text async for text in result.stream_text(delta=True)]
+            return deltas, await result.get_output()
+
+    async def body(model: OpenAIChatModel) -> list[tuple[list[str], str]]:
+        guarded = GuardedModel(model, "agent", guard=g, fallback="busy", estimate=estimate / 1e6)
+        agent = Agent(guarded, model_settings=SETTINGS)
+        outcomes = [await streamed(agent), await streamed(agent)]  # admitted, then over the cap
+        g.killswitch.activate(reason="incident #123", actor="ops")
+        outcomes.append(await streamed(agent))
+        bare = Agent(GuardedModel(model, "agent", guard=g, estimate=estimate / 1e6))
+        with pytest.raises(KillSwitchActive):  # no fallback: refused as before
+            await streamed(bare)
+        return outcomes
+
+    outcomes = with_model(llm, body)
+    assert outcomes[0][1] == ANSWER
+    assert outcomes[1:] == [(["busy"], "busy")] * 2
+    assert len(llm.reported) == 2  # the probe and the one admitted stream: refused ones never reached the API
+    assert spent_micros(g) == actual  # the fallback counts nothing
+    assert reserved_micros(g) == 0
+    assert len(g.audit(decision="blocked")) == 3
+    g.close()
+
+
+def test_a_tool_calling_run_counts_both_requests_against_the_run(llm: FakeLLM) -> None:
+    g = make_guard(usd_cap({"run": "*"}, 10_000_000))
+    calls: list[str] = []
+    client = openai.AsyncOpenAI(
+        api_key="sk-test",
+        base_url=llm.base_url,
+        max_retries=0,
+        default_headers={"x-fake-tool-call": "order_status"},
+    )
+    model = OpenAIChatModel(GPT, provider=OpenAIProvider(openai_client=client))
+    agent = Agent(GuardedModel(model, "agent", guard=g), model_settings=SETTINGS)
+
+    @agent.tool_plain
+    def order_status() -> str:
+        """Where order #4417 is."""
+        calls.append("order_status")
+        return "shipped on Monday"
+
+    loop = asyncio.new_event_loop()  # run_sync runs on the current loop: this test's, closed with its client
+    asyncio.set_event_loop(loop)
+    try:
+        with costguard.context(run="r-7"):
+            result = agent.run_sync("When will my order #4417 ship?")  # the sync face, same requests
+    finally:
+        loop.run_until_complete(client.close())
+        asyncio.set_event_loop(None)
+        loop.close()
+    assert result.output == ANSWER
+    assert calls == ["order_status"]
+    assert len(llm.reported) == 2  # a tool call, then the answer
+    assert llm.requests[0]["body"]["tools"][0]["function"]["name"] == "order_status"
+    assert [m["role"] for m in llm.requests[1]["body"]["messages"]][-1] == "tool"
+    assert spent_micros(g, run="r-7") == sum(price_micros(r) for r in llm.reported)
+    assert reserved_micros(g) == 0
+    g.flush()
+    assert [r.labels.get("run") for r in g.audit(decision="commit")] == ["r-7", "r-7"]
     g.close()

@@ -12,9 +12,10 @@ with costguard.context(run="r-42", customer="acme"):
 
 Each model request reserves the prompt's tokens plus the run's `max_tokens` setting at costguard's price
 (without it, the feature's `estimate_usd`), commits the price of the response's `usage` and releases
-when the request raises; a refused request is answered with the fallback as the model's text. Every
-request of a run carries the labels of `costguard.context(...)` and `labels=`, so a `run: "*"` ceiling
-caps a whole run. `pip install "costguard-ai[pydantic-ai]"`.
+when the request raises; a refused request is answered with the fallback as the model's text (a streamed
+one, `agent.run_stream`, with a stream of that text). Every request of a run carries the labels of
+`costguard.context(...)` and `labels=`, so a `run: "*"` ceiling caps a whole run.
+`pip install "costguard-ai[pydantic-ai]"`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 try:
-    from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
+    from pydantic_ai.messages import ModelMessage, ModelResponse, ModelResponseStreamEvent, TextPart
     from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse
     from pydantic_ai.models.wrapper import WrapperModel
     from pydantic_ai.settings import ModelSettings
@@ -121,6 +123,20 @@ class GuardedModel(WrapperModel):
         micros = reservation.settler.pricing.micros(counted) if reported else None
         await arun(reservation.commit_steps(micros, counted.total_tokens if reported else None))
 
+    async def _admit(
+        self, messages: list[ModelMessage], settings: ModelSettings | None, params: ModelRequestParameters
+    ) -> Reservation | str:
+        """The request's reservation or, refused, the fallback's text (no fallback: `Blocked` is raised)."""
+        try:
+            return await self._reserve(messages, settings, params)
+        except Blocked as blocked:
+            g = self._resolve()
+            fallback = self._fallback(g)
+            if fallback is None:
+                raise
+            value = await fallback.aserve(g.calls.cache, self.feature, blocked, (messages,), {})
+        return value if isinstance(value, str) else json.dumps(value, default=str)
+
     async def request(
         self,
         messages: list[ModelMessage],
@@ -128,22 +144,15 @@ class GuardedModel(WrapperModel):
         model_request_parameters: ModelRequestParameters,
     ) -> ModelResponse:
         """One model request: reserved, sent, committed from its usage; refused, the fallback's text."""
-        try:
-            reservation = await self._reserve(messages, model_settings, model_request_parameters)
-        except Blocked as blocked:
-            g = self._resolve()
-            fallback = self._fallback(g)
-            if fallback is None:
-                raise
-            value = await fallback.aserve(g.calls.cache, self.feature, blocked, (messages,), {})
-            text = value if isinstance(value, str) else json.dumps(value, default=str)
-            return ModelResponse(parts=[TextPart(text)], model_name=self.model_name)
+        admitted = await self._admit(messages, model_settings, model_request_parameters)
+        if isinstance(admitted, str):
+            return ModelResponse(parts=[TextPart(admitted)], model_name=self.model_name)
         try:
             response = await super().request(messages, model_settings, model_request_parameters)
         except BaseException:
-            await arun(reservation.failed_steps())
+            await arun(admitted.failed_steps())
             raise
-        await self._settle(reservation, response)
+        await self._settle(admitted, response)
         return response
 
     @asynccontextmanager
@@ -154,15 +163,56 @@ class GuardedModel(WrapperModel):
         model_request_parameters: ModelRequestParameters,
         run_context: Any = None,
     ) -> AsyncIterator[StreamedResponse]:
-        """A streamed request: reserved before it opens, committed from its usage when it closes (a refused
-        one raises `Blocked`: a stream has no fallback)."""
-        reservation = await self._reserve(messages, model_settings, model_request_parameters)
+        """A streamed request: reserved before it opens, committed from its usage when it closes; refused, the
+        fallback's text as the stream."""
+        admitted = await self._admit(messages, model_settings, model_request_parameters)
+        if isinstance(admitted, str):
+            yield _Answered(model_request_parameters, admitted, self.model_name)
+            return
         try:
             async with super().request_stream(
                 messages, model_settings, model_request_parameters, run_context
             ) as stream:
                 yield stream
         except BaseException:
-            await arun(reservation.failed_steps())
+            await arun(admitted.failed_steps())
             raise
-        await self._settle(reservation, stream.get())
+        await self._settle(admitted, stream.get())
+
+
+class _Answered(StreamedResponse):
+    """A refused streamed request's answer: the fallback's text as one delta through the parts manager, as
+    pydantic-ai's `TestModel` and `FunctionModel` stream theirs. Nothing was sent: no usage."""
+
+    def __init__(self, params: ModelRequestParameters, text: str, model_name: str) -> None:
+        super().__init__(model_request_parameters=params)
+        self._text = text
+        self._model_name = model_name
+        self._timestamp = datetime.now(timezone.utc)
+
+    async def _get_event_iterator(self) -> AsyncIterator[ModelResponseStreamEvent]:
+        for event in self._parts_manager.handle_text_delta(vendor_part_id="content", content=self._text):
+            yield event
+
+    async def close_stream(self) -> None:
+        """Nothing to close."""
+
+    @property
+    def model_name(self) -> str:
+        """The wrapped model's name."""
+        return self._model_name
+
+    @property
+    def provider_name(self) -> str | None:
+        """None: no provider answered."""
+        return None
+
+    @property
+    def provider_url(self) -> str | None:
+        """None: no provider answered."""
+        return None
+
+    @property
+    def timestamp(self) -> datetime:
+        """When the answer was made."""
+        return self._timestamp
