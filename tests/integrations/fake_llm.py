@@ -1,8 +1,9 @@
 """A fake OpenAI + Anthropic HTTP API on 127.0.0.1 for the real SDKs to talk to.
 
-Speaks `/v1/chat/completions`, `/v1/responses` and `/v1/messages`, as JSON and as SSE streams (HTTP/1.1,
-chunked), with usage computed from the request the way the vendors report it. Every usage it reports is
-kept in `reported` so tests can price it independently. Request headers steer it:
+Speaks `/v1/chat/completions`, `/v1/completions` (legacy: one prompt or a list in one request),
+`/v1/responses` and `/v1/messages`, as JSON and as SSE streams (HTTP/1.1, chunked), with usage computed from
+the request the way the vendors report it. Every usage it reports is kept in `reported` so tests can price it
+independently. Request headers steer it:
 
 - `x-fake-status: 400` answers with that status and the vendor's error body;
 - `x-fake-cached: N` reports N of the input tokens as cache reads;
@@ -141,6 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         handler = {
             "/v1/chat/completions": self._chat,
+            "/v1/completions": self._completions,
             "/v1/responses": self._responses,
             "/v1/messages": self._messages,
         }.get(self.path)
@@ -240,6 +242,36 @@ class _Handler(BaseHTTPRequestHandler):
             )
             if include_usage:
                 yield None, {**chunk, "choices": [], "usage": usage}
+            yield None, "[DONE]"
+
+        self._send_stream(events())
+
+    # ------------------------------------------------------------------ OpenAI completions (legacy)
+    def _completions(self, body: dict[str, Any]) -> None:
+        model = body["model"]
+        prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+        prompt, completion = self._tokens(body, ("prompt",), ("max_tokens",))
+        choices = len(prompts) * (body.get("n") or 1)  # n choices per prompt, one list
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion * choices}
+        usage["total_tokens"] = prompt + usage["completion_tokens"]
+        base = {"id": "cmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG", "object": "text_completion", "created": 1741570283}
+        base = {**base, "model": model, "system_fingerprint": None}
+        text = "".join(REPLY_WORDS)
+        if not body.get("stream"):
+            self.server_fake.record(self.path, model, usage)
+            answers = [{"text": text, "index": i, "logprobs": None, "finish_reason": "stop"} for i in range(choices)]
+            self._send_json(200, {**base, "choices": answers, "usage": usage})
+            return
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if include_usage:
+            self.server_fake.record(self.path, model, usage)
+
+        def events() -> Iterator[tuple[str | None, dict[str, Any] | str]]:
+            for i, word in enumerate(REPLY_WORDS):
+                finish = "stop" if i == len(REPLY_WORDS) - 1 else None
+                yield None, {**base, "choices": [{"text": word, "index": 0, "logprobs": None, "finish_reason": finish}]}
+            if include_usage:
+                yield None, {**base, "choices": [], "usage": usage}
             yield None, "[DONE]"
 
         self._send_stream(events())

@@ -12,7 +12,11 @@ from costguard.model import make_match
 
 GPT = "gpt-4o-mini"
 CLAUDE = "claude-3-5-haiku-20241022"
-FLAVOR = {"/v1/chat/completions": ("openai", "chat"), "/v1/responses": ("openai", "responses")}
+FLAVOR = {
+    "/v1/chat/completions": ("openai", "chat"),
+    "/v1/completions": ("openai", "chat"),  # the same usage shape as chat completions
+    "/v1/responses": ("openai", "responses"),
+}
 
 
 def price_micros(reported: dict[str, Any], **override: int) -> int:

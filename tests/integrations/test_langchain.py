@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("langchain_core")
 langchain_openai = pytest.importorskip("langchain_openai")
 
+import httpx  # noqa: E402
 import openai  # noqa: E402
 from fake_llm import FakeLLM  # noqa: E402
 from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
@@ -336,3 +337,85 @@ def test_default_guard_and_bad_arguments(llm: FakeLLM) -> None:
         CostGuardCallback("chat", labels=["customer"])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="cached"):
         guard(chat_model(llm), "chat", fallback=costguard.fallback.cached())
+
+
+# --------------------------------------------------------------------------- completion models (on_llm_start)
+
+INSTRUCT = "gpt-3.5-turbo-instruct"
+PROMPT = f"{SYSTEM}\nCustomer: {QUESTION}\nAgent:"
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    """The sync HTTP client of completion models (unlike ChatOpenAI, each would make its own and leave it open)."""
+    with httpx.Client() as client:
+        yield client
+
+
+def completion_model(llm: FakeLLM, **extra: Any) -> Any:
+    options = {"max_tokens": 200, **extra}
+    return langchain_openai.OpenAI(model=INSTRUCT, api_key="sk-test", base_url=llm.base_url, max_retries=0, **options)
+
+
+def test_a_completion_model_commits_exactly_the_reported_usage(llm: FakeLLM, g: Guard, http: httpx.Client) -> None:
+    handler = CostGuardCallback("chat", guard=g)
+    assert completion_model(llm, http_client=http).invoke(PROMPT, config={"callbacks": [handler]}) == ANSWER
+    estimate = Pricing().estimate(INSTRUCT, prompt=PROMPT, max_output_tokens=200, provider="openai")
+    assert estimate_of(g) == estimate  # the prompt's tokens plus max_tokens, at costguard's price
+    assert spent_micros(g) == price_micros(llm.reported[0])
+
+    async def main() -> str:
+        async with httpx.AsyncClient() as client:
+            model = completion_model(llm, http_async_client=client)
+            return str(await model.ainvoke(PROMPT, config={"callbacks": [handler]}))
+
+    assert asyncio.run(main()) == ANSWER
+    assert [r["path"] for r in llm.reported] == ["/v1/completions"] * 2
+    assert spent_micros(g) == sum(price_micros(r) for r in llm.reported)
+    assert reserved_micros(g) == 0
+    tokens = [c.data["tokens"] for c in reversed(g.audit(decision="commit"))]
+    assert tokens == [r["usage"]["total_tokens"] for r in llm.reported]
+
+
+def test_a_batch_sent_as_one_request_is_counted_once(llm: FakeLLM, g: Guard, http: httpx.Client) -> None:
+    handler = CostGuardCallback("chat", guard=g)
+    prompts = [PROMPT, "Do you ship to Norway?", "Hi"]
+    assert completion_model(llm, http_client=http).batch(prompts, config={"callbacks": [handler]}) == [ANSWER] * 3
+
+    async def main() -> list[str]:
+        async with httpx.AsyncClient() as client:
+            model = completion_model(llm, http_async_client=client)
+            return list(await model.abatch(prompts, config={"callbacks": [handler]}))
+
+    assert asyncio.run(main()) == [ANSWER] * 3
+    assert len(llm.reported) == 2  # one request per batch, its usage reported on the first prompt's run
+    assert spent_micros(g) == sum(price_micros(r) for r in llm.reported)
+    assert reserved_micros(g) == 0
+    reported = sorted(r["usage"]["total_tokens"] for r in llm.reported)
+    assert sorted(c.data["tokens"] for c in g.audit(decision="commit")) == [0] * 4 + reported
+
+
+def test_a_blocked_completion_model_answers_with_the_fallback_text(llm: FakeLLM) -> None:
+    g = make_guard(usd_cap({"feature": "chat"}, 10))
+    model = guard(completion_model(llm), "chat", guard=g, fallback="busy")
+    assert model.invoke(PROMPT) == "busy"  # a string, as the model answers
+    assert list(model.stream(PROMPT)) == ["busy"]
+    assert asyncio.run(model.ainvoke(PROMPT)) == "busy"
+    g.killswitch.activate(reason="incident #123", actor="ops")
+    assert model.invoke(PROMPT) == "busy"
+    with pytest.raises(KillSwitchActive):
+        guard(completion_model(llm), "chat", guard=g).invoke(PROMPT)
+    assert llm.requests == []  # refused calls never open a connection
+    assert len(g.audit(decision="blocked")) == 5
+    g.close()
+
+
+def test_a_completion_stream_cut_after_output_began_keeps_the_estimate(
+    llm: FakeLLM, g: Guard, http: httpx.Client
+) -> None:
+    model = guard(completion_model(llm, http_client=http, default_headers={"x-fake-cut-after": "3"}), "chat", guard=g)
+    with pytest.raises(openai.APIError):
+        for _ in model.stream(PROMPT):
+            pass
+    assert spent_micros(g) == estimate_of(g)  # the call ran and may have cost up to its estimate
+    assert reserved_micros(g) == 0

@@ -12,11 +12,12 @@ model = guard(ChatOpenAI(model="gpt-4o-mini", max_tokens=300), "support_agent", 
 
 `CostGuardCallback` reserves on `on_chat_model_start` / `on_llm_start` (the prompt's tokens plus the model's
 `max_tokens` at costguard's price; without a cap, the feature's `estimate_usd`), commits the price of the
-response's usage (`AIMessage.usage_metadata`, else `llm_output["token_usage"]`) on `on_llm_end` and
-releases on `on_llm_error`; reservations are keyed by LangChain's `run_id`. A callback can't replace a
-model's answer, so `guard(model, ...)` adds the handler to the model and a fallback for `Blocked`
-(`model.with_fallbacks`): `bind_tools` keeps both, so agents get the fallback message as the model's last
-answer. `langchain-core` is imported here only: `pip install "costguard-ai[langchain]"`.
+response's usage (`AIMessage.usage_metadata`, else `llm_output["token_usage"]`; a completion model's batch
+sent as one request, on its first prompt's run) on `on_llm_end` and releases on `on_llm_error`;
+reservations are keyed by LangChain's `run_id`. A callback can't replace a model's answer, so
+`guard(model, ...)` adds the handler to the model and a fallback for `Blocked` (`model.with_fallbacks`; a
+completion model's fallback answers a string): `bind_tools` keeps both, so agents get the fallback message
+as the model's last answer. `langchain-core` is imported here only: `pip install "costguard-ai[langchain]"`.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from uuid import UUID
 
 try:
     from langchain_core.callbacks import BaseCallbackHandler
+    from langchain_core.language_models import BaseLLM
     from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-    from langchain_core.outputs import ChatGenerationChunk, LLMResult
+    from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResult
     from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
     from langchain_core.runnables.config import get_callback_manager_for_config
 except ImportError as exc:  # pragma: no cover - the extra is not installed
@@ -80,6 +82,13 @@ class _Pending:
     reservation: Reservation
     model: str | None
     provider: str | None
+    batched: bool = False  # a completion model's prompt sent in one request with others
+
+
+def _counted_elsewhere(response: LLMResult, pending: _Pending) -> bool:
+    """A completion model sends a batch's prompts in one request; LangChain reports the request's usage on
+    the first prompt's run and `{}` on the others (`LLMResult.flatten`), whose cost is counted there."""
+    return pending.batched and (response.llm_output or {}).get("token_usage") == {}
 
 
 def _count(value: Any) -> int | None:
@@ -154,10 +163,19 @@ class CostGuardCallback(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Reserve a completion model's estimate (raises `Blocked` when it doesn't fit)."""
-        self._start(run_id, parent_run_id, " ".join(prompts), kwargs.get("invocation_params") or {}, metadata or {})
+        params = kwargs.get("invocation_params") or {}
+        batched = (_count(kwargs.get("batch_size")) or 1) > 1
+        self._start(run_id, parent_run_id, " ".join(prompts), params, metadata or {}, batched=batched)
 
     def _start(
-        self, run_id: UUID, parent: UUID | None, text: str, params: Mapping[str, Any], metadata: Mapping[str, Any]
+        self,
+        run_id: UUID,
+        parent: UUID | None,
+        text: str,
+        params: Mapping[str, Any],
+        metadata: Mapping[str, Any],
+        *,
+        batched: bool = False,
     ) -> None:
         g = self.resolve()
         model = next((params[k] for k in _MODEL_KEYS if isinstance(params.get(k), str)), None)
@@ -185,7 +203,7 @@ class CostGuardCallback(BaseCallbackHandler):
                 self._blocked.setdefault(parent, []).append(blocked)
             raise
         with self._lock:
-            self._pending[run_id] = _Pending(reservation, model, provider)
+            self._pending[run_id] = _Pending(reservation, model, provider, batched)
 
     # ----------------------------------------------------------------- end: commit or release
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
@@ -194,6 +212,9 @@ class CostGuardCallback(BaseCallbackHandler):
         if pending is None:
             return
         try:
+            if _counted_elsewhere(response, pending):
+                run(pending.reservation.commit_steps(0, 0))
+                return
             usage = _usage(response, pending)
             micros = None if usage is None else pending.reservation.settler.pricing.micros(usage)
             run(pending.reservation.commit_steps(micros, None if usage is None else usage.total_tokens))
@@ -209,7 +230,7 @@ class CostGuardCallback(BaseCallbackHandler):
         # a plain ChatGeneration): the call ran, its estimate stands.
         partial = kwargs.get("response")
         began = partial is not None and any(
-            isinstance(gen, ChatGenerationChunk) for batch in partial.generations for gen in batch
+            isinstance(gen, (ChatGenerationChunk, GenerationChunk)) for batch in partial.generations for gen in batch
         )
         try:
             run(pending.reservation.commit_steps() if began else pending.reservation.failed_steps())
@@ -256,12 +277,19 @@ def _usage(response: LLMResult, pending: _Pending) -> TokenUsage | None:
     return usage_from(raw, model, pending.provider or "openai") if raw else None
 
 
-class _FallbackModel(Runnable[Any, BaseMessage]):
-    """Answers in place of a refused model call: the fallback's value as an `AIMessage`."""
+class _FallbackModel(Runnable[Any, Any]):
+    """Answers in place of a refused model call: the fallback's value as the model answers, an `AIMessage`
+    for a chat model, a string for a completion model (`text`)."""
 
-    def __init__(self, handler: CostGuardCallback, fallback: Fallback | None) -> None:
+    def __init__(self, handler: CostGuardCallback, fallback: Fallback | None, *, text: bool = False) -> None:
         self.handler = handler
         self.fallback = fallback
+        self.text = text
+
+    def _answer(self, value: Any) -> Any:
+        if self.text:
+            return value if isinstance(value, str) else json.dumps(value, default=str)
+        return _message(value)
 
     def _refusal(self, config: RunnableConfig | None) -> tuple[Blocked, Fallback]:
         parent = getattr(get_callback_manager_for_config(ensure_config(config)), "parent_run_id", None)
@@ -273,32 +301,29 @@ class _FallbackModel(Runnable[Any, BaseMessage]):
             raise blocked
         return blocked, chosen
 
-    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> BaseMessage:
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         """The fallback's answer."""
         blocked, chosen = self._refusal(config)
         with _ctx._scoped(blocked.decision, None):
             value = chosen.serve(self.handler.resolve().calls.cache, self.handler.feature, blocked, (input,), {})
-        return _message(value)
+        return self._answer(value)
 
-    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> BaseMessage:
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         """The fallback's answer (an async callable fallback is awaited)."""
         blocked, chosen = self._refusal(config)
         with _ctx._scoped(blocked.decision, None):
             value = await chosen.aserve(self.handler.resolve().calls.cache, self.handler.feature, blocked, (input,), {})
-        return _message(value)
+        return self._answer(value)
 
-    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[BaseMessage]:
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
         """The fallback's answer as one chunk."""
-        yield _chunk(self.invoke(input, config))
+        answer = self.invoke(input, config)
+        yield answer if self.text else _chunk(answer)
 
-    async def astream(
-        self,
-        input: Any,
-        config: RunnableConfig | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[BaseMessage]:
+    async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[Any]:
         """The fallback's answer as one chunk."""
-        yield _chunk(await self.ainvoke(input, config))
+        answer = await self.ainvoke(input, config)
+        yield answer if self.text else _chunk(answer)
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> _FallbackModel:
         """The fallback answers without tools: itself."""
@@ -325,8 +350,8 @@ def guard(
     estimate: float | Decimal | None = None,
 ) -> Runnable[Any, Any]:
     """`model` (a LangChain chat model or LLM) guarded as `feature`: a `CostGuardCallback` on the model and,
-    when a call is refused, `fallback`'s value as the model's answer (an `AIMessage`; a callable gets the
-    model's input). Unset, the feature's configured fallback; with neither, `Blocked` is raised.
+    when a call is refused, `fallback`'s value as the model's answer (an `AIMessage`, a string for an LLM; a
+    callable gets the model's input). Unset, the feature's configured fallback; with neither, `Blocked` is raised.
     `bind_tools` keeps the guard, so the result goes into chains and tool-calling agents as the model did.
     """
     chosen = as_fallback(fallback)
@@ -343,4 +368,5 @@ def guard(
         callbacks = existing.copy()
         callbacks.add_handler(handler, inherit=False)
     guarded = model.model_copy(update={"callbacks": callbacks})
-    return guarded.with_fallbacks([_FallbackModel(handler, chosen)], exceptions_to_handle=(Blocked,))  # type: ignore[no-any-return]
+    answer = _FallbackModel(handler, chosen, text=isinstance(model, BaseLLM))
+    return guarded.with_fallbacks([answer], exceptions_to_handle=(Blocked,))  # type: ignore[no-any-return]
