@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 from pathlib import Path
 from types import ModuleType
@@ -28,6 +29,10 @@ def test_each_run_has_its_own_budget_and_ends_on_the_fallback(monkeypatch: pytes
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     module = load_example()
     guard = costguard.Guard.from_yaml(HERE / "costguard.yaml")
+    # `run_sync` runs on the thread's event loop: the test's own, closed after it (one left open is
+    # collected in some later test, whose run then fails on its unclosed sockets).
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     try:
         answers = module.main(guard)
         assert set(answers) == {"r-1", "r-2"}
@@ -41,3 +46,5 @@ def test_each_run_has_its_own_budget_and_ends_on_the_fallback(monkeypatch: pytes
         assert len(guard.audit(decision="blocked")) == 2
     finally:
         guard.close()
+        asyncio.set_event_loop(None)
+        loop.close()

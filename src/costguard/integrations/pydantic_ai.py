@@ -21,7 +21,7 @@ one, `agent.run_stream`, with a stream of that text). Every request of a run car
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -191,7 +191,10 @@ class _Answered(StreamedResponse):
         self._timestamp = datetime.now(timezone.utc)
 
     async def _get_event_iterator(self) -> AsyncIterator[ModelResponseStreamEvent]:
-        for event in self._parts_manager.handle_text_delta(vendor_part_id="content", content=self._text):
+        events: Any = self._parts_manager.handle_text_delta(vendor_part_id="content", content=self._text)
+        if not isinstance(events, Iterator):  # pydantic-ai before ~1.60: one event, or None
+            events = () if events is None else (events,)
+        for event in events:
             yield event
 
     async def close_stream(self) -> None:
