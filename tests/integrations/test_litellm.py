@@ -152,6 +152,21 @@ def test_async_and_streams(llm: FakeLLM, g: Guard) -> None:
     assert reserved_micros(g) == 0
 
 
+def test_an_async_stream_closed_with_aclose_is_settled_at_once(llm: FakeLLM, g: Guard) -> None:
+    """`aclose()` (LiteLLM's and async generators' name) settles like `close()`: nothing stays reserved."""
+    guarded = cg_litellm.guard("chat", guard=g)
+
+    async def main() -> None:
+        astream = await aask(guarded, llm, stream=True)
+        await astream.__anext__()  # output began
+        assert reserved_micros(g) > 0
+        await astream.aclose()
+        assert reserved_micros(g) == 0
+        assert spent_micros(g) > 0  # settled from what was streamed
+
+    asyncio.run(main())
+
+
 def test_a_cap_admits_exactly_what_fits_then_the_fallback(llm: FakeLLM) -> None:
     probe = make_guard()
     ask(cg_litellm.guard("chat", guard=probe), llm)

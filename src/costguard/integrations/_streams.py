@@ -247,6 +247,17 @@ class AsyncGuardedStream(_Base):
         finally:
             await self._meter.asettle()
 
+    async def aclose(self) -> None:
+        """`close` under the name async generators and LiteLLM's streams use (it would otherwise reach the
+        SDK stream itself, closing it without settling)."""
+        closer = getattr(self._stream, "aclose", None)
+        try:
+            result = closer() if closer is not None else self._stream.close()
+            if inspect.isawaitable(result):
+                await result
+        finally:
+            await self._meter.asettle()
+
     async def __aenter__(self) -> AsyncGuardedStream:
         return self
 
