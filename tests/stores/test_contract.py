@@ -851,3 +851,23 @@ def test_a_sql_store_sums_a_scopes_commits_from_its_audit_log(store: Store) -> N
         "f tokens": 23,
         "nobody": 0,
     }
+
+
+def test_the_memory_store_keeps_only_the_newest_settled_reservations() -> None:
+    """In process no reply is lost, so a settled reservation is kept only for a commit asked again soon
+    after: the newest `max_settled` of them. Open ones are never dropped; the totals never change."""
+    store = MemoryStore(max_settled=3)
+    held = plan([FEATURE])
+    assert store.reserve(held, None).allowed
+    plans = [plan([FEATURE]) for _ in range(5)]
+    for p in plans:
+        assert store.reserve(p, None).allowed
+        assert store.settle(p.reservation_id, {Unit.USD: 4_000}, NOW, None).applied
+    store.settle("never-seen", None, NOW, None)  # a release's tombstone is one of them too
+    kept = set(store._reservations)
+    assert kept == {held.reservation_id, plans[3].reservation_id, plans[4].reservation_id, "never-seen"}
+    assert not store.settle(plans[4].reservation_id, {Unit.USD: 9_000}, NOW, None).applied  # asked again
+    key = held.counters[0].key
+    assert store.totals([key]) == [10_000 + 5 * 4_000]
+    assert store.settle(held.reservation_id, None, NOW, None).applied  # the open one: still there
+    assert store.totals([key]) == [5 * 4_000]

@@ -57,16 +57,21 @@ class _Reservation:
 
 
 class MemoryStore(Store):
-    """In-process store; `max_audit` bounds the audit log kept in memory."""
+    """In-process store; `max_audit` bounds the audit log kept in memory, `max_settled` the settled
+    reservations kept so that a commit asked again stays a no-op (the newest; a remote store keeps them a
+    day, for a retry after a lost reply — in process no reply is lost, and a day of a busy process's
+    calls would be millions of objects for the collector to walk)."""
 
     remote = False
     leases = False
 
-    def __init__(self, url: str = "memory://", *, max_audit: int = 100_000) -> None:
+    def __init__(self, url: str = "memory://", *, max_audit: int = 100_000, max_settled: int = 10_000) -> None:
         self.url = url
         self._lock = threading.Lock()
         self._counters: dict[str, _Counter] = {}
         self._reservations: dict[str, _Reservation] = {}
+        self._settled: deque[str] = deque()  # settled reservation ids, oldest first
+        self._max_settled = max_settled
         self._killswitches: dict[str, KillSwitchState] = {}
         self._overrides: dict[tuple[str, Period, Unit], LimitOverride] = {}
         self._keys: dict[str, RunKeyState] = {}
@@ -157,10 +162,12 @@ class MemoryStore(Store):
                 # A release of a reserve whose outcome was never known: a tombstone, so that reserve
                 # arriving late changes nothing.
                 self._reservations[reservation_id] = _Reservation((), settled=True, at=at)
+                self._keep_settled(reservation_id)
             if reservation is None or reservation.settled:
                 return CommitOutcome(applied=False)
             reservation.settled = True
             reservation.at = at
+            self._keep_settled(reservation_id)
             totals: list[int] = []
             crossings: list[Crossing] = []
             held = reservation.held or [self._counter(op) for op in reservation.counters]
@@ -182,6 +189,16 @@ class MemoryStore(Store):
                     crossings.extend(claim_crossings(op, total, counter.fired))
             self._append(record)
             return CommitOutcome(True, reservation.counters, tuple(totals), tuple(crossings))
+
+    def _keep_settled(self, reservation_id: str) -> None:
+        """Remember a settled reservation among the newest `max_settled` (under the lock)."""
+        settled = self._settled
+        settled.append(reservation_id)
+        while len(settled) > self._max_settled:
+            oldest = settled.popleft()
+            kept = self._reservations.get(oldest)
+            if kept is not None and kept.settled:  # (purged already, or asked again: nothing to drop)
+                del self._reservations[oldest]
 
     def start_counter(self, op: CounterOp, committed: int, at: float) -> bool:
         with self._lock:
