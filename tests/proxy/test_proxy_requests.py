@@ -135,6 +135,21 @@ def test_headers_for_this_hop_or_the_vendor_account_are_not_the_agents_to_send()
         assert sent["authorization"] == f"Bearer {VENDOR_KEY}"
 
 
+def test_the_vendor_account_and_key_are_the_proxys_however_the_agent_spells_them() -> None:
+    """Servers behind a vendor's edge may read `_` as `-` (CGI, WSGI's environ): `OpenAI_Organization` would
+    choose the account the proxy's key bills, as `OpenAI-Organization` would."""
+    options = {"openai": {"headers": {"OpenAI-Organization": "org-proxy"}}}
+    with proxy_stack(upstream_options=options) as (guard, url, fake):
+        key = RunKeys(guard).issue({"run": "r-u"}, {"total_usd": 1}).key
+        body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 10}
+        spelled = {"OpenAI_Organization": "org-agent", "OpenAI_Project": "proj-agent", "X_Api_Key": key}
+        assert _post(url, key, "/openai/v1/chat/completions", body, **spelled).status_code == 200
+        sent = {k.lower().replace("_", "-"): v for k, v in fake.requests[-1]["headers"].items()}
+        assert "openai-project" not in sent and "x-api-key" not in sent
+        assert sent["openai-organization"] == "org-proxy" and sent["authorization"] == f"Bearer {VENDOR_KEY}"
+        assert all(s not in json.dumps(fake.requests[-1]["headers"]) for s in (key, "org-agent", "proj-agent"))
+
+
 @pytest.mark.parametrize(
     ("auth", "header", "value"),
     [
@@ -186,6 +201,93 @@ def test_an_upstream_answers_hop_by_hop_headers_the_agent_never_sees() -> None:
             guard.close()
     assert answer.status_code == 200 and answer.headers["x-request-id"] == "req-1"
     assert "x-upstream-hop" not in answer.headers
+
+
+def _recording_vendor(answer_headers: list[tuple[bytes, bytes]], received: list[list[tuple[bytes, bytes]]]) -> Any:
+    """An OpenAI-like upstream that keeps the headers of each request (every line, as sent) and answers
+    with `answer_headers`."""
+
+    async def vendor(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        received.append(list(scope["headers"]))
+        while (await receive()).get("more_body"):
+            pass
+        usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+        body = json.dumps({"model": "gpt-4o-mini", "usage": usage}).encode()
+        headers = [(b"content-type", b"application/json"), *answer_headers]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return vendor
+
+
+def _through_proxy(vendor: Any, headers: list[tuple[str, str]]) -> tuple[httpx.Response, str]:
+    """One chat completion through a proxy in front of `vendor`, sent with `headers` (every line, in order)
+    besides the run key; the answer and the key."""
+    with serve(vendor) as vendor_url:
+        upstream = {"kind": "openai", "url": vendor_url, "api_key": VENDOR_KEY}
+        config = parse_config({"store": "memory://", "spool_dir": False, "proxy": {"upstreams": {"openai": upstream}}})
+        guard = config.build()
+        key = RunKeys(guard).issue({"run": "r-hop"}, {"total_usd": 1}).key
+        try:
+            with serve(ProxyApp(guard, config.proxy)) as url:
+                body = json.dumps({"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 1})
+                sent = [("authorization", f"Bearer {key}"), ("content-type", "application/json"), *headers]
+                answer = httpx.post(f"{url}/openai/v1/chat/completions", content=body, headers=sent)
+        finally:
+            guard.close()
+    return answer, key
+
+
+def test_no_hop_by_hop_header_is_forwarded_to_the_upstream() -> None:
+    """RFC 9110 §7.6.1's hop-by-hop headers, and every header any `Connection` line names (not only the
+    last line's), are for the agent's hop only; so are the agent's keys."""
+    received: list[list[tuple[bytes, bytes]]] = []
+    hop = [
+        ("connection", "keep-alive, x-first"),
+        ("connection", "x-second"),
+        ("x-first", "1"),
+        ("x-second", "2"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("te", "trailers"),
+        ("trailer", "x-checksum"),
+        ("proxy-authorization", "Basic cHJveHk6cHc="),
+        ("proxy-authenticate", "Basic"),
+        ("x-trace", "kept"),
+    ]
+    answer, key = _through_proxy(_recording_vendor([], received), [*hop, ("x-api-key", "their-own")])
+    assert answer.status_code == 200, answer.text
+    (sent,) = received
+    names = [name.decode() for name, _ in sent]
+    for name, _ in hop[:-1]:
+        assert name == "connection" or name not in names
+    assert [v for k, v in sent if k == b"connection"] == [b"keep-alive"]  # the proxy's own, for its own hop
+    assert "x-api-key" not in names and names.count("x-trace") == 1
+    assert dict(sent)[b"authorization"] == f"Bearer {VENDOR_KEY}".encode()
+    assert not any(key.encode() in value or b"their-own" in value for _, value in sent)
+
+
+def test_no_hop_by_hop_header_of_the_upstreams_answer_reaches_the_agent() -> None:
+    hop = [
+        (b"connection", b"keep-alive, x-first"),
+        (b"connection", b"x-second"),
+        (b"x-first", b"1"),
+        (b"x-second", b"2"),
+        (b"proxy-connection", b"keep-alive"),
+        (b"te", b"trailers"),
+        (b"trailer", b"x-checksum"),
+        (b"upgrade", b"h2c"),
+        (b"proxy-authenticate", b"Basic"),
+        (b"proxy-authorization", b"Basic cHJveHk6cHc="),
+    ]
+    answer, _key = _through_proxy(_recording_vendor([*hop, (b"x-request-id", b"req-2")], []), [])
+    assert answer.status_code == 200 and answer.headers["x-request-id"] == "req-2"
+    for name, _ in hop:
+        if name != b"connection":  # uvicorn's own (keep-alive) is the agent's hop's
+            assert name.decode() not in answer.headers
+    assert answer.headers.get_list("connection") in ([], ["keep-alive"])
 
 
 def test_a_large_body_is_priced_like_a_small_one() -> None:

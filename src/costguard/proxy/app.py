@@ -23,7 +23,7 @@ from costguard.guard import Guard
 from costguard.integrations._streams import Meter
 from costguard.proxy.pricing import BadRequest, Estimate, actual_cost, endpoint_for, prepare
 from costguard.proxy.replies import Send, blocked, invalid_key, presented_key, refusal, send_reply
-from costguard.proxy.requests import MAX_BODY, hop_by_hop, path_problem, read_body
+from costguard.proxy.requests import MAX_BODY, header_key, hop_by_hop, path_problem, read_body
 from costguard.proxy.sse import EventSplitter
 from costguard.proxy.upstream import UpstreamClient, UpstreamPool, UpstreamResponse
 from costguard.reservation import Reservation
@@ -39,21 +39,15 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 
-# Request headers never forwarded: the agent's key (the proxy puts the vendor's in), hop-by-hop ones,
-# and what httpx sets itself.
+# Request headers never forwarded besides the hop-by-hop ones: the agent's key (the proxy puts the vendor's
+# in), what the upstream client sets itself, and which account the vendor key bills.
 _DROP_REQUEST = frozenset(
     {
         "host",
         "authorization",
         "x-api-key",
         "content-length",
-        "connection",
-        "transfer-encoding",
         "accept-encoding",
-        "keep-alive",
-        "te",
-        "upgrade",
-        "proxy-authorization",
         "cookie",
         # Which organization or project the proxy's vendor key bills is the proxy's choice (`headers:`).
         "openai-organization",
@@ -61,7 +55,7 @@ _DROP_REQUEST = frozenset(
     }
 )
 _PARSE_INLINE = 64 * 1024  # bodies past this are parsed and priced in a worker thread
-_DROP_RESPONSE = frozenset({"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"})
+_DROP_RESPONSE = frozenset({"content-length", "content-encoding"})
 
 
 class ProxyApp:
@@ -247,16 +241,12 @@ class ProxyApp:
         fixed = [(k.lower().encode("latin-1"), v.get_secret_value().encode()) for k, v in upstream.headers.items()]
         if auth is not None:
             fixed.append(auth)
-        skip = _DROP_REQUEST | hop_by_hop(headers.get("connection")) | {k.decode("latin-1") for k, _ in fixed}
+        skip = _DROP_REQUEST | hop_by_hop(scope["headers"]) | {header_key(k) for k, _ in fixed}
         out: list[tuple[bytes, bytes]] = []
         for raw_name, raw_value in scope["headers"]:  # the bytes the agent sent (UTF-8 values included)
             name = raw_name.decode("latin-1").lower()
-            if (
-                name in headers
-                and name not in _DROP_REQUEST
-                and name not in skip
-                and not name.startswith("x-costguard")
-            ):
+            plain = header_key(name)
+            if name in headers and plain not in skip and not plain.startswith("x-costguard"):
                 out.append((name.encode("latin-1"), raw_value))
         out.append((b"accept-encoding", b"identity"))
         out += fixed
@@ -288,9 +278,9 @@ class ProxyApp:
             await send_reply(send, Reply(502, body, ()))
             return
         try:
-            dropped = _DROP_RESPONSE | hop_by_hop(response.headers.get("connection"))
+            dropped = _DROP_RESPONSE | hop_by_hop(response.headers.raw)
             kept = [  # the bytes the upstream sent (a decoded value may not encode back)
-                (k.lower(), v) for k, v in response.headers.raw if k.lower().decode("latin-1") not in dropped
+                (k.lower(), v) for k, v in response.headers.raw if header_key(k) not in dropped
             ]
             is_stream = response.headers.get("content-type", "").startswith("text/event-stream")
             if response.status_code >= 400 or not (streamed and is_stream):

@@ -1,19 +1,28 @@
 """What a proxied request may be: its path (forwarded exactly as written, never out of the upstream's
-URL) and its body (read whole, up to `MAX_BODY`)."""
+URL), its body (read whole, up to `MAX_BODY`) and which headers belong to this hop only."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 import httpx
 
 from costguard._config.proxy import UpstreamConfig
 
-__all__ = ["MAX_BODY", "DuplicateKey", "hop_by_hop", "parse_json", "path_problem", "read_body"]
+__all__ = [
+    "HOP_BY_HOP",
+    "MAX_BODY",
+    "DuplicateKey",
+    "header_key",
+    "hop_by_hop",
+    "parse_json",
+    "path_problem",
+    "read_body",
+]
 
 MAX_BODY = 32 * 1024 * 1024
 
@@ -46,11 +55,39 @@ def parse_json(raw: bytes) -> Any:
         return None
 
 
-def hop_by_hop(connection: str | None) -> frozenset[str]:
-    """The header names a `Connection` header lists: meant for this hop only, never forwarded."""
-    if not connection:
-        return frozenset()
-    return frozenset(part.strip().lower() for part in connection.split(",") if part.strip())
+# Meant for one connection, never forwarded either way: RFC 9110 §7.6.1's list and RFC 2616 §13.5.1's
+# (`Proxy-Authenticate`, `Proxy-Authorization`, `Trailer`).
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "trailer",
+    }
+)
+
+
+def header_key(name: bytes | str) -> str:
+    """A header's name as the proxy compares it: lower case, `_` read as `-` (CGI and WSGI servers, and
+    some frameworks behind a vendor's edge, take `OpenAI_Organization` for `OpenAI-Organization`)."""
+    text = name.decode("latin-1") if isinstance(name, bytes) else name
+    return text.strip().lower().replace("_", "-")
+
+
+def hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[str]:
+    """The names (as `header_key`s) of `headers` meant for this hop only, never forwarded: RFC 9110's, and
+    every name any `Connection` line lists (a client or server may send several lines: each counts)."""
+    named = set(HOP_BY_HOP)
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named.update(header_key(part) for part in value.decode("latin-1").split(","))
+    named.discard("")
+    return frozenset(named)
 
 
 def path_problem(upstream: UpstreamConfig, rest: str) -> str | None:
