@@ -272,3 +272,17 @@ def test_a_minted_key_cannot_raise_a_ceiling_its_operator_could_not(config: Path
     with Guard.from_yaml(config) as guard:
         assert guard.store.control().keys == ()
         assert guard.current_limit({"customer": "acme"}, "month") == 20.0
+
+
+def test_a_minted_key_may_name_only_the_proxys_upstreams(config: Path) -> None:
+    """Run with the proxy's config, the tool refuses an upstream the proxy doesn't have (a typo would make
+    a key every request of which gets 403), naming the ones it has; nothing is written."""
+    proxy = "proxy: {upstreams: {openai: {kind: openai, url: 'http://127.0.0.1:9', api_key: k}}}\n"
+    config.write_text(config.read_text(encoding="utf-8") + proxy, encoding="utf-8")
+
+    async def body(client: Any) -> Any:
+        return await client.call_tool("costguard_key_issue", {"labels": {"run": "sub-3"}, "upstreams": ["opnai"]})
+
+    assert "'opnai' is not one of the proxy's upstreams (openai)" in error_text(with_server(config, OPERATOR, body))
+    with Guard.from_yaml(config) as guard:
+        assert guard.store.control().keys == ()

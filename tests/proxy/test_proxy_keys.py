@@ -130,7 +130,9 @@ def test_a_key_may_name_only_the_proxys_upstreams(tmp_path: Path) -> None:
         admin = TestClient(app(guard, admin=guard.admin))
         op = {"authorization": f"Bearer {OPERATOR_TOKEN}"}
         typo = admin.post("/v1/keys", json={"labels": {"run": "r-t"}, "upstreams": ["anthropc"]}, headers=op)
-        assert typo.status_code == 422 and "anthropc" in typo.json()["message"]
+        assert typo.status_code == 422 and typo.json()["message"] == (
+            "upstreams: 'anthropc' is not one of the proxy's upstreams (openai, anthropic, stripe, twilio)"
+        )
         assert RunKeys(guard).list() == [] and guard.current_limit({"run": "r-t"}, "total") is None
         assert RunKeys(guard).issue({"run": "r-t"}, upstreams=["openai", "stripe"]).state.upstreams == (
             "openai",
@@ -143,6 +145,29 @@ def test_a_key_may_name_only_the_proxys_upstreams(tmp_path: Path) -> None:
     )
     out = CliRunner().invoke(main, ["keys", "issue", "--config", str(config), "--labels", "run=r", "--upstream", "x"])
     assert out.exit_code == 1 and "'x' is not one of the proxy's upstreams (openai)" in out.output
+
+
+def test_a_key_bound_to_upstreams_this_proxy_lacks_is_refused_saying_so(tmp_path: Path) -> None:
+    """Issued where the config has no `proxy:` section (or another one), a key may name upstreams this
+    proxy doesn't have: it checks them at use, and its 403 says which."""
+    from costguard.config import parse_config
+    from costguard.runkeys import RunKeys
+
+    store = f"sqlite:///{tmp_path / 'cg.db'}"
+    with parse_config({"store": store, "spool_dir": False}).build() as issuer:
+        issued = RunKeys(issuer).issue({"run": "r-o"}, {"total_usd": 1}, upstreams=["opnai", "anthropic"])
+    with proxy_stack(store=store) as (guard, url, fake):
+        with pytest.raises(openai.PermissionDeniedError) as caught:
+            call(url, issued.key)
+        body = caught.value.response.json()
+        assert body["code"] == "upstream_not_allowed"
+        assert body["message"] == (
+            "this run key may not use 'openai': it may use opnai, anthropic; this proxy has no upstream 'opnai'"
+        )
+        assert fake.requests == []
+        guard.flush()
+        (refused,) = guard.audit(decision="blocked")
+        assert refused.data["reason"] == "upstream_not_allowed" and refused.data["key_id"] == issued.id
 
 
 def test_keys_that_stopped_working_are_purged_with_their_caps(tmp_path: Path) -> None:

@@ -173,7 +173,11 @@ class ProxyApp:
             await send_reply(send, refusal(status, code, message))
 
         if key.upstreams and name not in key.upstreams:
-            await refuse(403, "upstream_not_allowed", f"this run key may not use {name!r}")
+            message = f"this run key may not use {name!r}: it may use {', '.join(key.upstreams)}"
+            unknown = [u for u in key.upstreams if u not in self.upstreams]
+            if unknown:  # issued where the config had no `proxy:` section, or with another one
+                message += f"; this proxy has no upstream {', '.join(map(repr, unknown))}"
+            await refuse(403, "upstream_not_allowed", message)
             return
         raw = await read_body(receive)
         if raw is None:
