@@ -290,6 +290,19 @@ def test_no_hop_by_hop_header_of_the_upstreams_answer_reaches_the_agent() -> Non
     assert answer.headers.get_list("connection") in ([], ["keep-alive"])
 
 
+def test_the_vendor_account_and_its_cookies_stay_behind_the_proxy() -> None:
+    """The account the proxy's key bills, and the vendor's cookies, are not the agent's to see."""
+    account = [
+        (b"openai-organization", b"org-proxy-owner"),
+        (b"openai-project", b"proj_123"),
+        (b"anthropic-organization-id", b"6c9f0f3e-0000-4000-8000-000000000000"),
+        (b"set-cookie", b"__cf_bm=abc; path=/; HttpOnly"),
+    ]
+    answer, _key = _through_proxy(_recording_vendor([*account, (b"x-request-id", b"req-3")], []), [])
+    assert answer.status_code == 200 and answer.headers["x-request-id"] == "req-3"
+    assert [name for name, _ in account if name.decode() in answer.headers] == []
+
+
 def test_a_large_body_is_priced_like_a_small_one() -> None:
     """Bodies past 64 KiB are parsed and counted in a worker thread, with the same result."""
     with proxy_stack() as (guard, url, fake):

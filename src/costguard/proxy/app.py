@@ -55,7 +55,19 @@ _DROP_REQUEST = frozenset(
     }
 )
 _PARSE_INLINE = 64 * 1024  # bodies past this are parsed and priced in a worker thread
-_DROP_RESPONSE = frozenset({"content-length", "content-encoding"})
+# Answer headers never passed on besides the hop-by-hop ones: what uvicorn sets itself, the vendor
+# account behind the proxy's key (an agent holds a run key, not the account), and the vendor's cookies
+# (the agent's are never sent, so none of them is the agent's).
+_DROP_RESPONSE = frozenset(
+    {
+        "content-length",
+        "content-encoding",
+        "openai-organization",
+        "openai-project",
+        "anthropic-organization-id",
+        "set-cookie",
+    }
+)
 
 
 class ProxyApp:
