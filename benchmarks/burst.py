@@ -4,7 +4,12 @@ every core (and `--hogs N` more). Prints the calls that ran, the refusals by rea
 call's latency — p50, p99 and max — which is what the store deadline (2 s) sees: a call past it
 follows `on_store_error`, so the max is the margin the cap's exactness has under this load.
 
-    .venv/bin/python benchmarks/burst.py [--store URL] [--hogs 0] [--rounds 3]
+    .venv/bin/python benchmarks/burst.py [--store URL] [--hogs 0] [--rounds 3] [--deadline-ms 2000]
+
+`--deadline-ms` sets the guards' `store_deadline_ms`: a short one plays a machine too slow for the
+default, where calls miss the deadline and the overload-or-outage question decides them. "recorded" is
+what the cap holds once every process has closed and what they left is written: $10.00 exactly when
+1 000 calls fit, never more.
 
 The store defaults to `COSTGUARD_BENCH_POSTGRES_URL` (else the test URL; skipped without either); each
 round gets a fresh table prefix (PostgreSQL), namespace (Redis) or file (SQLite). Compare checkouts
@@ -28,12 +33,17 @@ SPAWN = multiprocessing.get_context("spawn")
 PROCESSES, THREADS, ATTEMPTS, CAP = 8, 32, 12, 10_000_000
 
 
-def _worker(url: str, start: Any, results: Any) -> None:
-    from costguard import Blocked, Ceiling, Guard, Limit, Period, Priced, Unit
+def _ceiling() -> Any:
+    from costguard import Ceiling, Limit, Period, Unit
     from costguard.model import make_match
 
-    ceiling = Ceiling(make_match({"feature": "race"}), (Limit(Period.MONTH, Unit.USD, CAP),))
-    guard = Guard(url, ceilings=[ceiling])
+    return Ceiling(make_match({"feature": "race"}), (Limit(Period.MONTH, Unit.USD, CAP),))
+
+
+def _worker(url: str, deadline_ms: float, start: Any, results: Any) -> None:
+    from costguard import Blocked, Guard, Priced
+
+    guard = Guard(url, ceilings=[_ceiling()], store_deadline_ms=deadline_ms)
 
     @guard.with_kill_switch("race", estimate=0.01)
     def paid_call() -> Priced[str]:
@@ -86,14 +96,27 @@ def _fresh(url: str) -> str:
     return f"{url}{sep}{'namespace' if url.startswith('redis') else 'prefix'}=burst{tag}_"
 
 
-def one_round(url: str, hogs: int) -> tuple[int, dict[str, int], list[float]]:
+def recorded(url: str) -> float:
+    """The cap's spend once what the processes left (spooled costs, releases) is written."""
+    from costguard import Guard
+
+    guard = Guard(url, ceilings=[_ceiling()], leases=False)
+    try:
+        guard.flush(30.0)
+        (row,) = guard.status(feature="race").ceilings
+        return row.spent
+    finally:
+        guard.close()
+
+
+def one_round(url: str, hogs: int, deadline_ms: float) -> tuple[int, dict[str, int], list[float]]:
     stop = SPAWN.Event()
     hog_procs = [SPAWN.Process(target=_hog, args=(stop,), daemon=True) for _ in range(hogs)]
     for process in hog_procs:
         process.start()
     start = SPAWN.Barrier(PROCESSES)
     results = SPAWN.Queue()
-    procs = [SPAWN.Process(target=_worker, args=(url, start, results)) for _ in range(PROCESSES)]
+    procs = [SPAWN.Process(target=_worker, args=(url, deadline_ms, start, results)) for _ in range(PROCESSES)]
     try:
         for process in procs:
             process.start()
@@ -125,18 +148,24 @@ def main() -> None:
     parser.add_argument("--store", default=default)
     parser.add_argument("--hogs", type=int, default=0, help="CPU hogs beyond one per core")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--deadline-ms", type=float, default=2000.0, help="the guards' store_deadline_ms")
     args = parser.parse_args()
     if not args.store:
         print("burst: skipped (no URL: give --store, or set COSTGUARD_BENCH_POSTGRES_URL)")
         return
     hogs = (os.cpu_count() or 2) + args.hogs
-    print(f"8 x 32 threads, $10.00 cap at $0.01, {hogs} CPU hogs")
-    print(f"{'round':>5} {'ran':>5} {'refused':<28} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}")
+    print(f"8 x 32 threads, $10.00 cap at $0.01, {hogs} CPU hogs, store_deadline_ms {args.deadline_ms:g}")
+    print(f"{'round':>5} {'ran':>5} {'refused':<50} {'recorded':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}")
     for index in range(args.rounds):
-        ran, refused, lat = one_round(_fresh(args.store), hogs)
+        url = _fresh(args.store)
+        ran, refused, lat = one_round(url, hogs, args.deadline_ms)
+        spent = recorded(url)
         p50, p99 = lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
         shown = ", ".join(f"{k} {v}" for k, v in sorted(refused.items()))
-        print(f"{index + 1:>5} {ran:>5} {shown:<28} {p50 * 1000:>7.0f} {p99 * 1000:>7.0f} {lat[-1] * 1000:>7.0f}")
+        print(
+            f"{index + 1:>5} {ran:>5} {shown:<50} {spent:>8.2f} {p50 * 1000:>7.0f} {p99 * 1000:>7.0f} "
+            f"{lat[-1] * 1000:>7.0f}"
+        )
 
 
 if __name__ == "__main__":
