@@ -145,7 +145,7 @@ class Sessions:
         pooled driver connection itself (a hot feature's calls are mostly this; SQLAlchemy's execution
         layer would cost more client CPU than the server spends on the call).
 
-        Its wait for a row lock ends with three quarters of the attempt's time (`lock_timeout` for the
+        Its wait for a row lock ends with nine tenths of the attempt's time (`lock_timeout` for the
         statement alone): on a hot row the server itself answers "lock timeout" — nothing applied, the
         connection kept, the store evidently alive — before the watchdog would have to cut the
         connection, which leaves the outcome unknown and costs the overloaded server a new session."""
@@ -168,7 +168,7 @@ class Sessions:
                 with watch(driver.pgconn.socket, attempt_s() + 0.05) as watched:
                     driver.autocommit = True
                     try:
-                        lock_ms = str(max(1, int(attempt_s() * 750)))
+                        lock_ms = str(max(1, int(attempt_s() * 900)))
                         row = driver.execute(sql, (lock_ms, doc), prepare=True).fetchone()
                     finally:
                         if not driver.closed and not driver.broken:
