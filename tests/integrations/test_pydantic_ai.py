@@ -63,7 +63,9 @@ def test_each_request_commits_exactly_the_reported_usage(llm: FakeLLM) -> None:
     g.close()
 
 
-def test_a_run_cap_admits_exactly_what_fits_then_the_fallback(llm: FakeLLM) -> None:
+def one_request_price(llm: FakeLLM) -> int:
+    """What one request of the agent costs at the fake API's reported usage (micro-dollars), on a guard of
+    its own."""
     probe = make_guard()
 
     async def once(model: OpenAIChatModel) -> None:
@@ -71,7 +73,11 @@ def test_a_run_cap_admits_exactly_what_fits_then_the_fallback(llm: FakeLLM) -> N
 
     with_model(llm, once)
     probe.close()
-    actual = price_micros(llm.reported[0])
+    return price_micros(llm.reported[0])
+
+
+def test_a_run_cap_admits_exactly_what_fits_then_the_fallback(llm: FakeLLM) -> None:
+    actual = one_request_price(llm)
     estimate = 2 * actual  # the fake's answers cost less than this
     g = make_guard(usd_cap({"run": "*"}, 2 * actual + estimate))  # three requests of one run fit
 
@@ -123,14 +129,7 @@ def test_a_stream_commits_its_usage(llm: FakeLLM) -> None:
 
 
 def test_a_refused_stream_answers_with_the_fallback_as_a_stream(llm: FakeLLM) -> None:
-    probe = make_guard()
-
-    async def once(model: OpenAIChatModel) -> None:
-        await Agent(GuardedModel(model, "agent", guard=probe), model_settings=SETTINGS).run("When will it ship?")
-
-    with_model(llm, once)
-    probe.close()
-    actual = price_micros(llm.reported[0])
+    actual = one_request_price(llm)
     estimate = 2 * actual
     g = make_guard(usd_cap({"feature": "agent"}, actual + estimate - 1))  # one request fits, the next doesn't
 
