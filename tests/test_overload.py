@@ -232,7 +232,7 @@ def test_a_postgres_counter_row_locked_past_the_deadline_is_refused_never_admitt
                     thread.join()
             holder.rollback()
         assert refused.value.decision.reason == "store_busy"
-        assert took < 1.0, took  # within the deadline and scheduling
+        assert took < 1.5, took  # the deadline, and scheduling on a loaded machine
         assert (pings, _watchdog.fired() - cuts) == ([], 0)
         assert guard.unrecorded_usd == 0.0
         assert guard.flush()
