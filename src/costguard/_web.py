@@ -162,6 +162,9 @@ def blocked_reply(exc: Blocked) -> Reply:
     after = retry_after(exc.retry_after_s)
     body = {
         "code": "cap_exhausted",
+        # Why: `budget_exceeded`, or `expired` (a run past its ttl: no Retry-After, it never comes back),
+        # `max_call_usd`, `max_instances`.
+        "reason": decision.reason,
         "cap_usd": exc.limit_usd,  # the shape Keybrake's clients read: code + cap_usd
         "scope": exc.scope,
         "period": exc.period,
