@@ -46,6 +46,7 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
 from costguard import current as _ctx
 from costguard.errors import Blocked
 from costguard.fallback import Cached, Fallback, as_fallback
+from costguard.integrations._lc_batches import Batches
 from costguard.steps import run
 from costguard.usage import TokenUsage, _text_of, count_tokens, usage_from
 
@@ -82,13 +83,16 @@ class _Pending:
     reservation: Reservation
     model: str | None
     provider: str | None
-    batched: bool = False  # a completion model's prompt sent in one request with others
+    batch: int = 1  # a completion model's prompts sent in one request with this one (`_lc_batches`)
 
 
-def _counted_elsewhere(response: LLMResult, pending: _Pending) -> bool:
-    """A completion model sends a batch's prompts in one request; LangChain reports the request's usage on
-    the first prompt's run and `{}` on the others (`LLMResult.flatten`), whose cost is counted there."""
-    return pending.batched and (response.llm_output or {}).get("token_usage") == {}
+def _settle_other(reservation: Reservation, counted: bool) -> None:
+    """Another prompt of a batch: $0 when the batch's first run reported the request's usage, else its
+    estimate."""
+    try:
+        run(reservation.commit_steps(0, 0) if counted else reservation.commit_steps())
+    except Exception:  # the call succeeded: a failed commit is logged (and spooled), never raised into it
+        log.exception("costguard: committing a LangChain model call failed")
 
 
 def _count(value: Any) -> int | None:
@@ -128,6 +132,7 @@ class CostGuardCallback(BaseCallbackHandler):
         self._pending: dict[UUID, _Pending] = {}
         self._blocked: dict[UUID | None, list[Blocked]] = {}
         self._lock = threading.Lock()
+        self._batches = Batches(_settle_other)
 
     def resolve(self) -> Guard:
         """The guard to use now (the configured default unless one was given)."""
@@ -164,8 +169,8 @@ class CostGuardCallback(BaseCallbackHandler):
     ) -> None:
         """Reserve a completion model's estimate (raises `Blocked` when it doesn't fit)."""
         params = kwargs.get("invocation_params") or {}
-        batched = (_count(kwargs.get("batch_size")) or 1) > 1
-        self._start(run_id, parent_run_id, " ".join(prompts), params, metadata or {}, batched=batched)
+        batch = _count(kwargs.get("batch_size")) or 1
+        self._start(run_id, parent_run_id, " ".join(prompts), params, metadata or {}, batch=batch)
 
     def _start(
         self,
@@ -175,7 +180,7 @@ class CostGuardCallback(BaseCallbackHandler):
         params: Mapping[str, Any],
         metadata: Mapping[str, Any],
         *,
-        batched: bool = False,
+        batch: int = 1,
     ) -> None:
         g = self.resolve()
         model = next((params[k] for k in _MODEL_KEYS if isinstance(params.get(k), str)), None)
@@ -203,7 +208,7 @@ class CostGuardCallback(BaseCallbackHandler):
                 self._blocked.setdefault(parent, []).append(blocked)
             raise
         with self._lock:
-            self._pending[run_id] = _Pending(reservation, model, provider, batched)
+            self._pending[run_id] = _Pending(reservation, model, provider, batch)
 
     # ----------------------------------------------------------------- end: commit or release
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
@@ -211,15 +216,18 @@ class CostGuardCallback(BaseCallbackHandler):
         pending = self._take(run_id)
         if pending is None:
             return
+        reported = (response.llm_output or {}).get("token_usage")
+        if pending.batch > 1 and reported == {}:  # another prompt of a batch: as its first run says
+            self._batches.other(pending.reservation)
+            return
         try:
-            if _counted_elsewhere(response, pending):
-                run(pending.reservation.commit_steps(0, 0))
-                return
             usage = _usage(response, pending)
             micros = None if usage is None else pending.reservation.settler.pricing.micros(usage)
             run(pending.reservation.commit_steps(micros, None if usage is None else usage.total_tokens))
         except Exception:  # the call succeeded: a failed commit is logged (and spooled), never raised into it
             log.exception("costguard: committing a LangChain model call failed")
+        if pending.batch > 1:
+            self._batches.first(pending.batch, bool(reported))
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         """Release the reservation (`on_call_error: keep` keeps it); a stream cut after output began keeps it."""
